@@ -1,5 +1,5 @@
-// Binaries and tests that link libtorch find it at run time through an rpath, so nobody has
-// to export LD_LIBRARY_PATH. torch-sys (`links = "tch"`) tells us where libtorch lives.
+//! Binaries and tests that link libtorch find it at run time through an rpath, so nobody has
+//! to export LD_LIBRARY_PATH. torch-sys (`links = "tch"`) tells us where libtorch lives.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {

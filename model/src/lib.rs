@@ -1,1 +1,15 @@
-//! placeholder
+//! The Strata model (MODEL_SPEC.md) and its runtime plumbing: tch for the vision-language
+//! model, ONNX Runtime (through ort) for the retriever's encoders.
+//!
+//! This crate depends on no other crate of ours and knows nothing of Kafka or the CLI.
+//!
+//! ```no_run
+//! let device = model::device::select(model::device::DevicePreference::Auto).unwrap();
+//! println!("running on {} in {:?}", device.describe(), device.dtype());
+//! ```
+
+pub mod device;
+mod error;
+pub mod onnx;
+
+pub use error::ModelError;

@@ -1,1 +1,41 @@
-fn main(){}
+//! `strata`: turns satellite scenes into captions, classes, answers and detections.
+//!
+//! Exit codes: 0 success, 1 the command ran but some inputs failed (see the summary and the
+//! dead-letter table), 2 the command could not run (bad arguments, configuration, setup).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod info;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    init_tracing(args.verbose);
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    match args.command {
+        cli::Command::Info(info_args) => info::run(&info_args),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

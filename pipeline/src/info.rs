@@ -1,0 +1,41 @@
+//! `strata info`: a self-check an operator runs first on a new machine or container.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::InfoArgs;
+
+pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
+    let mut healthy = true;
+    println!("strata {}", env!("CARGO_PKG_VERSION"));
+    println!("message schema version: {}", schemas::SCHEMA_VERSION);
+
+    let device = model::device::select(args.device).context("selecting the compute device")?;
+    println!("device: {} ({:?})", device.describe(), device.dtype());
+    let probe = tch::Tensor::ones([2], (device.dtype(), device.device()));
+    println!("libtorch: ok (probe sum = {})", probe.sum(tch::Kind::Float).double_value(&[]));
+
+    match model::onnx::environment() {
+        Ok(_) => println!(
+            "onnxruntime: ok ({})",
+            model::onnx::library_path().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        Err(err) => {
+            healthy = false;
+            println!("onnxruntime: unavailable: {err}");
+        }
+    }
+    println!("gdal: {}", gdal::version::VersionInfo::version_summary());
+
+    if args.tables {
+        for table in schemas::tables::ALL {
+            println!("\ntable `{}`: {}", table.name, table.doc);
+            for column in table.columns {
+                let null = if column.nullable { " (nullable)" } else { "" };
+                println!("  {:<16} {:<16} {}{null}", column.name, format!("{:?}", column.ty), column.doc);
+            }
+        }
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
