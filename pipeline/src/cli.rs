@@ -23,10 +23,127 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Tile scenes into georeferenced, model-ready tiles and record them in the tables.
+    ///
+    /// SCENE may be a raster file (GeoTIFF/COG, JPEG 2000, ...), a STAC item JSON file, a
+    /// folder, an object URL (s3://bucket/key.tif) or a bucket prefix (s3://bucket/scenes/);
+    /// folders and prefixes are searched for rasters and STAC items. Bad scenes are reported,
+    /// recorded in the `dead_letter` table, and the batch goes on; the exit status is 1 when
+    /// any scene failed. Rerunning the same batch replaces its rows rather than adding more.
+    ///
+    /// Examples:
+    ///   strata batch data/scenes/
+    ///   strata batch --tile-size 256 --overlap 32 scene.tif item.json
+    ///   AWS_ENDPOINT_URL=http://127.0.0.1:9000 strata batch s3://imagery/2024/ --tables s3://results/tables
+    #[command(verbatim_doc_comment)]
+    Batch(BatchArgs),
+
+    /// Run SQL over the result tables (tiles, scenes, dead_letter, captions, classifications,
+    /// vqa, detections).
+    ///
+    /// Geometries print as WKT, or as GeoJSON features with --format geojson.
+    ///
+    /// Examples:
+    ///   strata query "SELECT scene_id, count(*) AS tiles FROM tiles GROUP BY scene_id"
+    ///   strata query --format geojson "SELECT tile_id, geometry FROM tiles" > tiles.geojson
+    #[command(verbatim_doc_comment)]
+    Query(QueryArgs),
+
     /// Show what this installation can do: devices, native libraries, schema version, tables.
     ///
-    /// Example: strata info --device auto
+    /// Example: strata info --device auto --tables
     Info(InfoArgs),
+}
+
+/// Where result tables live unless --tables says otherwise.
+pub const DEFAULT_TABLES: &str = "strata-out/tables";
+/// Where tile images go unless --tiles says otherwise.
+pub const DEFAULT_TILES: &str = "strata-out/tiles";
+
+fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
+    s.split(',').map(|part| part.trim().parse().map_err(|_| format!("`{part}` is not valid"))).collect()
+}
+
+/// Arguments of `strata batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Scenes: files, folders, STAC item files, object URLs or prefixes.
+    #[arg(required = true, value_name = "SCENE")]
+    pub scenes: Vec<String>,
+
+    /// Where the result tables go (a folder or URL).
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
+
+    /// Where tile images go (a folder or URL).
+    #[arg(long, env = "STRATA_TILES", default_value = DEFAULT_TILES)]
+    pub tiles: String,
+
+    /// Request id recorded on every row; by default derived from the inputs and options, so
+    /// rerunning the same batch replaces its rows.
+    #[arg(long)]
+    pub request_id: Option<String>,
+
+    /// Side of each source window, in scene pixels.
+    #[arg(long, default_value_t = 512)]
+    pub tile_size: u32,
+
+    /// Overlap between neighbouring windows, in scene pixels.
+    #[arg(long, default_value_t = 64)]
+    pub overlap: u32,
+
+    /// Side of each tile image written for the model, in pixels.
+    #[arg(long, default_value_t = 384)]
+    pub output_size: u32,
+
+    /// Bands mapped to R,G,B (1-based, e.g. 4,3,2), or one band shown as grey. Default: from
+    /// the file's colour interpretation, else by band count (6 bands: 3,2,1 as Landsat
+    /// TM/ETM+; 7 or more: 4,3,2 as Landsat 8/Sentinel-2).
+    #[arg(long, value_parser = parse_list::<u32>)]
+    pub bands: Option<Vec<u32>>,
+
+    /// Nodata value overriding the one the rasters declare.
+    #[arg(long, allow_hyphen_values = true)]
+    pub nodata: Option<f64>,
+
+    /// STAC asset keys to read: one visual asset, or three band assets in R,G,B order.
+    #[arg(long, value_parser = parse_list::<String>)]
+    pub assets: Option<Vec<String>>,
+
+    /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
+    #[arg(long, default_value_t = 4295)]
+    pub max_scene_megapixels: u64,
+
+    /// Worker threads per scene (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Scenes tiled at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub scene_concurrency: usize,
+
+    /// Do not draw progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Arguments of `strata query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQL query; table names as in `strata info --tables`.
+    pub sql: String,
+
+    /// Where the result tables are.
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
+
+    /// Output format: table, csv, json or geojson.
+    #[arg(long, default_value = "table")]
+    pub format: operators::tables::query::OutputFormat,
+
+    /// Rows shown by the table format.
+    #[arg(long, default_value_t = 50)]
+    pub max_rows: usize,
 }
 
 /// Arguments of `strata info`.

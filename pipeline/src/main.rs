@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod batch;
 mod cli;
 mod info;
+mod inputs;
+mod query;
+mod runtime;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
@@ -23,7 +27,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     match args.command {
+        cli::Command::Batch(batch_args) => runtime.block_on(batch::run(batch_args)),
+        cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
     }
 }

@@ -185,12 +185,11 @@ pub const DETECTIONS: TableSchema = TableSchema {
 /// One row per scene.
 pub const SCENES: TableSchema = TableSchema {
     name: "scenes",
-    doc: "One row per processed scene: outcome and counts",
+    doc: "One row per tiled scene: size, CRS, footprint and tile counts (failures go to dead_letter)",
     columns: &[
         col("request_id", Utf8, "Request the scene belongs to"),
         col("scene_id", Utf8, "Scene id"),
         col("source_uri", Utf8, "Where the scene was read from"),
-        col("status", Utf8, "`ok` or `failed`"),
         col("width", UInt64, "Scene width, pixels"),
         col("height", UInt64, "Scene height, pixels"),
         col("band_count", UInt32, "Number of bands"),

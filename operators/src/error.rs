@@ -1,0 +1,92 @@
+//! The crate's public error. Every variant says what failed and where (scene, object, table),
+//! and [`OperatorError::class`] says whether retrying could help — the runtimes decide between
+//! a retry and a dead-letter record from that alone.
+
+/// Whether an error is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The input is bad; retrying gives the same answer. Dead-letter it.
+    Permanent,
+    /// A service hiccup; retry with backoff.
+    Retryable,
+}
+
+/// Errors raised by stages and the storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// A URL or path that names no usable store.
+    #[error("invalid location `{location}`: {reason}")]
+    InvalidLocation {
+        /// The URL or path as given.
+        location: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The object store failed.
+    #[error("object `{uri}`: {source}")]
+    Storage {
+        /// The object's URL.
+        uri: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The scene cannot be tiled: not a raster, no CRS, absurd size, unreadable bands.
+    #[error("scene `{scene}`: {reason}")]
+    BadScene {
+        /// Scene id.
+        scene: String,
+        /// What is wrong, in words an operator can act on.
+        reason: String,
+    },
+    /// GDAL failed on a scene that opened fine (a truncated or corrupt block, usually).
+    #[error("scene `{scene}`: GDAL failed while {action}: {source}")]
+    Gdal {
+        /// Scene id.
+        scene: String,
+        /// What was being done.
+        action: String,
+        /// GDAL's error.
+        #[source]
+        source: gdal::errors::GdalError,
+    },
+    /// Writing or reading a result table failed.
+    #[error("table `{table}`: {action}: {source}")]
+    Table {
+        /// Table name.
+        table: String,
+        /// What was being done.
+        action: String,
+        /// polars' error.
+        #[source]
+        source: polars::error::PolarsError,
+    },
+    /// A query could not run.
+    #[error("query failed: {reason}")]
+    Query {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl OperatorError {
+    /// Whether retrying could help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Storage { source, .. } => match source {
+                object_store::Error::NotFound { .. }
+                | object_store::Error::InvalidPath { .. }
+                | object_store::Error::NotSupported { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => ErrorClass::Permanent,
+                _ => ErrorClass::Retryable,
+            },
+            Self::InvalidLocation { .. }
+            | Self::BadScene { .. }
+            | Self::Gdal { .. }
+            | Self::Query { .. } => ErrorClass::Permanent,
+            Self::Table { .. } => ErrorClass::Retryable,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One way to name data anywhere: a URL (`s3://bucket/prefix`, `file:///abs/path`,
+//! `memory://name/path`) or a plain local path, resolved to an object store and a path in it.
+//!
+//! S3 stores are configured from the standard environment (`AWS_ENDPOINT_URL`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...), so
+//! S3-compatible servers work by setting an endpoint. Stores are cached per bucket (and per
+//! memory namespace), so every stage shares connections and `memory://` data.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
+};
+
+use crate::OperatorError;
+
+/// A resolved location: a store, a path inside it, and the URL it came from.
+#[derive(Clone)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    /// `scheme://authority` prefix used to print URLs of children.
+    root: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+impl Location {
+    /// The store holding this location.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The path inside the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The location as a URL, e.g. `s3://bucket/tiles/r0_c0.png`.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.root, self.path)
+    }
+
+    /// A location below this one; `child` may contain `/`.
+    pub fn join(&self, child: &str) -> Self {
+        let mut path = self.path.clone();
+        for part in child.split('/').filter(|p| !p.is_empty()) {
+            path = path.clone().join(part);
+        }
+        Self { store: Arc::clone(&self.store), path, root: self.root.clone() }
+    }
+
+    /// The location of another path in the same store.
+    pub fn with_path(&self, path: Path) -> Self {
+        Self { store: Arc::clone(&self.store), path, root: self.root.clone() }
+    }
+
+    /// The last path segment (the file name), if any.
+    pub fn file_name(&self) -> Option<&str> {
+        self.path.filename()
+    }
+
+    /// Whether this is on the local file system (and so has a real path).
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        self.root.starts_with("file://").then(|| std::path::PathBuf::from(format!("/{}", self.path)))
+    }
+}
+
+/// Resolves a URL or a local path.
+///
+/// # Errors
+/// [`OperatorError::InvalidLocation`] for an unknown scheme, a malformed URL, or an S3 store
+/// that cannot be configured.
+pub fn resolve(location: &str) -> Result<Location, OperatorError> {
+    let invalid = |reason: String| OperatorError::InvalidLocation { location: location.to_owned(), reason };
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return resolve_local(location);
+    };
+    match scheme {
+        "file" => resolve_local(rest),
+        "memory" => {
+            let (namespace, key) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = memory_store(namespace);
+            Ok(Location { store, path: parse_path(key).map_err(invalid)?, root: format!("memory://{namespace}") })
+        }
+        "s3" => {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("no bucket name".to_owned()));
+            }
+            let store = s3_store(bucket).map_err(|e| invalid(e.to_string()))?;
+            Ok(Location { store, path: parse_path(key).map_err(invalid)?, root: format!("s3://{bucket}") })
+        }
+        other => Err(invalid(format!(
+            "unsupported scheme `{other}`; use a local path, file://, s3:// or memory://"
+        ))),
+    }
+}
+
+fn parse_path(key: &str) -> Result<Path, String> {
+    Path::parse(key.trim_matches('/')).map_err(|e| e.to_string())
+}
+
+fn resolve_local(path: &str) -> Result<Location, OperatorError> {
+    let invalid = |reason: String| OperatorError::InvalidLocation { location: path.to_owned(), reason };
+    let as_path = std::path::Path::new(path);
+    let absolute = if as_path.is_absolute() {
+        as_path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| invalid(e.to_string()))?.join(as_path)
+    };
+    // Normalise `.`/`..` lexically: the target may not exist yet (an output folder).
+    let mut normal = std::path::PathBuf::from("/");
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::Normal(part) => normal.push(part),
+            _ => {}
+        }
+    }
+    let key = normal.to_str().ok_or_else(|| invalid("path is not valid UTF-8".to_owned()))?;
+    Ok(Location { store: local_store(), path: parse_path(key).map_err(invalid)?, root: "file://".to_owned() })
+}
+
+fn local_store() -> Arc<dyn ObjectStore> {
+    static STORE: OnceLock<Arc<dyn ObjectStore>> = OnceLock::new();
+    Arc::clone(STORE.get_or_init(|| Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))))
+}
+
+fn memory_store(namespace: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(stores.entry(namespace.to_owned()).or_insert_with(|| Arc::new(InMemory::new())))
+}
+
+fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(store) = stores.get(bucket) {
+        return Ok(Arc::clone(store));
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).build()?);
+    stores.insert(bucket.to_owned(), Arc::clone(&store));
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_and_file_urls_resolve_to_the_same_place() {
+        let a = resolve("/data/scenes/../scenes/x.tif").unwrap();
+        let b = resolve("file:///data/scenes/x.tif").unwrap();
+        assert_eq!(a.url(), "file:///data/scenes/x.tif");
+        assert_eq!(a.url(), b.url());
+        assert_eq!(a.local_path().unwrap(), std::path::PathBuf::from("/data/scenes/x.tif"));
+        assert_eq!(a.join("tiles/r0.png").url(), "file:///data/scenes/x.tif/tiles/r0.png");
+    }
+
+    #[test]
+    fn memory_namespaces_are_shared_and_urls_round_trip() {
+        let a = resolve("memory://ns1/tables").unwrap();
+        let b = resolve("memory://ns1/other").unwrap();
+        assert!(Arc::ptr_eq(a.store(), b.store()));
+        assert_eq!(a.url(), "memory://ns1/tables");
+        assert!(!Arc::ptr_eq(a.store(), resolve("memory://ns2").unwrap().store()));
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_a_hint() {
+        let err = resolve("ftp://host/file.tif").unwrap_err();
+        assert!(err.to_string().contains("use a local path, file://, s3:// or memory://"), "{err}");
+        assert!(resolve("s3:///key").is_err());
+    }
+}

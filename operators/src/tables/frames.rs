@@ -1,0 +1,264 @@
+//! Rows to DataFrames, driven by the table schemas: every value is checked against its
+//! column's declared type and nullability here, once, for every table.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use gdal::vector::{Geometry, OGRwkbGeometryType};
+use polars::prelude::{Column, DataFrame, DataType, IntoSeries, ListChunked, NamedFrom, Series, TimeUnit, TimeZone};
+use schemas::{
+    tables::{self, ColumnType, TableSchema},
+    DeadLetterRecord,
+};
+
+use crate::{
+    tile::{SceneSummary, TileRecord},
+    OperatorError,
+};
+
+/// One cell, typed loosely; [`frame`] checks it against the column.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    /// A string.
+    Str(String),
+    /// An unsigned 32-bit integer.
+    U32(u32),
+    /// An unsigned 64-bit integer.
+    U64(u64),
+    /// A 32-bit float.
+    F32(f32),
+    /// A 64-bit float.
+    F64(f64),
+    /// A timestamp.
+    Time(DateTime<Utc>),
+    /// A date.
+    Date(NaiveDate),
+    /// WKB bytes.
+    Geometry(Vec<u8>),
+    /// A list of strings.
+    List(Vec<String>),
+    /// Null.
+    Null,
+}
+
+impl<T: Into<Cell>> From<Option<T>> for Cell {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Cell::Null, Into::into)
+    }
+}
+impl From<String> for Cell {
+    fn from(v: String) -> Self {
+        Cell::Str(v)
+    }
+}
+impl From<&str> for Cell {
+    fn from(v: &str) -> Self {
+        Cell::Str(v.to_owned())
+    }
+}
+impl From<u32> for Cell {
+    fn from(v: u32) -> Self {
+        Cell::U32(v)
+    }
+}
+impl From<u64> for Cell {
+    fn from(v: u64) -> Self {
+        Cell::U64(v)
+    }
+}
+impl From<f32> for Cell {
+    fn from(v: f32) -> Self {
+        Cell::F32(v)
+    }
+}
+
+fn mismatch(table: &TableSchema, column: &str, cell: &Cell) -> OperatorError {
+    OperatorError::Query { reason: format!("internal: table `{}` column `{column}` cannot hold {cell:?}", table.name) }
+}
+
+/// Builds a frame for `table` from rows whose cells are in column order.
+///
+/// # Errors
+/// When a row has the wrong length, a cell the wrong type, or a null in a non-null column.
+pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, OperatorError> {
+    if let Some(row) = rows.iter().find(|r| r.len() != table.columns.len()) {
+        return Err(OperatorError::Query {
+            reason: format!("internal: table `{}` has {} columns, a row has {}", table.name, table.columns.len(), row.len()),
+        });
+    }
+    let mut columns = Vec::with_capacity(table.columns.len());
+    for (i, spec) in table.columns.iter().enumerate() {
+        let cells = rows.iter().map(|r| &r[i]);
+        if !spec.nullable {
+            if let Some(cell) = cells.clone().find(|c| matches!(c, Cell::Null)) {
+                return Err(mismatch(table, spec.name, cell));
+            }
+        }
+        let name = spec.name.into();
+        macro_rules! collect {
+            ($variant:ident, $map:expr) => {{
+                let mut values = Vec::with_capacity(rows.len());
+                for cell in cells {
+                    values.push(match cell {
+                        Cell::$variant(v) => Some($map(v)),
+                        Cell::Null => None,
+                        other => return Err(mismatch(table, spec.name, other)),
+                    });
+                }
+                values
+            }};
+        }
+        let series = match spec.ty {
+            ColumnType::Utf8 => Series::new(name, collect!(Str, |v: &String| v.clone())),
+            ColumnType::UInt32 => Series::new(name, collect!(U32, |v: &u32| *v)),
+            ColumnType::UInt64 => Series::new(name, collect!(U64, |v: &u64| *v)),
+            ColumnType::Float32 => Series::new(name, collect!(F32, |v: &f32| *v)),
+            ColumnType::Float64 => Series::new(name, collect!(F64, |v: &f64| *v)),
+            ColumnType::Int64 | ColumnType::Bool => {
+                return Err(OperatorError::Query { reason: format!("internal: no writer for column type {:?}", spec.ty) })
+            }
+            ColumnType::TimestampMicros => Series::new(name, collect!(Time, |v: &DateTime<Utc>| v.timestamp_micros()))
+                .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
+                .map_err(|source| table_err(table, source))?,
+            ColumnType::Date => {
+                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+                let days = collect!(Date, |v: &NaiveDate| i32::try_from((*v - epoch).num_days()).unwrap_or(i32::MAX));
+                Series::new(name, days).cast(&DataType::Date).map_err(|source| table_err(table, source))?
+            }
+            ColumnType::GeometryWkb => Series::new(name, collect!(Geometry, |v: &Vec<u8>| v.clone())),
+            ColumnType::ListUtf8 => {
+                let lists = collect!(List, |v: &Vec<String>| Series::new("".into(), v.clone()));
+                let chunked: ListChunked = lists.into_iter().collect();
+                chunked.into_series().with_name(name)
+            }
+        };
+        columns.push(Column::from(series));
+    }
+    DataFrame::new(rows.len(), columns).map_err(|source| table_err(table, source))
+}
+
+fn table_err(table: &TableSchema, source: polars::error::PolarsError) -> OperatorError {
+    OperatorError::Table { table: table.name.to_owned(), action: "building rows".to_owned(), source }
+}
+
+/// WKB of a polygon from a closed lon/lat ring.
+///
+/// # Errors
+/// When GDAL cannot build the geometry (it always can for a finite ring).
+pub fn polygon_wkb(ring: &[[f64; 2]]) -> Result<Vec<u8>, OperatorError> {
+    let build = || -> gdal::errors::Result<Vec<u8>> {
+        let mut linear_ring = Geometry::empty(OGRwkbGeometryType::wkbLinearRing)?;
+        for &[x, y] in ring {
+            linear_ring.add_point_2d((x, y));
+        }
+        let mut polygon = Geometry::empty(OGRwkbGeometryType::wkbPolygon)?;
+        polygon.add_geometry(linear_ring)?;
+        polygon.wkb()
+    };
+    build().map_err(|e| OperatorError::Query { reason: format!("cannot encode a footprint as WKB: {e}") })
+}
+
+/// The exterior ring points of a WKB polygon (empty when it is not one).
+pub fn polygon_points(wkb: &[u8]) -> Vec<[f64; 2]> {
+    let Ok(geometry) = Geometry::from_wkb(wkb) else { return Vec::new() };
+    if geometry.geometry_count() == 0 {
+        return Vec::new();
+    }
+    let ring = geometry.get_geometry(0);
+    (0..ring.point_count())
+        .map(|i| {
+            let (x, y, _) = ring.get_point(i32::try_from(i).unwrap_or(i32::MAX));
+            [x, y]
+        })
+        .collect()
+}
+
+/// Rows of the `tiles` table for one scene.
+///
+/// # Errors
+/// When a footprint cannot be encoded.
+pub fn tiles_frame(tiles: &[TileRecord], produced_at: DateTime<Utc>) -> Result<DataFrame, OperatorError> {
+    let mut rows = Vec::with_capacity(tiles.len());
+    for tile in tiles {
+        let t = &tile.task;
+        rows.push(vec![
+            t.request_id.as_str().into(),
+            t.scene_id.as_str().into(),
+            t.tile_id.as_str().into(),
+            t.tile.uri.as_str().into(),
+            t.window.col_off.into(),
+            t.window.row_off.into(),
+            t.window.width.into(),
+            t.window.height.into(),
+            t.tile.width_px.into(),
+            t.crs.wkt.as_str().into(),
+            t.crs.epsg.into(),
+            serde_json::to_string(&t.geotransform.0).unwrap_or_default().into(),
+            Cell::Geometry(polygon_wkb(&t.footprint_lonlat)?),
+            tile.valid_fraction.into(),
+            Cell::Time(produced_at),
+            Cell::Date(produced_at.date_naive()),
+        ]);
+    }
+    frame(&tables::TILES, &rows)
+}
+
+/// A scene summary plus when it finished.
+pub struct SceneRow<'a> {
+    /// The summary.
+    pub summary: &'a SceneSummary,
+    /// When tiling finished.
+    pub produced_at: DateTime<Utc>,
+}
+
+/// Rows of the `scenes` table.
+///
+/// # Errors
+/// When a footprint cannot be encoded.
+pub fn scenes_frame(scenes: &[SceneRow<'_>]) -> Result<DataFrame, OperatorError> {
+    let mut rows = Vec::with_capacity(scenes.len());
+    for SceneRow { summary: s, produced_at } in scenes {
+        rows.push(vec![
+            s.request_id.as_str().into(),
+            s.scene_id.as_str().into(),
+            s.source_uri.as_str().into(),
+            s.width.into(),
+            s.height.into(),
+            s.band_count.into(),
+            s.dtype.as_str().into(),
+            s.crs_epsg.into(),
+            s.tiles_written.into(),
+            s.tiles_skipped_nodata.into(),
+            Cell::Geometry(polygon_wkb(&s.footprint_lonlat)?),
+            Cell::Time(*produced_at),
+            Cell::Date(produced_at.date_naive()),
+        ]);
+    }
+    frame(&tables::SCENES, &rows)
+}
+
+/// Rows of the `dead_letter` table.
+///
+/// # Errors
+/// Only on an internal schema mismatch.
+pub fn dead_letter_frame(records: &[DeadLetterRecord]) -> Result<DataFrame, OperatorError> {
+    let rows: Vec<Vec<Cell>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.stage.as_str().into(),
+                match r.error_kind {
+                    schemas::ErrorKind::Permanent => "permanent",
+                    schemas::ErrorKind::RetriesExhausted => "retries_exhausted",
+                }
+                .into(),
+                r.message.as_str().into(),
+                r.request_id.clone().into(),
+                r.scene_id.clone().into(),
+                r.tile_id.clone().into(),
+                String::from_utf8_lossy(&schemas::encode(r)).into_owned().into(),
+                Cell::Time(r.failed_at),
+                Cell::Date(r.failed_at.date_naive()),
+            ]
+        })
+        .collect();
+    frame(&tables::DEAD_LETTER, &rows)
+}

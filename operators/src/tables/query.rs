@@ -1,0 +1,175 @@
+//! SQL over the result tables (polars SQL). Every table of [`schemas::tables::ALL`] is
+//! registered under its name, empty when nothing has been written yet, so a query never fails
+//! just because a table has no rows. Files are read through the object store, so the same
+//! query works on a local folder, S3 or memory.
+
+use std::io::Cursor;
+
+use futures::TryStreamExt as _;
+use gdal::vector::Geometry;
+use object_store::ObjectStoreExt;
+use polars::{
+    prelude::{
+        concat, Column, CsvWriter, DataFrame, DataType, IntoLazy, JsonFormat, JsonWriter, LazyFrame, NamedFrom, ParquetReader,
+        SerReader, SerWriter, Series, UnionArgs,
+    },
+    sql::SQLContext,
+};
+
+use super::{frames, Tables};
+use crate::OperatorError;
+
+/// How query results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// An aligned text table; geometries as WKT.
+    #[default]
+    Table,
+    /// CSV with a header; geometries as WKT.
+    Csv,
+    /// A JSON array of row objects; geometries as WKT.
+    Json,
+    /// A GeoJSON FeatureCollection: the first geometry column becomes each feature's
+    /// geometry, the other columns its properties.
+    GeoJson,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "table" => Ok(Self::Table),
+            "csv" => Ok(Self::Csv),
+            "json" => Ok(Self::Json),
+            "geojson" => Ok(Self::GeoJson),
+            other => Err(format!("unknown format `{other}`; use table, csv, json or geojson")),
+        }
+    }
+}
+
+fn table_err(table: &str, action: &str) -> impl FnOnce(polars::error::PolarsError) -> OperatorError {
+    let (table, action) = (table.to_owned(), action.to_owned());
+    move |source| OperatorError::Table { table, action, source }
+}
+
+/// Loads one table: every Parquet file under its folder, or an empty frame of its schema.
+async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Result<LazyFrame, OperatorError> {
+    let folder = tables.root().join(table.name);
+    let store_err = |uri: String| move |source| OperatorError::Storage { uri, source };
+    let mut files: Vec<_> = folder
+        .store()
+        .list(Some(folder.path()))
+        .try_filter(|m| std::future::ready(m.location.extension() == Some("parquet")))
+        .try_collect()
+        .await
+        .map_err(store_err(folder.url()))?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut frames = Vec::with_capacity(files.len());
+    for meta in files {
+        let file = tables.root().with_path(meta.location);
+        let bytes = file.store().get(file.path()).await.map_err(store_err(file.url()))?.bytes().await.map_err(store_err(file.url()))?;
+        let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(table_err(table.name, &format!("reading `{}`", file.url())))?;
+        frames.push(frame.lazy());
+    }
+    if frames.is_empty() {
+        return Ok(frames::frame(table, &[])?.lazy());
+    }
+    concat(&frames, UnionArgs::default()).map_err(table_err(table.name, "combining files"))
+}
+
+/// Runs `sql` over the tables at `tables`.
+///
+/// # Errors
+/// [`OperatorError::Query`] for SQL errors (unknown table or column, syntax), storage and
+/// Parquet errors while loading.
+pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, OperatorError> {
+    let mut context = SQLContext::new();
+    for table in schemas::tables::ALL {
+        context.register(table.name, load_table(tables, table).await?);
+    }
+    let plan = context.execute(sql).map_err(|e| OperatorError::Query { reason: e.to_string() })?;
+    plan.collect().map_err(|e| OperatorError::Query { reason: e.to_string() })
+}
+
+/// Names of binary (WKB geometry) columns.
+fn geometry_columns(frame: &DataFrame) -> Vec<String> {
+    frame
+        .columns()
+        .iter()
+        .filter(|c| c.dtype() == &DataType::Binary)
+        .map(|c| c.name().to_string())
+        .collect()
+}
+
+/// Replaces WKB columns by WKT text, for formats that cannot show binary.
+fn with_wkt(mut frame: DataFrame) -> Result<DataFrame, OperatorError> {
+    for name in geometry_columns(&frame) {
+        let wkb = frame.column(&name).and_then(|c| c.binary().cloned()).map_err(table_err("result", "reading geometry"))?;
+        let wkt: Vec<Option<String>> = wkb
+            .iter()
+            .map(|v| v.map(|bytes| Geometry::from_wkb(bytes).and_then(|g| g.wkt()).unwrap_or_else(|e| format!("<invalid WKB: {e}>"))))
+            .collect();
+        frame.with_column(Column::from(Series::new(name.as_str().into(), wkt))).map_err(table_err("result", "converting geometry"))?;
+    }
+    Ok(frame)
+}
+
+/// Renders a result.
+///
+/// # Errors
+/// When the result cannot be serialised.
+pub fn render(frame: DataFrame, format: OutputFormat) -> Result<String, OperatorError> {
+    match format {
+        OutputFormat::Table => Ok(format!("{}", with_wkt(frame)?)),
+        OutputFormat::Csv => {
+            let mut frame = with_wkt(frame)?;
+            let mut out = Vec::new();
+            CsvWriter::new(&mut out).finish(&mut frame).map_err(table_err("result", "writing CSV"))?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        OutputFormat::Json => {
+            let mut frame = with_wkt(frame)?;
+            Ok(json_rows(&mut frame)?.to_string())
+        }
+        OutputFormat::GeoJson => geojson(frame),
+    }
+}
+
+fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, OperatorError> {
+    let mut out = Vec::new();
+    JsonWriter::new(&mut out)
+        .with_json_format(JsonFormat::Json)
+        .finish(frame)
+        .map_err(table_err("result", "writing JSON"))?;
+    serde_json::from_slice(&out).map_err(|e| OperatorError::Query { reason: format!("internal: polars wrote invalid JSON: {e}") })
+}
+
+fn geojson(frame: DataFrame) -> Result<String, OperatorError> {
+    let geometry_cols = geometry_columns(&frame);
+    let Some(primary) = geometry_cols.first().cloned() else {
+        return Err(OperatorError::Query {
+            reason: "the result has no geometry column; select `geometry` (from tiles, scenes or detections) for GeoJSON".to_owned(),
+        });
+    };
+    let wkb = frame.column(&primary).and_then(|c| c.binary().cloned()).map_err(table_err("result", "reading geometry"))?;
+    let mut properties = frame.drop(&primary).map_err(table_err("result", "splitting geometry"))?;
+    let mut properties = with_wkt(std::mem::take(&mut properties))?;
+    let rows = match json_rows(&mut properties)? {
+        serde_json::Value::Array(rows) => rows,
+        _ => Vec::new(),
+    };
+    let features: Vec<serde_json::Value> = wkb
+        .iter()
+        .zip(rows)
+        .map(|(geometry, props)| {
+            let geometry = geometry
+                .and_then(|bytes| Geometry::from_wkb(bytes).ok())
+                .and_then(|g| g.json().ok())
+                .and_then(|json: String| serde_json::from_str::<serde_json::Value>(&json).ok())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "type": "Feature", "geometry": geometry, "properties": props })
+        })
+        .collect();
+    Ok(serde_json::json!({ "type": "FeatureCollection", "features": features }).to_string())
+}

@@ -1,0 +1,69 @@
+//! One contrast stretch per scene: the 2nd and 98th percentiles of each band's valid pixels,
+//! measured once on a reduced-resolution read of the whole scene and applied identically to
+//! every tile, so neighbouring tiles match and a tile's colours do not depend on its content.
+
+/// Lower and upper percentiles of the stretch.
+pub const PERCENTILES: (f64, f64) = (0.02, 0.98);
+
+/// A linear map from one band's values to 0–255.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BandStretch {
+    /// Value mapped to 0.
+    pub low: f32,
+    /// Value mapped to 255.
+    pub high: f32,
+}
+
+impl BandStretch {
+    /// Measures the stretch from sample values; `None` entries are invalid pixels.
+    /// Returns `None` when no sample is valid.
+    pub fn from_samples(samples: impl Iterator<Item = f32>) -> Option<Self> {
+        let mut values: Vec<f32> = samples.filter(|v| v.is_finite()).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(f32::total_cmp);
+        let at = |q: f64| {
+            let index = ((values.len() - 1) as f64 * q).round() as usize;
+            values[index.min(values.len() - 1)]
+        };
+        let low = at(PERCENTILES.0);
+        let mut high = at(PERCENTILES.1);
+        if high <= low {
+            // A constant band: map it to mid-grey rather than dividing by zero.
+            high = low + 1.0;
+        }
+        Some(Self { low, high })
+    }
+
+    /// Maps one value to 0–255 (clamped).
+    #[inline]
+    pub fn apply(&self, value: f32) -> u8 {
+        let scaled = (value - self.low) * (255.0 / (self.high - self.low));
+        scaled.clamp(0.0, 255.0).round() as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_clip_outliers() {
+        // 0..=999 plus a few huge outliers: the stretch ignores them.
+        let samples = (0..1000).map(|v| v as f32).chain([1e9, 1e9, -1e9]);
+        let s = BandStretch::from_samples(samples).unwrap();
+        assert!((s.low - 20.0).abs() <= 2.0, "{s:?}");
+        assert!((s.high - 980.0).abs() <= 2.0, "{s:?}");
+        assert_eq!(s.apply(-5.0), 0);
+        assert_eq!(s.apply(5000.0), 255);
+        assert_eq!(s.apply(500.0), 128);
+    }
+
+    #[test]
+    fn constant_and_empty_bands_do_not_divide_by_zero() {
+        let s = BandStretch::from_samples(std::iter::repeat_n(7.0, 10)).unwrap();
+        assert_eq!(s.apply(7.0), 0);
+        assert!(BandStretch::from_samples([f32::NAN].into_iter()).is_none());
+    }
+}

@@ -1,0 +1,202 @@
+//! Turns what a user types after `strata batch` into scene requests: raster files, folders
+//! and bucket prefixes (searched for rasters and STAC item files), object URLs and STAC item
+//! JSON files. Inputs that cannot become a request (a STAC file that does not parse) are
+//! returned as failures, to be dead-lettered like any other bad input.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures::TryStreamExt as _;
+use object_store::ObjectStoreExt as _;
+use operators::{storage, OperatorError};
+use schemas::{stac::StacItem, SceneRequest, SceneSource, TaskSpec, TilingOptions};
+use sha2::{Digest, Sha256};
+
+/// File extensions taken as rasters when searching folders and prefixes.
+const RASTER_EXTENSIONS: &[&str] = &["tif", "tiff", "jp2", "img", "vrt", "nc", "hdf", "h5", "ntf", "dt2", "dem"];
+
+/// One discovered input.
+#[derive(Debug)]
+pub enum Discovered {
+    /// A raster object.
+    Raster { url: String },
+    /// A STAC item file.
+    StacFile { url: String },
+}
+
+/// An input that could not become a request.
+#[derive(Debug)]
+pub struct InputFailure {
+    /// A scene id derived from the input's name.
+    pub scene_id: String,
+    /// The input as given or found.
+    pub input: String,
+    /// What went wrong.
+    pub error: OperatorError,
+}
+
+fn extension(name: &str) -> Option<String> {
+    name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase())
+}
+
+/// Expands inputs into objects, in a stable order.
+///
+/// # Errors
+/// When an input names nothing that exists.
+pub async fn discover(inputs: &[String]) -> Result<Vec<Discovered>, OperatorError> {
+    let mut found = Vec::new();
+    for input in inputs {
+        let location = storage::resolve(input)?;
+        let is_local_dir = location.local_path().is_some_and(|p| p.is_dir());
+        let exists_as_object = !is_local_dir && location.store().head(location.path()).await.is_ok();
+        if exists_as_object {
+            found.push(classify(location.url(), true).unwrap_or(Discovered::Raster { url: location.url() }));
+            continue;
+        }
+        // A folder or a prefix: everything below it that looks like a raster or a STAC item.
+        let mut objects: Vec<_> = location
+            .store()
+            .list(Some(location.path()))
+            .try_collect()
+            .await
+            .map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let before = found.len();
+        found.extend(objects.into_iter().filter_map(|meta| classify(location.with_path(meta.location).url(), false)));
+        if found.len() == before {
+            return Err(OperatorError::InvalidLocation {
+                location: input.clone(),
+                reason: "no such file, and no rasters (.tif, .jp2, ...) or STAC items (.json) below it".to_owned(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Classifies an object by name; `explicit` inputs are rasters unless they are JSON.
+fn classify(url: String, explicit: bool) -> Option<Discovered> {
+    match extension(&url).as_deref() {
+        Some("json") => Some(Discovered::StacFile { url }),
+        Some(ext) if RASTER_EXTENSIONS.contains(&ext) => Some(Discovered::Raster { url }),
+        _ if explicit => Some(Discovered::Raster { url }),
+        _ => None,
+    }
+}
+
+/// A scene id from a name: its file stem with anything outside `[A-Za-z0-9._-]` replaced.
+pub fn scene_id_from(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let stem = match base.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => base,
+    };
+    let mut id: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    id = id.trim_start_matches('.').to_owned();
+    if id.is_empty() {
+        id = "scene".to_owned();
+    }
+    id.truncate(180);
+    id
+}
+
+/// A request id that is the same whenever the same inputs are run with the same options, so a
+/// rerun replaces its rows: `batch-` and 12 hex digits of a hash of both.
+pub fn default_request_id(found: &[Discovered], tiling: &TilingOptions, tasks: &[TaskSpec]) -> String {
+    let mut hasher = Sha256::new();
+    let urls: BTreeSet<&str> = found
+        .iter()
+        .map(|d| match d {
+            Discovered::Raster { url } | Discovered::StacFile { url } => url.as_str(),
+        })
+        .collect();
+    for url in urls {
+        hasher.update(url.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(serde_json::to_vec(tiling).unwrap_or_default());
+    hasher.update(serde_json::to_vec(tasks).unwrap_or_default());
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("batch-{hex}")
+}
+
+/// Builds requests (and failures) from discovered inputs. Scene ids that collide get `-2`,
+/// `-3`, ... in input order.
+pub async fn requests(
+    found: Vec<Discovered>,
+    request_id: &str,
+    tiling: &TilingOptions,
+    tasks: &[TaskSpec],
+) -> (Vec<SceneRequest>, Vec<InputFailure>) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut unique = |id: String| {
+        let n = seen.entry(id.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 { id } else { format!("{id}-{n}") }
+    };
+    let mut requests = Vec::new();
+    let mut failures = Vec::new();
+    for input in found {
+        let (source, scene_id) = match input {
+            Discovered::Raster { url } => {
+                let id = unique(scene_id_from(&url));
+                (SceneSource::Uri { uri: url }, id)
+            }
+            Discovered::StacFile { url } => match read_stac(&url).await {
+                Ok(item) => {
+                    let id = unique(scene_id_from(&format!("{}.json", item.id)));
+                    (SceneSource::StacItem { item: Box::new(item), base_uri: Some(url) }, id)
+                }
+                Err(error) => {
+                    failures.push(InputFailure { scene_id: unique(scene_id_from(&url)), input: url, error });
+                    continue;
+                }
+            },
+        };
+        let mut request = SceneRequest::new(request_id, scene_id, source);
+        request.tiling = tiling.clone();
+        request.tasks = tasks.to_vec();
+        requests.push(request);
+    }
+    (requests, failures)
+}
+
+async fn read_stac(url: &str) -> Result<StacItem, OperatorError> {
+    let location = storage::resolve(url)?;
+    let storage_err = |source| OperatorError::Storage { uri: url.to_owned(), source };
+    let bytes = location.store().get(location.path()).await.map_err(storage_err)?.bytes().await.map_err(storage_err)?;
+    let item: StacItem = serde_json::from_slice(&bytes).map_err(|e| OperatorError::InvalidLocation {
+        location: url.to_owned(),
+        reason: format!("not a STAC item: {e}"),
+    })?;
+    if item.item_type != "Feature" {
+        return Err(OperatorError::InvalidLocation {
+            location: url.to_owned(),
+            reason: format!("not a STAC item: `type` is {:?}, expected \"Feature\"", item.item_type),
+        });
+    }
+    Ok(item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scene_ids_are_safe_file_stems() {
+        assert_eq!(scene_id_from("s3://b/x/L7_ETMs.tif"), "L7_ETMs");
+        assert_eq!(scene_id_from("/data/my scene (1).TIF"), "my_scene__1_");
+        assert_eq!(scene_id_from(".hidden"), "hidden");
+        assert_eq!(scene_id_from("/a/"), "scene");
+    }
+
+    #[test]
+    fn request_ids_depend_on_inputs_and_options_not_order() {
+        let a = vec![Discovered::Raster { url: "file:///a.tif".into() }, Discovered::Raster { url: "file:///b.tif".into() }];
+        let b = vec![Discovered::Raster { url: "file:///b.tif".into() }, Discovered::Raster { url: "file:///a.tif".into() }];
+        let opts = TilingOptions::default();
+        assert_eq!(default_request_id(&a, &opts, &[]), default_request_id(&b, &opts, &[]));
+        let other = TilingOptions { tile_size_px: 256, ..TilingOptions::default() };
+        assert_ne!(default_request_id(&a, &opts, &[]), default_request_id(&a, &other, &[]));
+        assert!(default_request_id(&a, &opts, &[]).starts_with("batch-"));
+    }
+}

@@ -1,0 +1,26 @@
+//! `strata query`: SQL over the result tables.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use operators::{
+    storage,
+    tables::{query, Tables},
+};
+
+use crate::cli::QueryArgs;
+
+pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
+    let frame = query::run(&tables, &args.sql).await?;
+    // polars' table printer truncates to a few rows unless told otherwise.
+    std::env::set_var("POLARS_FMT_MAX_ROWS", args.max_rows.to_string());
+    std::env::set_var("POLARS_FMT_STR_LEN", "48");
+    if std::env::var_os("POLARS_TABLE_WIDTH").is_none() {
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<u16>().ok()).unwrap_or(160);
+        std::env::set_var("POLARS_TABLE_WIDTH", width.to_string());
+    }
+    std::env::set_var("POLARS_FMT_MAX_COLS", "40");
+    println!("{}", query::render(frame, args.format)?);
+    Ok(ExitCode::SUCCESS)
+}
