@@ -33,6 +33,12 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
+    /// A location in a store built elsewhere (tests, embedding applications); `root` is the
+    /// URL prefix its paths are printed under, e.g. `s3://bucket`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: impl Into<String>, path: Path) -> Self {
+        Self { store, path, root: root.into().trim_end_matches('/').to_owned() }
+    }
+
     /// The store holding this location.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

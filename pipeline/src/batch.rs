@@ -32,9 +32,9 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
     let tiles_root = storage::resolve(&args.tiles).context("resolving --tiles")?;
 
-    let found = inputs::discover(&args.scenes).await.context("finding scenes")?;
+    let (found, missing) = inputs::discover(&args.scenes).await;
     let request_id = args.request_id.clone().unwrap_or_else(|| inputs::default_request_id(&found, &tiling, &[]));
-    let (requests, failures) = inputs::requests(found, &request_id, &tiling, &[]).await;
+    let (requests, failures) = inputs::requests(found, missing, &request_id, &tiling, &[]).await;
     let total = requests.len() + failures.len();
     eprintln!("strata batch: {total} scene(s), request `{request_id}`");
 

@@ -38,36 +38,44 @@ fn extension(name: &str) -> Option<String> {
     name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase())
 }
 
-/// Expands inputs into objects, in a stable order.
-///
-/// # Errors
-/// When an input names nothing that exists.
-pub async fn discover(inputs: &[String]) -> Result<Vec<Discovered>, OperatorError> {
+/// Expands inputs into objects, in a stable order. An input that names nothing (a missing
+/// file or object, an empty prefix) becomes a failure to dead-letter; the others go on.
+pub async fn discover(inputs: &[String]) -> (Vec<Discovered>, Vec<InputFailure>) {
     let mut found = Vec::new();
+    let mut failures = Vec::new();
     for input in inputs {
-        let location = storage::resolve(input)?;
-        let is_local_dir = location.local_path().is_some_and(|p| p.is_dir());
-        let exists_as_object = !is_local_dir && location.store().head(location.path()).await.is_ok();
-        if exists_as_object {
-            found.push(classify(location.url(), true).unwrap_or(Discovered::Raster { url: location.url() }));
-            continue;
+        match discover_one(input).await {
+            Ok(objects) => found.extend(objects),
+            Err(error) => failures.push(InputFailure { scene_id: scene_id_from(input), input: input.clone(), error }),
         }
-        // A folder or a prefix: everything below it that looks like a raster or a STAC item.
-        let mut objects: Vec<_> = location
-            .store()
-            .list(Some(location.path()))
-            .try_collect()
-            .await
-            .map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
-        let before = found.len();
-        found.extend(objects.into_iter().filter_map(|meta| classify(location.with_path(meta.location).url(), false)));
-        if found.len() == before {
-            return Err(OperatorError::InvalidLocation {
-                location: input.clone(),
-                reason: "no such file, and no rasters (.tif, .jp2, ...) or STAC items (.json) below it".to_owned(),
-            });
+    }
+    (found, failures)
+}
+
+async fn discover_one(input: &str) -> Result<Vec<Discovered>, OperatorError> {
+    let location = storage::resolve(input)?;
+    let is_local_dir = location.local_path().is_some_and(|p| p.is_dir());
+    if !is_local_dir {
+        match location.store().head(location.path()).await {
+            Ok(_) => return Ok(vec![classify(location.url(), true).unwrap_or(Discovered::Raster { url: location.url() })]),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(OperatorError::Storage { uri: location.url(), source }),
         }
+    }
+    // A folder or a prefix: everything below it that looks like a raster or a STAC item.
+    let mut objects: Vec<_> = location
+        .store()
+        .list(Some(location.path()))
+        .try_collect()
+        .await
+        .map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    let found: Vec<_> = objects.into_iter().filter_map(|meta| classify(location.with_path(meta.location).url(), false)).collect();
+    if found.is_empty() {
+        return Err(OperatorError::InvalidLocation {
+            location: location.url(),
+            reason: "no such file or object, and no rasters (.tif, .jp2, ...) or STAC items (.json) below it".to_owned(),
+        });
     }
     Ok(found)
 }
@@ -123,6 +131,7 @@ pub fn default_request_id(found: &[Discovered], tiling: &TilingOptions, tasks: &
 /// `-3`, ... in input order.
 pub async fn requests(
     found: Vec<Discovered>,
+    mut failures: Vec<InputFailure>,
     request_id: &str,
     tiling: &TilingOptions,
     tasks: &[TaskSpec],
@@ -133,8 +142,10 @@ pub async fn requests(
         *n += 1;
         if *n == 1 { id } else { format!("{id}-{n}") }
     };
+    for failure in &mut failures {
+        failure.scene_id = unique(std::mem::take(&mut failure.scene_id));
+    }
     let mut requests = Vec::new();
-    let mut failures = Vec::new();
     for input in found {
         let (source, scene_id) = match input {
             Discovered::Raster { url } => {
