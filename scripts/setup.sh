@@ -50,7 +50,8 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
     -r "$ROOT/scripts/requirements-services.txt" -c "$ROOT/scripts/requirements-services.lock"
   # Last and without dependencies: only the shared libraries are wanted, not torch's Python
   # stack (CUDA, triton), so pip's resolver must not see torch's requirements.
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r "$ROOT/scripts/requirements-native.txt"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-warn-conflicts \
+    -r "$ROOT/scripts/requirements-native.txt"
   echo "$stamp_want" > "$stamp_file"
   took "$t"
 fi

@@ -41,15 +41,14 @@ pub enum OperatorError {
         reason: String,
     },
     /// GDAL failed on a scene that opened fine (a truncated or corrupt block, usually).
-    #[error("scene `{scene}`: GDAL failed while {action}: {source}")]
+    #[error("scene `{scene}`: GDAL failed while {action} (the file may be truncated or corrupt): {detail}")]
     Gdal {
         /// Scene id.
         scene: String,
         /// What was being done.
         action: String,
-        /// GDAL's error.
-        #[source]
-        source: gdal::errors::GdalError,
+        /// GDAL's message, with internal paths replaced by the object's URL.
+        detail: String,
     },
     /// Writing or reading a result table failed.
     #[error("table `{table}`: {action}: {source}")]

@@ -164,6 +164,7 @@ pub async fn tile_scene(
             .map(|(f, l)| Source { vsi_path: f.path().to_owned(), uri: l.url() })
             .collect();
 
+        let sources_for_messages: Vec<(String, String)> = sources.iter().map(|s| (s.vsi_path.clone(), s.uri.clone())).collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Rendered>(config.threads.max(1) * 2);
         let job = CutJob {
             request: request.clone(),
@@ -197,7 +198,10 @@ pub async fn tile_scene(
                 Some(store_error) => format!("{reason} (object store: {store_error})"),
                 None => reason,
             }),
-            CutFailure::Gdal { action, source } => OperatorError::Gdal { scene: scene.clone(), action, source },
+            CutFailure::Gdal { action, source } => {
+                let detail = sources_for_messages.iter().fold(source.to_string(), |text, (vsi, uri)| text.replace(vsi.as_str(), uri));
+                OperatorError::Gdal { scene: scene.clone(), action, detail }
+            }
         })?;
         tiles.sort_by_key(|(w, _)| (w.grid_row, w.grid_col));
         summary.bytes_fetched = files.iter().map(VsiFile::bytes_fetched).sum();

@@ -1,0 +1,194 @@
+//! `strata` as users run it: the exit status, what it prints, and what lands in the tables.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data").join(path)
+}
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env_remove("STRATA_TABLES").env_remove("STRATA_TILES").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
+    assert!(out.status.success(), "query failed: {}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(parquet_files(&path));
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn batch_tiles_real_scenes_and_a_rerun_replaces_its_rows() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let tables = out_dir.path().join("tables");
+    let tiles = out_dir.path().join("tiles");
+    let (scenes, item) = (data("scenes"), data("stac/rmnp-bands-item.json"));
+    let args = [
+        "batch",
+        "--no-progress",
+        "--tile-size",
+        "192",
+        "--overlap",
+        "32",
+        "--tables",
+        tables.to_str().unwrap(),
+        "--tiles",
+        tiles.to_str().unwrap(),
+        scenes.to_str().unwrap(),
+        item.to_str().unwrap(),
+    ];
+    let first = strata(&args);
+    assert!(first.status.success(), "{}\n{}", text(&first.stdout), text(&first.stderr));
+    assert!(text(&first.stdout).contains("tiled 3 of 3 scene(s)"), "{}", text(&first.stdout));
+
+    let per_scene = query_json(&tables, "SELECT scene_id, count(*) AS n FROM tiles GROUP BY scene_id ORDER BY scene_id");
+    let counts: Vec<(String, u64)> =
+        per_scene.iter().map(|r| (r["scene_id"].as_str().unwrap().to_owned(), r["n"].as_u64().unwrap())).collect();
+    // 192 px windows stepping 160 px: 349×352 px needs 2×2 windows, 485×373 px 3×3.
+    assert_eq!(counts, vec![("L7_ETMs".into(), 4), ("rmnp-landsat-bands".into(), 9), ("rmnp-rgb".into(), 9)]);
+    // The STAC item's three band assets render exactly like the RGB composite of the same
+    // bands: same windows, same footprints.
+    let same = query_json(
+        &tables,
+        "SELECT a.tile_id FROM tiles a JOIN tiles b ON a.tile_id = b.tile_id \
+         WHERE a.scene_id = 'rmnp-rgb' AND b.scene_id = 'rmnp-landsat-bands' AND a.geometry = b.geometry",
+    );
+    assert_eq!(same.len(), 9);
+    let scenes = query_json(&tables, "SELECT scene_id, crs_epsg, band_count, tiles_written FROM scenes ORDER BY scene_id");
+    assert_eq!(scenes[0]["crs_epsg"], 31985);
+    assert_eq!(scenes[0]["band_count"], 6);
+
+    let files_before = parquet_files(&tables);
+    let second = strata(&args);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(parquet_files(&tables), files_before, "a rerun must rewrite the same files");
+    let total = query_json(&tables, "SELECT count(*) AS n, count(DISTINCT tile_id || scene_id) AS distinct_tiles FROM tiles");
+    assert_eq!(total[0]["n"], 22);
+    assert_eq!(total[0]["distinct_tiles"], 22);
+
+    // GeoJSON export has one polygon feature per tile.
+    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "geojson", "SELECT tile_id, geometry FROM tiles WHERE scene_id = 'L7_ETMs'"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let geojson: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(geojson["type"], "FeatureCollection");
+    assert_eq!(geojson["features"].as_array().unwrap().len(), 4);
+    assert_eq!(geojson["features"][0]["geometry"]["type"], "Polygon");
+
+    // An independent reader (GeoPandas over pyarrow) sees valid GeoParquet in lon/lat.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let script = r#"
+import sys, glob, geopandas
+files = sorted(glob.glob(sys.argv[1] + "/tiles/**/*.parquet", recursive=True))
+frame = geopandas.GeoDataFrame(geopandas.pd.concat([geopandas.read_parquet(f) for f in files]))
+# No CRS in the metadata means OGC:CRS84 (WGS 84, longitude first) in GeoParquet.
+assert frame.crs.to_string() == "OGC:CRS84" and frame.crs.is_geographic, frame.crs
+l7 = frame[frame.scene_id == "L7_ETMs"]
+minx, miny, maxx, maxy = l7.total_bounds
+assert -34.93 < minx < maxx < -34.81 and -8.05 < miny < maxy < -7.94, (minx, miny, maxx, maxy)
+assert all(g.geom_type == "Polygon" and g.is_valid for g in frame.geometry)
+print(len(frame))
+"#;
+    let out = Command::new(python).arg("-c").arg(script).arg(&tables).output().expect("the project venv has geopandas (scripts/setup.sh)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "22");
+}
+
+#[test]
+fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    let good = inputs.join("good.tif");
+    std::fs::copy(data("scenes/L7_ETMs.tif"), &good).unwrap();
+    let original = std::fs::read(data("scenes/rmnp-rgb.tif")).unwrap();
+    std::fs::write(inputs.join("truncated.tif"), &original[..original.len() / 3]).unwrap();
+    std::fs::write(inputs.join("notes.tif"), b"field notes, not a raster").unwrap();
+    std::fs::write(inputs.join("empty.tif"), b"").unwrap();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(inputs.join("corrupt.tif"), garbage).unwrap();
+    std::fs::write(inputs.join("broken-item.json"), b"{\"type\": \"Feature\", \"id\": ").unwrap();
+    std::fs::write(
+        inputs.join("missing-asset.json"),
+        br#"{"type": "Feature", "stac_version": "1.0.0", "id": "missing-asset", "properties": {},
+             "assets": {"visual": {"href": "nowhere/visual.tif", "roles": ["visual"]}}}"#,
+    )
+    .unwrap();
+    let tables = dir.path().join("tables");
+    let out = strata(&[
+        "batch",
+        "--no-progress",
+        "--tables",
+        tables.to_str().unwrap(),
+        "--tiles",
+        dir.path().join("tiles").to_str().unwrap(),
+        inputs.to_str().unwrap(),
+        dir.path().join("does-not-exist.tif").to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "some scenes failed, so the exit status is 1\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("tiled 1 of 8 scene(s)"), "{stdout}");
+
+    let tiled = query_json(&tables, "SELECT DISTINCT scene_id FROM tiles");
+    assert_eq!(tiled.len(), 1);
+    assert_eq!(tiled[0]["scene_id"], "good");
+
+    let dead = query_json(&tables, "SELECT scene_id, stage, error_kind, message FROM dead_letter ORDER BY scene_id");
+    let by_scene: std::collections::HashMap<String, (String, String)> = dead
+        .iter()
+        .map(|r| {
+            (r["scene_id"].as_str().unwrap().to_owned(), (r["stage"].as_str().unwrap().to_owned(), r["message"].as_str().unwrap().to_owned()))
+        })
+        .collect();
+    let expect = |scene: &str, stage: &str, needle: &str| {
+        let (got_stage, message) = by_scene.get(scene).unwrap_or_else(|| panic!("no dead letter for `{scene}`: {by_scene:?}"));
+        assert_eq!(got_stage, stage, "{scene}: {message}");
+        assert!(message.contains(needle), "{scene}: `{message}` does not say `{needle}`");
+    };
+    expect("truncated", "tile", "may be truncated or corrupt");
+    expect("notes", "tile", "is not a raster GDAL can read");
+    expect("empty", "tile", "is empty (0 bytes)");
+    expect("corrupt", "tile", "is not a raster GDAL can read");
+    expect("broken-item", "ingest", "not a STAC item");
+    expect("missing-asset", "tile", "not found");
+    expect("does-not-exist", "ingest", "no such file");
+    assert_eq!(by_scene.len(), 7);
+    assert!(dead.iter().all(|r| r["error_kind"] == "permanent"));
+}
+
+#[test]
+fn help_teaches_and_bad_arguments_exit_2() {
+    let out = strata(&["batch", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(help.contains("Examples:") && help.contains("--tile-size") && help.contains("dead_letter"), "{help}");
+
+    let out = strata(&["batch", "--overlap", "600", "x.tif"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("overlap_px"), "{}", text(&out.stderr));
+
+    let out = strata(&["query", "--tables", "/nonexistent-strata", "SELECT nope FROM tiles"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+}
