@@ -1,0 +1,97 @@
+//! Tiling straight from a real S3 server (moto): a COG is read by byte ranges, never
+//! downloaded whole, and tiles and tables are written back to S3.
+
+use std::sync::Arc;
+
+use gdal::{
+    raster::{Buffer, RasterCreationOptions},
+    spatial_ref::SpatialRef,
+    DriverManager,
+};
+use object_store::{path::Path, ObjectStoreExt, PutPayload};
+use operators::{
+    storage::{self, Location},
+    tables::{query, Tables},
+    tile::{tile_scene, TilerConfig},
+    vsi::VsiFile,
+};
+use schemas::{SceneRequest, SceneSource, TilingOptions};
+use strata_e2e::S3Server;
+
+/// A 2048² 3-band u16 COG with 256 px blocks and overviews, as satellite COGs are laid out.
+fn make_cog(dir: &std::path::Path) -> Vec<u8> {
+    let (size, bands) = (2048usize, 3usize);
+    let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+    let mut ds = mem.create_with_band_type::<u16, _>("", size, size, bands).unwrap();
+    ds.set_geo_transform(&[400_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0]).unwrap();
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32632).unwrap()).unwrap();
+    for b in 1..=bands {
+        // Noise-like content so the file does not compress to nothing.
+        let data: Vec<u16> = (0..size * size).map(|i| ((i as u64 * 2_654_435_761 + b as u64 * 97) >> 7) as u16 % 4000).collect();
+        ds.rasterband(b).unwrap().write((0, 0), (size, size), &mut Buffer::new((size, size), data)).unwrap();
+    }
+    let path = dir.join("scene.tif");
+    let cog = DriverManager::get_driver_by_name("COG").unwrap();
+    let options = RasterCreationOptions::from_iter(["BLOCKSIZE=256".to_owned(), "COMPRESS=DEFLATE".to_owned()]);
+    ds.create_copy(&cog, &path, &options).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cogs_on_s3_are_read_by_range_and_results_written_back() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("imagery").await.unwrap();
+    // storage::resolve configures S3 from the standard environment, as in production. This
+    // is the only test in this binary that reads it.
+    for (key, value) in [
+        ("AWS_ENDPOINT_URL", server.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ] {
+        std::env::set_var(key, value);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cog = make_cog(dir.path());
+    let store = server.store("imagery").unwrap();
+    store.put(&Path::from("scenes/scene.tif"), PutPayload::from(cog.clone())).await.unwrap();
+
+    // One 256² window at full resolution touches a few blocks, not the file.
+    let location = Location::new(Arc::clone(&store), "s3://imagery", Path::from("scenes/scene.tif"));
+    let file = VsiFile::open(&location).await.unwrap();
+    let vsi_path = file.path().to_owned();
+    let window = tokio::task::spawn_blocking(move || {
+        let ds = gdal::Dataset::open(&vsi_path).unwrap();
+        let band = ds.rasterband(1).unwrap();
+        band.read_as::<u16>((1024, 1024), (256, 256), (256, 256), None).unwrap().into_shape_and_vec().1
+    })
+    .await
+    .unwrap();
+    assert_eq!(window.len(), 256 * 256);
+    let (fetched, size) = (file.bytes_fetched(), file.size());
+    assert_eq!(size, cog.len() as u64);
+    assert!(fetched * 10 < size, "read {fetched} of {size} bytes for one window: not a ranged read");
+    assert!(file.requests() >= 2, "header and data should be separate range requests");
+    drop(file);
+
+    // The whole stage on s3:// URLs: scene in, tiles and tables out.
+    let mut request = SceneRequest::new("req-s3", "scene", SceneSource::Uri { uri: "s3://imagery/scenes/scene.tif".to_owned() });
+    request.tiling = TilingOptions { tile_size_px: 1024, overlap_px: 0, output_size_px: 256, ..Default::default() };
+    let tiles_root = storage::resolve("s3://imagery/tiles").unwrap();
+    let scene = tile_scene(&request, &tiles_root, &TilerConfig { threads: 2, ..Default::default() }, Arc::new(|_| {})).await.unwrap();
+    assert_eq!(scene.tiles.len(), 4);
+    assert_eq!(scene.summary.source_uri, "s3://imagery/scenes/scene.tif");
+    let tile_uri = &scene.tiles[0].task.tile.uri;
+    assert_eq!(tile_uri, "s3://imagery/tiles/req-s3/scene/r0000_c0000.png");
+    let png = store.get(&Path::from("tiles/req-s3/scene/r0000_c0000.png")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // The stretch came from the COG's overviews, so the whole scene was read about once.
+    assert!(scene.summary.bytes_fetched < 2 * scene.summary.source_bytes, "{:?}", scene.summary);
+
+    let tables = Tables::new(storage::resolve("s3://imagery/tables").unwrap());
+    let mut frame = operators::tables::tiles_frame(&scene.tiles, chrono::Utc::now()).unwrap();
+    tables.write(&schemas::tables::TILES, "req-s3--scene", chrono::Utc::now().date_naive(), &mut frame).await.unwrap();
+    let counted = query::run(&tables, "SELECT count(*) AS n FROM tiles").await.unwrap();
+    assert_eq!(counted.column("n").unwrap().u32().unwrap().get(0), Some(4));
+}
