@@ -52,6 +52,11 @@ pub struct TilerConfig {
     pub threads: usize,
     /// Longest side of the reduced read used to measure the stretch.
     pub stretch_sample_px: usize,
+    /// GDAL's block cache for the process, in MiB. GDAL's own default is 5 % of RAM, which on
+    /// a 24 GiB machine lets one large scene hold 1.2 GiB of blocks; tiling reads each block
+    /// about once (neighbouring windows share only the overlap), so a small cache loses no
+    /// speed. `GDAL_CACHEMAX` in the environment wins over this.
+    pub block_cache_mib: usize,
 }
 
 impl Default for TilerConfig {
@@ -60,6 +65,7 @@ impl Default for TilerConfig {
             max_scene_pixels: default_max_scene_pixels(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             stretch_sample_px: 1024,
+            block_cache_mib: 256,
         }
     }
 }
@@ -145,6 +151,7 @@ pub async fn tile_scene(
     config: &TilerConfig,
     progress: Progress,
 ) -> Result<TiledScene, OperatorError> {
+    apply_block_cache(config.block_cache_mib);
     let span = tracing::info_span!("scene", scene_id = %request.scene_id, request_id = %request.request_id);
     async move {
         let scene = request.scene_id.clone();
@@ -217,6 +224,18 @@ pub async fn tile_scene(
     }
     .instrument(span)
     .await
+}
+
+/// Sets GDAL's process-wide block cache once, unless the user set `GDAL_CACHEMAX`.
+fn apply_block_cache(mib: usize) {
+    static APPLIED: std::sync::Once = std::sync::Once::new();
+    APPLIED.call_once(|| {
+        if std::env::var_os("GDAL_CACHEMAX").is_none() {
+            let bytes = i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+            // SAFETY: a plain setter of a process-wide GDAL integer.
+            unsafe { gdal_sys::GDALSetCacheMax64(bytes) };
+        }
+    });
 }
 
 /// Object key of a tile below the tiles root.
