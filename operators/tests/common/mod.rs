@@ -54,15 +54,7 @@ impl Synthetic {
 
     /// Writes a u16 GeoTIFF whose pixel values come from `value(band, col, row)`.
     pub fn write_u16(&self, path: &Path, value: impl Fn(usize, usize, usize) -> u16) {
-        let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
-        let options = RasterCreationOptions::from_iter(self.options.iter().map(|s| (*s).to_owned()));
-        let mut ds = driver
-            .create_with_band_type_with_options::<u16, _>(path, self.width, self.height, self.bands, &options)
-            .unwrap();
-        ds.set_geo_transform(&self.geotransform).unwrap();
-        if let Some(epsg) = self.epsg {
-            ds.set_spatial_ref(&SpatialRef::from_epsg(epsg).unwrap()).unwrap();
-        }
+        let mut ds = self.create_u16(path);
         for b in 1..=self.bands {
             let mut band = ds.rasterband(b).unwrap();
             if let Some(nodata) = self.nodata {
