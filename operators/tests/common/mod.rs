@@ -54,7 +54,7 @@ impl Synthetic {
 
     /// Writes a u16 GeoTIFF whose pixel values come from `value(band, col, row)`.
     pub fn write_u16(&self, path: &Path, value: impl Fn(usize, usize, usize) -> u16) {
-        let mut ds = self.create_u16(path);
+        let ds = self.create_u16(path);
         for b in 1..=self.bands {
             let mut band = ds.rasterband(b).unwrap();
             if let Some(nodata) = self.nodata {
