@@ -29,6 +29,10 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         stac_assets: args.assets.clone(),
     };
     tiling.validate("batch options").context("checking the tiling options")?;
+    if let Some(request_id) = &args.request_id {
+        let probe = schemas::SceneRequest::new(request_id, "probe", schemas::SceneSource::Uri { uri: "probe".to_owned() });
+        schemas::Message::validate(&probe).context("checking --request-id")?;
+    }
     let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
     let tiles_root = storage::resolve(&args.tiles).context("resolving --tiles")?;
 

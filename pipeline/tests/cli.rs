@@ -188,6 +188,10 @@ fn help_teaches_and_bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("overlap_px"), "{}", text(&out.stderr));
 
+    let out = strata(&["batch", "--request-id", "../etc", "x.tif"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("request_id"), "{}", text(&out.stderr));
+
     let out = strata(&["query", "--tables", "/nonexistent-strata", "SELECT nope FROM tiles"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));

@@ -170,6 +170,9 @@ pub async fn run(
             }
         }));
     }
+    // Only the workers hold the receivers and senders from here on, so when they stop (the
+    // sink failed) the feeder's sends fail instead of waiting forever.
+    drop(request_rx);
     drop(outcome_tx);
 
     let mut summary = RunSummary::default();
