@@ -11,5 +11,6 @@
 pub mod device;
 mod error;
 pub mod onnx;
+pub mod tasks;
 
 pub use error::ModelError;
