@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::HashMap, process::Command, sync::Arc};
 
-use common::{data, decode_png, Synthetic};
+use common::{data, decode_png, write_f32, write_i16, Synthetic};
 use object_store::ObjectStoreExt;
 use operators::{
     storage::{self, Location},
@@ -205,4 +205,34 @@ async fn scenes_that_cannot_be_tiled_are_refused_with_the_cause() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("band 4 was requested but"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_and_float_single_band_scenes_render_as_grey() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = memory_root("dtypes");
+    // An elevation-like i16 band with negative values.
+    let dem = dir.path().join("dem.tif");
+    write_i16(&dem, 300, 200, |c, _| c as i16 * 10 - 1500);
+    // A reflectance-like f32 band whose left third is NaN (no data).
+    let refl = dir.path().join("reflectance.tif");
+    write_f32(&refl, 300, 200, Some(f64::NAN), |c, r| if c < 100 { f32::NAN } else { (c + r) as f32 / 500.0 });
+    for (path, dtype, valid) in [(&dem, "Int16", 1.0f32), (&refl, "Float32", 2.0 / 3.0)] {
+        let scene = tile(&request("grey", path.to_str().unwrap(), tiling(300, 0, 300)), &root).await.unwrap();
+        assert_eq!(scene.summary.dtype, dtype);
+        assert_eq!(scene.tiles.len(), 1);
+        assert!((scene.tiles[0].valid_fraction - valid).abs() < 0.01, "{dtype}: {}", scene.tiles[0].valid_fraction);
+        let location = storage::resolve(&scene.tiles[0].task.tile.uri).unwrap();
+        let bytes = location.store().get(location.path()).await.unwrap().bytes().await.unwrap();
+        let (_, _, rgb) = decode_png(&bytes);
+        let pixel = |c: usize, r: usize| &rgb[(r * 300 + c) * 3..(r * 300 + c) * 3 + 3];
+        // Grey: the one band feeds all three channels; the stretch spans the values.
+        assert!(pixel(250, 100).iter().all(|&v| v == pixel(250, 100)[0]));
+        assert!(pixel(290, 190)[0] > 240, "{dtype}: bright end {:?}", pixel(290, 190));
+        if dtype == "Float32" {
+            assert_eq!(pixel(50, 100), [0, 0, 0], "NaN pixels stay black");
+        } else {
+            assert!(pixel(2, 100)[0] < 15, "dark end {:?}", pixel(2, 100));
+        }
+    }
 }

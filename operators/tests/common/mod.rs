@@ -70,6 +70,28 @@ impl Synthetic {
     }
 }
 
+/// Writes a one-band f32 GeoTIFF (NaN allowed) from `value(col, row)`.
+pub fn write_f32(path: &Path, width: usize, height: usize, nodata: Option<f64>, value: impl Fn(usize, usize) -> f32) {
+    let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+    let mut ds = driver.create_with_band_type::<f32, _>(path, width, height, 1).unwrap();
+    ds.set_geo_transform(&[500_000.0, 10.0, 0.0, 5_800_000.0, 0.0, -10.0]).unwrap();
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32633).unwrap()).unwrap();
+    let mut band = ds.rasterband(1).unwrap();
+    band.set_no_data_value(nodata).unwrap();
+    let data: Vec<f32> = (0..height).flat_map(|r| (0..width).map(move |c| (c, r))).map(|(c, r)| value(c, r)).collect();
+    band.write((0, 0), (width, height), &mut Buffer::new((width, height), data)).unwrap();
+}
+
+/// Writes a one-band i16 GeoTIFF from `value(col, row)`.
+pub fn write_i16(path: &Path, width: usize, height: usize, value: impl Fn(usize, usize) -> i16) {
+    let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+    let mut ds = driver.create_with_band_type::<i16, _>(path, width, height, 1).unwrap();
+    ds.set_geo_transform(&[500_000.0, 10.0, 0.0, 5_800_000.0, 0.0, -10.0]).unwrap();
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32633).unwrap()).unwrap();
+    let data: Vec<i16> = (0..height).flat_map(|r| (0..width).map(move |c| (c, r))).map(|(c, r)| value(c, r)).collect();
+    ds.rasterband(1).unwrap().write((0, 0), (width, height), &mut Buffer::new((width, height), data)).unwrap();
+}
+
 /// Decodes a PNG into (width, height, RGB bytes).
 pub fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
