@@ -20,6 +20,12 @@ pub enum ModelError {
         /// The loader's complaint.
         message: String,
     },
+    /// A model configuration is invalid.
+    #[error("invalid model configuration: {reason}")]
+    Config {
+        /// What is wrong, naming the field.
+        reason: String,
+    },
     /// ONNX Runtime refused a model or a run.
     #[error("ONNX Runtime failed while {action}: {source}")]
     Onnx {
