@@ -10,7 +10,7 @@ use tch::{nn, Device, Tensor};
 #[test]
 fn logits_match_transformers_within_1e_4_relative() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tiny");
-    let config = Qwen2Config::from_json(&std::fs::read_to_string(dir.join("config.json"))).unwrap()).unwrap();
+    let config = Qwen2Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut model = Qwen2ForCausalLM::new(&vs.root(), &config);
     vs.load(dir.join("model.safetensors")).unwrap();
