@@ -12,6 +12,7 @@ pub mod device;
 mod error;
 pub mod onnx;
 pub mod qwen2;
+pub mod siglip;
 pub mod tasks;
 
 pub use error::ModelError;

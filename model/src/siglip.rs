@@ -1,0 +1,191 @@
+//! SigLIP / SigLIP2 vision tower (ViT) under Hugging Face weight names
+//! (`vision_model.embeddings.patch_embedding`, `vision_model.encoder.layers.{i}...`), returning
+//! the hidden state after every layer, as the multi-level prompter needs (MODEL_SPEC §1).
+//!
+//! Reference: transformers `models/siglip/modeling_siglip.py` (v4.57.1); checked against it by
+//! `model/tests/siglip_golden.rs` (`scripts/fixtures/make_siglip_golden.py`).
+
+use serde::Deserialize;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use crate::ModelError;
+
+const fn default_channels() -> i64 {
+    3
+}
+const fn default_layer_norm_eps() -> f64 {
+    1e-6
+}
+
+/// The vision part of a SigLIP `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SiglipVisionConfig {
+    /// Hidden size `d_v`.
+    pub hidden_size: i64,
+    /// MLP inner size.
+    pub intermediate_size: i64,
+    /// Encoder layers.
+    pub num_hidden_layers: i64,
+    /// Attention heads.
+    pub num_attention_heads: i64,
+    /// Input channels.
+    #[serde(default = "default_channels")]
+    pub num_channels: i64,
+    /// Input side in pixels.
+    pub image_size: i64,
+    /// Patch side in pixels.
+    pub patch_size: i64,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+impl SiglipVisionConfig {
+    /// Parses a vision-model `config.json`, or the `vision_config` of a full SigLIP one.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the field at fault.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Config { reason: e.to_string() })?;
+        let vision = value.get("vision_config").cloned().unwrap_or(value);
+        let config: Self = serde_json::from_value(vision).map_err(|e| ModelError::Config { reason: e.to_string() })?;
+        if config.num_attention_heads <= 0 || config.hidden_size % config.num_attention_heads != 0 {
+            return Err(ModelError::Config {
+                reason: format!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads),
+            });
+        }
+        if config.patch_size <= 0 || config.image_size % config.patch_size != 0 {
+            return Err(ModelError::Config {
+                reason: format!("image_size {} is not a multiple of patch_size {}", config.image_size, config.patch_size),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Patches per image, `N_p`.
+    pub fn num_patches(&self) -> i64 {
+        (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path<'_>, cfg: &SiglipVisionConfig) -> Self {
+        let d = cfg.hidden_size;
+        Self {
+            q_proj: nn::linear(&p / "q_proj", d, d, Default::default()),
+            k_proj: nn::linear(&p / "k_proj", d, d, Default::default()),
+            v_proj: nn::linear(&p / "v_proj", d, d, Default::default()),
+            out_proj: nn::linear(&p / "out_proj", d, d, Default::default()),
+            heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        }
+    }
+}
+
+impl Module for Attention {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (b, n, d) = (xs.size()[0], xs.size()[1], xs.size()[2]);
+        let split = |t: Tensor| t.view([b, n, self.heads, self.head_dim]).transpose(1, 2);
+        let q = split(self.q_proj.forward(xs));
+        let k = split(self.k_proj.forward(xs));
+        let v = split(self.v_proj.forward(xs));
+        let scores = q.matmul(&k.transpose(-2, -1)) * (self.head_dim as f64).powf(-0.5);
+        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        self.out_proj.forward(&probs.matmul(&v).transpose(1, 2).contiguous().view([b, n, d]))
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: nn::LayerNorm,
+    self_attn: Attention,
+    layer_norm2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl EncoderLayer {
+    fn new(p: nn::Path<'_>, cfg: &SiglipVisionConfig) -> Self {
+        let norm = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+        let mlp = &p / "mlp";
+        Self {
+            layer_norm1: nn::layer_norm(&p / "layer_norm1", vec![cfg.hidden_size], norm),
+            self_attn: Attention::new(&p / "self_attn", cfg),
+            layer_norm2: nn::layer_norm(&p / "layer_norm2", vec![cfg.hidden_size], norm),
+            fc1: nn::linear(&mlp / "fc1", cfg.hidden_size, cfg.intermediate_size, Default::default()),
+            fc2: nn::linear(&mlp / "fc2", cfg.intermediate_size, cfg.hidden_size, Default::default()),
+        }
+    }
+}
+
+impl Module for EncoderLayer {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs));
+        let hidden = self.fc1.forward(&self.layer_norm2.forward(&xs)).gelu("tanh");
+        &xs + self.fc2.forward(&hidden)
+    }
+}
+
+/// The vision tower's outputs.
+#[derive(Debug)]
+pub struct VisionOutput {
+    /// `L + 1` tensors `[batch, N_p, d_v]`: the patch embeddings, then the output of every
+    /// encoder layer (as transformers' `hidden_states`).
+    pub hidden_states: Vec<Tensor>,
+    /// The last layer's output after the final LayerNorm.
+    pub last_hidden_state: Tensor,
+}
+
+/// SigLIP vision transformer.
+#[derive(Debug)]
+pub struct SiglipVisionModel {
+    patch_embedding: nn::Conv2D,
+    position_embedding: nn::Embedding,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: nn::LayerNorm,
+    num_patches: i64,
+}
+
+impl SiglipVisionModel {
+    /// Builds the tower's variables under `p / "vision_model"`.
+    pub fn new(p: &nn::Path<'_>, cfg: &SiglipVisionConfig) -> Self {
+        let root = p / "vision_model";
+        let embeddings = &root / "embeddings";
+        let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
+        Self {
+            patch_embedding: nn::conv2d(&embeddings / "patch_embedding", cfg.num_channels, cfg.hidden_size, cfg.patch_size, conv),
+            position_embedding: nn::embedding(&embeddings / "position_embedding", cfg.num_patches(), cfg.hidden_size, Default::default()),
+            layers: (0..cfg.num_hidden_layers).map(|i| EncoderLayer::new(&root / "encoder" / "layers" / i, cfg)).collect(),
+            post_layernorm: nn::layer_norm(
+                &root / "post_layernorm",
+                vec![cfg.hidden_size],
+                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+            ),
+            num_patches: cfg.num_patches(),
+        }
+    }
+
+    /// Runs the tower on normalised `pixel_values` `[batch, channels, side, side]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> VisionOutput {
+        let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
+        let positions = Tensor::arange(self.num_patches, (Kind::Int64, pixel_values.device()));
+        let mut xs = patches + self.position_embedding.forward(&positions).unsqueeze(0);
+        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
+        hidden_states.push(xs.shallow_clone());
+        for layer in &self.layers {
+            xs = layer.forward(&xs);
+            hidden_states.push(xs.shallow_clone());
+        }
+        VisionOutput { last_hidden_state: self.post_layernorm.forward(&xs), hidden_states }
+    }
+}
