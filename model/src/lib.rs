@@ -11,6 +11,7 @@
 pub mod device;
 mod error;
 pub mod onnx;
+pub mod projector;
 pub mod qwen2;
 pub mod siglip;
 pub mod tasks;
