@@ -61,6 +61,13 @@ pub enum OperatorError {
         #[source]
         source: polars::error::PolarsError,
     },
+    /// A bug in Strata itself (rows that do not fit their table schema, ...): a report, not a
+    /// user error.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: String,
+    },
     /// A query could not run.
     #[error("query failed: {reason}")]
     Query {
@@ -84,7 +91,8 @@ impl OperatorError {
             Self::InvalidLocation { .. }
             | Self::BadScene { .. }
             | Self::Gdal { .. }
-            | Self::Query { .. } => ErrorClass::Permanent,
+            | Self::Query { .. }
+            | Self::Internal { .. } => ErrorClass::Permanent,
             Self::Table { .. } => ErrorClass::Retryable,
         }
     }

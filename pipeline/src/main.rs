@@ -27,6 +27,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    if let cli::Command::Query(query_args) = &args.command {
+        query::set_display_options(query_args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -71,7 +71,7 @@ impl From<f32> for Cell {
 }
 
 fn mismatch(table: &TableSchema, column: &str, cell: &Cell) -> OperatorError {
-    OperatorError::Query { reason: format!("internal: table `{}` column `{column}` cannot hold {cell:?}", table.name) }
+    OperatorError::Internal { reason: format!("table `{}` column `{column}` cannot hold {cell:?}", table.name) }
 }
 
 /// Builds a frame for `table` from rows whose cells are in column order.
@@ -80,8 +80,8 @@ fn mismatch(table: &TableSchema, column: &str, cell: &Cell) -> OperatorError {
 /// When a row has the wrong length, a cell the wrong type, or a null in a non-null column.
 pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, OperatorError> {
     if let Some(row) = rows.iter().find(|r| r.len() != table.columns.len()) {
-        return Err(OperatorError::Query {
-            reason: format!("internal: table `{}` has {} columns, a row has {}", table.name, table.columns.len(), row.len()),
+        return Err(OperatorError::Internal {
+            reason: format!("table `{}` has {} columns, a row has {}", table.name, table.columns.len(), row.len()),
         });
     }
     let mut columns = Vec::with_capacity(table.columns.len());
@@ -113,7 +113,7 @@ pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, Opera
             ColumnType::Float32 => Series::new(name, collect!(F32, |v: &f32| *v)),
             ColumnType::Float64 => Series::new(name, collect!(F64, |v: &f64| *v)),
             ColumnType::Int64 | ColumnType::Bool => {
-                return Err(OperatorError::Query { reason: format!("internal: no writer for column type {:?}", spec.ty) })
+                return Err(OperatorError::Internal { reason: format!("no writer for column type {:?}", spec.ty) })
             }
             ColumnType::TimestampMicros => Series::new(name, collect!(Time, |v: &DateTime<Utc>| v.timestamp_micros()))
                 .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
@@ -153,7 +153,7 @@ pub fn polygon_wkb(ring: &[[f64; 2]]) -> Result<Vec<u8>, OperatorError> {
         polygon.add_geometry(linear_ring)?;
         polygon.wkb()
     };
-    build().map_err(|e| OperatorError::Query { reason: format!("cannot encode a footprint as WKB: {e}") })
+    build().map_err(|e| OperatorError::Internal { reason: format!("cannot encode a footprint as WKB: {e}") })
 }
 
 /// The exterior ring points of a WKB polygon (empty when it is not one).

@@ -41,8 +41,8 @@ pub fn encode(table: &TableSchema, frame: &mut DataFrame) -> Result<Vec<u8>, Ope
     let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
     let expected: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
     if names != expected {
-        return Err(OperatorError::Query {
-            reason: format!("internal: frame for `{}` has columns {names:?}, schema says {expected:?}", table.name),
+        return Err(OperatorError::Internal {
+            reason: format!("frame for `{}` has columns {names:?}, schema says {expected:?}", table.name),
         });
     }
     let mut bytes = Vec::new();

@@ -142,7 +142,7 @@ fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, OperatorError> 
         .with_json_format(JsonFormat::Json)
         .finish(frame)
         .map_err(table_err("result", "writing JSON"))?;
-    serde_json::from_slice(&out).map_err(|e| OperatorError::Query { reason: format!("internal: polars wrote invalid JSON: {e}") })
+    serde_json::from_slice(&out).map_err(|e| OperatorError::Internal { reason: format!("polars wrote invalid JSON: {e}") })
 }
 
 fn geojson(frame: DataFrame) -> Result<String, OperatorError> {
