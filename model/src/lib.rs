@@ -10,6 +10,9 @@
 
 pub mod device;
 mod error;
+pub mod experts;
+pub mod layers;
+pub mod lora;
 pub mod onnx;
 pub mod projector;
 pub mod qwen2;

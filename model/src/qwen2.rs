@@ -6,9 +6,12 @@
 //! `model/tests/qwen2_golden.rs` on a small random configuration
 //! (`scripts/fixtures/make_qwen2_golden.py`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
+use crate::experts::{ExpertsConfig, SemanticExperts};
+use crate::layers::{self, ParamInit};
+use crate::lora::{LoraConfig, LoraLinear};
 use crate::ModelError;
 
 const fn default_rope_theta() -> f64 {
@@ -19,7 +22,7 @@ const fn default_rms_norm_eps() -> f64 {
 }
 
 /// The parts of a Qwen2 `config.json` the decoder needs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Qwen2Config {
     /// Vocabulary size.
     pub vocab_size: i64,
@@ -66,7 +69,8 @@ impl Qwen2Config {
         Ok(config)
     }
 
-    fn head_dim(&self) -> i64 {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads
     }
 }
@@ -79,8 +83,8 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn new(p: nn::Path<'_>, size: i64, eps: f64) -> Self {
-        Self { weight: p.ones("weight", &[size]), eps }
+    fn new(p: nn::Path<'_>, size: i64, eps: f64, init: ParamInit) -> Self {
+        Self { weight: layers::ones(&p, "weight", &[size], init), eps }
     }
 }
 
@@ -107,11 +111,10 @@ impl Rotary {
         Self { inv_freq }
     }
 
-    /// `(cos, sin)` of shape `[seq, head_dim]` for positions `offset..offset+seq`.
-    fn tables(&self, offset: i64, seq: i64) -> (Tensor, Tensor) {
-        let positions = Tensor::arange_start(offset, offset + seq, (Kind::Float, self.inv_freq.device()));
-        let freqs = positions.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    /// `(cos, sin)` of shape `[batch, 1, seq, head_dim]` for positions `[batch, seq]`.
+    fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         (emb.cos(), emb.sin())
     }
 }
@@ -128,12 +131,27 @@ fn apply_rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     (xs * cos.to_kind(kind)) + (rotate_half(xs) * sin.to_kind(kind))
 }
 
+/// Adds LoRA to a projection when the config targets it.
+fn projection(
+    p: &nn::Path<'_>,
+    strata: &nn::Path<'_>,
+    name: &str,
+    (in_dim, out_dim, bias): (i64, i64, bool),
+    extensions: &Qwen2Extensions,
+) -> LoraLinear {
+    let base = layers::linear(&(p / name), in_dim, out_dim, bias, extensions.init);
+    match &extensions.lora {
+        Some(lora) if lora.targets(name) => LoraLinear::adapted(base, &(strata / name), lora),
+        _ => LoraLinear::plain(base),
+    }
+}
+
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    o_proj: LoraLinear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -141,15 +159,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path<'_>, cfg: &Qwen2Config) -> Self {
+    fn new(p: nn::Path<'_>, strata: nn::Path<'_>, cfg: &Qwen2Config, extensions: &Qwen2Extensions) -> Self {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-        let with_bias = nn::LinearConfig { bias: true, ..Default::default() };
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let (q_dim, kv_dim) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         Self {
-            q_proj: nn::linear(&p / "q_proj", d, cfg.num_attention_heads * hd, with_bias),
-            k_proj: nn::linear(&p / "k_proj", d, cfg.num_key_value_heads * hd, with_bias),
-            v_proj: nn::linear(&p / "v_proj", d, cfg.num_key_value_heads * hd, with_bias),
-            o_proj: nn::linear(&p / "o_proj", cfg.num_attention_heads * hd, d, no_bias),
+            q_proj: projection(&p, &strata, "q_proj", (d, q_dim, true), extensions),
+            k_proj: projection(&p, &strata, "k_proj", (d, kv_dim, true), extensions),
+            v_proj: projection(&p, &strata, "v_proj", (d, kv_dim, true), extensions),
+            o_proj: projection(&p, &strata, "o_proj", (q_dim, d, false), extensions),
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: hd,
@@ -157,12 +174,13 @@ impl Attention {
         }
     }
 
-    fn forward(&mut self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: Option<&Tensor>, train: bool) -> Tensor {
         let (b, seq) = (xs.size()[0], xs.size()[1]);
+        let (cos, sin) = rotary;
         let shape = |t: Tensor, heads: i64| t.view([b, seq, heads, self.head_dim]).transpose(1, 2);
-        let q = apply_rotary(&shape(self.q_proj.forward(xs), self.heads), cos, sin);
-        let k = apply_rotary(&shape(self.k_proj.forward(xs), self.kv_heads), cos, sin);
-        let v = shape(self.v_proj.forward(xs), self.kv_heads);
+        let q = apply_rotary(&shape(self.q_proj.forward_t(xs, train), self.heads), cos, sin);
+        let k = apply_rotary(&shape(self.k_proj.forward_t(xs, train), self.kv_heads), cos, sin);
+        let v = shape(self.v_proj.forward_t(xs, train), self.kv_heads);
         let (k, v) = match self.cache.take() {
             Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2), Tensor::cat(&[&past_v, &v], 2)),
             None => (k, v),
@@ -171,39 +189,40 @@ impl Attention {
         let groups = self.heads / self.kv_heads;
         let k = k.repeat_interleave_self_int(groups, Some(1), None);
         let v = v.repeat_interleave_self_int(groups, Some(1), None);
-        let scores = q.matmul(&k.transpose(-2, -1)) / (self.head_dim as f64).sqrt();
-        let scores = match mask {
-            Some(mask) => scores + mask,
-            None => scores,
-        };
-        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-        let out = probs.matmul(&v).transpose(1, 2).contiguous().view([b, seq, self.heads * self.head_dim]);
-        self.o_proj.forward(&out)
+        // The mask already holds causality, so `is_causal` stays off (it would misplace the
+        // diagonal once keys come from the cache).
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        let out = out.transpose(1, 2).contiguous().view([b, seq, self.heads * self.head_dim]);
+        self.o_proj.forward_t(&out, train)
+    }
+
+    fn merge_lora(&mut self) {
+        for proj in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj] {
+            proj.merge();
+        }
     }
 }
 
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
 }
 
 impl Mlp {
-    fn new(p: nn::Path<'_>, cfg: &Qwen2Config) -> Self {
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+    fn new(p: nn::Path<'_>, strata: nn::Path<'_>, cfg: &Qwen2Config, extensions: &Qwen2Extensions) -> Self {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Self {
-            gate_proj: nn::linear(&p / "gate_proj", d, i, no_bias),
-            up_proj: nn::linear(&p / "up_proj", d, i, no_bias),
-            down_proj: nn::linear(&p / "down_proj", i, d, no_bias),
+            gate_proj: projection(&p, &strata, "gate_proj", (d, i, false), extensions),
+            up_proj: projection(&p, &strata, "up_proj", (d, i, false), extensions),
+            down_proj: projection(&p, &strata, "down_proj", (i, d, false), extensions),
         }
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(xs).silu() * self.up_proj.forward(xs)))
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let gated = self.gate_proj.forward_t(xs, train).silu() * self.up_proj.forward_t(xs, train);
+        self.down_proj.forward_t(&gated, train)
     }
 }
 
@@ -213,84 +232,203 @@ struct DecoderLayer {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+    experts: Option<SemanticExperts>,
 }
 
 impl DecoderLayer {
-    fn new(p: nn::Path<'_>, cfg: &Qwen2Config) -> Self {
+    fn new(p: nn::Path<'_>, strata: nn::Path<'_>, index: i64, cfg: &Qwen2Config, extensions: &Qwen2Extensions) -> Self {
+        let (d, eps, init) = (cfg.hidden_size, cfg.rms_norm_eps, extensions.init);
+        let experts = extensions
+            .experts
+            .as_ref()
+            .filter(|(config, _)| config.in_layer(index))
+            .map(|(config, levels)| SemanticExperts::new(&strata, d, *levels, config));
         Self {
-            input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
-            self_attn: Attention::new(&p / "self_attn", cfg),
-            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
-            mlp: Mlp::new(&p / "mlp", cfg),
+            input_layernorm: RmsNorm::new(&p / "input_layernorm", d, eps, init),
+            self_attn: Attention::new(&p / "self_attn", &strata / "self_attn", cfg, extensions),
+            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", d, eps, init),
+            mlp: Mlp::new(&p / "mlp", &strata / "mlp", cfg, extensions),
+            experts,
         }
     }
 
-    fn forward(&mut self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Tensor {
-        let attended = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), cos, sin, mask);
-        &attended + self.mlp.forward(&self.post_attention_layernorm.forward(&attended))
+    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: Option<&Tensor>, roles: Option<&Tensor>, train: bool) -> Tensor {
+        let attended = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), rotary, mask, train);
+        let normed = self.post_attention_layernorm.forward(&attended);
+        let ffn = self.mlp.forward_t(&normed, train);
+        match &self.experts {
+            Some(experts) => {
+                // Without roles every token is text: all experts, softmax-gated.
+                let roles = roles.map_or_else(|| Tensor::zeros(normed.size()[..2].to_vec(), (Kind::Int64, normed.device())), Tensor::shallow_clone);
+                attended + ffn + experts.forward(&normed, &roles)
+            }
+            None => attended + ffn,
+        }
     }
+}
+
+/// New modules beside the Qwen2 weights: LoRA adapters and semantic experts, and how
+/// parameters are initialised.
+#[derive(Debug, Clone, Default)]
+pub struct Qwen2Extensions {
+    /// LoRA on the targeted projections of every layer.
+    pub lora: Option<LoraConfig>,
+    /// Semantic experts and their number of levels `L`.
+    pub experts: Option<(ExpertsConfig, i64)>,
+    /// Random, or allocated for loading (base weights only; new modules are always random).
+    pub init: ParamInit,
+}
+
+/// One forward step of the decoder over input embeddings.
+#[derive(Debug)]
+pub struct DecoderInput<'a> {
+    /// Input embeddings `[batch, seq, d]`.
+    pub embeds: &'a Tensor,
+    /// RoPE positions `[batch, seq]` (int64); with left padding they start at 0 on each row's
+    /// first real token.
+    pub positions: &'a Tensor,
+    /// Token role codes `[batch, seq]` ([`crate::experts::TokenRole::code`]); `None` means all
+    /// text.
+    pub roles: Option<&'a Tensor>,
+    /// Which keys may be attended, `[batch, cached + seq]` (1 real, 0 padding); `None` means
+    /// no padding.
+    pub key_mask: Option<&'a Tensor>,
+    /// Training mode (LoRA dropout on).
+    pub train: bool,
 }
 
 /// The decoder with its language-model head, holding a per-layer KV cache.
 #[derive(Debug)]
 pub struct Qwen2ForCausalLM {
-    embed_tokens: nn::Embedding,
+    embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Option<nn::Linear>,
     rotary: Rotary,
-    seqlen_offset: i64,
+    cached_len: i64,
 }
 
 impl Qwen2ForCausalLM {
-    /// Builds the model's variables under `p` with Hugging Face names (`model.layers.0...`,
-    /// `lm_head.weight`); load weights into the var store afterwards.
+    /// Builds the plain model's variables under `p` with Hugging Face names
+    /// (`model.layers.0...`, `lm_head.weight`), randomly initialised; load weights afterwards.
     pub fn new(p: &nn::Path<'_>, cfg: &Qwen2Config) -> Self {
+        Self::build(p, &(p / "strata" / "llm"), cfg, &Qwen2Extensions::default())
+    }
+
+    /// Builds the model with LoRA and experts under `strata` (`strata/layers/{i}/...`).
+    pub fn build(p: &nn::Path<'_>, strata: &nn::Path<'_>, cfg: &Qwen2Config, extensions: &Qwen2Extensions) -> Self {
         let model = p / "model";
-        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&model / "layers" / i, cfg)).collect();
-        let lm_head = (!cfg.tie_word_embeddings)
-            .then(|| nn::linear(p / "lm_head", cfg.hidden_size, cfg.vocab_size, nn::LinearConfig { bias: false, ..Default::default() }));
+        let init = extensions.init;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&model / "layers" / i, strata / "layers" / i, i, cfg, extensions))
+            .collect();
+        let lm_head = (!cfg.tie_word_embeddings).then(|| layers::linear(&(p / "lm_head"), cfg.hidden_size, cfg.vocab_size, false, init));
         Self {
-            embed_tokens: nn::embedding(&model / "embed_tokens", cfg.vocab_size, cfg.hidden_size, Default::default()),
+            embed_tokens: layers::embedding(&(&model / "embed_tokens"), cfg.vocab_size, cfg.hidden_size, init),
             layers,
-            norm: RmsNorm::new(&model / "norm", cfg.hidden_size, cfg.rms_norm_eps),
+            norm: RmsNorm::new(&model / "norm", cfg.hidden_size, cfg.rms_norm_eps, init),
             lm_head,
             rotary: Rotary::new(cfg.head_dim(), cfg.rope_theta, p.device()),
-            seqlen_offset: 0,
+            cached_len: 0,
         }
     }
 
     /// Forgets the cached keys and values (start of a new sequence).
     pub fn clear_kv_cache(&mut self) {
-        self.seqlen_offset = 0;
+        self.cached_len = 0;
         for layer in &mut self.layers {
             layer.self_attn.cache = None;
         }
     }
 
-    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`, continuing after the
-    /// tokens already in the cache.
-    pub fn forward(&mut self, input_ids: &Tensor) -> Tensor {
-        let seq = input_ids.size()[1];
-        let (cos, sin) = self.rotary.tables(self.seqlen_offset, seq);
-        // Causal mask over [cached + new] keys; a single new token may see everything.
-        let mask = (seq > 1).then(|| {
-            let total = self.seqlen_offset + seq;
-            let device = input_ids.device();
-            let rows = Tensor::arange_start(self.seqlen_offset, total, (Kind::Int64, device)).unsqueeze(1);
-            let cols = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
-            let blocked = cols.gt_tensor(&rows);
-            Tensor::zeros([seq, total], (Kind::Float, device)).masked_fill(&blocked, f64::NEG_INFINITY)
-        });
-        let mut xs = self.embed_tokens.forward(input_ids);
+    /// Tokens already in the KV cache.
+    pub fn cached_len(&self) -> i64 {
+        self.cached_len
+    }
+
+    /// Drops the cached keys and values of every batch row not listed in `keep` (int64
+    /// indices), so finished sequences stop costing compute.
+    pub fn retain_rows(&mut self, keep: &Tensor) {
         for layer in &mut self.layers {
-            xs = layer.forward(&xs, &cos, &sin, mask.as_ref());
+            if let Some((k, v)) = layer.self_attn.cache.take() {
+                layer.self_attn.cache = Some((k.index_select(0, keep), v.index_select(0, keep)));
+            }
         }
-        self.seqlen_offset += seq;
-        let xs = self.norm.forward(&xs);
+    }
+
+    /// The layers that carry semantic experts.
+    pub fn expert_layers(&self) -> Vec<i64> {
+        self.layers.iter().enumerate().filter(|(_, l)| l.experts.is_some()).map(|(i, _)| i as i64).collect()
+    }
+
+    /// Token embeddings `[batch, seq, d]` for `ids` `[batch, seq]`.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, ids, -1, false, false)
+    }
+
+    /// The embedding table's kind (the model's compute dtype).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// Final-norm hidden states `[batch, seq, d]`, continuing after the cached tokens.
+    pub fn forward_embeds(&mut self, input: &DecoderInput<'_>) -> Tensor {
+        let seq = input.embeds.size()[1];
+        let rotary = self.rotary.tables(input.positions);
+        let mask = self.attention_mask(input, seq);
+        let mut xs = input.embeds.shallow_clone();
+        for layer in &mut self.layers {
+            xs = layer.forward(&xs, &rotary, mask.as_ref(), input.roles, input.train);
+        }
+        self.cached_len += seq;
+        self.norm.forward(&xs)
+    }
+
+    /// Additive mask `[batch|1, 1, seq, cached + seq]`: causal over cached and new keys, and
+    /// padding keys hidden. A single new token without padding needs none.
+    fn attention_mask(&self, input: &DecoderInput<'_>, seq: i64) -> Option<Tensor> {
+        if seq == 1 && input.key_mask.is_none() {
+            return None;
+        }
+        let device = input.embeds.device();
+        let total = self.cached_len + seq;
+        let rows = Tensor::arange_start(self.cached_len, total, (Kind::Int64, device)).unsqueeze(1);
+        let cols = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
+        let mut blocked = cols.gt_tensor(&rows).view([1, 1, seq, total]);
+        if let Some(keys) = input.key_mask {
+            blocked = blocked.logical_or(&keys.eq(0).view([keys.size()[0], 1, 1, total]));
+        }
+        let kind = input.embeds.kind();
+        Some(Tensor::zeros(blocked.size(), (kind, device)).masked_fill(&blocked, layers::mask_value(kind)))
+    }
+
+    /// Logits `[batch, seq, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
-            Some(head) => head.forward(&xs),
-            None => xs.matmul(&self.embed_tokens.ws.transpose(0, 1)),
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.transpose(0, 1)),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` (no padding), continuing
+    /// after the tokens already in the cache.
+    pub fn forward(&mut self, input_ids: &Tensor) -> Tensor {
+        let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
+        let positions = Tensor::arange_start(self.cached_len, self.cached_len + seq, (Kind::Int64, input_ids.device()))
+            .unsqueeze(0)
+            .expand([batch, seq], false);
+        let embeds = self.embed(input_ids);
+        let hidden = self.forward_embeds(&DecoderInput { embeds: &embeds, positions: &positions, roles: None, key_mask: None, train: false });
+        self.logits(&hidden)
+    }
+
+    /// Folds every LoRA adapter into its base weight (serving).
+    pub fn merge_lora(&mut self) {
+        for layer in &mut self.layers {
+            layer.self_attn.merge_lora();
+            for proj in [&mut layer.mlp.gate_proj, &mut layer.mlp.up_proj, &mut layer.mlp.down_proj] {
+                proj.merge();
+            }
         }
     }
 }
