@@ -44,4 +44,30 @@ pub enum ModelError {
         #[source]
         source: tch::TchError,
     },
+    /// A tokenizer could not be loaded or used.
+    #[error("tokenizer error: {reason}")]
+    Tokenizer {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A model artifact is incomplete, tampered with or unreadable.
+    #[error("model artifact `{}`: {reason}", path.display())]
+    Artifact {
+        /// The artifact directory or file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Checkpoint weights do not fit the model built from the config.
+    #[error("weights do not match the model: {reason}")]
+    Weights {
+        /// Which tensors are missing, unexpected or misshapen.
+        reason: String,
+    },
+    /// A request cannot be run (empty batch, image of the wrong size...).
+    #[error("invalid request: {reason}")]
+    Request {
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -8,6 +8,8 @@
 //! println!("running on {} in {:?}", device.describe(), device.dtype());
 //! ```
 
+pub mod chat;
+pub mod config;
 pub mod device;
 mod error;
 pub mod experts;
@@ -15,6 +17,7 @@ pub mod layers;
 pub mod lora;
 pub mod onnx;
 pub mod projector;
+pub mod prompter;
 pub mod qwen2;
 pub mod siglip;
 pub mod tasks;

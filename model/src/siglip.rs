@@ -5,7 +5,7 @@
 //! Reference: transformers `models/siglip/modeling_siglip.py` (v4.57.1); checked against it by
 //! `model/tests/siglip_golden.rs` (`scripts/fixtures/make_siglip_golden.py`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::ModelError;
@@ -18,7 +18,7 @@ const fn default_layer_norm_eps() -> f64 {
 }
 
 /// The vision part of a SigLIP `config.json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiglipVisionConfig {
     /// Hidden size `d_v`.
     pub hidden_size: i64,
