@@ -8,11 +8,13 @@
 //! println!("running on {} in {:?}", device.describe(), device.dtype());
 //! ```
 
+pub mod artifact;
 pub mod chat;
 pub mod config;
 pub mod device;
 mod error;
 pub mod experts;
+pub mod generate;
 pub mod layers;
 pub mod lora;
 pub mod onnx;
@@ -21,5 +23,8 @@ pub mod prompter;
 pub mod qwen2;
 pub mod siglip;
 pub mod tasks;
+pub mod train;
+pub mod vlm;
+pub mod weights;
 
 pub use error::ModelError;

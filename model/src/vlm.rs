@@ -1,0 +1,330 @@
+//! The whole vision-language model (MODEL_SPEC §1–4): SigLIP tower → levels and projected image
+//! tokens; multi-level prompter over the query, the retrieved descriptions and the levels; the
+//! Qwen2 LLM with semantic experts and LoRA over
+//! `[chat prefix] [X_img] [T_1 … T_L] [query] [response]`, each token tagged with its role.
+//!
+//! Variable names: the tower under `vision_model.*` and the LLM under `model.*` / `lm_head.*`
+//! (their Hugging Face names), new modules under `strata.*` (`strata.projector`,
+//! `strata.prompter`, `strata.llm.layers.{i}` for experts and LoRA). The vision tower is in
+//! optimiser group 1 (its own learning rate), everything else in group 0.
+
+use std::path::Path;
+
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+use crate::chat::{ChatTokenizer, EncodedRequest};
+use crate::config::StrataConfig;
+use crate::experts::TokenRole;
+use crate::generate::{self, GenerationConfig, PromptBatch};
+use crate::layers::ParamInit;
+use crate::projector::Projector;
+use crate::prompter::{MultiLevelPrompter, PrompterInput};
+use crate::qwen2::{DecoderInput, Qwen2Extensions, Qwen2ForCausalLM};
+use crate::siglip::SiglipVisionModel;
+use crate::weights::{self, LoadPolicy};
+use crate::ModelError;
+
+/// Optimiser group of the vision tower's variables.
+pub const VISION_GROUP: usize = 1;
+
+/// One image and its text inputs.
+#[derive(Debug)]
+pub struct VlmRequest {
+    /// Normalised pixels `[3, side, side]` (see [`StrataModel::preprocess_rgb`]).
+    pub pixels: Tensor,
+    /// The user query (task instruction or question).
+    pub query: String,
+    /// Retrieved descriptions, best first.
+    pub descriptions: Vec<String>,
+}
+
+/// One generated answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Decoded text.
+    pub text: String,
+    /// Generated token ids.
+    pub tokens: Vec<i64>,
+    /// `exp(mean log p)` of the answer's tokens (see [`generate::Generation::score`]).
+    pub score: f64,
+    /// Whether the answer ended on a stop token (rather than the token limit).
+    pub complete: bool,
+}
+
+struct Assembled {
+    prompt: PromptBatch,
+    /// `[B, T]` token ids where the loss applies, -100 elsewhere.
+    labels: Option<Tensor>,
+}
+
+/// The model, owning its variables.
+#[derive(Debug)]
+pub struct StrataModel {
+    config: StrataConfig,
+    tokenizer: ChatTokenizer,
+    vision: SiglipVisionModel,
+    projector: Projector,
+    prompter: MultiLevelPrompter,
+    llm: Qwen2ForCausalLM,
+    levels: Vec<i64>,
+    vs: nn::VarStore,
+}
+
+impl StrataModel {
+    /// Builds the model on `device` in `kind`. With [`ParamInit::Uninitialized`] the tower and
+    /// LLM weights are left for a loader to fill; new modules are always initialised.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when the config does not validate.
+    pub fn new(config: StrataConfig, tokenizer: ChatTokenizer, device: Device, kind: Kind, init: ParamInit) -> Result<Self, ModelError> {
+        config.validate()?;
+        let mut vs = nn::VarStore::new(device);
+        vs.set_kind(kind);
+        let root = vs.root();
+        let strata = &root / "strata";
+        let levels = config.levels();
+        let (d, d_v) = (config.llm.hidden_size, config.vision.hidden_size);
+        let vision = SiglipVisionModel::new(&root.set_group(VISION_GROUP), &config.vision);
+        let extensions = Qwen2Extensions {
+            lora: config.lora.clone(),
+            experts: Some((config.experts.clone(), levels.len() as i64)),
+            init,
+        };
+        let llm = Qwen2ForCausalLM::build(&root, &(&strata / "llm"), &config.llm, &extensions);
+        let projector = Projector::new(&(&strata / "projector"), d_v, d);
+        let prompter =
+            MultiLevelPrompter::new(&(&strata / "prompter"), &config.prompter, d, d_v, levels.len() as i64, config.llm.num_attention_heads);
+        Ok(Self { config, tokenizer, vision, projector, prompter, llm, levels, vs })
+    }
+
+    /// Builds the model from Hugging Face base checkpoints: a SigLIP (vision or full) and a
+    /// Qwen2/Qwen2.5 `*.safetensors` set. New modules start from their initialisation; every
+    /// tower and LLM weight must be found.
+    ///
+    /// # Errors
+    /// [`ModelError::Weights`] naming missing or misshapen tensors.
+    pub fn from_base_checkpoints(
+        config: StrataConfig,
+        tokenizer: ChatTokenizer,
+        checkpoint_files: &[std::path::PathBuf],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
+        let model = Self::new(config, tokenizer, device, kind, ParamInit::Uninitialized)?;
+        weights::load(&model.vs, checkpoint_files, LoadPolicy::Required(&["vision_model.", "model.", "lm_head."]))?;
+        Ok(model)
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &StrataConfig {
+        &self.config
+    }
+
+    /// Its tokenizer.
+    pub fn tokenizer(&self) -> &ChatTokenizer {
+        &self.tokenizer
+    }
+
+    /// The variables (for loading, saving and optimisers).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Mutable variables (loading).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The LLM (text-only generation, benchmarks).
+    pub fn llm_mut(&mut self) -> &mut Qwen2ForCausalLM {
+        &mut self.llm
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Compute kind of the weights.
+    pub fn kind(&self) -> Kind {
+        self.llm.kind()
+    }
+
+    /// Turns interleaved RGB bytes `[height, width, 3]` into normalised pixels
+    /// `[3, side, side]`: bilinear resize to the tower's input side, scale to [0, 1], then
+    /// `(x - mean) / std` per channel.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] when the buffer does not hold `width × height × 3` bytes.
+    pub fn preprocess_rgb(&self, rgb: &[u8], width: i64, height: i64) -> Result<Tensor, ModelError> {
+        if width <= 0 || height <= 0 || rgb.len() as i64 != width * height * 3 {
+            return Err(ModelError::Request { reason: format!("{} bytes are not a {width}×{height} RGB image", rgb.len()) });
+        }
+        let side = self.config.vision.image_size;
+        let image = Tensor::from_slice(rgb).view([height, width, 3]).permute([2, 0, 1]).to_kind(Kind::Float).unsqueeze(0) / 255.0;
+        let resized = if (width, height) == (side, side) {
+            image
+        } else {
+            image.upsample_bilinear2d([side, side], false, None, None)
+        };
+        let mean = Tensor::from_slice(&self.config.image.mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&self.config.image.std).to_kind(Kind::Float).view([1, 3, 1, 1]);
+        Ok(((resized - mean) / std).squeeze_dim(0))
+    }
+
+    fn encode(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Vec<EncodedRequest>, ModelError> {
+        let budgets = (self.config.max_query_tokens, self.config.retrieval.max_semantic_tokens);
+        requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let top_k = self.config.retrieval.top_k.min(r.descriptions.len());
+                let response = responses.map(|all| all[i].as_str());
+                self.tokenizer.encode_request(&r.query, &r.descriptions[..top_k], response, budgets)
+            })
+            .collect()
+    }
+
+    /// Embeds id lists padded to one length on the right: `([B, N, d], mask [B, N])`. Empty
+    /// lists get one masked slot so the tensors are never empty.
+    fn embed_padded(&self, lists: &[&[i64]]) -> (Tensor, Tensor) {
+        let device = self.device();
+        let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(lists.len() * longest);
+        let mut mask = Vec::with_capacity(lists.len() * longest);
+        for list in lists {
+            ids.extend_from_slice(list);
+            ids.extend(std::iter::repeat_n(self.tokenizer.pad_token(), longest - list.len()));
+            mask.extend(std::iter::repeat_n(1i64, list.len()));
+            mask.extend(std::iter::repeat_n(0i64, longest - list.len()));
+        }
+        let shape = [lists.len() as i64, longest as i64];
+        let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+        (self.llm.embed(&ids), Tensor::from_slice(&mask).view(shape).to_device(device))
+    }
+
+    fn assemble(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Assembled, ModelError> {
+        if requests.is_empty() {
+            return Err(ModelError::Request { reason: "empty batch".into() });
+        }
+        let side = self.config.vision.image_size;
+        if let Some(bad) = requests.iter().position(|r| r.pixels.size() != [3, side, side]) {
+            return Err(ModelError::Request {
+                reason: format!("request {bad}: pixels {:?} are not [3, {side}, {side}]", requests[bad].pixels.size()),
+            });
+        }
+        let encoded = self.encode(requests, responses)?;
+        let (device, kind) = (self.device(), self.kind());
+        let pixels = Tensor::stack(&requests.iter().map(|r| r.pixels.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device).to_kind(kind);
+        let vision = self.vision.forward(&pixels);
+        let levels: Vec<Tensor> = self.levels.iter().map(|l| vision.hidden_states[*l as usize].shallow_clone()).collect();
+        let image_tokens = self.projector.forward(&vision.hidden_states[self.config.vision.num_hidden_layers as usize]);
+        let queries: Vec<&[i64]> = encoded.iter().map(|e| e.query.as_slice()).collect();
+        let semantics: Vec<&[i64]> = encoded.iter().map(|e| e.semantic.as_slice()).collect();
+        let (query, query_mask) = self.embed_padded(&queries);
+        let (semantic, semantic_mask) = self.embed_padded(&semantics);
+        let semantic_tokens = self.prompter.forward_levels(&PrompterInput {
+            query: &query,
+            query_mask: &query_mask,
+            semantic: &semantic,
+            semantic_mask: &semantic_mask,
+            levels: &levels,
+        });
+
+        let role = |code: TokenRole, n: i64| Tensor::full([n], code.code(), (Kind::Int64, device));
+        let ids = |list: &[i64]| Tensor::from_slice(list).to_device(device);
+        let mut rows = Vec::with_capacity(requests.len());
+        let mut label_rows = Vec::with_capacity(requests.len());
+        for (b, e) in encoded.iter().enumerate() {
+            let b = b as i64;
+            let mut embeds = vec![self.llm.embed(&ids(&e.prefix)), image_tokens.get(b)];
+            let mut roles = vec![role(TokenRole::Text, e.prefix.len() as i64), role(TokenRole::Image, image_tokens.size()[1])];
+            for (l, level_tokens) in semantic_tokens.iter().enumerate() {
+                embeds.push(level_tokens.get(b));
+                roles.push(role(TokenRole::Semantic(l as i64), level_tokens.size()[1]));
+            }
+            let mut text_tail = e.suffix.clone();
+            let prompt_len: i64 = embeds.iter().map(|t| t.size()[0]).sum::<i64>() + e.suffix.len() as i64;
+            if let Some(response) = &e.response {
+                text_tail.extend_from_slice(response);
+                let mut labels = vec![-100i64; prompt_len as usize];
+                labels.extend_from_slice(response);
+                label_rows.push(labels);
+            }
+            embeds.push(self.llm.embed(&ids(&text_tail)));
+            roles.push(role(TokenRole::Text, text_tail.len() as i64));
+            rows.push((Tensor::cat(&embeds, 0), Tensor::cat(&roles, 0)));
+        }
+        let prompt = PromptBatch::left_padded(&rows)?;
+        let labels = responses.is_some().then(|| {
+            let total = prompt.embeds.size()[1] as usize;
+            let padded: Vec<i64> = label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
+            Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(device)
+        });
+        Ok(Assembled { prompt, labels })
+    }
+
+    /// Mean next-token cross-entropy over the response tokens (training mode: LoRA dropout on).
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for an empty batch, mismatched lengths or bad pixels.
+    pub fn loss(&mut self, requests: &[VlmRequest], responses: &[String]) -> Result<Tensor, ModelError> {
+        if requests.len() != responses.len() {
+            return Err(ModelError::Request { reason: format!("{} requests but {} responses", requests.len(), responses.len()) });
+        }
+        let assembled = self.assemble(requests, Some(responses))?;
+        let labels = assembled.labels.ok_or_else(|| ModelError::Request { reason: "no labels".into() })?;
+        let prompt = &assembled.prompt;
+        self.llm.clear_kv_cache();
+        let hidden = self.llm.forward_embeds(&DecoderInput {
+            embeds: &prompt.embeds,
+            positions: &prompt.positions,
+            roles: Some(&prompt.roles),
+            key_mask: Some(&prompt.key_mask),
+            train: true,
+        });
+        self.llm.clear_kv_cache();
+        let seq = hidden.size()[1];
+        let logits = self.llm.logits(&hidden.narrow(1, 0, seq - 1)).to_kind(Kind::Float);
+        let targets = labels.narrow(1, 1, seq - 1);
+        Ok(logits.flatten(0, 1).cross_entropy_loss::<Tensor>(&targets.flatten(0, 1), None, tch::Reduction::Mean, -100, 0.0))
+    }
+
+    /// Answers a batch of requests.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for an empty batch or bad pixels; [`ModelError::Tokenizer`]
+    /// when decoding fails.
+    pub fn generate(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
+        let assembled = tch::no_grad(|| self.assemble(requests, None))?;
+        let mut config = config.clone();
+        if config.stop_tokens.is_empty() {
+            config.stop_tokens = self.tokenizer.stop_tokens();
+        }
+        let generations = generate::generate(&mut self.llm, &assembled.prompt, &config)?;
+        generations
+            .into_iter()
+            .map(|g| {
+                Ok(Answer {
+                    text: self.tokenizer.decode(&g.tokens)?.trim().to_owned(),
+                    score: g.score(),
+                    complete: g.finish == generate::FinishReason::Stop,
+                    tokens: g.tokens,
+                })
+            })
+            .collect()
+    }
+
+    /// Folds LoRA into the LLM weights for serving.
+    pub fn merge_lora(&mut self) {
+        self.llm.merge_lora();
+    }
+
+    /// Loads the tokenizer named in `dir` (`tokenizer.json`) with this config's system prompt.
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] when it cannot be read.
+    pub fn tokenizer_from_dir(dir: &Path, config: &StrataConfig) -> Result<ChatTokenizer, ModelError> {
+        ChatTokenizer::from_file(&dir.join("tokenizer.json"), &config.system_prompt)
+    }
+}

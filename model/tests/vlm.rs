@@ -1,0 +1,188 @@
+//! The whole model's behaviour: names and sizes follow the spec, batching does not change
+//! answers, LoRA merges exactly, artifacts round-trip and refuse tampering.
+
+mod common;
+
+use common::*;
+use model::artifact::{self, Artifact, Provenance};
+use model::generate::{GenerationConfig, Sampling};
+use model::vlm::VlmRequest;
+use tch::{Device, Kind};
+
+fn requests(model: &model::vlm::StrataModel) -> Vec<VlmRequest> {
+    vec![
+        request(colour_image(model, [200, 30, 30], 1), "What colour is the image?", &["A red forest.", "A river.", "A beach."]),
+        request(colour_image(model, [30, 200, 30], 2), "Describe the image in detail.", &[]),
+        request(
+            colour_image(model, [30, 30, 200], 3),
+            "Choose the best category describing the image from: airport, beach, forest, harbour",
+            &["A blue harbour seen from above, with harbours nearby.", "The image shows a blue area. It is blue."],
+        ),
+    ]
+}
+
+fn greedy(max_new_tokens: i64) -> GenerationConfig {
+    // No stop tokens besides the tokenizer's; random weights rarely emit them.
+    GenerationConfig { max_new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None }
+}
+
+#[test]
+fn variables_carry_hf_and_strata_names_with_the_spec_sizes() {
+    let mut model = tiny_model(1);
+    assert_eq!(model.llm_mut().expert_layers(), vec![3, 7]);
+    let vars = model.var_store().variables();
+    for name in [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "vision_model.encoder.layers.2.mlp.fc2.weight",
+        "vision_model.post_layernorm.weight",
+        "strata.projector.linear_1.weight",
+        "strata.prompter.aggregation_tokens",
+        "strata.prompter.level_blocks.2.attention.k_proj.weight",
+        "strata.llm.layers.3.router.weight",
+        "strata.llm.layers.7.experts.2.down.weight",
+        "strata.llm.layers.0.mlp.down_proj.lora_a",
+    ] {
+        assert!(vars.contains_key(name), "missing {name}");
+    }
+    // Experts only in layers 3 and 7; 3 levels; 2·d·r parameters each.
+    let expert_params: usize = vars.iter().filter(|(n, _)| n.contains(".experts.")).map(|(_, t)| t.numel()).sum();
+    assert_eq!(expert_params, 2 * 3 * (2 * 64 * 8));
+    assert!(!vars.keys().any(|n| n.starts_with("strata.llm.layers.2.experts")));
+    assert_eq!(vars["strata.prompter.aggregation_tokens"].size(), vec![4, 64]);
+    // The level blocks project keys/values from d_v = 32 to d = 64.
+    assert_eq!(vars["strata.prompter.level_blocks.0.attention.k_proj.weight"].size(), vec![64, 32]);
+    // LoRA: rank 4 on all seven projections of all eight layers.
+    let lora: Vec<_> = vars.keys().filter(|n| n.ends_with("lora_a")).collect();
+    assert_eq!(lora.len(), 7 * 8);
+    assert_eq!(model.config().semantic_tokens(), 12);
+}
+
+#[test]
+fn batched_generation_equals_one_by_one() {
+    let mut model = tiny_model(2);
+    randomise_new_modules(&model);
+    let config = greedy(6);
+    let batched = model.generate(&requests(&model), &config).unwrap();
+    assert_eq!(batched.len(), 3);
+    assert!(batched.iter().all(|a| a.tokens.len() >= 3), "random weights should talk: {batched:?}");
+    for (i, single_request) in requests(&model).into_iter().enumerate() {
+        let single = model.generate(&[single_request], &config).unwrap();
+        assert_eq!(single[0].tokens, batched[i].tokens, "request {i}");
+        assert!((single[0].score - batched[i].score).abs() < 1e-4, "request {i}: {} vs {}", single[0].score, batched[i].score);
+        assert!(single[0].score > 0.0 && single[0].score <= 1.0);
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed_and_respects_the_token_limit() {
+    let mut model = tiny_model(3);
+    let config = GenerationConfig { max_new_tokens: 5, sampling: Sampling::TopP { temperature: 1.5, top_p: 0.9 }, stop_tokens: vec![], seed: Some(42) };
+    let a = model.generate(&requests(&model), &config).unwrap();
+    let b = model.generate(&requests(&model), &config).unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().all(|answer| answer.tokens.len() <= 5));
+    // A nucleus that holds only the top token is greedy decoding.
+    let narrow = GenerationConfig { sampling: Sampling::TopP { temperature: 1.0, top_p: 1e-9 }, ..config.clone() };
+    let narrow = model.generate(&requests(&model), &narrow).unwrap();
+    let greedy = model.generate(&requests(&model), &greedy(5)).unwrap();
+    assert_eq!(narrow.iter().map(|a| &a.tokens).collect::<Vec<_>>(), greedy.iter().map(|a| &a.tokens).collect::<Vec<_>>());
+    let bad = GenerationConfig { sampling: Sampling::TopP { temperature: 0.0, top_p: 0.9 }, ..config };
+    assert!(model.generate(&requests(&model), &bad).unwrap_err().to_string().contains("temperature"));
+}
+
+#[test]
+fn merged_lora_answers_like_unmerged() {
+    let mut model = tiny_model(4);
+    randomise_new_modules(&model);
+    let config = greedy(6);
+    let before = model.generate(&requests(&model), &config).unwrap();
+    model.merge_lora();
+    let after = model.generate(&requests(&model), &config).unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.tokens, a.tokens);
+        assert!((b.score - a.score).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let mut model = tiny_model(5);
+    let wrong_size = VlmRequest { pixels: tch::Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu)), query: "x".into(), descriptions: vec![] };
+    let err = model.generate(&[wrong_size], &greedy(2)).unwrap_err().to_string();
+    assert!(err.contains("[3, 16, 16]"), "{err}");
+    assert!(model.generate(&[], &greedy(2)).unwrap_err().to_string().contains("empty batch"));
+    assert!(model.preprocess_rgb(&[0u8; 10], 4, 4).is_err());
+}
+
+#[test]
+fn artifacts_round_trip_and_refuse_tampering() {
+    let mut model = tiny_model(6);
+    randomise_new_modules(&model);
+    let expected = model.generate(&requests(&model), &greedy(4)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let provenance = Provenance { version: "tiny-2".into(), parent_version: Some("tiny-1".into()), training_run: Some("run-7".into()) };
+    let manifest = artifact::save(&model, &tokenizer_path(), dir.path(), &provenance).unwrap();
+    assert_eq!(manifest.files.len(), 3);
+    assert_eq!(manifest.parent_version.as_deref(), Some("tiny-1"));
+
+    let opened = Artifact::open(dir.path()).unwrap();
+    assert_eq!(opened.manifest, manifest);
+    let mut loaded = opened.load(Device::Cpu, Kind::Float).unwrap();
+    let answers = loaded.generate(&requests(&loaded), &greedy(4)).unwrap();
+    assert_eq!(answers, expected);
+
+    // One flipped byte in the weights: refused, naming the file.
+    let weights = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let err = Artifact::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("does not match"), "{err}");
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    Artifact::open(dir.path()).unwrap();
+
+    // Unlisted weights beside the listed ones: refused.
+    std::fs::write(dir.path().join("extra.safetensors"), b"x").unwrap();
+    assert!(Artifact::open(dir.path()).unwrap_err().to_string().contains("not listed"));
+    std::fs::remove_file(dir.path().join("extra.safetensors")).unwrap();
+
+    // A missing file and a missing manifest.
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    assert!(Artifact::open(dir.path()).unwrap_err().to_string().contains("missing"));
+    std::fs::remove_file(dir.path().join("manifest.json")).unwrap();
+    assert!(Artifact::open(dir.path()).unwrap_err().to_string().contains("manifest"));
+}
+
+#[test]
+fn weights_that_do_not_fit_are_refused_with_names() {
+    let model = tiny_model(7);
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("partial.safetensors");
+    model::weights::save(model.var_store(), &partial, |name| !name.starts_with("model.layers.5.")).unwrap();
+    let err = model::weights::load(model.var_store(), &[partial.clone()], model::weights::LoadPolicy::Complete).unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("model.layers.5."), "{err}");
+
+    // A base-checkpoint load tolerates extra tensors (a full SigLIP's text tower) but not a
+    // wrong shape.
+    let other = tiny_model_with_vocab(512);
+    let full = dir.path().join("other.safetensors");
+    model::weights::save(other.var_store(), &full, |_| true).unwrap();
+    let err = model::weights::load(model.var_store(), &[full], model::weights::LoadPolicy::Complete).unwrap_err().to_string();
+    assert!(err.contains("lm_head.weight") && err.contains("[512, 64]") && err.contains("[480, 64]"), "{err}");
+    let err = model::weights::load(model.var_store(), &[dir.path().join("nope.safetensors")], model::weights::LoadPolicy::Complete)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.safetensors"), "{err}");
+}
+
+fn tiny_model_with_vocab(vocab: i64) -> model::vlm::StrataModel {
+    let mut config = tiny_config();
+    config.llm.vocab_size = vocab;
+    let tokenizer = model::chat::ChatTokenizer::from_file(&tokenizer_path(), &config.system_prompt).unwrap();
+    model::vlm::StrataModel::new(config, tokenizer, Device::Cpu, Kind::Float, model::layers::ParamInit::Random).unwrap()
+}
