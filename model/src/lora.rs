@@ -104,7 +104,8 @@ impl LoraLinear {
 
     /// `W x + b`, plus the adapter's update unless it has been merged.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = self.base.forward(xs);
+        // `linear` (one fused addmm) rather than `nn::Linear`'s matmul-then-add.
+        let out = xs.linear(&self.base.ws, self.base.bs.as_ref());
         match (&self.adapter, self.merged) {
             (Some(adapter), false) => {
                 let input = xs.dropout(adapter.dropout, train);

@@ -174,7 +174,7 @@ impl Attention {
         }
     }
 
-    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: &AttentionMask, train: bool) -> Tensor {
         let (b, seq) = (xs.size()[0], xs.size()[1]);
         let (cos, sin) = rotary;
         let shape = |t: Tensor, heads: i64| t.view([b, seq, heads, self.head_dim]).transpose(1, 2);
@@ -186,12 +186,14 @@ impl Attention {
             None => (k, v),
         };
         self.cache = Some((k.shallow_clone(), v.shallow_clone()));
-        let groups = self.heads / self.kv_heads;
-        let k = k.repeat_interleave_self_int(groups, Some(1), None);
-        let v = v.repeat_interleave_self_int(groups, Some(1), None);
-        // The mask already holds causality, so `is_causal` stays off (it would misplace the
-        // diagonal once keys come from the cache).
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        // `enable_gqa` lets the kernel share each key/value head across its query group
+        // instead of materialising repeated copies.
+        let out = match mask {
+            AttentionMask::Additive(mask) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, true),
+            // No padding and nothing cached: libtorch's fused causal kernel, no mask tensor.
+            AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, true),
+            AttentionMask::None => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, true),
+        };
         let out = out.transpose(1, 2).contiguous().view([b, seq, self.heads * self.head_dim]);
         self.o_proj.forward_t(&out, train)
     }
@@ -252,7 +254,7 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: Option<&Tensor>, roles: Option<&Tensor>, train: bool) -> Tensor {
+    fn forward(&mut self, xs: &Tensor, rotary: &(Tensor, Tensor), mask: &AttentionMask, roles: Option<&Tensor>, train: bool) -> Tensor {
         let attended = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), rotary, mask, train);
         let normed = self.post_attention_layernorm.forward(&attended);
         let ffn = self.mlp.forward_t(&normed, train);
@@ -265,6 +267,18 @@ impl DecoderLayer {
             None => attended + ffn,
         }
     }
+}
+
+/// The attention pattern of one forward.
+#[derive(Debug)]
+enum AttentionMask {
+    /// Everything visible (one new token, no padding).
+    None,
+    /// Plain causal over the new tokens (nothing cached, no padding).
+    Causal,
+    /// `[batch|1, 1, seq, cached + seq]` added to the scores; masked entries hold the kind's
+    /// most negative finite value.
+    Additive(Tensor),
 }
 
 /// New modules beside the Qwen2 weights: LoRA adapters and semantic experts, and how
@@ -378,17 +392,18 @@ impl Qwen2ForCausalLM {
         let mask = self.attention_mask(input, seq);
         let mut xs = input.embeds.shallow_clone();
         for layer in &mut self.layers {
-            xs = layer.forward(&xs, &rotary, mask.as_ref(), input.roles, input.train);
+            xs = layer.forward(&xs, &rotary, &mask, input.roles, input.train);
         }
         self.cached_len += seq;
         self.norm.forward(&xs)
     }
 
-    /// Additive mask `[batch|1, 1, seq, cached + seq]`: causal over cached and new keys, and
-    /// padding keys hidden. A single new token without padding needs none.
-    fn attention_mask(&self, input: &DecoderInput<'_>, seq: i64) -> Option<Tensor> {
-        if seq == 1 && input.key_mask.is_none() {
-            return None;
+    /// How the new tokens may attend: causal over cached and new keys, padding keys hidden.
+    fn attention_mask(&self, input: &DecoderInput<'_>, seq: i64) -> AttentionMask {
+        match (input.key_mask, seq, self.cached_len) {
+            (None, 1, _) => return AttentionMask::None,
+            (None, _, 0) => return AttentionMask::Causal,
+            _ => {}
         }
         let device = input.embeds.device();
         let total = self.cached_len + seq;
@@ -399,13 +414,13 @@ impl Qwen2ForCausalLM {
             blocked = blocked.logical_or(&keys.eq(0).view([keys.size()[0], 1, 1, total]));
         }
         let kind = input.embeds.kind();
-        Some(Tensor::zeros(blocked.size(), (kind, device)).masked_fill(&blocked, layers::mask_value(kind)))
+        AttentionMask::Additive(Tensor::zeros(blocked.size(), (kind, device)).masked_fill(&blocked, layers::mask_value(kind)))
     }
 
     /// Logits `[batch, seq, vocab]` from final hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => hidden.linear(&head.ws, head.bs.as_ref()),
             None => hidden.matmul(&self.embed_tokens.transpose(0, 1)),
         }
     }
