@@ -7,7 +7,7 @@
 //! for serving, after which the adapter is skipped.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 const fn default_rank() -> i64 {
     64
@@ -132,7 +132,7 @@ impl LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::{nn::Module, Device, Kind};
 
     #[test]
     fn merged_equals_unmerged_and_zero_b_equals_base() {
