@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Same prompt construction as the peer is not needed (random ids either way), only the length.
     let ids: Vec<i64> = (0..prompt_len).map(|i| (i * 7919 + 13) % config.vocab_size).collect();
-    let prompt = PromptBatch::from_token_ids(&llm, &[ids.clone()], Device::Cpu)?;
+    let prompt = PromptBatch::from_token_ids(&llm, std::slice::from_ref(&ids), Device::Cpu)?;
     let input = Tensor::from_slice(&ids).view([1, prompt_len]);
     let generation = GenerationConfig { max_new_tokens: new_tokens, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None };
 

@@ -140,7 +140,7 @@ impl Trainer {
         self.micro_steps += 1;
         let scale = self.config.schedule(self.optimizer_steps);
         let learning_rate = self.config.learning_rate * scale;
-        let updated = self.micro_steps % self.config.grad_accumulation == 0;
+        let updated = self.micro_steps.is_multiple_of(self.config.grad_accumulation);
         if updated {
             self.optimizer.clip_grad_norm(self.config.max_grad_norm);
             self.optimizer.set_lr_group(0, learning_rate);

@@ -82,7 +82,7 @@ fn copy_into(var: &Tensor, name: &str, view: &TensorView<'_>, file: &Path) -> Re
     }
     let data = view.data();
     let element = kind.elt_size_in_bytes();
-    let source = if (data.as_ptr() as usize) % element == 0 {
+    let source = if (data.as_ptr() as usize).is_multiple_of(element) {
         let strides = contiguous_strides(&shape);
         // SAFETY: `data` is a live, suitably aligned slice of the mapping holding exactly
         // `numel × element` bytes (checked by safetensors); the view is only read by the copy

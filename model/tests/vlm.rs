@@ -164,7 +164,7 @@ fn weights_that_do_not_fit_are_refused_with_names() {
     let dir = tempfile::tempdir().unwrap();
     let partial = dir.path().join("partial.safetensors");
     model::weights::save(model.var_store(), &partial, |name| !name.starts_with("model.layers.5.")).unwrap();
-    let err = model::weights::load(model.var_store(), &[partial.clone()], model::weights::LoadPolicy::Complete).unwrap_err().to_string();
+    let err = model::weights::load(model.var_store(), std::slice::from_ref(&partial), model::weights::LoadPolicy::Complete).unwrap_err().to_string();
     assert!(err.contains("missing") && err.contains("model.layers.5."), "{err}");
 
     // A base-checkpoint load tolerates extra tensors (a full SigLIP's text tower) but not a

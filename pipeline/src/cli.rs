@@ -53,6 +53,124 @@ pub enum Command {
     ///
     /// Example: strata info --device auto --tables
     Info(InfoArgs),
+
+    /// Make, check and try model artifacts (config, tokenizer, weights, sha256 manifest).
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `strata model` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Create an artifact from Hugging Face base checkpoints (a SigLIP and a Qwen2/Qwen2.5),
+    /// with the new modules (projector, prompter, experts, LoRA) freshly initialised: the start
+    /// of training stage 1.
+    ///
+    /// CONFIG is the whole model's config.json: `vision` and `llm` are the checkpoints' own
+    /// Hugging Face configs, the other sections size the new modules.
+    ///
+    /// Examples:
+    ///   strata model init --config config.json --tokenizer qwen/tokenizer.json \
+    ///       --checkpoint siglip/model.safetensors --checkpoint qwen/model-00001-of-00004.safetensors ... \
+    ///       --model-version base-1 --out models/base-1
+    ///   strata model init --config tiny.json --tokenizer tokenizer.json --random --model-version dev --out /tmp/m
+    #[command(verbatim_doc_comment)]
+    Init(ModelInitArgs),
+
+    /// Check an artifact: every file's sha256 against its manifest, and the config; print a
+    /// summary. Exit status 1 when it does not verify.
+    ///
+    /// Example: strata model verify models/rs-2
+    Verify {
+        /// The artifact directory.
+        dir: std::path::PathBuf,
+    },
+
+    /// Answer a query about one or more PNG images with a model artifact.
+    ///
+    /// Prints one line per image: path, score (geometric-mean token probability) and answer.
+    ///
+    /// Examples:
+    ///   strata model ask --model models/rs-2 --image tile.png "Describe the image in detail."
+    ///   strata model ask --model models/rs-2 --image a.png --image b.png --format json \
+    ///       --description "A harbour with ships." "How many ships are there?"
+    #[command(verbatim_doc_comment)]
+    Ask(ModelAskArgs),
+}
+
+/// Arguments of `strata model init`.
+#[derive(Debug, Args)]
+pub struct ModelInitArgs {
+    /// The whole model's config.json.
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// The LLM's tokenizer.json (Qwen2/Qwen2.5, with the ChatML tokens).
+    #[arg(long)]
+    pub tokenizer: std::path::PathBuf,
+    /// Base checkpoint files (`*.safetensors`), repeatable.
+    #[arg(long)]
+    pub checkpoint: Vec<std::path::PathBuf>,
+    /// Initialise every weight randomly instead (experiments, tests).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub random: bool,
+    /// Version recorded in the manifest (`--version` prints strata's own).
+    #[arg(long = "model-version")]
+    pub model_version: String,
+    /// Parent version recorded in the manifest.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Training run recorded in the manifest.
+    #[arg(long)]
+    pub training_run: Option<String>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Device to build on: auto, cpu, cuda or cuda:N (bf16 on CUDA, f32 on CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
+}
+
+/// How `strata model ask` prints answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputStyle {
+    /// Tab-separated: image, score, answer.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `strata model ask`.
+#[derive(Debug, Args)]
+pub struct ModelAskArgs {
+    /// The artifact directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// PNG images (any size; resized to the vision tower's input), repeatable.
+    #[arg(long = "image", required = true)]
+    pub images: Vec<std::path::PathBuf>,
+    /// The query: a task instruction or a question.
+    pub query: String,
+    /// Retrieved descriptions to give the prompter, best first (repeatable).
+    #[arg(long = "description")]
+    pub descriptions: Vec<String>,
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+    /// Sample with this temperature (nucleus sampling) instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus mass kept when sampling.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// Seed for sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputStyle,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
 }
 
 /// Where result tables live unless --tables says otherwise.

@@ -11,6 +11,7 @@ mod batch;
 mod cli;
 mod info;
 mod inputs;
+mod model_cmd;
 mod query;
 mod runtime;
 
@@ -38,6 +39,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Batch(batch_args) => runtime.block_on(batch::run(batch_args)),
         cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
+        cli::Command::Model(command) => model_cmd::run(command),
     }
 }
 

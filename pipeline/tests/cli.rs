@@ -89,7 +89,14 @@ fn batch_tiles_real_scenes_and_a_rerun_replaces_its_rows() {
     assert_eq!(total[0]["distinct_tiles"], 22);
 
     // GeoJSON export has one polygon feature per tile.
-    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "geojson", "SELECT tile_id, geometry FROM tiles WHERE scene_id = 'L7_ETMs'"]);
+    let out = strata(&[
+        "query",
+        "--tables",
+        tables.to_str().unwrap(),
+        "--format",
+        "geojson",
+        "SELECT tile_id, geometry FROM tiles WHERE scene_id = 'L7_ETMs'",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let geojson: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(geojson["type"], "FeatureCollection");
@@ -158,7 +165,10 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
     let by_scene: std::collections::HashMap<String, (String, String)> = dead
         .iter()
         .map(|r| {
-            (r["scene_id"].as_str().unwrap().to_owned(), (r["stage"].as_str().unwrap().to_owned(), r["message"].as_str().unwrap().to_owned()))
+            (
+                r["scene_id"].as_str().unwrap().to_owned(),
+                (r["stage"].as_str().unwrap().to_owned(), r["message"].as_str().unwrap().to_owned()),
+            )
         })
         .collect();
     let expect = |scene: &str, stage: &str, needle: &str| {
@@ -195,4 +205,131 @@ fn help_teaches_and_bad_arguments_exit_2() {
     let out = strata(&["query", "--tables", "/nonexistent-strata", "SELECT nope FROM tiles"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
+    let work = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let model_dir = work.path().join("model");
+    let config = fixtures.join("tiny-model/config.json");
+    let tokenizer = fixtures.join("tokenizer/tokenizer.json");
+
+    // Neither checkpoints nor --random: a hint, exit 2.
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--model-version",
+        "v1",
+        "--out",
+        model_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("hint:"), "{}", text(&out.stderr));
+
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--random",
+        "--model-version",
+        "v1",
+        "--parent",
+        "v0",
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("wrote model `v1`"));
+
+    let out = strata(&["model", "verify", model_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("parent version: v0"), "{summary}");
+    assert!(summary.contains("experts in layers [3, 7]"), "{summary}");
+    assert!(summary.contains("4 aggregation tokens × 3 levels = 12 semantic tokens"), "{summary}");
+
+    // Tile a real scene, then ask the (untrained) model about two of its tiles.
+    let tiles = work.path().join("tiles");
+    let out = strata(&[
+        "batch",
+        "--no-progress",
+        "--tile-size",
+        "128",
+        "--overlap",
+        "0",
+        "--tables",
+        work.path().join("tables").to_str().unwrap(),
+        "--tiles",
+        tiles.to_str().unwrap(),
+        data("scenes/rmnp-rgb.tif").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pngs: Vec<PathBuf> = walk_pngs(&tiles).into_iter().take(2).collect();
+    assert_eq!(pngs.len(), 2);
+    let out = strata(&[
+        "model",
+        "ask",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--image",
+        pngs[0].to_str().unwrap(),
+        "--image",
+        pngs[1].to_str().unwrap(),
+        "--description",
+        "A forest.",
+        "--max-new-tokens",
+        "3",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+        "What colour is the image?",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let score = line["score"].as_f64().unwrap();
+        assert!(score > 0.0 && score <= 1.0, "{line}");
+        assert_eq!(line["model_version"], "v1");
+    }
+
+    // One flipped byte: verify and ask both refuse.
+    let weights = model_dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let out = strata(&["model", "verify", model_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not match"), "{}", text(&out.stderr));
+    let out = strata(&["model", "ask", "--model", model_dir.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(), "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("sha256"), "{}", text(&out.stderr));
+}
+
+fn walk_pngs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk_pngs(&path));
+            } else if path.extension().is_some_and(|e| e == "png") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }

@@ -15,20 +15,8 @@ pub fn tokenizer_path() -> PathBuf {
 
 /// 3 vision layers (levels 1, 2, 3), 8 LLM layers (experts in 3 and 7), 4 aggregation tokens.
 pub fn tiny_config() -> StrataConfig {
-    StrataConfig::from_json(
-        r#"{
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                   "num_attention_heads": 4, "image_size": 16, "patch_size": 4},
-        "llm": {"vocab_size": 480, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 8,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 10000.0,
-                "tie_word_embeddings": false},
-        "prompter": {"num_aggregation_tokens": 4, "num_heads": 4, "mlp_ratio": 2.0},
-        "experts": {"every": 4, "rank": 8},
-        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0},
-        "retrieval": {"top_k": 3, "max_semantic_tokens": 32}
-    }"#,
-    )
-    .expect("tiny config")
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-model/config.json");
+    StrataConfig::from_json(&std::fs::read_to_string(path).expect("tiny config")).expect("tiny config parses")
 }
 
 pub fn tiny_model(seed: i64) -> StrataModel {

@@ -1,0 +1,139 @@
+//! `strata model`: make, check and try model artifacts — what an ML engineer does before a
+//! version goes to the workers.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use model::artifact::{self, Artifact, Provenance};
+use model::chat::ChatTokenizer;
+use model::config::StrataConfig;
+use model::generate::{GenerationConfig, Sampling};
+use model::layers::ParamInit;
+use model::vlm::{StrataModel, VlmRequest};
+
+use crate::cli::{ModelAskArgs, ModelCommand, ModelInitArgs, OutputStyle};
+
+pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModelCommand::Init(args) => init(&args),
+        ModelCommand::Verify { dir } => verify(&dir),
+        ModelCommand::Ask(args) => ask(&args),
+    }
+}
+
+fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading `{}`", args.config.display()))?;
+    let config = StrataConfig::from_json(&text).with_context(|| format!("in `{}`", args.config.display()))?;
+    let tokenizer = ChatTokenizer::from_file(&args.tokenizer, &config.system_prompt)?;
+    let device = model::device::select(args.device)?;
+    let model = if args.checkpoint.is_empty() {
+        if !args.random {
+            bail!("no --checkpoint given\nhint: pass the SigLIP and Qwen2 `*.safetensors` files, or --random for an untrained model");
+        }
+        StrataModel::new(config, tokenizer, device.device(), device.dtype(), ParamInit::Random)?
+    } else {
+        StrataModel::from_base_checkpoints(config, tokenizer, &args.checkpoint, device.device(), device.dtype())?
+    };
+    let provenance =
+        Provenance { version: args.model_version.clone(), parent_version: args.parent.clone(), training_run: args.training_run.clone() };
+    let manifest = artifact::save(&model, &args.tokenizer, &args.out, &provenance)?;
+    let parameters: usize = model.var_store().variables().values().map(tch::Tensor::numel).sum();
+    println!("wrote model `{}` to {} ({} parameters, {} files)", manifest.version, args.out.display(), parameters, manifest.files.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
+    let artifact = match Artifact::open(dir) {
+        Ok(artifact) => artifact,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (manifest, config) = (&artifact.manifest, &artifact.config);
+    println!("model {} ({})", manifest.version, dir.display());
+    println!("  parent version: {}", manifest.parent_version.as_deref().unwrap_or("-"));
+    println!("  training run:   {}", manifest.training_run.as_deref().unwrap_or("-"));
+    for (file, sha) in &manifest.files {
+        println!("  ok  {sha}  {file}");
+    }
+    let levels = config.levels();
+    println!(
+        "  vision: {} layers, d_v {}, {}px / {}px patches; levels {:?}",
+        config.vision.num_hidden_layers, config.vision.hidden_size, config.vision.image_size, config.vision.patch_size, levels
+    );
+    println!(
+        "  llm: {} layers, d {}, vocabulary {}; experts in layers {:?} (rank {})",
+        config.llm.num_hidden_layers,
+        config.llm.hidden_size,
+        config.llm.vocab_size,
+        config.experts.layers(config.llm.num_hidden_layers),
+        config.experts.rank
+    );
+    println!(
+        "  prompter: {} aggregation tokens × {} levels = {} semantic tokens; LoRA: {}",
+        config.prompter.num_aggregation_tokens,
+        levels.len(),
+        config.semantic_tokens(),
+        config.lora.as_ref().map_or_else(|| "none".to_owned(), |l| format!("rank {} alpha {}", l.rank, l.alpha))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a PNG as interleaved RGB bytes, whatever its colour type.
+fn read_png_rgb(path: &Path) -> anyhow::Result<(Vec<u8>, i64, i64)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening `{}`", path.display()))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().with_context(|| format!("`{}` is not a readable PNG", path.display()))?;
+    let mut buffer = vec![0; reader.output_buffer_size().context("PNG too large")?];
+    let frame = reader.next_frame(&mut buffer).with_context(|| format!("decoding `{}`", path.display()))?;
+    let pixels = &buffer[..frame.buffer_size()];
+    let rgb: Vec<u8> = match frame.color_type {
+        png::ColorType::Rgb => pixels.to_vec(),
+        png::ColorType::Rgba => pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => pixels.iter().flat_map(|g| [*g, *g, *g]).collect(),
+        png::ColorType::GrayscaleAlpha => pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => {
+            bail!("`{}`: palette PNGs are expanded by the decoder; this one was not", path.display())
+        }
+    };
+    Ok((rgb, i64::from(frame.width), i64::from(frame.height)))
+}
+
+fn ask(args: &ModelAskArgs) -> anyhow::Result<ExitCode> {
+    let artifact = Artifact::open(&args.model)?;
+    let device = model::device::select(args.device)?;
+    let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
+    let mut requests = Vec::with_capacity(args.images.len());
+    for image in &args.images {
+        let (rgb, width, height) = read_png_rgb(image)?;
+        let pixels = model.preprocess_rgb(&rgb, width, height)?;
+        requests.push(VlmRequest { pixels, query: args.query.clone(), descriptions: args.descriptions.clone() });
+    }
+    let sampling = match args.temperature {
+        Some(temperature) => Sampling::TopP { temperature, top_p: args.top_p },
+        None => Sampling::Greedy,
+    };
+    let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: Vec::new(), seed: args.seed };
+    let answers = model.generate(&requests, &config)?;
+    for (image, answer) in args.images.iter().zip(&answers) {
+        match args.format {
+            OutputStyle::Text => {
+                println!("{}\t{:.4}\t{}", image.display(), answer.score, answer.text)
+            }
+            OutputStyle::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "image": image.display().to_string(),
+                    "answer": answer.text,
+                    "score": answer.score,
+                    "complete": answer.complete,
+                    "model_version": artifact.manifest.version,
+                })
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
