@@ -24,13 +24,18 @@ fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "parquet")
+}
+
+/// Every file below `dir` whose extension is `extension`, sorted.
+fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
-                files.extend(parquet_files(&path));
-            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.extend(files_with_extension(&path, extension));
+            } else if path.extension().is_some_and(|e| e == extension) {
                 files.push(path);
             }
         }
@@ -215,39 +220,18 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     let config = fixtures.join("tiny-model/config.json");
     let tokenizer = fixtures.join("tokenizer/tokenizer.json");
 
+    let (config, tokenizer, model_path) = (config.to_str().unwrap(), tokenizer.to_str().unwrap(), model_dir.to_str().unwrap());
+    let init = |extra: &[&str]| {
+        let base = ["model", "init", "--config", config, "--tokenizer", tokenizer, "--model-version", "v1", "--out", model_path];
+        strata(&[&base[..], extra].concat())
+    };
+
     // Neither checkpoints nor --random: a hint, exit 2.
-    let out = strata(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--model-version",
-        "v1",
-        "--out",
-        model_dir.to_str().unwrap(),
-    ]);
+    let out = init(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("hint:"), "{}", text(&out.stderr));
 
-    let out = strata(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--random",
-        "--model-version",
-        "v1",
-        "--parent",
-        "v0",
-        "--out",
-        model_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let out = init(&["--random", "--parent", "v0", "--device", "cpu"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("wrote model `v1`"));
 
@@ -274,7 +258,7 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
         data("scenes/rmnp-rgb.tif").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let pngs: Vec<PathBuf> = walk_pngs(&tiles).into_iter().take(2).collect();
+    let pngs: Vec<PathBuf> = files_with_extension(&tiles, "png").into_iter().take(2).collect();
     assert_eq!(pngs.len(), 2);
     let out = strata(&[
         "model",
@@ -316,20 +300,4 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     let out = strata(&["model", "ask", "--model", model_dir.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(), "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("sha256"), "{}", text(&out.stderr));
-}
-
-fn walk_pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                found.extend(walk_pngs(&path));
-            } else if path.extension().is_some_and(|e| e == "png") {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
 }
