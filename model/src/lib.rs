@@ -9,6 +9,7 @@
 //! ```
 
 pub mod artifact;
+pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod device;
