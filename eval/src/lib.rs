@@ -12,12 +12,17 @@
 //! | BERTScore | bert-score 0.3.12 (same encoder, last layer, no IDF by default) |
 //! | accuracy, IoU, Acc@0.5 | definitions in [`accuracy`] and [`grounding`] |
 
+pub mod accuracy;
+pub mod answers;
 pub mod bertscore;
 pub mod bleu;
 pub mod cider;
+pub mod grounding;
 pub mod meteor;
 pub mod porter;
+pub mod readers;
 pub mod rouge;
+pub mod score;
 pub mod text;
 pub mod wordnet;
 
