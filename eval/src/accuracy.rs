@@ -19,11 +19,7 @@ pub struct Tally {
 impl Tally {
     /// `correct / total` (0 when empty).
     pub fn accuracy(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.correct as f64 / self.total as f64
-        }
+        if self.total == 0 { 0.0 } else { self.correct as f64 / self.total as f64 }
     }
 
     fn add(&mut self, correct: bool) {
@@ -123,7 +119,11 @@ mod tests {
     fn vqa_accepts_any_reference_and_averages_types() {
         let yes = vec!["yes".to_owned()];
         let four = vec!["4".to_owned(), "four".to_owned()];
-        let score = vqa([("Yes.", yes.as_slice(), Some("presence")), ("four", four.as_slice(), Some("count")), ("no", yes.as_slice(), Some("presence"))]);
+        let score = vqa([
+            ("Yes.", yes.as_slice(), Some("presence")),
+            ("four", four.as_slice(), Some("count")),
+            ("no", yes.as_slice(), Some("presence")),
+        ]);
         assert_eq!(score.overall, Tally { correct: 2, total: 3 });
         assert!((score.average_accuracy() - (0.5 + 1.0) / 2.0).abs() < 1e-12);
     }

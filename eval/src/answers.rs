@@ -12,26 +12,26 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::EvalError;
 
 /// One prediction line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prediction {
     /// Sample id.
     pub id: String,
     /// Text, or a pixel box for grounding.
     pub answer: Value,
-    /// Anything else the model reported (ignored).
-    #[serde(default)]
+    /// The model's confidence, when it reported one (not used in scoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
 }
 
 /// One reference line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
     /// Sample id.
@@ -39,24 +39,25 @@ pub struct Reference {
     /// Accepted answers / captions / the class, or boxes for grounding.
     pub references: Vec<Value>,
     /// Question type (VQA).
-    #[serde(default, rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none", default, rename = "type")]
     pub kind: Option<String>,
     /// Candidate classes (classification).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub classes: Option<Vec<String>>,
     /// Image `[width, height]` in pixels (grounding answers on the 0–1000 grid).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image_size: Option<[u32; 2]>,
     /// The image file, for information.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image: Option<String>,
     /// The query given to the model, for information.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub query: Option<String>,
 }
 
 fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path, id: impl Fn(&T) -> &str) -> Result<Vec<T>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::Input { path: path.to_owned(), reason: format!("cannot read: {e}") })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| EvalError::Input { path: path.to_owned(), reason: format!("cannot read: {e}") })?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -66,7 +67,10 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path, id: impl Fn(&T) -> &str
         let item: T = serde_json::from_str(line)
             .map_err(|e| EvalError::Input { path: path.to_owned(), reason: format!("line {}: {e}", number + 1) })?;
         if !seen.insert(id(&item).to_owned()) {
-            return Err(EvalError::Input { path: path.to_owned(), reason: format!("line {}: id `{}` appears twice", number + 1, id(&item)) });
+            return Err(EvalError::Input {
+                path: path.to_owned(),
+                reason: format!("line {}: id `{}` appears twice", number + 1, id(&item)),
+            });
         }
         out.push(item);
     }

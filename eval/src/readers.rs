@@ -13,13 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use model::tasks::{classify_prompt, detect_prompt, vqa_prompt, CAPTION_PROMPT};
+use model::tasks::{CAPTION_PROMPT, classify_prompt, detect_prompt, vqa_prompt};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::EvalError;
 use crate::answers::Reference;
 use crate::score::Task;
-use crate::EvalError;
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
 
@@ -230,7 +230,10 @@ fn nwpu_captions(dir: &Path, split: &str) -> Result<Vec<Sample>, EvalError> {
             if entry.get("split").and_then(Value::as_str) != Some(split) {
                 continue;
             }
-            let filename = entry.get("filename").and_then(Value::as_str).ok_or_else(|| layout(&file, format!("an entry of `{class}` has no filename")))?;
+            let filename = entry
+                .get("filename")
+                .and_then(Value::as_str)
+                .ok_or_else(|| layout(&file, format!("an entry of `{class}` has no filename")))?;
             let mut keys: Vec<&String> = entry.keys().filter(|k| *k == "raw" || k.starts_with("raw_")).collect();
             keys.sort();
             let refs = keys.iter().filter_map(|k| entry[*k].as_str()).map(|s| Value::String(s.trim().to_owned())).collect();

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::answers::{answer_text, as_box, join, Prediction, Reference};
+use crate::answers::{Prediction, Reference, answer_text, as_box, join};
 use crate::bertscore::BertScorer;
 use crate::grounding::{GroundingScore, Size};
 use crate::wordnet::WordNet;
-use crate::{accuracy, bleu, cider, meteor, rouge, text, EvalError};
+use crate::{EvalError, accuracy, bleu, cider, meteor, rouge, text};
 
 /// What is being scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,7 +118,8 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
     let n = pairs.len();
     let metrics = match task {
         Task::Classify => {
-            let mut classes: Vec<String> = references.iter().flat_map(|r| r.classes.clone().unwrap_or_else(|| strings(&r.references))).collect();
+            let mut classes: Vec<String> =
+                references.iter().flat_map(|r| r.classes.clone().unwrap_or_else(|| strings(&r.references))).collect();
             classes.sort();
             classes.dedup();
             let answers: Vec<(String, String)> =
@@ -130,9 +131,11 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             rows
         }
         Task::Vqa => {
-            let items: Vec<(String, Vec<String>, Option<String>)> = pairs.iter().map(|(r, p)| (answer(*p), strings(&r.references), r.kind.clone())).collect();
+            let items: Vec<(String, Vec<String>, Option<String>)> =
+                pairs.iter().map(|(r, p)| (answer(*p), strings(&r.references), r.kind.clone())).collect();
             let s = accuracy::vqa(items.iter().map(|(a, refs, k)| (a.as_str(), refs.as_slice(), k.as_deref())));
-            let mut rows: Vec<Metric> = s.per_type.iter().map(|(kind, t)| metric(&format!("accuracy[{kind}]"), t.accuracy(), t.total)).collect();
+            let mut rows: Vec<Metric> =
+                s.per_type.iter().map(|(kind, t)| metric(&format!("accuracy[{kind}]"), t.accuracy(), t.total)).collect();
             rows.push(metric("average accuracy", s.average_accuracy(), n));
             rows.push(metric("overall accuracy", s.overall.accuracy(), n));
             rows

@@ -13,7 +13,17 @@ const PARTS: [(&str, char); 4] = [("noun", 'n'), ("verb", 'v'), ("adj", 'a'), ("
 
 fn substitutions(pos: char) -> &'static [(&'static str, &'static str)] {
     match pos {
-        'n' => &[("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y")],
+        'n' => &[
+            ("s", ""),
+            ("ses", "s"),
+            ("ves", "f"),
+            ("xes", "x"),
+            ("zes", "z"),
+            ("ches", "ch"),
+            ("shes", "sh"),
+            ("men", "man"),
+            ("ies", "y"),
+        ],
         'v' => &[("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
         'a' => &[("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
         _ => &[],
@@ -62,9 +72,13 @@ impl WordNet {
             let data_path = dir.join(format!("data.{suffix}"));
             for line in read(&data_path)?.lines().filter(|l| !l.starts_with(' ')) {
                 let fields: Vec<&str> = line.split('|').next().unwrap_or("").split_whitespace().collect();
-                let (Some(offset), Some(count)) = (fields.first().and_then(|o| o.parse().ok()), fields.get(3).and_then(|c| u64::from_str_radix(c, 16).ok()))
+                let (Some(offset), Some(count)) =
+                    (fields.first().and_then(|o| o.parse().ok()), fields.get(3).and_then(|c| u64::from_str_radix(c, 16).ok()))
                 else {
-                    return Err(EvalError::Input { path: data_path.clone(), reason: format!("malformed line `{}`", &line[..line.len().min(60)]) });
+                    return Err(EvalError::Input {
+                        path: data_path.clone(),
+                        reason: format!("malformed line `{}`", &line[..line.len().min(60)]),
+                    });
                 };
                 let names = (0..count as usize)
                     .filter_map(|i| fields.get(4 + 2 * i))

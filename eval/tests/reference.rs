@@ -70,7 +70,8 @@ fn rouge_matches_rouge_score_with_and_without_stemming() {
     let f = fixture();
     for (stem, suffix) in [(false, ""), (true, "_stemmed")] {
         let candidates: Vec<Vec<String>> = f.candidates.iter().map(|c| rouge::tokens(c, stem)).collect();
-        let references: Vec<Vec<Vec<String>>> = f.references.iter().map(|refs| refs.iter().map(|r| rouge::tokens(r, stem)).collect()).collect();
+        let references: Vec<Vec<Vec<String>>> =
+            f.references.iter().map(|refs| refs.iter().map(|r| rouge::tokens(r, stem)).collect()).collect();
         let r1: Vec<f64> = candidates.iter().zip(&references).map(|(c, r)| rouge::best_of(r, c, rouge::rouge1).fmeasure).collect();
         let rl: Vec<f64> = candidates.iter().zip(&references).map(|(c, r)| rouge::best_of(r, c, rouge::rouge_l).fmeasure).collect();
         assert_close(&format!("ROUGE-1{suffix}"), &r1, &floats(&f.expected[format!("rouge1{suffix}")]), 1e-4);

@@ -5,7 +5,7 @@
 //! (erf) GELU, absolute positions, token type 0.
 
 use serde::Deserialize;
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{Kind, Tensor, nn, nn::Module};
 
 use crate::ModelError;
 
@@ -44,7 +44,10 @@ impl BertConfig {
         let config: Self = serde_json::from_str(text).map_err(|e| ModelError::Config { reason: e.to_string() })?;
         if config.num_attention_heads <= 0 || config.hidden_size % config.num_attention_heads != 0 {
             return Err(ModelError::Config {
-                reason: format!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads),
+                reason: format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
             });
         }
         Ok(config)
@@ -129,10 +132,13 @@ impl BertModel {
         let positions = Tensor::arange(n, (Kind::Int64, input_ids.device())).unsqueeze(0);
         let types = Tensor::zeros([b, n], (Kind::Int64, input_ids.device()));
         let mut xs = self.embeddings_norm.forward(
-            &(self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(&positions) + self.token_type_embeddings.forward(&types)),
+            &(self.word_embeddings.forward(input_ids)
+                + self.position_embeddings.forward(&positions)
+                + self.token_type_embeddings.forward(&types)),
         );
         let kind = xs.kind();
-        let mask = Tensor::zeros([b, 1, 1, n], (kind, xs.device())).masked_fill(&attention_mask.eq(0).view([b, 1, 1, n]), crate::layers::mask_value(kind));
+        let mask = Tensor::zeros([b, 1, 1, n], (kind, xs.device()))
+            .masked_fill(&attention_mask.eq(0).view([b, 1, 1, n]), crate::layers::mask_value(kind));
         for layer in self.layers.iter().take(num_layers.unwrap_or(self.layers.len())) {
             xs = layer.forward(&xs, &mask);
         }

@@ -57,6 +57,115 @@ pub enum Command {
     /// Make, check and try model artifacts (config, tokenizer, weights, sha256 manifest).
     #[command(subcommand)]
     Model(ModelCommand),
+
+    /// Evaluate: run a model on a benchmark and print the paper-style table, or score an
+    /// answer file from any model.
+    ///
+    /// Benchmarks (give the folder as downloaded): aid, whu-rs19, nwpu-resisc45, siri-whu,
+    /// meter-ml, fmow (classification); rsvqa-lr, rsvqa-hr (VQA); dior-rsvg (grounding);
+    /// ucm-captions, sydney-captions, rsicd, nwpu-captions (captioning).
+    ///
+    /// Examples:
+    ///   strata eval --benchmark aid --data ~/datasets/AID --model models/rs-2 --limit 500
+    ///   strata eval score --task caption --pred preds.jsonl --ref refs.jsonl
+    ///   strata eval score --task ground --pred boxes.jsonl --ref rsvg.jsonl --format json
+    ///
+    /// Answer files are JSON Lines: predictions `{"id": ..., "answer": ...}`, references
+    /// `{"id": ..., "references": [...]}` (optional "type" for VQA question types, "classes" for
+    /// classification candidates, "image_size": [w, h] for grounding answers on the 0-1000
+    /// grid). Grounding boxes are `[x1, y1, x2, y2]` pixel lists.
+    #[command(verbatim_doc_comment)]
+    Eval(EvalArgs),
+}
+
+/// Arguments of `strata eval`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
+    #[command(flatten)]
+    pub run: EvalRunArgs,
+}
+
+/// `strata eval` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Score an answer file against references and print the table.
+    Score(EvalScoreArgs),
+}
+
+/// Running a model on a benchmark.
+#[derive(Debug, Args)]
+pub struct EvalRunArgs {
+    /// Benchmark name (see `strata eval --help`).
+    #[arg(long, required = true)]
+    pub benchmark: Option<String>,
+    /// The benchmark folder as published.
+    #[arg(long, required = true)]
+    pub data: Option<std::path::PathBuf>,
+    /// The model artifact directory.
+    #[arg(long, required = true)]
+    pub model: Option<std::path::PathBuf>,
+    /// Which split, where the benchmark has splits.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Evaluate only the first N samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per model batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Where predictions.jsonl, references.jsonl, report.json and report.parquet go.
+    #[arg(long, default_value = "strata-out/eval")]
+    pub out: std::path::PathBuf,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
+    /// Table format on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputStyle,
+    #[command(flatten)]
+    pub scorers: ScorerArgs,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Caption-metric options.
+#[derive(Debug, Args)]
+pub struct ScorerArgs {
+    /// BERTScore encoder (a BERT checkpoint folder); default: all-MiniLM-L6-v2 fetched by setup.
+    #[arg(long)]
+    pub bertscore_model: Option<std::path::PathBuf>,
+    /// Skip BERTScore.
+    #[arg(long)]
+    pub no_bertscore: bool,
+    /// WordNet 3.0 folder for METEOR's synonyms; default: the one fetched by setup.
+    #[arg(long)]
+    pub wordnet: Option<std::path::PathBuf>,
+    /// Porter-stem tokens for ROUGE (rouge-score's use_stemmer).
+    #[arg(long)]
+    pub rouge_stemmer: bool,
+}
+
+/// Arguments of `strata eval score`.
+#[derive(Debug, Args)]
+pub struct EvalScoreArgs {
+    /// caption, vqa, classify or ground.
+    #[arg(long)]
+    pub task: eval::score::Task,
+    /// Predictions (JSON Lines).
+    #[arg(long)]
+    pub pred: std::path::PathBuf,
+    /// References (JSON Lines).
+    #[arg(long = "ref")]
+    pub references: std::path::PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputStyle,
+    #[command(flatten)]
+    pub scorers: ScorerArgs,
 }
 
 /// `strata model` subcommands.
@@ -86,7 +195,7 @@ pub enum ModelCommand {
         dir: std::path::PathBuf,
     },
 
-    /// Answer a query about one or more PNG images with a model artifact.
+    /// Answer a query about one or more images (PNG, JPEG, TIFF...) with a model artifact.
     ///
     /// Prints one line per image: path, score (geometric-mean token probability) and answer.
     ///
@@ -130,10 +239,10 @@ pub struct ModelInitArgs {
     pub device: model::device::DevicePreference,
 }
 
-/// How `strata model ask` prints answers.
+/// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputStyle {
-    /// Tab-separated: image, score, answer.
+    /// Human-readable (`model ask`: tab-separated image, score, answer; `eval`: a table).
     Text,
     /// One JSON object per line.
     Json,
@@ -145,7 +254,7 @@ pub struct ModelAskArgs {
     /// The artifact directory.
     #[arg(long)]
     pub model: std::path::PathBuf,
-    /// PNG images (any size; resized to the vision tower's input), repeatable.
+    /// Images (PNG, JPEG, TIFF, any size; resized to the vision tower's input), repeatable.
     #[arg(long = "image", required = true)]
     pub images: Vec<std::path::PathBuf>,
     /// The query: a task instruction or a question.

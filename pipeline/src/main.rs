@@ -9,6 +9,8 @@ use clap::Parser;
 
 mod batch;
 mod cli;
+mod eval_cmd;
+mod images;
 mod info;
 mod inputs;
 mod model_cmd;
@@ -40,6 +42,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
         cli::Command::Model(command) => model_cmd::run(command),
+        cli::Command::Eval(eval_args) => eval_cmd::run(eval_args),
     }
 }
 

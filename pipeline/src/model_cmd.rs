@@ -81,34 +81,13 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a PNG as interleaved RGB bytes, whatever its colour type.
-fn read_png_rgb(path: &Path) -> anyhow::Result<(Vec<u8>, i64, i64)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening `{}`", path.display()))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().with_context(|| format!("`{}` is not a readable PNG", path.display()))?;
-    let mut buffer = vec![0; reader.output_buffer_size().context("PNG too large")?];
-    let frame = reader.next_frame(&mut buffer).with_context(|| format!("decoding `{}`", path.display()))?;
-    let pixels = &buffer[..frame.buffer_size()];
-    let rgb: Vec<u8> = match frame.color_type {
-        png::ColorType::Rgb => pixels.to_vec(),
-        png::ColorType::Rgba => pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        png::ColorType::Grayscale => pixels.iter().flat_map(|g| [*g, *g, *g]).collect(),
-        png::ColorType::GrayscaleAlpha => pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-        png::ColorType::Indexed => {
-            bail!("`{}`: palette PNGs are expanded by the decoder; this one was not", path.display())
-        }
-    };
-    Ok((rgb, i64::from(frame.width), i64::from(frame.height)))
-}
-
 fn ask(args: &ModelAskArgs) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::open(&args.model)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
     let mut requests = Vec::with_capacity(args.images.len());
     for image in &args.images {
-        let (rgb, width, height) = read_png_rgb(image)?;
+        let (rgb, width, height) = crate::images::read_rgb(image)?;
         let pixels = model.preprocess_rgb(&rgb, width, height)?;
         requests.push(VlmRequest { pixels, query: args.query.clone(), descriptions: args.descriptions.clone() });
     }

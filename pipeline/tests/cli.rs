@@ -301,3 +301,58 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("sha256"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
+    let work = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model_dir = work.path().join("model");
+    let out = strata(&[
+        "model", "init", "--random", "--device", "cpu", "--model-version", "tiny-eval",
+        "--config", root.join("model/tests/fixtures/tiny-model/config.json").to_str().unwrap(),
+        "--tokenizer", root.join("model/tests/fixtures/tokenizer/tokenizer.json").to_str().unwrap(),
+        "--out", model_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let benchmarks = root.join("eval/tests/fixtures/benchmarks");
+
+    for (name, headline, samples) in [("aid", "accuracy", 4), ("rsvqa-lr", "average accuracy", 3), ("dior-rsvg", "Acc@0.5", 2), ("ucm-captions", "CIDEr-D", 2)] {
+        let results = work.path().join(name);
+        let out = strata(&[
+            "eval", "--benchmark", name, "--data", benchmarks.join(name).to_str().unwrap(), "--model", model_dir.to_str().unwrap(),
+            "--out", results.to_str().unwrap(), "--device", "cpu", "--no-progress", "--format", "json", "--batch-size", "3",
+        ]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let metrics = report["metrics"].as_array().unwrap();
+        let row = metrics.iter().find(|m| m["name"] == headline).unwrap_or_else(|| panic!("{name}: no {headline} in {report}"));
+        assert_eq!(row["count"], samples, "{name}");
+        let value = row["value"].as_f64().unwrap();
+        assert!(value.is_finite() && value >= 0.0, "{name}: {value}");
+        assert_eq!(std::fs::read_to_string(results.join("predictions.jsonl")).unwrap().lines().count(), samples, "{name}");
+        assert!(std::fs::read(results.join("report.parquet")).unwrap().starts_with(b"PAR1"));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();
+        assert_eq!(summary["model_version"], "tiny-eval");
+
+        // The written files re-score to the same table.
+        let task = match name { "aid" => "classify", "rsvqa-lr" => "vqa", "dior-rsvg" => "ground", _ => "caption" };
+        let rescored = strata(&[
+            "eval", "score", "--task", task, "--format", "json", "--no-bertscore",
+            "--pred", results.join("predictions.jsonl").to_str().unwrap(), "--ref", results.join("references.jsonl").to_str().unwrap(),
+        ]);
+        assert!(rescored.status.success(), "{}", text(&rescored.stderr));
+        let rescored: serde_json::Value = serde_json::from_slice(&rescored.stdout).unwrap();
+        let again = rescored["metrics"].as_array().unwrap().iter().find(|m| m["name"] == headline).unwrap();
+        assert_eq!(again["value"], row["value"], "{name}");
+    }
+
+    // A folder in the wrong layout, and a malformed answer file: exit 2 with the reason.
+    let out = strata(&["eval", "--benchmark", "rsvqa-lr", "--data", benchmarks.join("aid").to_str().unwrap(), "--model", model_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("split_test_questions.json"), "{}", text(&out.stderr));
+    let bad = work.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"1\", \"answer\": \"x\"}\nnot json\n").unwrap();
+    let out = strata(&["eval", "score", "--task", "vqa", "--pred", bad.to_str().unwrap(), "--ref", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+}

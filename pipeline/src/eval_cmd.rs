@@ -1,0 +1,193 @@
+//! `strata eval`: run a model artifact over a benchmark folder and print the paper-style
+//! table, or score any model's answer file. Predictions, references and the report are written
+//! next to each other so a run can be re-scored or compared later.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use eval::answers::{Prediction, Reference, read_predictions, read_references};
+use eval::bertscore::BertScorer;
+use eval::score::{CaptionScorers, Report, Task, score};
+use eval::wordnet::WordNet;
+use model::artifact::Artifact;
+use model::generate::{GenerationConfig, Sampling};
+use model::vlm::VlmRequest;
+
+use crate::cli::{EvalArgs, EvalCommand, EvalRunArgs, EvalScoreArgs, OutputStyle, ScorerArgs};
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(EvalCommand::Score(score_args)) => score_file(&score_args),
+        None => run_benchmark(&args.run),
+    }
+}
+
+/// The heavy caption scorers, loaded only for captioning. A missing default asset is a
+/// warning (the metric is skipped); a folder the user named that fails is an error.
+fn load_scorers(args: &ScorerArgs, task: Task) -> anyhow::Result<(Option<BertScorer>, Option<WordNet>)> {
+    if task != Task::Caption {
+        return Ok((None, None));
+    }
+    let bertscore = if args.no_bertscore {
+        None
+    } else {
+        let dir = args.bertscore_model.clone().unwrap_or_else(BertScorer::default_dir);
+        match BertScorer::load(&dir, None, model::device::select(model::device::DevicePreference::Auto)?.device()) {
+            Ok(scorer) => Some(scorer),
+            Err(err) if args.bertscore_model.is_none() => {
+                eprintln!(
+                    "warning: BERTScore skipped: {err}\nhint: run `bash scripts/setup.sh` to fetch the default encoder, or pass --bertscore-model"
+                );
+                None
+            }
+            Err(err) => return Err(err).context("loading the BERTScore encoder"),
+        }
+    };
+    let dir = args.wordnet.clone().unwrap_or_else(WordNet::default_dir);
+    let wordnet = match WordNet::load(&dir) {
+        Ok(wordnet) => Some(wordnet),
+        Err(err) if args.wordnet.is_none() => {
+            eprintln!(
+                "warning: METEOR without WordNet synonyms: {err}\nhint: run `bash scripts/setup.sh` to fetch WordNet 3.0, or pass --wordnet"
+            );
+            None
+        }
+        Err(err) => return Err(err).context("loading WordNet"),
+    };
+    Ok((bertscore, wordnet))
+}
+
+fn scorers<'a>(loaded: &'a (Option<BertScorer>, Option<WordNet>), args: &ScorerArgs) -> CaptionScorers<'a> {
+    CaptionScorers { bertscore: loaded.0.as_ref(), wordnet: loaded.1.as_ref(), rouge_stemmer: args.rouge_stemmer }
+}
+
+fn print_report(report: &Report, format: OutputStyle, header: &str) {
+    match format {
+        OutputStyle::Text => print!("{header}\n{}", report.to_table()),
+        OutputStyle::Json => println!("{}", report.to_json()),
+    }
+}
+
+fn score_file(args: &EvalScoreArgs) -> anyhow::Result<ExitCode> {
+    let predictions = read_predictions(&args.pred)?;
+    let references = read_references(&args.references)?;
+    let loaded = load_scorers(&args.scorers, args.task)?;
+    let report = score(args.task, &predictions, &references, scorers(&loaded, &args.scorers))?;
+    print_report(&report, args.format, &format!("{} answers scored against {}", predictions.len(), args.references.display()));
+    Ok(ExitCode::SUCCESS)
+}
+
+const fn max_new_tokens(task: Task) -> i64 {
+    match task {
+        Task::Classify | Task::Vqa => 16,
+        Task::Ground => 32,
+        Task::Caption => 64,
+    }
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating `{}`", path.display()))?);
+    for item in items {
+        serde_json::to_writer(&mut file, item)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+fn write_parquet(path: &Path, report: &Report, benchmark: &str, version: &str) -> anyhow::Result<()> {
+    use polars::prelude::*;
+    let n = report.metrics.len();
+    let mut frame = DataFrame::new(
+        n,
+        vec![
+            Column::new("benchmark".into(), vec![benchmark.to_owned(); n]),
+            Column::new("model_version".into(), vec![version.to_owned(); n]),
+            Column::new("metric".into(), report.metrics.iter().map(|m| m.name.clone()).collect::<Vec<_>>()),
+            Column::new("value".into(), report.metrics.iter().map(|m| m.value).collect::<Vec<_>>()),
+            Column::new("count".into(), report.metrics.iter().map(|m| m.count as u64).collect::<Vec<_>>()),
+        ],
+    )?;
+    let file = std::fs::File::create(path).with_context(|| format!("creating `{}`", path.display()))?;
+    ParquetWriter::new(file).finish(&mut frame)?;
+    Ok(())
+}
+
+fn run_benchmark(args: &EvalRunArgs) -> anyhow::Result<ExitCode> {
+    let (Some(name), Some(data), Some(model_dir)) = (&args.benchmark, &args.data, &args.model) else {
+        anyhow::bail!("--benchmark, --data and --model are required (or use `strata eval score`)");
+    };
+    let mut benchmark = eval::readers::read(name, data, Some(&args.split))?;
+    if let Some(limit) = args.limit {
+        benchmark.samples.truncate(limit);
+    }
+    let artifact = Artifact::open(model_dir)?;
+    let device = model::device::select(args.device)?;
+    let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", model_dir.display()))?;
+    let loaded = load_scorers(&args.scorers, benchmark.task)?;
+    let generation = GenerationConfig {
+        max_new_tokens: max_new_tokens(benchmark.task),
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        seed: None,
+    };
+
+    let progress =
+        if args.no_progress { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(benchmark.samples.len() as u64) };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} samples ({per_sec}, ETA {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message(name.clone());
+    let mut predictions = Vec::with_capacity(benchmark.samples.len());
+    let mut failures = 0usize;
+    for batch in benchmark.samples.chunks(args.batch_size.max(1)) {
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        for sample in batch {
+            let pixels = crate::images::read_rgb(&sample.image).and_then(|(rgb, w, h)| Ok(model.preprocess_rgb(&rgb, w, h)?));
+            match pixels {
+                Ok(pixels) => {
+                    requests.push(VlmRequest { pixels, query: sample.query.clone(), descriptions: Vec::new() });
+                    ids.push(sample.reference.id.clone());
+                }
+                Err(err) => {
+                    failures += 1;
+                    progress.suspend(|| eprintln!("warning: sample `{}` skipped: {err:#}", sample.reference.id));
+                }
+            }
+        }
+        if !requests.is_empty() {
+            let answers = model.generate(&requests, &generation)?;
+            for (id, answer) in ids.into_iter().zip(answers) {
+                predictions.push(Prediction { id, answer: serde_json::Value::String(answer.text), score: Some(answer.score) });
+            }
+        }
+        progress.inc(batch.len() as u64);
+    }
+    progress.finish_and_clear();
+
+    let references: Vec<Reference> = benchmark.samples.iter().map(|s| s.reference.clone()).collect();
+    let report = score(benchmark.task, &predictions, &references, scorers(&loaded, &args.scorers))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating `{}`", args.out.display()))?;
+    write_jsonl(&args.out.join("predictions.jsonl"), &predictions)?;
+    write_jsonl(&args.out.join("references.jsonl"), &references)?;
+    let version = artifact.manifest.version.clone();
+    let summary = serde_json::json!({
+        "benchmark": name, "split": args.split, "model_version": version, "samples": benchmark.samples.len(),
+        "failed_samples": failures, "report": report.to_json(),
+    });
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&summary)?)?;
+    write_parquet(&args.out.join("report.parquet"), &report, name, &version)?;
+    let header = format!(
+        "{name} ({} split, {} samples, model {version}){}",
+        args.split,
+        benchmark.samples.len(),
+        if failures > 0 { format!(", {failures} samples could not be read") } else { String::new() }
+    );
+    print_report(&report, args.format, &header);
+    eprintln!("wrote predictions, references and the report to {}", args.out.display());
+    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
