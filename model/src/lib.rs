@@ -13,6 +13,7 @@ pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod device;
+pub mod encoders;
 mod error;
 pub mod experts;
 pub mod generate;

@@ -1,0 +1,52 @@
+//! The retriever (MODEL_SPEC §2): a database of remote-sensing descriptions, their embeddings
+//! from a text encoder run through ONNX Runtime, and vector search over them — exact (blocked
+//! matrix products through libtorch, on the GPU when there is one) or approximate (HNSW, with
+//! `ef` as the recall/speed knob). An index is a directory:
+//!
+//! - `descriptions.parquet`: id, text, level, category, source;
+//! - `embeddings.f32`: the L2-normalised vectors, row-major little-endian f32, memory-mapped
+//!   on load (a million 384-d rows open instantly and page in as searched);
+//! - `hnsw.hnsw.graph` / `hnsw.hnsw.data`: the HNSW graph (optional);
+//! - `index.json`: dimensions, count, encoder, HNSW settings, sha256 of the other files —
+//!   written last, so a half-built index is never opened.
+
+pub mod build;
+pub mod database;
+pub mod index;
+
+use std::path::PathBuf;
+
+pub use build::{build_index, BuildOptions};
+pub use database::Description;
+pub use index::{Hit, SearchMode, SemanticIndex};
+
+/// Errors of the retriever.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetrievalError {
+    /// An input file is missing or malformed.
+    #[error("`{}`: {reason}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with the line where there is one).
+        reason: String,
+    },
+    /// An index directory is incomplete or corrupt.
+    #[error("index `{}`: {reason}", path.display())]
+    Index {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A query does not fit the index.
+    #[error("invalid query: {reason}")]
+    Query {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The encoder failed.
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+}
