@@ -57,7 +57,9 @@ impl TextEncoder {
         if !(inputs.contains(&"input_ids") && inputs.contains(&"attention_mask") && outputs.contains(&"sentence_embedding")) {
             return Err(ModelError::Artifact {
                 path: dir.join("model.onnx"),
-                reason: format!("expected inputs `input_ids`, `attention_mask` and output `sentence_embedding`; found inputs {inputs:?}, outputs {outputs:?}"),
+                reason: format!(
+                    "expected inputs `input_ids`, `attention_mask` and output `sentence_embedding`; found inputs {inputs:?}, outputs {outputs:?}"
+                ),
             });
         }
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| missing("tokenizer.json", &e))?;

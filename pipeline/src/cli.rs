@@ -76,6 +76,97 @@ pub enum Command {
     /// grid). Grounding boxes are `[x1, y1, x2, y2]` pixel lists.
     #[command(verbatim_doc_comment)]
     Eval(EvalArgs),
+
+    /// Build and search the semantic description database the retriever feeds the model.
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+/// `strata index` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Embed descriptions and write an index directory (resumable: rerun the same command
+    /// after an interruption and finished shards are kept).
+    ///
+    /// INPUT files: `.jsonl` (objects with "text" and optional "id", "level", "category",
+    /// "source"), `.csv` (a header with a `text` column), anything else as one description per
+    /// line. `scripts/setup.sh` leaves a starter database of OpenStreetMap feature descriptions in
+    /// ~/.cache/strata/assets/osm-presets/descriptions.jsonl.
+    ///
+    /// Examples:
+    ///   strata index build --out strata-out/index ~/.cache/strata/assets/osm-presets/descriptions.jsonl
+    ///   strata index build --out idx --no-hnsw my-descriptions.csv more.txt
+    #[command(verbatim_doc_comment)]
+    Build(IndexBuildArgs),
+
+    /// The descriptions nearest to a text query.
+    ///
+    /// Examples:
+    ///   strata index search --index strata-out/index --text "harbour with ships"
+    ///   strata index search --index idx --text "solar farm" -k 10 --exact --format json
+    #[command(verbatim_doc_comment)]
+    Search(IndexSearchArgs),
+}
+
+/// Arguments of `strata index build`.
+#[derive(Debug, Args)]
+pub struct IndexBuildArgs {
+    /// Description files.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<std::path::PathBuf>,
+    /// The index directory to write.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Text encoder directory (model.onnx + tokenizer.json); default: all-MiniLM-L6-v2 from setup.
+    #[arg(long)]
+    pub encoder: Option<std::path::PathBuf>,
+    /// Exact search only (no HNSW graph).
+    #[arg(long)]
+    pub no_hnsw: bool,
+    /// HNSW links per node.
+    #[arg(long, default_value_t = 32)]
+    pub hnsw_m: usize,
+    /// HNSW candidate list while building.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Descriptions per resumable shard.
+    #[arg(long, default_value_t = 4096)]
+    pub shard_size: usize,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Arguments of `strata index search`.
+#[derive(Debug, Args)]
+pub struct IndexSearchArgs {
+    /// The index directory.
+    #[arg(long)]
+    pub index: std::path::PathBuf,
+    /// A text query.
+    #[arg(long, conflicts_with = "image")]
+    pub text: Option<String>,
+    /// An image query (needs an image encoder; not bundled yet).
+    #[arg(long)]
+    pub image: Option<std::path::PathBuf>,
+    /// How many results.
+    #[arg(short, long, default_value_t = 5)]
+    pub k: usize,
+    /// Search every vector instead of the HNSW graph.
+    #[arg(long)]
+    pub exact: bool,
+    /// HNSW candidate list while searching (recall/speed knob; default 160).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Text encoder directory; default: all-MiniLM-L6-v2 from setup.
+    #[arg(long)]
+    pub encoder: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputStyle,
+    /// Device for exact search: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
 }
 
 /// Arguments of `strata eval`.

@@ -11,6 +11,7 @@ mod batch;
 mod cli;
 mod eval_cmd;
 mod images;
+mod index_cmd;
 mod info;
 mod inputs;
 mod model_cmd;
@@ -43,6 +44,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Info(info_args) => info::run(&info_args),
         cli::Command::Model(command) => model_cmd::run(command),
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args),
+        cli::Command::Index(command) => index_cmd::run(command),
     }
 }
 

@@ -356,3 +356,29 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn index_build_and_search_the_osm_starter_database() {
+    let work = tempfile::tempdir().unwrap();
+    let assets = model::encoders::TextEncoder::default_dir().parent().unwrap().to_owned();
+    let index = work.path().join("index");
+    let out = strata(&["index", "build", "--no-progress", "--out", index.to_str().unwrap(), assets.join("osm-presets/descriptions.jsonl").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("exact and HNSW search"), "{}", text(&out.stdout));
+    let out = strata(&["index", "search", "--index", index.to_str().unwrap(), "--text", "harbour with ships", "-k", "3", "--format", "json", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits[0]["id"], "osm:landuse/harbour");
+    assert_eq!(hits.as_array().unwrap().len(), 3);
+
+    // Bad input: a description with an empty text, named with its line; exit 2.
+    let bad = work.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"a\", \"text\": \"fine\"}\n{\"id\": \"b\", \"text\": \"\"}\n").unwrap();
+    let out = strata(&["index", "build", "--no-progress", "--out", work.path().join("bad").to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+    // Searching something that is not an index.
+    let out = strata(&["index", "search", "--index", work.path().to_str().unwrap(), "--text", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("strata index build"), "{}", text(&out.stderr));
+}

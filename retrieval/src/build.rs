@@ -12,9 +12,9 @@ use model::encoders::TextEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::database::{read_inputs, write_parquet, Description};
-use crate::index::{HnswParams, IndexManifest, HNSW_BASENAME, INDEX_FORMAT};
 use crate::RetrievalError;
+use crate::database::{Description, read_inputs, write_parquet};
+use crate::index::{HNSW_BASENAME, HnswParams, INDEX_FORMAT, IndexManifest};
 
 /// How to build.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +133,14 @@ pub fn build_index(
 ///
 /// # Errors
 /// [`RetrievalError::Index`] when files cannot be written or sizes disagree.
-pub fn write_index(out: &Path, descriptions: &[Description], vectors: &[f32], dim: usize, encoder: &str, hnsw: Option<HnswParams>) -> Result<(), RetrievalError> {
+pub fn write_index(
+    out: &Path,
+    descriptions: &[Description],
+    vectors: &[f32],
+    dim: usize,
+    encoder: &str,
+    hnsw: Option<HnswParams>,
+) -> Result<(), RetrievalError> {
     if dim == 0 || vectors.len() != descriptions.len() * dim {
         return Err(index_error(out, format!("{} values for {} descriptions of width {dim}", vectors.len(), descriptions.len())));
     }
@@ -148,7 +155,13 @@ pub fn write_index(out: &Path, descriptions: &[Description], vectors: &[f32], di
 }
 
 /// Builds the graph from `embeddings.f32`, writes the descriptions, then `index.json`.
-fn finish_index(out: &Path, descriptions: &[Description], dim: usize, encoder: &str, hnsw: Option<HnswParams>) -> Result<(), RetrievalError> {
+fn finish_index(
+    out: &Path,
+    descriptions: &[Description],
+    dim: usize,
+    encoder: &str,
+    hnsw: Option<HnswParams>,
+) -> Result<(), RetrievalError> {
     let _ = std::fs::remove_file(out.join("index.json"));
     write_parquet(&out.join("descriptions.parquet"), descriptions)?;
     if let Some(params) = hnsw {

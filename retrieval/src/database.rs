@@ -41,12 +41,16 @@ fn csv_fields(line: &str) -> Vec<String> {
         match (c, quoted) {
             ('"', true) if chars.peek() == Some(&'"') => {
                 chars.next();
-                fields.last_mut().map(|f| f.push('"'));
+                if let Some(f) = fields.last_mut() {
+                    f.push('"');
+                }
             }
             ('"', _) => quoted = !quoted,
             (',', false) => fields.push(String::new()),
             (c, _) => {
-                fields.last_mut().map(|f| f.push(c));
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
             }
         }
     }
@@ -94,7 +98,10 @@ pub fn read_file(path: &Path) -> Result<Vec<Description>, RetrievalError> {
         _ => {
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let text = line.trim().to_owned();
-                out.push((n + 1, Description { id: format!("{stem}:{}", n + 1), text, level: None, category: None, source: Some(stem.clone()) }));
+                out.push((
+                    n + 1,
+                    Description { id: format!("{stem}:{}", n + 1), text, level: None, category: None, source: Some(stem.clone()) },
+                ));
             }
         }
     }
@@ -164,7 +171,8 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Description>, RetrievalError> {
         let values = column.str().map_err(|e| fail(&e))?;
         Ok(values.iter().map(|v| v.map(str::to_owned)).collect())
     };
-    let (ids, texts, levels, categories, sources) = (strings("id")?, strings("text")?, strings("level")?, strings("category")?, strings("source")?);
+    let (ids, texts, levels, categories, sources) =
+        (strings("id")?, strings("text")?, strings("level")?, strings("category")?, strings("source")?);
     Ok(ids
         .into_iter()
         .zip(texts)

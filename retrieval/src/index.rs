@@ -8,8 +8,8 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::database::{read_parquet, Description};
 use crate::RetrievalError;
+use crate::database::{Description, read_parquet};
 
 /// `format` of every `index.json`.
 pub const INDEX_FORMAT: &str = "strata-index/1";
@@ -102,7 +102,8 @@ fn index_error(path: &Path, reason: impl Into<String>) -> RetrievalError {
 /// [`RetrievalError::Index`] when it is missing or malformed.
 pub fn read_manifest(dir: &Path) -> Result<IndexManifest, RetrievalError> {
     let path = dir.join("index.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| index_error(&path, format!("cannot read ({e}); is this an index built by `strata index build`?")))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| index_error(&path, format!("cannot read ({e}); is this an index built by `strata index build`?")))?;
     let manifest: IndexManifest = serde_json::from_str(&text).map_err(|e| index_error(&path, format!("malformed: {e}")))?;
     if manifest.format != INDEX_FORMAT {
         return Err(index_error(&path, format!("format `{}` is not `{INDEX_FORMAT}`", manifest.format)));
@@ -120,14 +121,23 @@ impl SemanticIndex {
         let manifest = read_manifest(dir)?;
         let descriptions = read_parquet(&dir.join("descriptions.parquet"))?;
         if descriptions.len() != manifest.count {
-            return Err(index_error(&dir.join("descriptions.parquet"), format!("{} rows, index.json says {}", descriptions.len(), manifest.count)));
+            return Err(index_error(
+                &dir.join("descriptions.parquet"),
+                format!("{} rows, index.json says {}", descriptions.len(), manifest.count),
+            ));
         }
         let path = dir.join("embeddings.f32");
         let file = std::fs::File::open(&path).map_err(|e| index_error(&path, format!("cannot open: {e}")))?;
         let expected = manifest.count * manifest.dim * 4;
         let actual = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         if actual != expected || expected == 0 {
-            return Err(index_error(&path, format!("{actual} bytes, expected {expected} ({} × {} f32); the file is truncated or corrupt", manifest.count, manifest.dim)));
+            return Err(index_error(
+                &path,
+                format!(
+                    "{actual} bytes, expected {expected} ({} × {} f32); the file is truncated or corrupt",
+                    manifest.count, manifest.dim
+                ),
+            ));
         }
         // SAFETY: read-only private mapping of a file the index owns; see the field comment
         // for the lifetime of views into it.
@@ -210,7 +220,14 @@ impl SemanticIndex {
                 let search = |q: &Vec<f32>| -> Vec<Hit> {
                     hnsw.search(q, k, ef).into_iter().map(|n| Hit { row: n.d_id, score: 1.0 - n.distance }).collect()
                 };
-                Ok(if queries.len() == 1 { vec![search(&queries[0])] } else { hnsw.parallel_search(queries, k, ef).into_iter().map(|ns| ns.into_iter().map(|n| Hit { row: n.d_id, score: 1.0 - n.distance }).collect()).collect() })
+                Ok(if queries.len() == 1 {
+                    vec![search(&queries[0])]
+                } else {
+                    hnsw.parallel_search(queries, k, ef)
+                        .into_iter()
+                        .map(|ns| ns.into_iter().map(|n| Hit { row: n.d_id, score: 1.0 - n.distance }).collect())
+                        .collect()
+                })
             }
         }
     }

@@ -16,7 +16,7 @@ pub mod index;
 
 use std::path::PathBuf;
 
-pub use build::{build_index, BuildOptions};
+pub use build::{BuildOptions, build_index};
 pub use database::Description;
 pub use index::{Hit, SearchMode, SemanticIndex};
 

@@ -2,7 +2,7 @@
 //! round-trip through their files, and bad input or corrupt files are errors, never panics.
 
 use retrieval::build::write_index;
-use retrieval::index::{HnswParams, DEFAULT_EF};
+use retrieval::index::{DEFAULT_EF, HnswParams};
 use retrieval::{Description, SearchMode, SemanticIndex};
 
 /// Deterministic clustered unit vectors: `clusters` random centres, points scattered around them.
@@ -31,11 +31,14 @@ fn clustered(count: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
 }
 
 fn descriptions(count: usize) -> Vec<Description> {
-    (0..count).map(|i| Description { id: format!("d{i}"), text: format!("description {i}"), level: None, category: None, source: None }).collect()
+    (0..count)
+        .map(|i| Description { id: format!("d{i}"), text: format!("description {i}"), level: None, category: None, source: None })
+        .collect()
 }
 
 fn brute_force(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<usize> {
-    let mut scored: Vec<(usize, f32)> = vectors.chunks(dim).enumerate().map(|(i, v)| (i, v.iter().zip(query).map(|(a, b)| a * b).sum())).collect();
+    let mut scored: Vec<(usize, f32)> =
+        vectors.chunks(dim).enumerate().map(|(i, v)| (i, v.iter().zip(query).map(|(a, b)| a * b).sum())).collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     scored.into_iter().take(k).map(|(i, _)| i).collect()
 }

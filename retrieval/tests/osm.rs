@@ -2,7 +2,7 @@
 //! embeds the OpenStreetMap iD presets, and remote-sensing queries retrieve the right ones.
 
 use model::encoders::TextEncoder;
-use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
+use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
 
 fn assets() -> std::path::PathBuf {
     TextEncoder::default_dir().parent().expect("assets dir").to_owned()
@@ -13,14 +13,9 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
     let mut encoder = TextEncoder::load(&TextEncoder::default_dir(), 256, 2).expect("encoder (run scripts/setup.sh)");
     assert_eq!(encoder.dim(), 384);
     let dir = tempfile::tempdir().unwrap();
-    let report = build_index(
-        &[assets().join("osm-presets/descriptions.jsonl")],
-        dir.path(),
-        &mut encoder,
-        &BuildOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let report =
+        build_index(&[assets().join("osm-presets/descriptions.jsonl")], dir.path(), &mut encoder, &BuildOptions::default(), &mut |_, _| {})
+            .unwrap();
     assert!(report.count > 1500);
     let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
     // (query, expected id, best rank it must reach), read from what a remote-sensing analyst
@@ -56,7 +51,7 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
 
 #[test]
 fn the_onnx_export_matches_the_bert_encoder_in_tch() {
-    use tch::{nn, Kind, Tensor};
+    use tch::{Kind, Tensor, nn};
     let dir = TextEncoder::default_dir();
     let mut encoder = TextEncoder::load(&dir, 256, 2).unwrap();
     let texts = vec!["a harbour with many boats".to_owned(), "Rows of solar panels on a roof.".to_owned(), "forest".to_owned()];
@@ -64,11 +59,14 @@ fn the_onnx_export_matches_the_bert_encoder_in_tch() {
     let config = model::bert::BertConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let bert = model::bert::BertModel::new(&vs.root(), &config);
-    model::weights::load(&vs, &[dir.join("model.safetensors")], model::weights::LoadPolicy::Required(&["embeddings.", "encoder."])).unwrap();
+    model::weights::load(&vs, &[dir.join("model.safetensors")], model::weights::LoadPolicy::Required(&["embeddings.", "encoder."]))
+        .unwrap();
     for (text, from_onnx) in texts.iter().zip(&onnx) {
         let ids: Vec<i64> = encoder.token_ids(text).unwrap().into_iter().map(i64::from).collect();
         let n = ids.len() as i64;
-        let hidden = tch::no_grad(|| bert.forward(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu)), None));
+        let hidden = tch::no_grad(|| {
+            bert.forward(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu)), None)
+        });
         let mean = hidden.mean_dim(1, false, Kind::Float);
         let normalised = &mean / mean.norm();
         let reference = Vec::<f32>::try_from(normalised.view([-1])).unwrap();
