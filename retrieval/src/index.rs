@@ -243,7 +243,10 @@ impl SemanticIndex {
             let mut start = 0;
             while start < count {
                 let rows = EXACT_BLOCK_ROWS.min(count - start);
-                let scores = q.matmul(&self.matrix.narrow(0, start, rows).transpose(0, 1));
+                let block = self.matrix.narrow(0, start, rows);
+                // One query is a matrix-vector product: BLAS GEMV streams the rows once, where a
+                // 1-row GEMM is markedly slower.
+                let scores = if queries.len() == 1 { block.mv(&q.get(0)).unsqueeze(0) } else { q.matmul(&block.transpose(0, 1)) };
                 let (values, indices) = scores.topk(k.min(rows), 1, true, true);
                 best_scores.push(values);
                 best_rows.push(indices + start);
