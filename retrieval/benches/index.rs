@@ -47,8 +47,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (dim, k, threads): (usize, usize, usize) = (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let work = PathBuf::from(&args[4]);
     tch::set_num_threads(threads as i32);
-    // hnsw_rs builds and searches in parallel on rayon's pool.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let base = read_f32(&dir.join("base.f32"))?;
     let queries: Vec<Vec<f32>> = read_f32(&dir.join("queries.f32"))?.chunks(dim).map(<[f32]>::to_vec).collect();
     let count = base.len() / dim;
@@ -75,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "strata retrieval (libtorch exact, hnsw_rs 0.3.5)", "count": count, "queries": queries.len(), "threads": threads,
+            "impl": "strata retrieval (libtorch exact, usearch 2.26.6 HNSW)", "count": count, "queries": queries.len(), "threads": threads,
             "build_with_hnsw_s": build_s, "open_s": open_s, "default_ef": DEFAULT_EF,
             "flat_qps_single": flat_single, "flat_qps_batch64": flat_batch, "hnsw_sweep": sweep,
         })

@@ -6,15 +6,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use model::encoders::TextEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::RetrievalError;
 use crate::database::{Description, read_inputs, write_parquet};
-use crate::index::{HNSW_BASENAME, HnswParams, INDEX_FORMAT, IndexManifest};
+use crate::index::{GRAPH_FILE, HnswParams, INDEX_FORMAT, IndexManifest, graph_options, sha256_file};
 
 /// How to build.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +162,7 @@ fn finish_index(
 ) -> Result<(), RetrievalError> {
     let _ = std::fs::remove_file(out.join("index.json"));
     write_parquet(&out.join("descriptions.parquet"), descriptions)?;
+    let mut graph_sha256 = None;
     if let Some(params) = hnsw {
         let path = out.join("embeddings.f32");
         let file = std::fs::File::open(&path).map_err(|e| index_error(&path, e))?;
@@ -171,11 +170,33 @@ fn finish_index(
         let mapping = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| index_error(&path, e))?;
         // SAFETY: page-aligned, holds count × dim f32 written above.
         let values = unsafe { std::slice::from_raw_parts(mapping.as_ptr().cast::<f32>(), mapping.len() / 4) };
-        let graph: Hnsw<'_, f32, DistDot> = Hnsw::new(params.m, descriptions.len(), 16, params.ef_construction, DistDot {});
-        let rows: Vec<(&[f32], usize)> = values.chunks(dim).enumerate().map(|(i, row)| (row, i)).collect();
-        graph.parallel_insert_slice(&rows);
-        graph.file_dump(out, HNSW_BASENAME).map_err(|e| index_error(out, format!("writing the HNSW graph: {e}")))?;
+        let graph_path = out.join(GRAPH_FILE);
+        let graph = usearch::Index::new(&graph_options(dim, params)).map_err(|e| index_error(&graph_path, e))?;
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        graph.reserve_capacity_and_threads(descriptions.len(), threads).map_err(|e| index_error(&graph_path, e))?;
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let graph = &graph;
+                    scope.spawn(move || {
+                        values
+                            .chunks(dim)
+                            .enumerate()
+                            .skip(t)
+                            .step_by(threads)
+                            .find_map(|(row, vector)| graph.add(row as u64, vector).err().map(|e| format!("row {row}: {e}")))
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().unwrap_or_else(|_| Some("a build thread failed".into()))).collect()
+        });
+        if let Some(failure) = failures.first() {
+            return Err(index_error(&graph_path, format!("building the HNSW graph: {failure}")));
+        }
+        graph.save(&graph_path.to_string_lossy()).map_err(|e| index_error(&graph_path, format!("writing the HNSW graph: {e}")))?;
+        graph_sha256 = Some(sha256_file(&graph_path)?);
     }
-    let manifest = IndexManifest { format: INDEX_FORMAT.to_owned(), dim, count: descriptions.len(), encoder: encoder.to_owned(), hnsw };
+    let manifest =
+        IndexManifest { format: INDEX_FORMAT.to_owned(), dim, count: descriptions.len(), encoder: encoder.to_owned(), hnsw, graph_sha256 };
     write_atomically(&out.join("index.json"), &serde_json::to_vec_pretty(&manifest).unwrap_or_default())
 }

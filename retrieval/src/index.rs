@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use hnsw_rs::hnswio::HnswIo;
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -13,8 +11,8 @@ use crate::database::{Description, read_parquet};
 
 /// `format` of every `index.json`.
 pub const INDEX_FORMAT: &str = "strata-index/1";
-/// Basename of the HNSW dump files.
-pub const HNSW_BASENAME: &str = "hnsw";
+/// The HNSW graph file.
+pub const GRAPH_FILE: &str = "hnsw.usearch";
 /// Rows per block of the exact search (bounds the score matrix at queries × this).
 const EXACT_BLOCK_ROWS: i64 = 131_072;
 
@@ -48,6 +46,9 @@ pub struct IndexManifest {
     /// HNSW settings when the graph was built.
     #[serde(default)]
     pub hnsw: Option<HnswParams>,
+    /// sha256 of the graph file.
+    #[serde(default)]
+    pub graph_sha256: Option<String>,
 }
 
 /// How to search.
@@ -80,7 +81,7 @@ pub struct SemanticIndex {
     descriptions: Vec<Description>,
     /// `[count, dim]`; on the CPU it is a view of `mapping`.
     matrix: Tensor,
-    hnsw: Option<Hnsw<'static, f32, DistDot>>,
+    hnsw: Option<Graph>,
     dir: PathBuf,
     // Declared last: dropped after `matrix`, which may point into it.
     mapping: Mmap,
@@ -147,9 +148,10 @@ impl SemanticIndex {
         // and outlives `matrix` (field order); the tensor is only read.
         let view = unsafe { Tensor::from_blob(mapping.as_ptr(), &shape, &[shape[1], 1], Kind::Float, Device::Cpu) };
         let matrix = if device == Device::Cpu { view } else { view.to_device(device) };
-        let hnsw = match &manifest.hnsw {
-            Some(_) => Some(load_hnsw(dir, manifest.count)?),
-            None => None,
+        let hnsw = match (&manifest.hnsw, &manifest.graph_sha256) {
+            (Some(params), Some(sha)) => Some(Graph::open(dir, &manifest, *params, sha)?),
+            (Some(_), None) => return Err(index_error(&dir.join("index.json"), "an HNSW graph is named without its sha256")),
+            _ => None,
         };
         Ok(Self { manifest, descriptions, matrix, hnsw, dir: dir.to_owned(), mapping })
     }
@@ -213,21 +215,10 @@ impl SemanticIndex {
         match mode {
             SearchMode::Exact => Ok(self.search_exact(queries, k)),
             SearchMode::Approximate { ef } => {
-                let hnsw = self.hnsw.as_ref().ok_or_else(|| RetrievalError::Query {
+                let graph = self.hnsw.as_ref().ok_or_else(|| RetrievalError::Query {
                     reason: "this index has no HNSW graph; rebuild it with one or search exactly".into(),
                 })?;
-                let ef = ef.max(k);
-                let search = |q: &Vec<f32>| -> Vec<Hit> {
-                    hnsw.search(q, k, ef).into_iter().map(|n| Hit { row: n.d_id, score: 1.0 - n.distance }).collect()
-                };
-                Ok(if queries.len() == 1 {
-                    vec![search(&queries[0])]
-                } else {
-                    hnsw.parallel_search(queries, k, ef)
-                        .into_iter()
-                        .map(|ns| ns.into_iter().map(|n| Hit { row: n.d_id, score: 1.0 - n.distance }).collect())
-                        .collect()
-                })
+                graph.search(queries, k, ef.max(k))
             }
         }
     }
@@ -275,26 +266,95 @@ impl SemanticIndex {
     }
 }
 
-fn load_hnsw(dir: &Path, count: usize) -> Result<Hnsw<'static, f32, DistDot>, RetrievalError> {
-    let graph = dir.join(format!("{HNSW_BASENAME}.hnsw.graph"));
-    if !graph.is_file() || !dir.join(format!("{HNSW_BASENAME}.hnsw.data")).is_file() {
-        return Err(index_error(&graph, "index.json names an HNSW graph but its files are missing"));
+/// The HNSW graph: a USearch index memory-mapped from `hnsw.usearch`.
+struct Graph {
+    index: usearch::Index,
+    /// The `ef` last set: USearch keeps one search expansion per index.
+    ef: std::sync::Mutex<usize>,
+}
+
+/// The options every graph is built and opened with.
+pub(crate) fn graph_options(dim: usize, params: HnswParams) -> usearch::IndexOptions {
+    usearch::IndexOptions {
+        dimensions: dim,
+        metric: usearch::MetricKind::IP,
+        quantization: usearch::ScalarKind::F32,
+        connectivity: params.m,
+        expansion_add: params.ef_construction,
+        expansion_search: DEFAULT_EF,
+        multi: false,
     }
-    // hnsw_rs ties the graph's lifetime to its loader; an index is opened once per process and
-    // kept, so the loader is leaked rather than stored beside the graph it borrows from.
-    // hnsw_rs panics on some malformed dumps; that becomes an error here.
-    let loaded = std::panic::catch_unwind(|| {
-        let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, HNSW_BASENAME)));
-        loader.load_hnsw::<f32, DistDot>()
-    });
-    let mut hnsw = match loaded {
-        Ok(Ok(hnsw)) => hnsw,
-        Ok(Err(e)) => return Err(index_error(&graph, format!("cannot load the HNSW graph: {e}"))),
-        Err(_) => return Err(index_error(&graph, "the HNSW graph is corrupt")),
-    };
-    if hnsw.get_nb_point() != count {
-        return Err(index_error(&graph, format!("{} points in the graph, index.json says {count}", hnsw.get_nb_point())));
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+pub(crate) fn sha256_file(path: &Path) -> Result<String, RetrievalError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(|e| index_error(path, format!("cannot read: {e}")))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| index_error(path, format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
     }
-    hnsw.set_searching_mode(true);
-    Ok(hnsw)
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Graph {
+    fn open(dir: &Path, manifest: &IndexManifest, params: HnswParams, sha: &str) -> Result<Self, RetrievalError> {
+        let path = dir.join(GRAPH_FILE);
+        if !path.is_file() {
+            return Err(index_error(&path, "index.json names an HNSW graph but the file is missing"));
+        }
+        // The native reader trusts its input; a damaged file is refused here instead.
+        if sha256_file(&path)? != sha {
+            return Err(index_error(&path, "the HNSW graph is corrupt (sha256 differs from index.json); rebuild the index"));
+        }
+        let index = usearch::Index::new(&graph_options(manifest.dim, params)).map_err(|e| index_error(&path, e.to_string()))?;
+        index.view(&path.to_string_lossy()).map_err(|e| index_error(&path, format!("cannot map the HNSW graph: {e}")))?;
+        if index.size() != manifest.count {
+            return Err(index_error(&path, format!("{} points in the graph, index.json says {}", index.size(), manifest.count)));
+        }
+        Ok(Self { index, ef: std::sync::Mutex::new(DEFAULT_EF) })
+    }
+
+    fn search(&self, queries: &[Vec<f32>], k: usize, ef: usize) -> Result<Vec<Vec<Hit>>, RetrievalError> {
+        {
+            let mut current = self.ef.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *current != ef {
+                self.index.change_expansion_search(ef);
+                *current = ef;
+            }
+        }
+        let one = |q: &Vec<f32>| -> Result<Vec<Hit>, RetrievalError> {
+            let matches = self.index.search(q, k).map_err(|e| RetrievalError::Query { reason: format!("HNSW search failed: {e}") })?;
+            Ok(matches
+                .keys
+                .iter()
+                .zip(&matches.distances)
+                .map(|(key, distance)| Hit { row: *key as usize, score: 1.0 - distance })
+                .collect())
+        };
+        if queries.len() == 1 {
+            return Ok(vec![one(&queries[0])?]);
+        }
+        // Batches are split across threads; the graph is safe to search concurrently.
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(queries.len());
+        let chunk = queries.len().div_ceil(threads);
+        let results: Vec<Result<Vec<Vec<Hit>>, RetrievalError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = queries.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(one).collect())).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(RetrievalError::Query { reason: "a search thread failed".into() })))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(queries.len());
+        for part in results {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
 }

@@ -6,9 +6,10 @@
 //! - `descriptions.parquet`: id, text, level, category, source;
 //! - `embeddings.f32`: the L2-normalised vectors, row-major little-endian f32, memory-mapped
 //!   on load (a million 384-d rows open instantly and page in as searched);
-//! - `hnsw.hnsw.graph` / `hnsw.hnsw.data`: the HNSW graph (optional);
-//! - `index.json`: dimensions, count, encoder, HNSW settings, sha256 of the other files —
-//!   written last, so a half-built index is never opened.
+//! - `hnsw.usearch`: the HNSW graph (USearch), memory-mapped on load (optional);
+//! - `index.json`: dimensions, count, encoder, HNSW settings and the graph's sha256 —
+//!   written last, so a half-built index is never opened, and a damaged graph is refused
+//!   before the native library reads it.
 
 pub mod build;
 pub mod database;

@@ -96,7 +96,7 @@ fn bad_queries_and_corrupt_files_are_errors() {
     assert!(write_index(dir.path(), &descriptions(3), &vectors[..10], dim, "x", None).is_err());
 
     // A corrupt HNSW graph.
-    let graph = dir.path().join("hnsw.hnsw.graph");
+    let graph = dir.path().join("hnsw.usearch");
     let good_graph = std::fs::read(&graph).unwrap();
     std::fs::write(&graph, &good_graph[..good_graph.len() / 3]).unwrap();
     let err = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string();

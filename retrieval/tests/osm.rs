@@ -39,9 +39,11 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
         let found = ids.iter().position(|i| *i == id).map(|p| p + 1);
         assert!(found.is_some_and(|r| r <= rank), "`{query}`: `{id}` must be within the top {rank}, got {ids:?}");
         assert!(exact.windows(2).all(|w| w[0].score >= w[1].score), "scores must be sorted");
-        // On 1,600 vectors the graph at its default ef finds the same five.
+        // The graph at its default ef agrees on the best hit and misses at most one of five.
         let ann = index.search(&q, 5, SearchMode::Approximate { ef: retrieval::index::DEFAULT_EF }).unwrap().remove(0);
-        assert_eq!(ann.iter().map(|h| h.row).collect::<Vec<_>>(), exact.iter().map(|h| h.row).collect::<Vec<_>>(), "`{query}`");
+        assert_eq!(ann[0].row, exact[0].row, "`{query}`");
+        let shared = ann.iter().filter(|h| exact.iter().any(|e| e.row == h.row)).count();
+        assert!(shared >= 4, "`{query}`: the graph found {shared} of the exact top 5");
     }
     // What the prompter receives: the texts, best first.
     let q = encoder.encode(&["harbour with ships".to_owned()]).unwrap();
