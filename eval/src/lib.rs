@@ -45,14 +45,4 @@ pub enum EvalError {
     Model(#[from] model::ModelError),
 }
 
-/// Where downloaded assets (WordNet, the BERTScore encoder) live: `$STRATA_ASSETS`, else
-/// `$STRATA_CACHE/assets`, else `~/.cache/strata/assets` — where `scripts/setup.sh` puts them.
-pub fn assets_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STRATA_ASSETS") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("STRATA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/strata"));
-    cache.join("assets")
-}
+pub use model::assets_dir;

@@ -30,13 +30,7 @@ fn onnx(action: &str) -> impl Fn(ort::Error) -> ModelError + '_ {
 impl TextEncoder {
     /// The bundled default: all-MiniLM-L6-v2 exported by `scripts/setup.sh`.
     pub fn default_dir() -> PathBuf {
-        let cache = std::env::var_os("STRATA_ASSETS").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("STRATA_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/strata"))
-                .join("assets")
-        });
-        cache.join("all-minilm-l6-v2")
+        crate::assets_dir().join("all-minilm-l6-v2")
     }
 
     /// Loads `model.onnx` and `tokenizer.json` from `dir`; sentences longer than

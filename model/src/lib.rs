@@ -30,3 +30,17 @@ pub mod vlm;
 pub mod weights;
 
 pub use error::ModelError;
+
+/// Where downloaded assets (WordNet, the sentence encoder, the OSM presets) live:
+/// `$STRATA_ASSETS`, else `$STRATA_CACHE/assets`, else `~/.cache/strata/assets` — where
+/// `scripts/setup.sh` puts them.
+pub fn assets_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("STRATA_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("STRATA_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/strata"));
+    cache.join("assets")
+}

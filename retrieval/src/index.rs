@@ -286,21 +286,9 @@ pub(crate) fn graph_options(dim: usize, params: HnswParams) -> usearch::IndexOpt
     }
 }
 
-/// Lower-case hex sha256 of a file, streamed.
+/// Lower-case hex sha256 of a file, streamed (the artifact hasher).
 pub(crate) fn sha256_file(path: &Path) -> Result<String, RetrievalError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path).map_err(|e| index_error(path, format!("cannot read: {e}")))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| index_error(path, format!("cannot read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(model::artifact::sha256_file(path)?)
 }
 
 impl Graph {
