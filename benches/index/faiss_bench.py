@@ -45,7 +45,7 @@ hnsw.hnsw.efConstruction = 200
 hnsw.add(base)
 result["hnsw_build_s"] = time.perf_counter() - start
 sweep = []
-for ef in (16, 32, 64, 96, 128, 160, 200, 256):
+for ef in (8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 160, 256):
     hnsw.hnsw.efSearch = ef
     single, batch, found = qps(hnsw, len(queries))
     recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])

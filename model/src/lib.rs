@@ -21,6 +21,7 @@ pub mod layers;
 pub mod lora;
 pub mod onnx;
 pub mod projector;
+pub mod preprocess;
 pub mod prompter;
 pub mod qwen2;
 pub mod siglip;

@@ -18,6 +18,7 @@ use crate::experts::TokenRole;
 use crate::generate::{self, GenerationConfig, PromptBatch};
 use crate::layers::ParamInit;
 use crate::projector::Projector;
+use crate::preprocess::{ImageProcessor, RgbImage};
 use crate::prompter::{MultiLevelPrompter, PrompterInput};
 use crate::qwen2::{DecoderInput, Qwen2Extensions, Qwen2ForCausalLM};
 use crate::siglip::SiglipVisionModel;
@@ -151,25 +152,26 @@ impl StrataModel {
     }
 
     /// Turns interleaved RGB bytes `[height, width, 3]` into normalised pixels
-    /// `[3, side, side]`: bilinear resize to the tower's input side, scale to [0, 1], then
-    /// `(x - mean) / std` per channel.
+    /// `[3, side, side]` exactly as SigLIP's image processor does: bicubic resize to the
+    /// tower's input side with Pillow's arithmetic, scale to [0, 1], then `(x - mean) / std`
+    /// per channel.
     ///
     /// # Errors
     /// [`ModelError::Request`] when the buffer does not hold `width × height × 3` bytes.
     pub fn preprocess_rgb(&self, rgb: &[u8], width: i64, height: i64) -> Result<Tensor, ModelError> {
-        if width <= 0 || height <= 0 || rgb.len() as i64 != width * height * 3 {
-            return Err(ModelError::Request { reason: format!("{} bytes are not a {width}×{height} RGB image", rgb.len()) });
-        }
+        let (w, h) = (usize::try_from(width).unwrap_or(0), usize::try_from(height).unwrap_or(0));
+        let image = RgbImage::new(w, h, rgb.to_vec())?;
         let side = self.config.vision.image_size;
-        let image = Tensor::from_slice(rgb).view([height, width, 3]).permute([2, 0, 1]).to_kind(Kind::Float).unsqueeze(0) / 255.0;
-        let resized = if (width, height) == (side, side) {
-            image
-        } else {
-            image.upsample_bilinear2d([side, side], false, None, None)
-        };
-        let mean = Tensor::from_slice(&self.config.image.mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
-        let std = Tensor::from_slice(&self.config.image.std).to_kind(Kind::Float).view([1, 3, 1, 1]);
-        Ok(((resized - mean) / std).squeeze_dim(0))
+        let processor = self.image_processor();
+        let pixels = processor.apply(&image)?;
+        Ok(Tensor::from_slice(&pixels).view([3, side, side]))
+    }
+
+    /// The SigLIP image processor of this model: bicubic resize to the tower's resolution
+    /// (Pillow's arithmetic), rescale, the configured mean/std.
+    pub fn image_processor(&self) -> ImageProcessor {
+        let to_f32 = |v: [f64; 3]| v.map(|x| x as f32);
+        ImageProcessor::siglip(self.config.vision.image_size as usize, to_f32(self.config.image.mean), to_f32(self.config.image.std))
     }
 
     fn encode(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Vec<EncodedRequest>, ModelError> {

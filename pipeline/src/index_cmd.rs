@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use model::encoders::TextEncoder;
-use retrieval::index::{DEFAULT_EF, HnswParams};
+use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
 use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
 
-use crate::cli::{IndexBuildArgs, IndexCommand, IndexSearchArgs, OutputStyle};
+use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexSearchArgs, OutputStyle};
 
 pub fn run(command: IndexCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -26,7 +26,15 @@ fn build(args: &IndexBuildArgs) -> anyhow::Result<ExitCode> {
     let mut encoder = encoder(args.encoder.as_ref())?;
     let options = BuildOptions {
         shard_size: args.shard_size,
-        hnsw: (!args.no_hnsw).then_some(HnswParams { m: args.hnsw_m, ef_construction: args.ef_construction }),
+        hnsw: (!args.no_hnsw).then_some(HnswParams {
+            m: args.hnsw_m,
+            ef_construction: args.ef_construction,
+            precision: match args.graph_precision {
+                GraphPrecisionArg::F32 => GraphPrecision::F32,
+                GraphPrecisionArg::F16 => GraphPrecision::F16,
+                GraphPrecisionArg::Bf16 => GraphPrecision::Bf16,
+            },
+        }),
     };
     let progress = if args.no_progress { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
     progress.set_style(

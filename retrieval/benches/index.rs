@@ -47,6 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (dim, k, threads): (usize, usize, usize) = (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let work = PathBuf::from(&args[4]);
     tch::set_num_threads(threads as i32);
+    // Single exact queries and HNSW batches run on rayon's pool: the same thread count.
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     let base = read_f32(&dir.join("base.f32"))?;
     let queries: Vec<Vec<f32>> = read_f32(&dir.join("queries.f32"))?.chunks(dim).map(<[f32]>::to_vec).collect();
     let count = base.len() / dim;
@@ -63,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (flat_single, flat_batch, truth) = qps(&index, &queries, k, SearchMode::Exact, 100)?;
     let mut sweep = Vec::new();
-    for ef in [16usize, 32, 64, 96, 128, DEFAULT_EF, 200, 256] {
+    for ef in [8usize, 10, 12, 16, 24, 32, 48, 64, 96, 128, DEFAULT_EF, 256] {
         let (single, batch, found) = qps(&index, &queries, k, SearchMode::Approximate { ef }, queries.len())?;
         let hits: usize = truth.iter().zip(&found).map(|(t, f)| f.iter().filter(|h| t.iter().any(|x| x.row == h.row)).count()).sum();
         sweep.push(
@@ -73,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "strata retrieval (libtorch exact, usearch 2.26.6 HNSW)", "count": count, "queries": queries.len(), "threads": threads,
+            "impl": "strata retrieval (libtorch exact; usearch 2.26.6 HNSW, bf16 graph, exact re-scoring)", "count": count, "queries": queries.len(), "threads": threads,
             "build_with_hnsw_s": build_s, "open_s": open_s, "default_ef": DEFAULT_EF,
             "flat_qps_single": flat_single, "flat_qps_batch64": flat_batch, "hnsw_sweep": sweep,
         })

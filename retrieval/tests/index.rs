@@ -2,7 +2,7 @@
 //! round-trip through their files, and bad input or corrupt files are errors, never panics.
 
 use retrieval::build::write_index;
-use retrieval::index::{DEFAULT_EF, HnswParams};
+use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
 use retrieval::{Description, SearchMode, SemanticIndex};
 
 /// Deterministic clustered unit vectors: `clusters` random centres, points scattered around them.
@@ -55,6 +55,12 @@ fn exact_top_k_equals_brute_force() {
     for (q, found) in queries.iter().zip(&hits) {
         let expected = brute_force(&vectors, dim, q, 10);
         assert_eq!(found.iter().map(|h| h.row).collect::<Vec<_>>(), expected);
+        // One query alone takes the scanning path; same answer, same scores.
+        let alone = index.search(std::slice::from_ref(q), 10, SearchMode::Exact).unwrap().remove(0);
+        assert_eq!(alone.iter().map(|h| h.row).collect::<Vec<_>>(), expected);
+        for (a, b) in alone.iter().zip(found) {
+            assert!((a.score - b.score).abs() < 1e-5, "{} vs {}", a.score, b.score);
+        }
     }
     assert_eq!(index.vector(7), &vectors[7 * dim..8 * dim]);
     // k larger than the index returns everything once.
@@ -74,6 +80,16 @@ fn hnsw_reaches_recall_095_at_its_default_setting_on_clustered_data() {
     let found: usize = exact.iter().zip(&ann).map(|(e, a)| a.iter().filter(|h| e.iter().any(|x| x.row == h.row)).count()).sum();
     let recall = found as f64 / (5 * queries.len()) as f64;
     assert!(recall >= 0.95, "recall@5 {recall}");
+    // Whatever the graph stores, the scores are exact cosines, best first.
+    for (q, hits) in queries.iter().zip(&ann) {
+        for pair in hits.windows(2) {
+            assert!(pair[0].score >= pair[1].score);
+        }
+        for hit in hits {
+            let exact: f32 = index.vector(hit.row).iter().zip(q).map(|(a, b)| a * b).sum();
+            assert!((hit.score - exact).abs() < 1e-5, "{} vs {exact}", hit.score);
+        }
+    }
     // The knob works: a tiny ef finds less.
     let rough = index.search(&queries, 5, SearchMode::Approximate { ef: 5 }).unwrap();
     let rough_found: usize = exact.iter().zip(&rough).map(|(e, a)| a.iter().filter(|h| e.iter().any(|x| x.row == h.row)).count()).sum();
@@ -85,7 +101,8 @@ fn bad_queries_and_corrupt_files_are_errors() {
     let (count, dim) = (500, 16);
     let vectors = clustered(count, dim, 10, 3);
     let dir = tempfile::tempdir().unwrap();
-    write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(HnswParams { m: 8, ef_construction: 50 })).unwrap();
+    let params = HnswParams { m: 8, ef_construction: 50, precision: GraphPrecision::Bf16 };
+    write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(params)).unwrap();
     let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
     let err = index.search(&[vec![0.0; 7]], 5, SearchMode::Exact).unwrap_err().to_string();
     assert!(err.contains("7 dimensions") && err.contains("16"), "{err}");
@@ -116,4 +133,33 @@ fn bad_queries_and_corrupt_files_are_errors() {
     assert!(SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string().contains("malformed"));
     std::fs::remove_file(dir.path().join("index.json")).unwrap();
     assert!(SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string().contains("strata index build"));
+}
+
+#[test]
+fn every_graph_precision_finds_the_neighbours_and_old_manifests_open_as_f32() {
+    let (count, dim) = (4000, 32);
+    let vectors = clustered(count, dim, 40, 11);
+    let queries: Vec<Vec<f32>> = clustered(100, dim, 40, 77).chunks(dim).map(<[f32]>::to_vec).collect();
+    for precision in [GraphPrecision::F32, GraphPrecision::F16, GraphPrecision::Bf16] {
+        let dir = tempfile::tempdir().unwrap();
+        let params = HnswParams { precision, ..HnswParams::default() };
+        write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(params)).unwrap();
+        let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+        assert_eq!(index.manifest().hnsw.map(|p| p.precision), Some(precision));
+        let exact = index.search(&queries, 5, SearchMode::Exact).unwrap();
+        let ann = index.search(&queries, 5, SearchMode::Approximate { ef: DEFAULT_EF }).unwrap();
+        let found: usize = exact.iter().zip(&ann).map(|(e, a)| a.iter().filter(|h| e.iter().any(|x| x.row == h.row)).count()).sum();
+        assert!(found as f64 / 500.0 >= 0.95, "{precision:?}: recall@5 {}", found as f64 / 500.0);
+        if precision == GraphPrecision::F32 {
+            // Manifests written before the precision was recorded describe f32 graphs.
+            drop(index);
+            let path = dir.path().join("index.json");
+            let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            manifest["hnsw"].as_object_mut().unwrap().remove("precision");
+            std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+            let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+            assert_eq!(index.manifest().hnsw.map(|p| p.precision), Some(GraphPrecision::F32));
+            assert_eq!(index.search(&queries, 5, SearchMode::Approximate { ef: DEFAULT_EF }).unwrap(), ann);
+        }
+    }
 }
