@@ -1,7 +1,14 @@
-//! The retriever's text encoder through ONNX Runtime: a sentence encoder exported to ONNX
-//! (inputs `input_ids`, `attention_mask`; output `sentence_embedding`, L2-normalised), with
-//! its `tokenizer.json`. Batches are padded to their longest sentence; outputs come back
-//! L2-normalised so cosine similarity is a dot product.
+//! The retriever's encoders through ONNX Runtime.
+//!
+//! - [`TextEncoder`]: `model.onnx` (inputs `input_ids`, `attention_mask`; output
+//!   `sentence_embedding`) with its `tokenizer.json` — a sentence encoder such as
+//!   all-MiniLM-L6-v2, or the text tower of a CLIP model.
+//! - [`ImageEncoder`]: `image_model.onnx` (input `pixel_values [batch, 3, H, W]`; output
+//!   `image_embeds`) with its `preprocessor_config.json` — the image tower of a CLIP model
+//!   (`scripts/export/clip_to_onnx.py` writes both towers into one directory).
+//!
+//! Batches are padded to their longest sentence; outputs come back L2-normalised so cosine
+//! similarity is a dot product.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +18,11 @@ use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
 use crate::ModelError;
+use crate::preprocess::{ImageProcessor, RgbImage};
 
 const BATCH: usize = 64;
+/// Images per encoder run.
+const IMAGE_BATCH: usize = 16;
 
 /// A text encoder session and its tokenizer.
 #[derive(Debug)]
@@ -48,11 +58,17 @@ impl TextEncoder {
         let session = crate::onnx::load_session(&bytes, threads)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if !(inputs.contains(&"input_ids") && inputs.contains(&"attention_mask") && outputs.contains(&"sentence_embedding")) {
+        let rank = |name: &str| session.inputs().iter().find(|i| i.name() == name).and_then(|i| i.dtype().tensor_shape()).map(|s| s.len());
+        if !(inputs.contains(&"input_ids") && inputs.contains(&"attention_mask") && outputs.contains(&"sentence_embedding"))
+            || rank("input_ids") != Some(2)
+            || rank("attention_mask") != Some(2)
+        {
             return Err(ModelError::Artifact {
                 path: dir.join("model.onnx"),
                 reason: format!(
-                    "expected inputs `input_ids`, `attention_mask` and output `sentence_embedding`; found inputs {inputs:?}, outputs {outputs:?}"
+                    "expected inputs `input_ids` and `attention_mask` of shape [batch, tokens] and output `sentence_embedding`; found inputs {inputs:?} (ranks {:?}, {:?}), outputs {outputs:?}",
+                    rank("input_ids"),
+                    rank("attention_mask")
                 ),
             });
         }
@@ -113,6 +129,107 @@ impl TextEncoder {
                 ])
                 .map_err(onnx("running the text encoder"))?;
             let embeddings = outputs["sentence_embedding"].try_extract_array::<f32>().map_err(onnx("reading sentence_embedding"))?;
+            for row in embeddings.outer_iter() {
+                let v: Vec<f32> = row.iter().copied().collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                out.push(v.into_iter().map(|x| x / norm).collect());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An image encoder session and the preprocessing its training used.
+#[derive(Debug)]
+pub struct ImageEncoder {
+    session: Session,
+    processor: ImageProcessor,
+    dim: usize,
+    name: String,
+}
+
+impl ImageEncoder {
+    /// Loads `image_model.onnx` and `preprocessor_config.json` from `dir`.
+    ///
+    /// # Errors
+    /// [`ModelError::Artifact`] for missing files or a model whose input is not
+    /// `pixel_values [batch, 3, H, W]` at the size the processor produces;
+    /// [`ModelError::Config`] for a processor this crate cannot reproduce;
+    /// [`ModelError::Onnx`] when the model does not load or run.
+    pub fn load(dir: &Path, threads: usize) -> Result<Self, ModelError> {
+        let model_path = dir.join("image_model.onnx");
+        let bytes = std::fs::read(&model_path).map_err(|e| ModelError::Artifact {
+            path: model_path.clone(),
+            reason: format!("{e}; export a CLIP model with scripts/export/clip_to_onnx.py"),
+        })?;
+        let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
+        let session = crate::onnx::load_session(&bytes, threads)?;
+        let wrong = |reason: String| ModelError::Artifact { path: model_path.clone(), reason };
+        let input = session.inputs().iter().find(|i| i.name() == "pixel_values").ok_or_else(|| {
+            wrong(format!("no input `pixel_values`; inputs are {:?}", session.inputs().iter().map(|i| i.name()).collect::<Vec<_>>()))
+        })?;
+        let shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        // Any image comes out of a cropping or square-resizing processor at one size; check
+        // the model takes it (dynamic dimensions, -1, take anything).
+        let (height, width) = processor.output_size(1000, 1000);
+        let fits = |dim: i64, want: usize| dim < 0 || dim == want as i64;
+        if shape.len() != 4 || !fits(shape[1], 3) || !fits(shape[2], height) || !fits(shape[3], width) {
+            return Err(wrong(format!(
+                "`pixel_values` has shape {shape:?}; the processor in preprocessor_config.json makes [batch, 3, {height}, {width}]"
+            )));
+        }
+        if !session.outputs().iter().any(|o| o.name() == "image_embeds") {
+            return Err(wrong(format!(
+                "no output `image_embeds`; outputs are {:?}",
+                session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
+            )));
+        }
+        let mut encoder = Self { session, processor, dim: 0, name: dir.display().to_string() };
+        let probe = RgbImage::new(width, height, vec![127; width * height * 3])?;
+        encoder.dim = encoder.encode(&[probe])?.first().map_or(0, Vec::len);
+        Ok(encoder)
+    }
+
+    /// Embedding width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Where it was loaded from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The preprocessing applied to every image.
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// L2-normalised embeddings of `images`, in order.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for an image that cannot be preprocessed, [`ModelError::Onnx`]
+    /// when a run fails.
+    pub fn encode(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::with_capacity(images.len());
+        for batch in images.chunks(IMAGE_BATCH) {
+            let (height, width) = self.processor.output_size(batch[0].width, batch[0].height);
+            let mut pixels = Vec::with_capacity(batch.len() * 3 * height * width);
+            for (i, image) in batch.iter().enumerate() {
+                if self.processor.output_size(image.width, image.height) != (height, width) {
+                    return Err(ModelError::Request {
+                        reason: format!("image {i} preprocesses to a different size than image 0; this processor does not crop"),
+                    });
+                }
+                pixels.extend(self.processor.apply(image)?);
+            }
+            let input = ndarray::Array4::from_shape_vec((batch.len(), 3, height, width), pixels)
+                .map_err(|e| ModelError::Request { reason: e.to_string() })?;
+            let outputs = self
+                .session
+                .run(ort::inputs!["pixel_values" => TensorRef::from_array_view(&input).map_err(onnx("preparing pixel_values"))?])
+                .map_err(onnx("running the image encoder"))?;
+            let embeddings = outputs["image_embeds"].try_extract_array::<f32>().map_err(onnx("reading image_embeds"))?;
             for row in embeddings.outer_iter() {
                 let v: Vec<f32> = row.iter().copied().collect();
                 let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

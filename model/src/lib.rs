@@ -36,12 +36,16 @@ pub use error::ModelError;
 /// `$STRATA_ASSETS`, else `$STRATA_CACHE/assets`, else `~/.cache/strata/assets` — where
 /// `scripts/setup.sh` puts them.
 pub fn assets_dir() -> std::path::PathBuf {
-    use std::path::PathBuf;
     if let Some(dir) = std::env::var_os("STRATA_ASSETS") {
-        return PathBuf::from(dir);
+        return std::path::PathBuf::from(dir);
     }
-    let cache = std::env::var_os("STRATA_CACHE")
+    cache_dir().join("assets")
+}
+
+/// Strata's cache folder: `$STRATA_CACHE`, else `~/.cache/strata`.
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("STRATA_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/strata"));
-    cache.join("assets")
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/strata"))
 }

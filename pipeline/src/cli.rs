@@ -104,8 +104,31 @@ pub enum IndexCommand {
     /// Examples:
     ///   strata index search --index strata-out/index --text "harbour with ships"
     ///   strata index search --index idx --text "solar farm" -k 10 --exact --format json
+    ///   strata index search --index clip-idx --encoder clip-onnx --image tile.png -k 5
     #[command(verbatim_doc_comment)]
     Search(IndexSearchArgs),
+
+    /// Upload an index directory to an object store, where `--index URL` finds it (workers
+    /// download it once into ~/.cache/strata/indexes and reuse that copy until it changes).
+    /// S3 is configured from the standard AWS_* environment (AWS_ENDPOINT_URL for
+    /// S3-compatible servers).
+    ///
+    /// Examples:
+    ///   strata index push --index strata-out/index --to s3://models/indexes/osm
+    ///   strata index search --index s3://models/indexes/osm --text "harbour with ships"
+    #[command(verbatim_doc_comment)]
+    Push(IndexPushArgs),
+}
+
+/// Arguments of `strata index push`.
+#[derive(Debug, Args)]
+pub struct IndexPushArgs {
+    /// The local index directory.
+    #[arg(long)]
+    pub index: std::path::PathBuf,
+    /// Where to put it: s3://bucket/prefix, file:///path or memory://name/prefix.
+    #[arg(long)]
+    pub to: String,
 }
 
 /// Arguments of `strata index build`.
@@ -117,7 +140,9 @@ pub struct IndexBuildArgs {
     /// The index directory to write.
     #[arg(long)]
     pub out: std::path::PathBuf,
-    /// Text encoder directory (model.onnx + tokenizer.json); default: all-MiniLM-L6-v2 from setup.
+    /// Encoder directory (model.onnx + tokenizer.json); default: all-MiniLM-L6-v2 from setup. A CLIP
+    /// encoder directory (scripts/export/clip_to_onnx.py) embeds with its text tower, so the index
+    /// can then be searched with images too.
     #[arg(long)]
     pub encoder: Option<std::path::PathBuf>,
     /// Exact search only (no HNSW graph).
@@ -156,13 +181,14 @@ pub enum GraphPrecisionArg {
 /// Arguments of `strata index search`.
 #[derive(Debug, Args)]
 pub struct IndexSearchArgs {
-    /// The index directory.
+    /// The index: a directory, or a URL it was pushed to (s3://bucket/prefix).
     #[arg(long)]
-    pub index: std::path::PathBuf,
+    pub index: String,
     /// A text query.
     #[arg(long, conflicts_with = "image")]
     pub text: Option<String>,
-    /// An image query (needs an image encoder; not bundled yet).
+    /// An image query (PNG, JPEG, GeoTIFF…): needs `--encoder` pointing at a CLIP-style
+    /// encoder directory (see scripts/export/clip_to_onnx.py) whose text tower built the index.
     #[arg(long)]
     pub image: Option<std::path::PathBuf>,
     /// How many results.
@@ -174,7 +200,8 @@ pub struct IndexSearchArgs {
     /// HNSW candidate list while searching (recall/speed knob; default 160).
     #[arg(long)]
     pub ef: Option<usize>,
-    /// Text encoder directory; default: all-MiniLM-L6-v2 from setup.
+    /// Encoder directory: the one the index was built with. Default: all-MiniLM-L6-v2 from setup
+    /// (text queries only).
     #[arg(long)]
     pub encoder: Option<std::path::PathBuf>,
     /// Output format.
@@ -229,6 +256,8 @@ pub struct EvalRunArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
     /// Table format on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputStyle,
@@ -366,9 +395,12 @@ pub struct ModelAskArgs {
     pub images: Vec<std::path::PathBuf>,
     /// The query: a task instruction or a question.
     pub query: String,
-    /// Retrieved descriptions to give the prompter, best first (repeatable).
-    #[arg(long = "description")]
+    /// Retrieved descriptions to give the prompter, best first (repeatable); or let --index
+    /// retrieve them.
+    #[arg(long = "description", conflicts_with = "index")]
     pub descriptions: Vec<String>,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
     /// Longest answer, in tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: i64,
@@ -387,6 +419,25 @@ pub struct ModelAskArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+}
+
+/// Retrieval for the prompter (`strata model ask`, `strata eval`).
+#[derive(Debug, Clone, Args)]
+pub struct RetrievalArgs {
+    /// Retrieve descriptions for each image from this index (a directory or the URL it was
+    /// pushed to). Without it the prompter gets no descriptions.
+    #[arg(long)]
+    pub index: Option<String>,
+    /// Encoder that queries the index: a CLIP-style directory with image_model.onnx retrieves by
+    /// image; a text encoder retrieves by the question. Default: all-MiniLM-L6-v2 from setup.
+    #[arg(long)]
+    pub retrieval_encoder: Option<std::path::PathBuf>,
+    /// Descriptions per image (default: the model's top_k).
+    #[arg(long)]
+    pub retrieve_k: Option<usize>,
+    /// HNSW candidate list while searching (default 160).
+    #[arg(long)]
+    pub ef: Option<usize>,
 }
 
 /// Where result tables live unless --tables says otherwise.

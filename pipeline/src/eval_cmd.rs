@@ -13,14 +13,16 @@ use eval::score::{CaptionScorers, Report, Task, score};
 use eval::wordnet::WordNet;
 use model::artifact::Artifact;
 use model::generate::{GenerationConfig, Sampling};
+use model::preprocess::RgbImage;
 use model::vlm::VlmRequest;
 
 use crate::cli::{EvalArgs, EvalCommand, EvalRunArgs, EvalScoreArgs, OutputStyle, ScorerArgs};
+use crate::retriever::Retriever;
 
-pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(EvalCommand::Score(score_args)) => score_file(&score_args),
-        None => run_benchmark(&args.run),
+        None => run_benchmark(&args.run, runtime),
     }
 }
 
@@ -115,7 +117,7 @@ fn write_parquet(path: &Path, report: &Report, benchmark: &str, version: &str) -
     Ok(())
 }
 
-fn run_benchmark(args: &EvalRunArgs) -> anyhow::Result<ExitCode> {
+fn run_benchmark(args: &EvalRunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let (Some(name), Some(data), Some(model_dir)) = (&args.benchmark, &args.data, &args.model) else {
         anyhow::bail!("--benchmark, --data and --model are required (or use `strata eval score`)");
     };
@@ -126,6 +128,7 @@ fn run_benchmark(args: &EvalRunArgs) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::open(model_dir)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", model_dir.display()))?;
+    let mut retriever = Retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
     let loaded = load_scorers(&args.scorers, benchmark.task)?;
     let generation = GenerationConfig {
         max_new_tokens: max_new_tokens(benchmark.task),
@@ -147,10 +150,19 @@ fn run_benchmark(args: &EvalRunArgs) -> anyhow::Result<ExitCode> {
         let mut requests = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
         for sample in batch {
-            let pixels = crate::images::read_rgb(&sample.image).and_then(|(rgb, w, h)| Ok(model.preprocess_rgb(&rgb, w, h)?));
-            match pixels {
-                Ok(pixels) => {
-                    requests.push(VlmRequest { pixels, query: sample.query.clone(), descriptions: Vec::new() });
+            let prepared = crate::images::read_rgb(&sample.image).and_then(|(rgb, w, h)| {
+                let pixels = model.preprocess_rgb(&rgb, w, h)?;
+                let descriptions = match &mut retriever {
+                    Some(retriever) => {
+                        retriever.descriptions(&RgbImage::new(usize::try_from(w)?, usize::try_from(h)?, rgb)?, &sample.query)?
+                    }
+                    None => Vec::new(),
+                };
+                Ok((pixels, descriptions))
+            });
+            match prepared {
+                Ok((pixels, descriptions)) => {
+                    requests.push(VlmRequest { pixels, query: sample.query.clone(), descriptions });
                     ids.push(sample.reference.id.clone());
                 }
                 Err(err) => {

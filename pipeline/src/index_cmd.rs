@@ -3,17 +3,67 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use model::encoders::TextEncoder;
+use model::encoders::{ImageEncoder, TextEncoder};
+use model::preprocess::RgbImage;
 use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
 use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
 
-use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexSearchArgs, OutputStyle};
+use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexPushArgs, IndexSearchArgs, OutputStyle};
 
-pub fn run(command: IndexCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: IndexCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
         IndexCommand::Build(args) => build(&args),
-        IndexCommand::Search(args) => search(&args),
+        IndexCommand::Search(args) => search(&args, runtime),
+        IndexCommand::Push(args) => push(&args, runtime),
     }
+}
+
+fn push(args: &IndexPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    let target = operators::storage::resolve(&args.to)?;
+    let started = std::time::Instant::now();
+    let transfer = runtime
+        .block_on(retrieval::store::push_index(&args.index, target.store().as_ref(), target.path()))
+        .with_context(|| format!("pushing `{}` to {}", args.index.display(), target.url()))?;
+    println!(
+        "pushed {} files ({:.1} MB) to {} in {:.1} s",
+        transfer.files,
+        transfer.bytes as f64 / 1e6,
+        target.url(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens an index given as a directory or as the URL it was pushed to; remote indexes are
+/// mirrored into `~/.cache/strata/indexes/` first (once: an unchanged copy is reused).
+pub fn open_index(location: &str, device: tch::Device, runtime: &tokio::runtime::Runtime) -> anyhow::Result<SemanticIndex> {
+    let resolved = operators::storage::resolve(location)?;
+    let dir = match resolved.local_path() {
+        Some(dir) => dir,
+        None => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(resolved.url().as_bytes());
+            let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let cache = model::cache_dir().join("indexes").join(name);
+            let started = std::time::Instant::now();
+            let transfer = runtime
+                .block_on(retrieval::store::fetch_index(resolved.store().as_ref(), resolved.path(), &cache))
+                .with_context(|| format!("fetching the index {}", resolved.url()))?;
+            if transfer.reused {
+                tracing::info!(index = %resolved.url(), cache = %cache.display(), "using the cached copy");
+            } else {
+                eprintln!(
+                    "fetched {} ({:.1} MB) into {} in {:.1} s",
+                    resolved.url(),
+                    transfer.bytes as f64 / 1e6,
+                    cache.display(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            cache
+        }
+    };
+    Ok(SemanticIndex::open(&dir, device)?)
 }
 
 fn encoder(dir: Option<&std::path::PathBuf>) -> anyhow::Result<TextEncoder> {
@@ -58,15 +108,35 @@ fn build(args: &IndexBuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn search(args: &IndexSearchArgs) -> anyhow::Result<ExitCode> {
-    if args.image.is_some() {
-        bail!("image queries need a CLIP-style image encoder, and none is bundled yet\nhint: search with --text");
-    }
-    let Some(text) = &args.text else { bail!("give --text \"...\" to search") };
+fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let device = model::device::select(args.device)?;
-    let index = SemanticIndex::open(&args.index, device.device())?;
-    let mut encoder = encoder(args.encoder.as_ref())?;
-    let query = encoder.encode(std::slice::from_ref(text))?;
+    let index = open_index(&args.index, device.device(), runtime)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let (query, encoder_dir, dim) = if let Some(path) = &args.image {
+        let Some(dir) = &args.encoder else {
+            bail!(
+                "image queries need a CLIP-style encoder directory (image_model.onnx, model.onnx, tokenizer.json, preprocessor_config.json)\n\
+                 hint: export one with `python scripts/export/clip_to_onnx.py CLIP_DIR OUT`, build the index with `--encoder OUT`, then search with `--encoder OUT --image FILE`"
+            );
+        };
+        let mut encoder =
+            ImageEncoder::load(dir, threads).with_context(|| format!("loading the image encoder from `{}`", dir.display()))?;
+        let (rgb, width, height) = crate::images::read_rgb(path)?;
+        let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
+        (encoder.encode(&[image])?, dir.display().to_string(), encoder.dim())
+    } else {
+        let Some(text) = &args.text else { bail!("give --text \"...\" or --image FILE to search") };
+        let mut encoder = encoder(args.encoder.as_ref())?;
+        (encoder.encode(std::slice::from_ref(text))?, encoder.name().to_owned(), encoder.dim())
+    };
+    if dim != index.dim() {
+        bail!(
+            "the encoder at `{encoder_dir}` makes {dim}-wide embeddings, but this index holds {}-wide ones from `{}`\n\
+             hint: search with the encoder the index was built with (--encoder)",
+            index.dim(),
+            index.manifest().encoder
+        );
+    }
     let mode =
         if args.exact || !index.has_ann() { SearchMode::Exact } else { SearchMode::Approximate { ef: args.ef.unwrap_or(DEFAULT_EF) } };
     let hits = index.search(&query, args.k, mode)?.remove(0);

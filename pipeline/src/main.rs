@@ -16,6 +16,7 @@ mod info;
 mod inputs;
 mod model_cmd;
 mod query;
+mod retriever;
 mod runtime;
 
 fn main() -> ExitCode {
@@ -42,9 +43,9 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Batch(batch_args) => runtime.block_on(batch::run(batch_args)),
         cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
-        cli::Command::Model(command) => model_cmd::run(command),
-        cli::Command::Eval(eval_args) => eval_cmd::run(eval_args),
-        cli::Command::Index(command) => index_cmd::run(command),
+        cli::Command::Model(command) => model_cmd::run(command, &runtime),
+        cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),
+        cli::Command::Index(command) => index_cmd::run(command, &runtime),
     }
 }
 

@@ -10,15 +10,17 @@ use model::chat::ChatTokenizer;
 use model::config::StrataConfig;
 use model::generate::{GenerationConfig, Sampling};
 use model::layers::ParamInit;
+use model::preprocess::RgbImage;
 use model::vlm::{StrataModel, VlmRequest};
 
 use crate::cli::{ModelAskArgs, ModelCommand, ModelInitArgs, OutputStyle};
+use crate::retriever::Retriever;
 
-pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
         ModelCommand::Init(args) => init(&args),
         ModelCommand::Verify { dir } => verify(&dir),
-        ModelCommand::Ask(args) => ask(&args),
+        ModelCommand::Ask(args) => ask(&args, runtime),
     }
 }
 
@@ -81,15 +83,25 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn ask(args: &ModelAskArgs) -> anyhow::Result<ExitCode> {
+fn ask(args: &ModelAskArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::open(&args.model)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
+    let mut retriever = Retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
     let mut requests = Vec::with_capacity(args.images.len());
     for image in &args.images {
         let (rgb, width, height) = crate::images::read_rgb(image)?;
         let pixels = model.preprocess_rgb(&rgb, width, height)?;
-        requests.push(VlmRequest { pixels, query: args.query.clone(), descriptions: args.descriptions.clone() });
+        let descriptions = match &mut retriever {
+            Some(retriever) => {
+                let rgb = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
+                let found = retriever.descriptions(&rgb, &args.query)?;
+                tracing::info!(image = %image.display(), descriptions = ?found, "retrieved");
+                found
+            }
+            None => args.descriptions.clone(),
+        };
+        requests.push(VlmRequest { pixels, query: args.query.clone(), descriptions });
     }
     let sampling = match args.temperature {
         Some(temperature) => Sampling::TopP { temperature, top_p: args.top_p },
@@ -97,7 +109,7 @@ fn ask(args: &ModelAskArgs) -> anyhow::Result<ExitCode> {
     };
     let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: Vec::new(), seed: args.seed };
     let answers = model.generate(&requests, &config)?;
-    for (image, answer) in args.images.iter().zip(&answers) {
+    for ((image, answer), request) in args.images.iter().zip(&answers).zip(&requests) {
         match args.format {
             OutputStyle::Text => {
                 println!("{}\t{:.4}\t{}", image.display(), answer.score, answer.text)
@@ -109,6 +121,7 @@ fn ask(args: &ModelAskArgs) -> anyhow::Result<ExitCode> {
                     "answer": answer.text,
                     "score": answer.score,
                     "complete": answer.complete,
+                    "descriptions": request.descriptions,
                     "model_version": artifact.manifest.version,
                 })
             ),

@@ -286,7 +286,34 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
         let score = line["score"].as_f64().unwrap();
         assert!(score > 0.0 && score <= 1.0, "{line}");
         assert_eq!(line["model_version"], "v1");
+        assert_eq!(line["descriptions"], serde_json::json!(["A forest."]));
     }
+
+    // Descriptions retrieved per image from an index built with a CLIP encoder's text tower,
+    // queried with the image tower.
+    let clip = fixtures.join("clip-tiny");
+    let descriptions = work.path().join("descriptions.txt");
+    std::fs::write(&descriptions, "harbour with ships\ndense green forest near a river\nairport runway\nfarmland fields\n").unwrap();
+    let index = work.path().join("clip-index");
+    let out = strata(&["index", "build", "--no-progress", "--encoder", clip.to_str().unwrap(), "--out", index.to_str().unwrap(), descriptions.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = strata(&[
+        "model", "ask", "--model", model_dir.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(), "--index", index.to_str().unwrap(),
+        "--retrieval-encoder", clip.to_str().unwrap(), "--retrieve-k", "2", "--max-new-tokens", "2", "--format", "json", "--device", "cpu",
+        "Describe the image.",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let retrieved = line["descriptions"].as_array().unwrap();
+    assert_eq!(retrieved.len(), 2, "{line}");
+    // The two nearest descriptions of this tile, as the index search finds them.
+    let out = strata(&[
+        "index", "search", "--index", index.to_str().unwrap(), "--encoder", clip.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(),
+        "-k", "2", "--format", "json", "--device", "cpu",
+    ]);
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<&serde_json::Value> = hits.as_array().unwrap().iter().map(|h| &h["text"]).collect();
+    assert_eq!(retrieved.iter().collect::<Vec<_>>(), expected);
 
     // One flipped byte: verify and ask both refuse.
     let weights = model_dir.join("model.safetensors");
@@ -383,4 +410,46 @@ fn index_build_and_search_the_osm_starter_database() {
     let out = strata(&["index", "search", "--index", work.path().to_str().unwrap(), "--text", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("strata index build"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/clip-tiny");
+    let clip = clip.to_str().unwrap();
+    let descriptions = work.path().join("descriptions.txt");
+    std::fs::write(&descriptions, "harbour with ships\ndense green forest near a river\nairport runway with planes\nfarmland fields\nsnow mountain\n").unwrap();
+    let index = work.path().join("clip-index");
+    let out = strata(&["index", "build", "--no-progress", "--encoder", clip, "--out", index.to_str().unwrap(), descriptions.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let scene = data("scenes/rmnp-rgb.tif");
+    let search = |extra: &[&str]| {
+        let mut args = vec!["index", "search", "--index", index.to_str().unwrap(), "--encoder", clip, "--image", scene.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--format", "json", "--device", "cpu"]);
+        strata(&args)
+    };
+    let out = search(&["-k", "5", "--exact"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exact: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exact = exact.as_array().unwrap();
+    assert_eq!(exact.len(), 5, "every description once");
+    let scores: Vec<f64> = exact.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().all(|s| s.abs() <= 1.0 + 1e-6), "{scores:?}");
+    // The graph agrees with exact search, scores included.
+    let out = search(&["-k", "5"]);
+    let ann: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ann.as_array().unwrap().iter().map(|h| &h["id"]).collect::<Vec<_>>(), exact.iter().map(|h| &h["id"]).collect::<Vec<_>>());
+
+    // Without an encoder, or with one of another width, the user is told what to do.
+    let out = strata(&["index", "search", "--index", index.to_str().unwrap(), "--image", scene.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("clip_to_onnx.py"), "{}", text(&out.stderr));
+    let minilm_index = work.path().join("minilm-index");
+    let out = strata(&["index", "build", "--no-progress", "--out", minilm_index.to_str().unwrap(), descriptions.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = strata(&["index", "search", "--index", minilm_index.to_str().unwrap(), "--encoder", clip, "--image", scene.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("16-wide") && err.contains("384-wide"), "{err}");
 }

@@ -10,10 +10,13 @@
 //! - `index.json`: dimensions, count, encoder, HNSW settings and the graph's sha256 —
 //!   written last, so a half-built index is never opened, and a damaged graph is refused
 //!   before the native library reads it.
+//!
+//! Indexes travel through object stores with [`store::push_index`] and [`store::fetch_index`].
 
 pub mod build;
 pub mod database;
 pub mod index;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -45,6 +48,14 @@ pub enum RetrievalError {
     #[error("invalid query: {reason}")]
     Query {
         /// What is wrong.
+        reason: String,
+    },
+    /// An object-store transfer failed.
+    #[error("object store `{location}`: {reason}")]
+    Store {
+        /// The object.
+        location: String,
+        /// What went wrong.
         reason: String,
     },
     /// The encoder failed.
