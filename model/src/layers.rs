@@ -54,7 +54,9 @@ pub fn ones(p: &nn::Path<'_>, name: &str, dims: &[i64], init: ParamInit) -> Tens
 pub fn mask_value(kind: Kind) -> f64 {
     match kind {
         Kind::Half => -65504.0,
-        Kind::BFloat16 => -3.389_531_4e38,
+        // The largest finite bf16, (2 − 2⁻⁷)·2¹²⁷, exactly: a decimal literal rounds above it,
+        // and libtorch refuses that scalar for a bf16 tensor.
+        Kind::BFloat16 => -(2.0 - 2f64.powi(-7)) * 2f64.powi(127),
         Kind::Double => f64::MIN,
         _ => f64::from(f32::MIN),
     }

@@ -186,3 +186,20 @@ fn tiny_model_with_vocab(vocab: i64) -> model::vlm::StrataModel {
     let tokenizer = model::chat::ChatTokenizer::from_file(&tokenizer_path(), &config.system_prompt).unwrap();
     model::vlm::StrataModel::new(config, tokenizer, Device::Cpu, Kind::Float, model::layers::ParamInit::Random).unwrap()
 }
+
+#[test]
+fn the_model_runs_in_bf16_the_gpu_dtype_with_masked_attention() {
+    // bf16 is what GPUs run; masked attention scores must fit in it (a too-large mask value
+    // made libtorch refuse the scalar). The CPU runs the same kernels' dtype rules.
+    let mut model = tiny_model(5);
+    randomise_new_modules(&model);
+    let responses = vec!["red".to_owned(), "a green field".to_owned(), "harbour".to_owned()];
+    let f32_loss = f64::try_from(model.loss(&requests(&model), &responses).unwrap()).unwrap();
+    model.var_store_mut().bfloat16();
+    let bf16_loss = f64::try_from(model.loss(&requests(&model), &responses).unwrap().to_kind(Kind::Float)).unwrap();
+    assert!((bf16_loss - f32_loss).abs() < 0.05 * f32_loss.abs(), "bf16 {bf16_loss} vs f32 {f32_loss}");
+    let greedy = GenerationConfig { max_new_tokens: 3, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let answers = model.generate(&requests(&model), &greedy).unwrap();
+    assert_eq!(answers.len(), 3);
+    assert!(answers.iter().all(|a| a.score.is_finite() && a.score > 0.0));
+}

@@ -160,7 +160,7 @@ fn main() -> Check {
     let dim = args.get(1).map_or(Ok(512), |a| a.parse())?;
     let selected = select(DevicePreference::Cuda(0))?;
     println!("{}", serde_json::json!({"device": selected.describe(), "dtype": format!("{:?}", selected.dtype())}));
-    model_on(selected.device())?;
     exact_search(rows, dim, selected.device())?;
+    model_on(selected.device())?;
     Ok(())
 }
