@@ -129,13 +129,18 @@ impl TextEncoder {
                 ])
                 .map_err(onnx("running the text encoder"))?;
             let embeddings = outputs["sentence_embedding"].try_extract_array::<f32>().map_err(onnx("reading sentence_embedding"))?;
-            for row in embeddings.outer_iter() {
-                let v: Vec<f32> = row.iter().copied().collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                out.push(v.into_iter().map(|x| x / norm).collect());
-            }
+            push_normalised_rows(&embeddings, &mut out);
         }
         Ok(out)
+    }
+}
+
+/// Appends each row of `[batch, d]` embeddings, L2-normalised, to `out`.
+fn push_normalised_rows(embeddings: &ndarray::ArrayViewD<'_, f32>, out: &mut Vec<Vec<f32>>) {
+    for row in embeddings.outer_iter() {
+        let v: Vec<f32> = row.iter().copied().collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        out.push(v.into_iter().map(|x| x / norm).collect());
     }
 }
 
@@ -230,11 +235,7 @@ impl ImageEncoder {
                 .run(ort::inputs!["pixel_values" => TensorRef::from_array_view(&input).map_err(onnx("preparing pixel_values"))?])
                 .map_err(onnx("running the image encoder"))?;
             let embeddings = outputs["image_embeds"].try_extract_array::<f32>().map_err(onnx("reading image_embeds"))?;
-            for row in embeddings.outer_iter() {
-                let v: Vec<f32> = row.iter().copied().collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                out.push(v.into_iter().map(|x| x / norm).collect());
-            }
+            push_normalised_rows(&embeddings, &mut out);
         }
         Ok(out)
     }
