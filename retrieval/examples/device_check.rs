@@ -18,7 +18,7 @@ use model::layers::ParamInit;
 use model::vlm::{StrataModel, VlmRequest};
 use retrieval::build::write_index;
 use retrieval::{Description, SearchMode, SemanticIndex};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 type Check = Result<(), Box<dyn std::error::Error>>;
 
@@ -150,7 +150,6 @@ fn model_on(device: Device) -> Check {
     if (cpu_loss - bf16_loss).abs() > 0.05 * cpu_loss.abs().max(1.0) {
         return Err("the model in bf16 on the GPU is far from f32".into());
     }
-    let _ = Tensor::zeros([1], (Kind::Float, device));
     Ok(())
 }
 
