@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::RetrievalError;
 use crate::database::{Description, read_parquet};
+use crate::walk::{GraphFile, prefetch};
 
 /// `format` of every `index.json`.
 pub const INDEX_FORMAT: &str = "strata-index/1";
@@ -260,15 +261,14 @@ impl SemanticIndex {
                 let graph = self.hnsw.as_ref().ok_or_else(|| RetrievalError::Query {
                     reason: "this index has no HNSW graph; rebuild it with one or search exactly".into(),
                 })?;
-                graph.set_ef(ef.max(k * RESCORED_CANDIDATES_PER_HIT));
                 let (mapping, dim) = (&self.mapping, self.manifest.dim);
-                let one = |query: &Vec<f32>| graph.search(mapping, dim, query, k);
+                let one = |query: &Vec<f32>| graph.search(mapping, dim, query, k, ef);
                 if queries.len() == 1 {
-                    return Ok(vec![one(&queries[0])?]);
+                    return Ok(vec![one(&queries[0])]);
                 }
                 // Batches are spread over rayon's pool (kept warm, unlike spawned threads); the
-                // graph is safe to search concurrently.
-                queries.par_iter().map(one).collect()
+                // graph is read-only, each thread searches with its own scratch state.
+                Ok(queries.par_iter().map(one).collect())
             }
         }
     }
@@ -316,11 +316,9 @@ impl SemanticIndex {
     }
 }
 
-/// The HNSW graph: a USearch index memory-mapped from `hnsw.usearch`.
+/// The HNSW graph: built by USearch, searched by [`crate::walk`].
 struct Graph {
-    index: usearch::Index,
-    /// The `ef` last set: USearch keeps one search expansion per index.
-    ef: std::sync::Mutex<usize>,
+    file: GraphFile,
 }
 
 /// The options every graph is built and opened with.
@@ -347,45 +345,27 @@ impl Graph {
         if !path.is_file() {
             return Err(index_error(&path, "index.json names an HNSW graph but the file is missing"));
         }
-        // The native reader trusts its input; a damaged file is refused here instead.
+        // A damaged file is refused before anything reads its offsets.
         if sha256_file(&path)? != sha {
             return Err(index_error(&path, "the HNSW graph is corrupt (sha256 differs from index.json); rebuild the index"));
         }
-        let index = usearch::Index::new(&graph_options(manifest.dim, params)).map_err(|e| index_error(&path, e.to_string()))?;
-        index.view(&path.to_string_lossy()).map_err(|e| index_error(&path, format!("cannot map the HNSW graph: {e}")))?;
-        if index.size() != manifest.count {
-            return Err(index_error(&path, format!("{} points in the graph, index.json says {}", index.size(), manifest.count)));
-        }
-        Ok(Self { index, ef: std::sync::Mutex::new(DEFAULT_EF) })
+        let file = GraphFile::open(&path, manifest.dim, manifest.count, params.precision)
+            .map_err(|reason| index_error(&path, format!("cannot read the HNSW graph: {reason}")))?;
+        Ok(Self { file })
     }
 
     /// The best `k` of the graph's `2k` candidates, scored exactly against the stored f32
-    /// vectors in `embeddings` and ordered by that score (the graph's own distances may be
-    /// rounded, see [`GraphPrecision`]).
-    fn search(&self, embeddings: &[u8], dim: usize, query: &[f32], k: usize) -> Result<Vec<Hit>, RetrievalError> {
-        let candidates = k * RESCORED_CANDIDATES_PER_HIT;
-        let matches =
-            self.index.search(query, candidates).map_err(|e| RetrievalError::Query { reason: format!("HNSW search failed: {e}") })?;
-        let mut hits: Vec<Hit> = matches
-            .keys
-            .iter()
-            .map(|&key| {
-                let row = key as usize;
-                Hit { row, score: dot(row_of(embeddings, dim, row), query) }
-            })
-            .collect();
+    /// vectors in `embeddings` and ordered by that score (the graph's own copy of the vectors
+    /// may be rounded, see [`GraphPrecision`]).
+    fn search(&self, embeddings: &[u8], dim: usize, query: &[f32], k: usize, ef: usize) -> Vec<Hit> {
+        let candidates = self.file.search(query, ef, k * RESCORED_CANDIDATES_PER_HIT);
+        for (row, _) in &candidates {
+            prefetch(row_of(embeddings, dim, *row).as_ptr().cast(), dim * 4);
+        }
+        let mut hits: Vec<Hit> = candidates.iter().map(|&(row, _)| Hit { row, score: dot(row_of(embeddings, dim, row), query) }).collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(k);
-        Ok(hits)
-    }
-
-    /// Sets the search expansion; USearch keeps one per index.
-    fn set_ef(&self, ef: usize) {
-        let mut current = self.ef.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current != ef {
-            self.index.change_expansion_search(ef);
-            *current = ef;
-        }
+        hits
     }
 }
 

@@ -17,6 +17,7 @@ pub mod build;
 pub mod database;
 pub mod index;
 pub mod store;
+mod walk;
 
 use std::path::PathBuf;
 
