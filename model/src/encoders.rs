@@ -8,7 +8,9 @@
 //!   (`scripts/export/clip_to_onnx.py` writes both towers into one directory).
 //!
 //! Batches are padded to their longest sentence; outputs come back L2-normalised so cosine
-//! similarity is a dot product.
+//! similarity is a dot product. Both run on CUDA when the loaded ONNX Runtime has the CUDA
+//! execution provider (the onnxruntime-gpu build) and a device takes the session, on the CPU
+//! otherwise; `load_on` pins the choice.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,8 @@ use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
 use crate::ModelError;
+use crate::device::DevicePreference;
+use crate::onnx::OrtTarget;
 use crate::preprocess::{ImageProcessor, RgbImage};
 
 const BATCH: usize = 64;
@@ -28,6 +32,7 @@ const IMAGE_BATCH: usize = 16;
 #[derive(Debug)]
 pub struct TextEncoder {
     session: Session,
+    target: OrtTarget,
     tokenizer: Tokenizer,
     dim: usize,
     name: String,
@@ -44,18 +49,27 @@ impl TextEncoder {
     }
 
     /// Loads `model.onnx` and `tokenizer.json` from `dir`; sentences longer than
-    /// `max_tokens` are cut.
+    /// `max_tokens` are cut. Runs on the GPU when ONNX Runtime can (see [`Self::load_on`]).
     ///
     /// # Errors
     /// [`ModelError::Artifact`] for missing files, [`ModelError::Onnx`] when the model does not
     /// load or lacks the expected inputs and output.
     pub fn load(dir: &Path, max_tokens: usize, threads: usize) -> Result<Self, ModelError> {
+        Self::load_on(dir, max_tokens, threads, DevicePreference::Auto)
+    }
+
+    /// As [`Self::load`], on the device `preference` names (see [`crate::onnx::load_session_on`]).
+    ///
+    /// # Errors
+    /// As [`Self::load`]; [`ModelError::CudaUnavailable`] when CUDA is required and ONNX
+    /// Runtime cannot use it.
+    pub fn load_on(dir: &Path, max_tokens: usize, threads: usize, preference: DevicePreference) -> Result<Self, ModelError> {
         let missing = |file: &str, e: &dyn std::fmt::Display| ModelError::Artifact {
             path: dir.join(file),
             reason: format!("{e}; run `scripts/setup.sh` for the default encoder"),
         };
         let bytes = std::fs::read(dir.join("model.onnx")).map_err(|e| missing("model.onnx", &e))?;
-        let session = crate::onnx::load_session(&bytes, threads)?;
+        let (session, target) = crate::onnx::load_session_on(&bytes, threads, preference)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         let rank = |name: &str| session.inputs().iter().find(|i| i.name() == name).and_then(|i| i.dtype().tensor_shape()).map(|s| s.len());
@@ -77,7 +91,7 @@ impl TextEncoder {
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| ModelError::Tokenizer { reason: e.to_string() })?;
-        let mut encoder = Self { session, tokenizer, dim: 0, name: dir.display().to_string() };
+        let mut encoder = Self { session, target, tokenizer, dim: 0, name: dir.display().to_string() };
         encoder.dim = encoder.encode(&["probe".to_owned()])?.first().map_or(0, Vec::len);
         Ok(encoder)
     }
@@ -90,6 +104,11 @@ impl TextEncoder {
     /// Where it was loaded from.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where it runs.
+    pub fn target(&self) -> OrtTarget {
+        self.target
     }
 
     /// Token ids of `text` (special tokens included), as the encoder sees them.
@@ -148,6 +167,7 @@ fn push_normalised_rows(embeddings: &ndarray::ArrayViewD<'_, f32>, out: &mut Vec
 #[derive(Debug)]
 pub struct ImageEncoder {
     session: Session,
+    target: OrtTarget,
     processor: ImageProcessor,
     dim: usize,
     name: String,
@@ -162,13 +182,22 @@ impl ImageEncoder {
     /// [`ModelError::Config`] for a processor this crate cannot reproduce;
     /// [`ModelError::Onnx`] when the model does not load or run.
     pub fn load(dir: &Path, threads: usize) -> Result<Self, ModelError> {
+        Self::load_on(dir, threads, DevicePreference::Auto)
+    }
+
+    /// As [`Self::load`], on the device `preference` names (see [`crate::onnx::load_session_on`]).
+    ///
+    /// # Errors
+    /// As [`Self::load`]; [`ModelError::CudaUnavailable`] when CUDA is required and ONNX
+    /// Runtime cannot use it.
+    pub fn load_on(dir: &Path, threads: usize, preference: DevicePreference) -> Result<Self, ModelError> {
         let model_path = dir.join("image_model.onnx");
         let bytes = std::fs::read(&model_path).map_err(|e| ModelError::Artifact {
             path: model_path.clone(),
             reason: format!("{e}; export a CLIP model with scripts/export/clip_to_onnx.py"),
         })?;
         let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
-        let session = crate::onnx::load_session(&bytes, threads)?;
+        let (session, target) = crate::onnx::load_session_on(&bytes, threads, preference)?;
         let wrong = |reason: String| ModelError::Artifact { path: model_path.clone(), reason };
         let input = session.inputs().iter().find(|i| i.name() == "pixel_values").ok_or_else(|| {
             wrong(format!("no input `pixel_values`; inputs are {:?}", session.inputs().iter().map(|i| i.name()).collect::<Vec<_>>()))
@@ -189,7 +218,7 @@ impl ImageEncoder {
                 session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
             )));
         }
-        let mut encoder = Self { session, processor, dim: 0, name: dir.display().to_string() };
+        let mut encoder = Self { session, target, processor, dim: 0, name: dir.display().to_string() };
         let probe = RgbImage::new(width, height, vec![127; width * height * 3])?;
         encoder.dim = encoder.encode(&[probe])?.first().map_or(0, Vec::len);
         Ok(encoder)
@@ -203,6 +232,11 @@ impl ImageEncoder {
     /// Where it was loaded from.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where it runs.
+    pub fn target(&self) -> OrtTarget {
+        self.target
     }
 
     /// The preprocessing applied to every image.

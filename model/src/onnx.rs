@@ -10,12 +10,11 @@ use std::{path::PathBuf, sync::OnceLock};
 use ort::{environment::Environment, session::Session};
 
 use crate::ModelError;
+use crate::device::DevicePreference;
 
 /// Where ONNX Runtime will be loaded from.
 pub fn library_path() -> Option<PathBuf> {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
 }
 
 /// The shared ONNX Runtime environment, created on first use.
@@ -37,10 +36,35 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
         let builder = ort::init_from(&path).map_err(|e| (path.clone(), e.to_string()))?;
         builder.with_name("strata").build().map_err(|e| (path.clone(), e.to_string()))
     });
-    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad {
-        path: path.clone(),
-        message: message.clone(),
-    })
+    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad { path: path.clone(), message: message.clone() })
+}
+
+/// Where an ONNX session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrtTarget {
+    /// ONNX Runtime's own CPU kernels.
+    Cpu,
+    /// The CUDA execution provider on this device.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for OrtTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(device) => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
+/// Whether the loaded ONNX Runtime was built with the CUDA execution provider (the
+/// `onnxruntime-gpu` build is; the CPU wheel that setup installs is not).
+///
+/// # Errors
+/// When the runtime cannot be loaded.
+pub fn cuda_provider_built() -> Result<bool, ModelError> {
+    environment()?;
+    Ok(<ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false))
 }
 
 /// Loads an ONNX model for CPU execution.
@@ -48,15 +72,54 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
 /// # Errors
 /// When the runtime cannot be loaded or the model is invalid.
 pub fn load_session(model_bytes: &[u8], intra_threads: usize) -> Result<Session, ModelError> {
+    Ok(load_session_on(model_bytes, intra_threads, DevicePreference::Cpu)?.0)
+}
+
+/// Loads an ONNX model where `preference` says: `Auto` takes CUDA device 0 when the runtime
+/// has the CUDA execution provider and it accepts the session, the CPU otherwise; `Cuda(n)`
+/// insists on device `n`. Returns the session and where it runs.
+///
+/// # Errors
+/// When the runtime cannot be loaded or the model is invalid; [`ModelError::CudaUnavailable`]
+/// when CUDA was asked for and the runtime has no CUDA provider or the provider refused.
+pub fn load_session_on(model_bytes: &[u8], intra_threads: usize, preference: DevicePreference) -> Result<(Session, OrtTarget), ModelError> {
     let env = environment()?;
     let onnx = |action: &str| {
         let action = action.to_owned();
         move |source: ort::Error| ModelError::Onnx { action: action.clone(), source }
     };
-    Session::builder(env)
+    let mut builder = Session::builder(env)
         .map_err(onnx("creating a session"))?
         .with_intra_threads(intra_threads)
-        .map_err(|e| onnx("setting the thread count")(e.into()))?
-        .commit_from_memory(model_bytes)
-        .map_err(onnx("loading the model"))
+        .map_err(|e| onnx("setting the thread count")(e.into()))?;
+    let device = match preference {
+        DevicePreference::Cpu => None,
+        DevicePreference::Auto => Some(0),
+        DevicePreference::Cuda(device) => Some(device),
+    };
+    let mut target = OrtTarget::Cpu;
+    if let Some(device) = device {
+        let library = library_path().map_or_else(|| "libonnxruntime.so".to_owned(), |p| p.display().to_string());
+        let refused = if cuda_provider_built()? {
+            let provider = ort::ep::CUDA::default().with_device_id(i32::try_from(device).unwrap_or(i32::MAX));
+            match ort::ep::ExecutionProvider::register(&provider, &mut builder) {
+                Ok(()) => {
+                    target = OrtTarget::Cuda(device);
+                    None
+                }
+                Err(e) => Some(format!("the CUDA execution provider of `{library}` refused device {device}: {e}")),
+            }
+        } else {
+            Some(format!(
+                "`{library}` has no CUDA execution provider (it is a CPU build); install onnxruntime-gpu and point ORT_DYLIB_PATH at its libonnxruntime.so"
+            ))
+        };
+        match (refused, preference) {
+            (Some(reason), DevicePreference::Cuda(_)) => return Err(ModelError::CudaUnavailable { reason }),
+            (Some(reason), _) => tracing::debug!(%reason, "ONNX models run on the CPU"),
+            (None, _) => {}
+        }
+    }
+    let session = builder.commit_from_memory(model_bytes).map_err(onnx("loading the model"))?;
+    Ok((session, target))
 }

@@ -33,3 +33,28 @@ fn a_corrupt_onnx_model_is_an_error_not_a_crash() {
     let err = onnx::load_session(b"definitely not protobuf", 1).unwrap_err();
     assert!(err.to_string().contains("loading the model"), "{err}");
 }
+
+#[test]
+fn onnx_sessions_run_where_asked_and_explain_when_they_cannot() {
+    use model::device::DevicePreference;
+    use model::onnx::OrtTarget;
+    let bytes = include_bytes!("fixtures/scale_add.onnx");
+    let (_, target) = onnx::load_session_on(bytes, 1, DevicePreference::Cpu).unwrap();
+    assert_eq!(target, OrtTarget::Cpu);
+    // Auto always gives a working session, on whatever the runtime offers.
+    let (mut session, target) = onnx::load_session_on(bytes, 1, DevicePreference::Auto).unwrap();
+    let input = ndarray::Array2::<f32>::from_shape_vec((1, 4), vec![0., 1., 2., 3.]).unwrap();
+    let outputs = session.run(ort::inputs![TensorRef::from_array_view(&input).unwrap()]).unwrap();
+    let y: Vec<f32> = outputs["y"].try_extract_array::<f32>().unwrap().iter().copied().collect();
+    assert_eq!(y, vec![1., 3., 5., 7.]);
+    if !onnx::cuda_provider_built().unwrap() {
+        // The CPU build setup installs: auto falls back, an explicit GPU request is refused
+        // with the way out.
+        assert_eq!(target, OrtTarget::Cpu);
+        let err = onnx::load_session_on(bytes, 1, DevicePreference::Cuda(0)).unwrap_err().to_string();
+        assert!(
+            err.contains("CUDA was requested") && err.contains("no CUDA execution provider") && err.contains("onnxruntime-gpu"),
+            "{err}"
+        );
+    }
+}

@@ -154,14 +154,18 @@ pub struct IndexBuildArgs {
     /// HNSW candidate list while building.
     #[arg(long, default_value_t = 200)]
     pub ef_construction: usize,
-    /// How the HNSW graph stores its copy of the vectors. bf16 halves the memory the graph
-    /// reads and is fastest on CPUs with AVX-512 BF16; scores are always recomputed from the
-    /// exact f32 embeddings.
+    /// How the HNSW graph stores its copy of the vectors. bf16 and f16 halve the memory a
+    /// search reads (most of its time on large indexes); scores are always recomputed from
+    /// the exact f32 embeddings.
     #[arg(long, value_enum, default_value = "bf16")]
     pub graph_precision: GraphPrecisionArg,
     /// Descriptions per resumable shard.
     #[arg(long, default_value_t = 4096)]
     pub shard_size: usize,
+    /// Where the encoder runs: auto (CUDA when ONNX Runtime has its CUDA provider and a GPU,
+    /// else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
     /// Do not draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -208,7 +212,7 @@ pub struct IndexSearchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputStyle,
-    /// Device for exact search: auto, cpu, cuda or cuda:N.
+    /// Device for exact search and the query encoder: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
 use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
@@ -66,14 +67,17 @@ pub fn open_index(location: &str, device: tch::Device, runtime: &tokio::runtime:
     Ok(SemanticIndex::open(&dir, device)?)
 }
 
-fn encoder(dir: Option<&std::path::PathBuf>) -> anyhow::Result<TextEncoder> {
+fn encoder(dir: Option<&std::path::PathBuf>, device: DevicePreference) -> anyhow::Result<TextEncoder> {
     let dir = dir.cloned().unwrap_or_else(TextEncoder::default_dir);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    TextEncoder::load(&dir, 256, threads).with_context(|| format!("loading the text encoder from `{}`", dir.display()))
+    let encoder =
+        TextEncoder::load_on(&dir, 256, threads, device).with_context(|| format!("loading the text encoder from `{}`", dir.display()))?;
+    tracing::info!(encoder = %dir.display(), on = %encoder.target(), "text encoder loaded");
+    Ok(encoder)
 }
 
 fn build(args: &IndexBuildArgs) -> anyhow::Result<ExitCode> {
-    let mut encoder = encoder(args.encoder.as_ref())?;
+    let mut encoder = encoder(args.encoder.as_ref(), args.device)?;
     let options = BuildOptions {
         shard_size: args.shard_size,
         hnsw: (!args.no_hnsw).then_some(HnswParams {
@@ -98,10 +102,11 @@ fn build(args: &IndexBuildArgs) -> anyhow::Result<ExitCode> {
     })?;
     progress.finish_and_clear();
     println!(
-        "indexed {} descriptions into {} in {:.1} s ({}{})",
+        "indexed {} descriptions into {} in {:.1} s (encoder on {}; {}{})",
         report.count,
         args.out.display(),
         started.elapsed().as_secs_f64(),
+        encoder.target(),
         if args.no_hnsw { "exact search only" } else { "exact and HNSW search" },
         if report.resumed_shards > 0 { format!("; resumed {} finished shards", report.resumed_shards) } else { String::new() }
     );
@@ -119,14 +124,15 @@ fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
                  hint: export one with `python scripts/export/clip_to_onnx.py CLIP_DIR OUT`, build the index with `--encoder OUT`, then search with `--encoder OUT --image FILE`"
             );
         };
-        let mut encoder =
-            ImageEncoder::load(dir, threads).with_context(|| format!("loading the image encoder from `{}`", dir.display()))?;
+        let mut encoder = ImageEncoder::load_on(dir, threads, args.device)
+            .with_context(|| format!("loading the image encoder from `{}`", dir.display()))?;
+        tracing::info!(encoder = %dir.display(), on = %encoder.target(), "image encoder loaded");
         let (rgb, width, height) = crate::images::read_rgb(path)?;
         let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
         (encoder.encode(&[image])?, dir.display().to_string(), encoder.dim())
     } else {
         let Some(text) = &args.text else { bail!("give --text \"...\" or --image FILE to search") };
-        let mut encoder = encoder(args.encoder.as_ref())?;
+        let mut encoder = encoder(args.encoder.as_ref(), args.device)?;
         (encoder.encode(std::slice::from_ref(text))?, encoder.name().to_owned(), encoder.dim())
     };
     if dim != index.dim() {

@@ -3,6 +3,7 @@
 //! give the model's prompter. The model cuts them to its own top-k and semantic-token budget.
 
 use anyhow::{Context as _, bail};
+use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
 use retrieval::index::DEFAULT_EF;
@@ -42,14 +43,18 @@ impl Retriever {
         let index = crate::index_cmd::open_index(location, device, runtime)?;
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let dir = args.retrieval_encoder.clone().unwrap_or_else(TextEncoder::default_dir);
-        let (encoder, dim) = if dir.join("image_model.onnx").is_file() {
-            let encoder = ImageEncoder::load(&dir, threads).with_context(|| format!("loading the image encoder `{}`", dir.display()))?;
-            let dim = encoder.dim();
-            (QueryEncoder::Image(encoder), dim)
+        // The encoder follows the model: on the GPU when ONNX Runtime can use it there.
+        let preference = if device.is_cuda() { DevicePreference::Auto } else { DevicePreference::Cpu };
+        let (encoder, dim, target) = if dir.join("image_model.onnx").is_file() {
+            let encoder = ImageEncoder::load_on(&dir, threads, preference)
+                .with_context(|| format!("loading the image encoder `{}`", dir.display()))?;
+            let (dim, target) = (encoder.dim(), encoder.target());
+            (QueryEncoder::Image(encoder), dim, target)
         } else {
-            let encoder = TextEncoder::load(&dir, 256, threads).with_context(|| format!("loading the text encoder `{}`", dir.display()))?;
-            let dim = encoder.dim();
-            (QueryEncoder::Text(Box::new(encoder)), dim)
+            let encoder = TextEncoder::load_on(&dir, 256, threads, preference)
+                .with_context(|| format!("loading the text encoder `{}`", dir.display()))?;
+            let (dim, target) = (encoder.dim(), encoder.target());
+            (QueryEncoder::Text(Box::new(encoder)), dim, target)
         };
         if dim != index.dim() {
             bail!(
@@ -63,6 +68,7 @@ impl Retriever {
         tracing::info!(
             index = %location,
             by = if matches!(encoder, QueryEncoder::Image(_)) { "image" } else { "question" },
+            encoder_on = %target,
             "retrieving descriptions"
         );
         Ok(Some(Self { index, encoder, k: args.retrieve_k.unwrap_or(model_top_k).max(1), mode }))

@@ -27,8 +27,8 @@ pub enum GraphPrecision {
     F32,
     /// IEEE half precision (2 bytes per value).
     F16,
-    /// bfloat16 (2 bytes per value): half the memory traffic of f32, and a native dot product
-    /// on CPUs with AVX-512 BF16; rounding moves scores by ~0.2 %, which barely changes which
+    /// bfloat16 (2 bytes per value): half the memory traffic of f32, widened to f32 in
+    /// registers with one shift; rounding moves scores by ~0.2 %, which barely changes which
     /// points are the nearest.
     #[default]
     Bf16,
@@ -316,7 +316,7 @@ impl SemanticIndex {
     }
 }
 
-/// The HNSW graph: built by USearch, searched by [`crate::walk`].
+/// The HNSW graph: built by USearch, searched by `walk::GraphFile`.
 struct Graph {
     file: GraphFile,
 }

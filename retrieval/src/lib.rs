@@ -6,7 +6,8 @@
 //! - `descriptions.parquet`: id, text, level, category, source;
 //! - `embeddings.f32`: the L2-normalised vectors, row-major little-endian f32, memory-mapped
 //!   on load (a million 384-d rows open instantly and page in as searched);
-//! - `hnsw.usearch`: the HNSW graph (USearch), memory-mapped on load (optional);
+//! - `hnsw.usearch`: the HNSW graph, built by USearch, memory-mapped on load and searched
+//!   by this crate's prefetching search (`walk.rs`; optional);
 //! - `index.json`: dimensions, count, encoder, HNSW settings and the graph's sha256 —
 //!   written last, so a half-built index is never opened, and a damaged graph is refused
 //!   before the native library reads it.
