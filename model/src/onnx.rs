@@ -14,7 +14,9 @@ use crate::device::DevicePreference;
 
 /// Where ONNX Runtime will be loaded from.
 pub fn library_path() -> Option<PathBuf> {
-    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
 }
 
 /// The shared ONNX Runtime environment, created on first use.
@@ -36,7 +38,10 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
         let builder = ort::init_from(&path).map_err(|e| (path.clone(), e.to_string()))?;
         builder.with_name("strata").build().map_err(|e| (path.clone(), e.to_string()))
     });
-    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad { path: path.clone(), message: message.clone() })
+    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad {
+        path: path.clone(),
+        message: message.clone(),
+    })
 }
 
 /// Where an ONNX session runs.
@@ -83,6 +88,34 @@ pub fn load_session(model_bytes: &[u8], intra_threads: usize) -> Result<Session,
 /// When the runtime cannot be loaded or the model is invalid; [`ModelError::CudaUnavailable`]
 /// when CUDA was asked for and the runtime has no CUDA provider or the provider refused.
 pub fn load_session_on(model_bytes: &[u8], intra_threads: usize, preference: DevicePreference) -> Result<(Session, OrtTarget), ModelError> {
+    let device = match preference {
+        DevicePreference::Cpu => return Ok((session_on(model_bytes, intra_threads, None)?, OrtTarget::Cpu)),
+        DevicePreference::Auto => 0,
+        DevicePreference::Cuda(device) => device,
+    };
+    let library = library_path().map_or_else(|| "libonnxruntime.so".to_owned(), |p| p.display().to_string());
+    let refused = if cuda_provider_built()? {
+        // The provider can refuse when it is added or only when the session is created (no
+        // device, missing CUDA libraries): either way the reason is kept.
+        match session_on(model_bytes, intra_threads, Some(device)) {
+            Ok(session) => return Ok((session, OrtTarget::Cuda(device))),
+            Err(e) => format!("the CUDA execution provider of `{library}` failed on device {device}: {e}"),
+        }
+    } else {
+        format!(
+            "`{library}` has no CUDA execution provider (it is a CPU build); install onnxruntime-gpu and point ORT_DYLIB_PATH at its libonnxruntime.so"
+        )
+    };
+    if let DevicePreference::Cuda(_) = preference {
+        return Err(ModelError::CudaUnavailable { reason: refused });
+    }
+    tracing::debug!(reason = %refused, "ONNX models run on the CPU");
+    Ok((session_on(model_bytes, intra_threads, None)?, OrtTarget::Cpu))
+}
+
+/// One session, with the CUDA execution provider on `cuda_device` when given (an error if it
+/// cannot be added).
+fn session_on(model_bytes: &[u8], intra_threads: usize, cuda_device: Option<usize>) -> Result<Session, ModelError> {
     let env = environment()?;
     let onnx = |action: &str| {
         let action = action.to_owned();
@@ -92,34 +125,9 @@ pub fn load_session_on(model_bytes: &[u8], intra_threads: usize, preference: Dev
         .map_err(onnx("creating a session"))?
         .with_intra_threads(intra_threads)
         .map_err(|e| onnx("setting the thread count")(e.into()))?;
-    let device = match preference {
-        DevicePreference::Cpu => None,
-        DevicePreference::Auto => Some(0),
-        DevicePreference::Cuda(device) => Some(device),
-    };
-    let mut target = OrtTarget::Cpu;
-    if let Some(device) = device {
-        let library = library_path().map_or_else(|| "libonnxruntime.so".to_owned(), |p| p.display().to_string());
-        let refused = if cuda_provider_built()? {
-            let provider = ort::ep::CUDA::default().with_device_id(i32::try_from(device).unwrap_or(i32::MAX));
-            match ort::ep::ExecutionProvider::register(&provider, &mut builder) {
-                Ok(()) => {
-                    target = OrtTarget::Cuda(device);
-                    None
-                }
-                Err(e) => Some(format!("the CUDA execution provider of `{library}` refused device {device}: {e}")),
-            }
-        } else {
-            Some(format!(
-                "`{library}` has no CUDA execution provider (it is a CPU build); install onnxruntime-gpu and point ORT_DYLIB_PATH at its libonnxruntime.so"
-            ))
-        };
-        match (refused, preference) {
-            (Some(reason), DevicePreference::Cuda(_)) => return Err(ModelError::CudaUnavailable { reason }),
-            (Some(reason), _) => tracing::debug!(%reason, "ONNX models run on the CPU"),
-            (None, _) => {}
-        }
+    if let Some(device) = cuda_device {
+        let provider = ort::ep::CUDA::default().with_device_id(i32::try_from(device).unwrap_or(i32::MAX));
+        ort::ep::ExecutionProvider::register(&provider, &mut builder).map_err(onnx("adding the CUDA execution provider"))?;
     }
-    let session = builder.commit_from_memory(model_bytes).map_err(onnx("loading the model"))?;
-    Ok((session, target))
+    builder.commit_from_memory(model_bytes).map_err(onnx("loading the model"))
 }
