@@ -11,7 +11,7 @@
 //! hold this walk to USearch's own search on the same file.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::path::Path;
 
@@ -284,9 +284,9 @@ impl GraphFile {
             beam.clear();
             visited.insert(here);
             frontier.push(Best(here_score, here));
-            beam.push(Worst(here_score, here));
+            beam.push(Reverse(Best(here_score, here)));
             while let Some(Best(candidate_score, candidate)) = frontier.pop() {
-                let worst = beam.peek().map_or(f32::NEG_INFINITY, |w| w.0);
+                let worst = beam.peek().map_or(f32::NEG_INFINITY, |w| w.0.0);
                 if beam.len() >= ef && candidate_score < worst {
                     break;
                 }
@@ -305,9 +305,9 @@ impl GraphFile {
                     prefetch(self.mapping[node..].as_ptr(), NODE_HEAD_BYTES + self.layout.base_list_bytes);
                 }
                 let offer = |s: f32, slot: u32, beam: &mut BinaryHeap<Worst>, frontier: &mut BinaryHeap<Best>| {
-                    if beam.len() < ef || s > beam.peek().map_or(f32::NEG_INFINITY, |w| w.0) {
+                    if beam.len() < ef || s > beam.peek().map_or(f32::NEG_INFINITY, |w| w.0.0) {
                         frontier.push(Best(s, slot));
-                        beam.push(Worst(s, slot));
+                        beam.push(Reverse(Best(s, slot)));
                         if beam.len() > ef {
                             beam.pop();
                         }
@@ -324,7 +324,7 @@ impl GraphFile {
                     offer(score(*slot), *slot, beam, frontier);
                 }
             }
-            let mut best: Vec<(usize, f32)> = beam.drain().map(|Worst(s, slot)| (self.key(slot), s)).collect();
+            let mut best: Vec<(usize, f32)> = beam.drain().map(|Reverse(Best(s, slot))| (self.key(slot), s)).collect();
             best.sort_by(|a, b| b.1.total_cmp(&a.1));
             best.truncate(want);
             best
@@ -377,12 +377,11 @@ impl Visited {
     }
 }
 
-/// Ordered by score, best on top of a max-heap.
+/// A node and its score, ordered by score (ties by slot), so a max-heap has the best on top
+/// and a max-heap of [`Worst`] the worst.
 #[derive(Clone, Copy)]
 struct Best(f32, u32);
-/// Ordered by score, worst on top of a max-heap.
-#[derive(Clone, Copy)]
-struct Worst(f32, u32);
+type Worst = Reverse<Best>;
 
 impl PartialEq for Best {
     fn eq(&self, other: &Self) -> bool {
@@ -398,22 +397,6 @@ impl PartialOrd for Best {
 impl Ord for Best {
     fn cmp(&self, other: &Self) -> Ordering {
         self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
-    }
-}
-impl PartialEq for Worst {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Worst {}
-impl PartialOrd for Worst {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Worst {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
     }
 }
 
