@@ -149,7 +149,12 @@ impl Layout {
         let connectivity_base = size(read.u64(graph + 16)?, "base connectivity")?;
         let max_level = size(read.u64(graph + 24)?, "top level")?;
         let entry = size(read.u64(graph + 32)?, "entry slot")?;
-        if nodes != count || entry >= nodes.max(1) || connectivity == 0 || connectivity_base == 0 || connectivity > 1 << 16 {
+        if nodes != count
+            || entry >= nodes.max(1)
+            || connectivity == 0
+            || connectivity_base == 0
+            || connectivity.max(connectivity_base) > 1 << 16
+        {
             return Err(format!(
                 "graph header: {nodes} nodes for {count} vectors, entry {entry}, connectivity {connectivity}/{connectivity_base}"
             ));
@@ -188,13 +193,17 @@ impl Layout {
                     if target >= nodes {
                         return Err(format!("node {slot} layer {layer} links to node {target}, beyond {nodes}"));
                     }
+                    // The walk reads the target's links on this layer next.
+                    if layer > 0 && read.i16(levels_at + 2 * target)? < layer as i16 {
+                        return Err(format!("node {slot} layer {layer} links to node {target}, which is not on that layer"));
+                    }
                 }
                 list += if layer == 0 { base_list_bytes } else { list_bytes };
             }
             nodes_at.push(at);
             at = list;
         }
-        if nodes > 0 && read.i16(levels_at + 2 * entry)? as usize != max_level {
+        if nodes > 0 && (read.i16(levels_at + 2 * entry)? as usize) < max_level {
             return Err(format!("entry node {entry} is not on the top level {max_level}"));
         }
         if at > bytes.len() {
@@ -216,8 +225,8 @@ impl Layout {
 
 impl GraphFile {
     fn vector(&self, slot: u32) -> *const u8 {
-        // SAFETY: slots come from the entry point or from links, all checked below `len()` on
-        // open; the matrix of `len()` vectors was checked to lie inside the mapping.
+        // SAFETY: slots come from the entry point or from links, all checked below the node
+        // count on open; the matrix of that many vectors was checked to lie inside the mapping.
         unsafe { self.mapping.as_ptr().add(self.layout.vectors_at + slot as usize * self.layout.bytes_per_vector) }
     }
 
@@ -242,7 +251,8 @@ impl GraphFile {
     /// The `want` best rows for `query` (by the graph's scores: inner products with its copy
     /// of the vectors), best first, from a beam of `max(ef, want)` candidates.
     pub(crate) fn search(&self, query: &[f32], ef: usize, want: usize) -> Vec<(usize, f32)> {
-        debug_assert_eq!(query.len(), self.layout.dim);
+        // The kernels read as many values from each stored vector as the query has.
+        assert_eq!(query.len(), self.layout.dim, "query width differs from the graph's (callers check it)");
         if self.layout.nodes_at.is_empty() || want == 0 {
             return Vec::new();
         }
