@@ -212,7 +212,8 @@ pub struct IndexSearchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputStyle,
-    /// Device for exact search and the query encoder: auto, cpu, cuda or cuda:N.
+    /// Device for exact search: auto, cpu, cuda or cuda:N (the query encoder follows it onto
+    /// the GPU when ONNX Runtime has its CUDA provider).
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
 }

@@ -10,6 +10,7 @@ use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
 use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
 
 use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexPushArgs, IndexSearchArgs, OutputStyle};
+use crate::retriever::encoder_device;
 
 pub fn run(command: IndexCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
@@ -124,7 +125,7 @@ fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
                  hint: export one with `python scripts/export/clip_to_onnx.py CLIP_DIR OUT`, build the index with `--encoder OUT`, then search with `--encoder OUT --image FILE`"
             );
         };
-        let mut encoder = ImageEncoder::load_on(dir, threads, args.device)
+        let mut encoder = ImageEncoder::load_on(dir, threads, encoder_device(device.device()))
             .with_context(|| format!("loading the image encoder from `{}`", dir.display()))?;
         tracing::info!(encoder = %dir.display(), on = %encoder.target(), "image encoder loaded");
         let (rgb, width, height) = crate::images::read_rgb(path)?;
@@ -132,7 +133,7 @@ fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
         (encoder.encode(&[image])?, dir.display().to_string(), encoder.dim())
     } else {
         let Some(text) = &args.text else { bail!("give --text \"...\" or --image FILE to search") };
-        let mut encoder = encoder(args.encoder.as_ref(), args.device)?;
+        let mut encoder = encoder(args.encoder.as_ref(), encoder_device(device.device()))?;
         (encoder.encode(std::slice::from_ref(text))?, encoder.name().to_owned(), encoder.dim())
     };
     if dim != index.dim() {

@@ -43,8 +43,7 @@ impl Retriever {
         let index = crate::index_cmd::open_index(location, device, runtime)?;
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let dir = args.retrieval_encoder.clone().unwrap_or_else(TextEncoder::default_dir);
-        // The encoder follows the model: on the GPU when ONNX Runtime can use it there.
-        let preference = if device.is_cuda() { DevicePreference::Auto } else { DevicePreference::Cpu };
+        let preference = encoder_device(device);
         let (encoder, dim, target) = if dir.join("image_model.onnx").is_file() {
             let encoder = ImageEncoder::load_on(&dir, threads, preference)
                 .with_context(|| format!("loading the image encoder `{}`", dir.display()))?;
@@ -86,4 +85,10 @@ impl Retriever {
         let query = query.into_iter().next().context("the encoder returned no embedding")?;
         Ok(self.index.descriptions_for(&query, self.k, self.mode)?)
     }
+}
+
+/// Where a query encoder runs next to an index or model on `device`: on a GPU run, on the GPU
+/// when ONNX Runtime can use it (a CPU-only runtime falls back quietly); on a CPU run, the CPU.
+pub fn encoder_device(device: tch::Device) -> DevicePreference {
+    if device.is_cuda() { DevicePreference::Auto } else { DevicePreference::Cpu }
 }

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use model::encoders::TextEncoder;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -172,25 +173,13 @@ fn finish_index(
         let values = unsafe { std::slice::from_raw_parts(mapping.as_ptr().cast::<f32>(), mapping.len() / 4) };
         let graph_path = out.join(GRAPH_FILE);
         let graph = usearch::Index::new(&graph_options(dim, params)).map_err(|e| index_error(&graph_path, e))?;
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        graph.reserve_capacity_and_threads(descriptions.len(), threads).map_err(|e| index_error(&graph_path, e))?;
-        let failures: Vec<String> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let graph = &graph;
-                    scope.spawn(move || {
-                        values
-                            .chunks(dim)
-                            .enumerate()
-                            .skip(t)
-                            .step_by(threads)
-                            .find_map(|(row, vector)| graph.add(row as u64, vector).err().map(|e| format!("row {row}: {e}")))
-                    })
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().unwrap_or_else(|_| Some("a build thread failed".into()))).collect()
-        });
-        if let Some(failure) = failures.first() {
+        // One USearch context per rayon worker: rows are added from the pool in parallel.
+        graph.reserve_capacity_and_threads(descriptions.len(), rayon::current_num_threads()).map_err(|e| index_error(&graph_path, e))?;
+        let failure = values
+            .par_chunks(dim)
+            .enumerate()
+            .find_map_any(|(row, vector)| graph.add(row as u64, vector).err().map(|e| format!("row {row}: {e}")));
+        if let Some(failure) = failure {
             return Err(index_error(&graph_path, format!("building the HNSW graph: {failure}")));
         }
         graph.save(&graph_path.to_string_lossy()).map_err(|e| index_error(&graph_path, format!("writing the HNSW graph: {e}")))?;
