@@ -19,7 +19,11 @@ pub struct Tally {
 impl Tally {
     /// `correct / total` (0 when empty).
     pub fn accuracy(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.correct as f64 / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.total as f64
+        }
     }
 
     fn add(&mut self, correct: bool) {

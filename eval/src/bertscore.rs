@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 
 use model::bert::{BertConfig, BertModel};
 use model::weights::{self, LoadPolicy};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{nn, Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
-use crate::EvalError;
 use crate::rouge::Prf;
+use crate::EvalError;
 
 const BATCH: usize = 64;
 /// `bert_score.score`'s default `batch_size`, which decides its padding (see the module docs).

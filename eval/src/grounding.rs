@@ -13,7 +13,11 @@ pub fn iou(a: &PixelBox, b: &PixelBox) -> f64 {
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let intersection = w * h;
     let union = area(a) + area(b) - intersection;
-    if union <= 0.0 { 0.0 } else { intersection / union }
+    if union <= 0.0 {
+        0.0
+    } else {
+        intersection / union
+    }
 }
 
 /// Size class of a reference box.
@@ -68,12 +72,20 @@ pub struct GroundingScore {
 impl GroundingScore {
     /// Acc@0.5.
     pub fn accuracy(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.hits as f64 / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.total as f64
+        }
     }
 
     /// Mean IoU.
     pub fn mean_iou(&self) -> f64 {
-        if self.total == 0 { 0.0 } else { self.iou_sum / self.total as f64 }
+        if self.total == 0 {
+            0.0
+        } else {
+            self.iou_sum / self.total as f64
+        }
     }
 
     /// Acc@0.5 within one size class (`None` when it has no boxes).

@@ -13,13 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use model::tasks::{CAPTION_PROMPT, classify_prompt, detect_prompt, vqa_prompt};
+use model::tasks::{classify_prompt, detect_prompt, vqa_prompt, CAPTION_PROMPT};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::EvalError;
 use crate::answers::Reference;
 use crate::score::Task;
+use crate::EvalError;
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
 

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::answers::{Prediction, Reference, answer_text, as_box, join};
+use crate::answers::{answer_text, as_box, join, Prediction, Reference};
 use crate::bertscore::BertScorer;
 use crate::grounding::{GroundingScore, Size};
 use crate::wordnet::WordNet;
-use crate::{EvalError, accuracy, bleu, cider, meteor, rouge, text};
+use crate::{accuracy, bleu, cider, meteor, rouge, text, EvalError};
 
 /// What is being scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 
 use eval::answers::{read_predictions, read_references};
-use eval::score::{CaptionScorers, Task, score};
+use eval::score::{score, CaptionScorers, Task};
 
 fn file(lines: &[&str]) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();

@@ -29,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: generation DIR THREADS PROMPT NEW RUNS".into());
     }
     let dir = PathBuf::from(&args[0]);
-    let (threads, prompt_len, new_tokens, runs): (i32, i64, i64, usize) = (args[1].parse()?, args[2].parse()?, args[3].parse()?, args[4].parse()?);
+    let (threads, prompt_len, new_tokens, runs): (i32, i64, i64, usize) =
+        (args[1].parse()?, args[2].parse()?, args[3].parse()?, args[4].parse()?);
     tch::set_num_threads(threads);
     let config = Qwen2Config::from_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let vs = nn::VarStore::new(Device::Cpu);

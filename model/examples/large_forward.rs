@@ -72,9 +72,9 @@ impl View for &RandomBf16 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let cache = std::env::var("STRATA_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/strata")
-    });
+    let cache = std::env::var("STRATA_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/strata"));
     let dir = args.next().map_or_else(|| cache.join("bench/qwen2.5-7b-random"), PathBuf::from);
     let tokens: i64 = args.next().map_or(Ok(16), |t| t.parse())?;
     let config = Qwen2Config::from_json(CONFIG)?;
@@ -102,7 +102,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let partial = dir.join("model.safetensors.partial");
         safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), None, &partial)?;
         std::fs::rename(&partial, &weights_file)?;
-        eprintln!("wrote {} ({:.1} GB) in {:.0} s", weights_file.display(), std::fs::metadata(&weights_file)?.len() as f64 / 1e9, start.elapsed().as_secs_f64());
+        eprintln!(
+            "wrote {} ({:.1} GB) in {:.0} s",
+            weights_file.display(),
+            std::fs::metadata(&weights_file)?.len() as f64 / 1e9,
+            start.elapsed().as_secs_f64()
+        );
     }
 
     let start = Instant::now();

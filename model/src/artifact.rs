@@ -95,7 +95,8 @@ impl Artifact {
         let manifest_path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|e| artifact_error(&manifest_path, format!("cannot read the manifest ({e}); is this a Strata model directory?")))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| artifact_error(&manifest_path, format!("malformed manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| artifact_error(&manifest_path, format!("malformed manifest: {e}")))?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(artifact_error(&manifest_path, format!("format `{}` is not `{MANIFEST_FORMAT}`", manifest.format)));
         }
@@ -160,7 +161,8 @@ impl Artifact {
 /// [`ModelError::Artifact`] / [`ModelError::Weights`] when a file cannot be written.
 pub fn save(model: &StrataModel, tokenizer_json: &Path, dir: &Path, provenance: &Provenance) -> Result<Manifest, ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| artifact_error(dir, format!("cannot create: {e}")))?;
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| artifact_error(&dir.join(name), e.to_string()));
+    let write =
+        |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| artifact_error(&dir.join(name), e.to_string()));
     write("config.json", model.config().to_json().as_bytes())?;
     let tokenizer = std::fs::read(tokenizer_json).map_err(|e| artifact_error(tokenizer_json, e.to_string()))?;
     write("tokenizer.json", &tokenizer)?;

@@ -5,7 +5,7 @@
 //! (erf) GELU, absolute positions, token type 0.
 
 use serde::Deserialize;
-use tch::{Kind, Tensor, nn, nn::Module};
+use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::ModelError;
 

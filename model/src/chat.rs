@@ -52,8 +52,8 @@ impl ChatTokenizer {
     /// # Errors
     /// [`ModelError::Tokenizer`] when the file cannot be read or lacks the ChatML tokens.
     pub fn from_file(path: &Path, system_prompt: &str) -> Result<Self, ModelError> {
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer { reason: format!("cannot load `{}`: {e}", path.display()) })?;
+        let tokenizer =
+            Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer { reason: format!("cannot load `{}`: {e}", path.display()) })?;
         Self::new(tokenizer, system_prompt)
     }
 
@@ -135,9 +135,8 @@ mod tests {
     #[test]
     fn the_request_renders_as_the_qwen_chat_template_around_the_placeholders() {
         let t = tokenizer();
-        let r = t
-            .encode_request("What colour is the image?", &["A red forest.".into(), "A river.".into()], Some("red"), (256, 256))
-            .unwrap();
+        let r =
+            t.encode_request("What colour is the image?", &["A red forest.".into(), "A river.".into()], Some("red"), (256, 256)).unwrap();
         assert_eq!(t.decode(&r.query).unwrap(), "What colour is the image?");
         let all: Vec<i64> = [r.prefix.clone(), r.suffix.clone(), r.response.clone().unwrap()].concat();
         let text = t.tokenizer.decode(&all.iter().map(|i| *i as u32).collect::<Vec<_>>(), false).unwrap();

@@ -82,9 +82,9 @@ pub fn select(preference: DevicePreference) -> Result<SelectedDevice, ModelError
         },
         DevicePreference::Cuda(index) => match cuda_status() {
             Ok(count) if index < count => Ok(SelectedDevice { device: Device::Cuda(index) }),
-            Ok(count) => Err(ModelError::CudaUnavailable {
-                reason: format!("device cuda:{index} asked for, {count} CUDA device(s) visible"),
-            }),
+            Ok(count) => {
+                Err(ModelError::CudaUnavailable { reason: format!("device cuda:{index} asked for, {count} CUDA device(s) visible") })
+            }
             Err(reason) => Err(ModelError::CudaUnavailable { reason }),
         },
     }

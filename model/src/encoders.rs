@@ -19,10 +19,10 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
-use crate::ModelError;
 use crate::device::DevicePreference;
 use crate::onnx::OrtTarget;
 use crate::preprocess::{ImageProcessor, RgbImage};
+use crate::ModelError;
 
 const BATCH: usize = 64;
 /// Images per encoder run.

@@ -84,9 +84,8 @@ impl SemanticExperts {
     pub fn new(p: &nn::Path<'_>, hidden: i64, levels: i64, config: &ExpertsConfig) -> Self {
         let bound = |fan_in: i64| 1.0 / (fan_in as f64).sqrt();
         let experts = p / "experts";
-        let down = (0..levels)
-            .map(|l| (&experts / l / "down").uniform("weight", &[config.rank, hidden], -bound(hidden), bound(hidden)))
-            .collect();
+        let down =
+            (0..levels).map(|l| (&experts / l / "down").uniform("weight", &[config.rank, hidden], -bound(hidden), bound(hidden))).collect();
         // The up-projection starts at zero, so adding experts to a pretrained LLM leaves its
         // outputs unchanged until training moves them (as LoRA's `B` does).
         let up = (0..levels).map(|l| (&experts / l / "up").zeros("weight", &[hidden, config.rank])).collect();

@@ -198,9 +198,9 @@ pub fn generate(llm: &mut Qwen2ForCausalLM, prompt: &PromptBatch, config: &Gener
             return Err(ModelError::Request { reason: format!("temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]") });
         }
     }
-    let seed = config.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-    });
+    let seed = config
+        .seed
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     let mut rng = SplitMix64(seed);
     let batch = prompt.len();
     let device = prompt.embeds.device();

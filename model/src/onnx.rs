@@ -9,14 +9,12 @@ use std::{path::PathBuf, sync::OnceLock};
 
 use ort::{environment::Environment, session::Session};
 
-use crate::ModelError;
 use crate::device::DevicePreference;
+use crate::ModelError;
 
 /// Where ONNX Runtime will be loaded from.
 pub fn library_path() -> Option<PathBuf> {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
 }
 
 /// The shared ONNX Runtime environment, created on first use.
@@ -38,10 +36,7 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
         let builder = ort::init_from(&path).map_err(|e| (path.clone(), e.to_string()))?;
         builder.with_name("strata").build().map_err(|e| (path.clone(), e.to_string()))
     });
-    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad {
-        path: path.clone(),
-        message: message.clone(),
-    })
+    result.as_ref().map_err(|(path, message)| ModelError::OnnxRuntimeLoad { path: path.clone(), message: message.clone() })
 }
 
 /// Where an ONNX session runs.

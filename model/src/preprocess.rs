@@ -105,7 +105,11 @@ impl Filter {
             }
             Self::Bilinear => {
                 let x = x.abs();
-                if x < 1.0 { 1.0 - x } else { 0.0 }
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
             }
             Self::Hamming => {
                 let x = x.abs();
@@ -437,7 +441,11 @@ impl ImageProcessor {
                 let (short, long) = if width <= height { (width, height) } else { (height, width) };
                 // As Python's int(side * long / short): float division, then truncation.
                 let long = (side as f64 * long as f64 / short as f64) as usize;
-                if width <= height { (long, side) } else { (side, long) }
+                if width <= height {
+                    (long, side)
+                } else {
+                    (side, long)
+                }
             }
         }
     }

@@ -181,7 +181,8 @@ impl MultiLevelPrompter {
         let kind = input.query.kind();
         let aggregation = self.aggregation_tokens.to_kind(kind).unsqueeze(0).expand([batch, n_a, -1], false);
         let tokens = Tensor::cat(&[&aggregation, input.query], 1);
-        let mask = Tensor::cat(&[&Tensor::ones([batch, n_a], (Kind::Int64, input.query.device())), &input.query_mask.to_kind(Kind::Int64)], 1);
+        let mask =
+            Tensor::cat(&[&Tensor::ones([batch, n_a], (Kind::Int64, input.query.device())), &input.query_mask.to_kind(Kind::Int64)], 1);
         let a1 = self.query_block.self_attend_first(&tokens, &mask, n_a);
         let a2 = self.semantic_block.cross_attend(&a1, input.semantic, Some(input.semantic_mask));
         self.level_blocks.iter().zip(input.levels).map(|(block, level)| block.cross_attend(&a2, &level.to_kind(kind), None)).collect()
@@ -261,7 +262,9 @@ mod tests {
         let ones = |n| Tensor::ones([1, n], (Kind::Int64, Device::Cpu));
         let (q1, q2, s1, s2) = (randn(&[1, 5, 32]), randn(&[1, 5, 32]), randn(&[1, 7, 32]), randn(&[1, 7, 32]));
         let run = |q: &Tensor, s: &Tensor, smask: &Tensor| {
-            tch::no_grad(|| prompter.forward(&PrompterInput { query: q, query_mask: &ones(5), semantic: s, semantic_mask: smask, levels: &levels }))
+            tch::no_grad(|| {
+                prompter.forward(&PrompterInput { query: q, query_mask: &ones(5), semantic: s, semantic_mask: smask, levels: &levels })
+            })
         };
         let base = run(&q1, &s1, &ones(7));
         assert!((&base - run(&q2, &s1, &ones(7))).abs().max().double_value(&[]) > 1e-4);

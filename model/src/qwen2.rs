@@ -261,7 +261,8 @@ impl DecoderLayer {
         match &self.experts {
             Some(experts) => {
                 // Without roles every token is text: all experts, softmax-gated.
-                let roles = roles.map_or_else(|| Tensor::zeros(normed.size()[..2].to_vec(), (Kind::Int64, normed.device())), Tensor::shallow_clone);
+                let roles =
+                    roles.map_or_else(|| Tensor::zeros(normed.size()[..2].to_vec(), (Kind::Int64, normed.device())), Tensor::shallow_clone);
                 attended + ffn + experts.forward(&normed, &roles)
             }
             None => attended + ffn,
@@ -433,7 +434,8 @@ impl Qwen2ForCausalLM {
             .unsqueeze(0)
             .expand([batch, seq], false);
         let embeds = self.embed(input_ids);
-        let hidden = self.forward_embeds(&DecoderInput { embeds: &embeds, positions: &positions, roles: None, key_mask: None, train: false });
+        let hidden =
+            self.forward_embeds(&DecoderInput { embeds: &embeds, positions: &positions, roles: None, key_mask: None, train: false });
         self.logits(&hidden)
     }
 

@@ -51,7 +51,10 @@ impl SiglipVisionConfig {
         let config: Self = serde_json::from_value(vision).map_err(|e| ModelError::Config { reason: e.to_string() })?;
         if config.num_attention_heads <= 0 || config.hidden_size % config.num_attention_heads != 0 {
             return Err(ModelError::Config {
-                reason: format!("hidden_size {} is not divisible by num_attention_heads {}", config.hidden_size, config.num_attention_heads),
+                reason: format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
             });
         }
         if config.patch_size <= 0 || config.image_size % config.patch_size != 0 {

@@ -17,8 +17,8 @@ use crate::config::StrataConfig;
 use crate::experts::TokenRole;
 use crate::generate::{self, GenerationConfig, PromptBatch};
 use crate::layers::ParamInit;
-use crate::projector::Projector;
 use crate::preprocess::{ImageProcessor, RgbImage};
+use crate::projector::Projector;
 use crate::prompter::{MultiLevelPrompter, PrompterInput};
 use crate::qwen2::{DecoderInput, Qwen2Extensions, Qwen2ForCausalLM};
 use crate::siglip::SiglipVisionModel;
@@ -86,11 +86,7 @@ impl StrataModel {
         let levels = config.levels();
         let (d, d_v) = (config.llm.hidden_size, config.vision.hidden_size);
         let vision = SiglipVisionModel::new(&root.set_group(VISION_GROUP), &config.vision);
-        let extensions = Qwen2Extensions {
-            lora: config.lora.clone(),
-            experts: Some((config.experts.clone(), levels.len() as i64)),
-            init,
-        };
+        let extensions = Qwen2Extensions { lora: config.lora.clone(), experts: Some((config.experts.clone(), levels.len() as i64)), init };
         let llm = Qwen2ForCausalLM::build(&root, &(&strata / "llm"), &config.llm, &extensions);
         let projector = Projector::new(&(&strata / "projector"), d_v, d);
         let prompter =
@@ -217,7 +213,8 @@ impl StrataModel {
         }
         let encoded = self.encode(requests, responses)?;
         let (device, kind) = (self.device(), self.kind());
-        let pixels = Tensor::stack(&requests.iter().map(|r| r.pixels.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device).to_kind(kind);
+        let pixels =
+            Tensor::stack(&requests.iter().map(|r| r.pixels.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device).to_kind(kind);
         let vision = self.vision.forward(&pixels);
         let levels: Vec<Tensor> = self.levels.iter().map(|l| vision.hidden_states[*l as usize].shallow_clone()).collect();
         let image_tokens = self.projector.forward(&vision.hidden_states[self.config.vision.num_hidden_layers as usize]);
@@ -260,7 +257,8 @@ impl StrataModel {
         let prompt = PromptBatch::left_padded(&rows)?;
         let labels = responses.is_some().then(|| {
             let total = prompt.embeds.size()[1] as usize;
-            let padded: Vec<i64> = label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
+            let padded: Vec<i64> =
+                label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
             Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(device)
         });
         Ok(Assembled { prompt, labels })

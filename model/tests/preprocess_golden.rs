@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use model::preprocess::{Filter, ImageProcessor, RgbImage, resize};
+use model::preprocess::{resize, Filter, ImageProcessor, RgbImage};
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {

@@ -13,7 +13,8 @@ use model::train::{Stage, TrainConfig, Trainer};
 use model::vlm::{StrataModel, VlmRequest};
 use tch::Tensor;
 
-const COLOURS: [(&str, [u8; 3]); 4] = [("red", [220, 20, 20]), ("green", [20, 220, 20]), ("blue", [20, 20, 220]), ("yellow", [230, 230, 20])];
+const COLOURS: [(&str, [u8; 3]); 4] =
+    [("red", [220, 20, 20]), ("green", [20, 220, 20]), ("blue", [20, 20, 220]), ("yellow", [230, 230, 20])];
 const QUERY: &str = "What colour is the image?";
 
 fn batch(model: &StrataModel, step: u64) -> (Vec<VlmRequest>, Vec<String>) {
@@ -52,7 +53,17 @@ fn a_tiny_model_learns_image_colours_through_prompter_experts_and_lora() {
         grad_accumulation: 2,
         max_grad_norm: 1.0,
     };
-    let groups = ["strata.prompter.", "strata.projector.", ".experts.", ".router.", "lora_a", "lora_b", "vision_model.", "model.layers.", "lm_head."];
+    let groups = [
+        "strata.prompter.",
+        "strata.projector.",
+        ".experts.",
+        ".router.",
+        "lora_a",
+        "lora_b",
+        "vision_model.",
+        "model.layers.",
+        "lm_head.",
+    ];
     let before = snapshot(&model, &groups);
     let mut trainer = Trainer::new(&model, config).unwrap();
     let trainable = Trainer::trainable(&model);
@@ -75,7 +86,8 @@ fn a_tiny_model_learns_image_colours_through_prompter_experts_and_lora() {
     // Every trained group moved; the frozen LLM did not.
     let after = snapshot(&model, &groups);
     for group in ["strata.prompter.", "strata.projector.", ".experts.", ".router.", "lora_a", "lora_b", "vision_model."] {
-        let moved = before.iter().filter(|(name, _)| name.contains(group)).any(|(name, t)| (t - &after[name]).abs().max().double_value(&[]) > 1e-6);
+        let moved =
+            before.iter().filter(|(name, _)| name.contains(group)).any(|(name, t)| (t - &after[name]).abs().max().double_value(&[]) > 1e-6);
         assert!(moved, "no parameter of `{group}` changed: no gradient reached it");
     }
     for (name, t) in before.iter().filter(|(n, _)| n.starts_with("model.layers.") || n.starts_with("lm_head.")) {

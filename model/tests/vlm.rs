@@ -79,7 +79,12 @@ fn batched_generation_equals_one_by_one() {
 #[test]
 fn sampling_is_reproducible_with_a_seed_and_respects_the_token_limit() {
     let mut model = tiny_model(3);
-    let config = GenerationConfig { max_new_tokens: 5, sampling: Sampling::TopP { temperature: 1.5, top_p: 0.9 }, stop_tokens: vec![], seed: Some(42) };
+    let config = GenerationConfig {
+        max_new_tokens: 5,
+        sampling: Sampling::TopP { temperature: 1.5, top_p: 0.9 },
+        stop_tokens: vec![],
+        seed: Some(42),
+    };
     let a = model.generate(&requests(&model), &config).unwrap();
     let b = model.generate(&requests(&model), &config).unwrap();
     assert_eq!(a, b);
@@ -110,7 +115,8 @@ fn merged_lora_answers_like_unmerged() {
 #[test]
 fn bad_requests_are_errors() {
     let mut model = tiny_model(5);
-    let wrong_size = VlmRequest { pixels: tch::Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu)), query: "x".into(), descriptions: vec![] };
+    let wrong_size =
+        VlmRequest { pixels: tch::Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu)), query: "x".into(), descriptions: vec![] };
     let err = model.generate(&[wrong_size], &greedy(2)).unwrap_err().to_string();
     assert!(err.contains("[3, 16, 16]"), "{err}");
     assert!(model.generate(&[], &greedy(2)).unwrap_err().to_string().contains("empty batch"));
@@ -164,7 +170,9 @@ fn weights_that_do_not_fit_are_refused_with_names() {
     let dir = tempfile::tempdir().unwrap();
     let partial = dir.path().join("partial.safetensors");
     model::weights::save(model.var_store(), &partial, |name| !name.starts_with("model.layers.5.")).unwrap();
-    let err = model::weights::load(model.var_store(), std::slice::from_ref(&partial), model::weights::LoadPolicy::Complete).unwrap_err().to_string();
+    let err = model::weights::load(model.var_store(), std::slice::from_ref(&partial), model::weights::LoadPolicy::Complete)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing") && err.contains("model.layers.5."), "{err}");
 
     // A base-checkpoint load tolerates extra tensors (a full SigLIP's text tower) but not a

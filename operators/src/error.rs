@@ -88,11 +88,9 @@ impl OperatorError {
                 | object_store::Error::Unauthenticated { .. } => ErrorClass::Permanent,
                 _ => ErrorClass::Retryable,
             },
-            Self::InvalidLocation { .. }
-            | Self::BadScene { .. }
-            | Self::Gdal { .. }
-            | Self::Query { .. }
-            | Self::Internal { .. } => ErrorClass::Permanent,
+            Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Internal { .. } => {
+                ErrorClass::Permanent
+            }
             Self::Table { .. } => ErrorClass::Retryable,
         }
     }

@@ -11,9 +11,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use object_store::{
-    aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore,
-};
+use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore};
 
 use crate::OperatorError;
 
@@ -104,9 +102,7 @@ pub fn resolve(location: &str) -> Result<Location, OperatorError> {
             let store = s3_store(bucket).map_err(|e| invalid(e.to_string()))?;
             Ok(Location { store, path: parse_path(key).map_err(invalid)?, root: format!("s3://{bucket}") })
         }
-        other => Err(invalid(format!(
-            "unsupported scheme `{other}`; use a local path, file://, s3:// or memory://"
-        ))),
+        other => Err(invalid(format!("unsupported scheme `{other}`; use a local path, file://, s3:// or memory://"))),
     }
 }
 

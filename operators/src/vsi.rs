@@ -64,10 +64,7 @@ impl Entry {
             let _ = tx.send(result);
         });
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let result = rx
-            .recv()
-            .map_err(|_| "the runtime shut down during a read".to_owned())?
-            .map_err(|e| e.to_string());
+        let result = rx.recv().map_err(|_| "the runtime shut down during a read".to_owned())?.map_err(|e| e.to_string());
         match &result {
             Ok(_) => {
                 self.bytes_fetched.fetch_add(wanted, Ordering::Relaxed);
@@ -113,11 +110,7 @@ impl VsiFile {
     /// [`OperatorError::InvalidLocation`] when GDAL's plugin cannot be installed.
     pub async fn open(location: &Location) -> Result<Self, OperatorError> {
         install().map_err(|reason| OperatorError::InvalidLocation { location: location.url(), reason })?;
-        let meta = location
-            .store()
-            .head(location.path())
-            .await
-            .map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
+        let meta = location.store().head(location.path()).await.map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // Keep the file name so GDAL can pick drivers by extension (.jp2, .vrt, ...).
@@ -207,12 +200,7 @@ fn install() -> Result<(), String> {
         .clone()
 }
 
-unsafe extern "C" fn stat(
-    _user: *mut c_void,
-    filename: *const c_char,
-    buf: *mut gdal_sys::VSIStatBufL,
-    _flags: c_int,
-) -> c_int {
+unsafe extern "C" fn stat(_user: *mut c_void, filename: *const c_char, buf: *mut gdal_sys::VSIStatBufL, _flags: c_int) -> c_int {
     let Some(entry) = lookup(filename) else { return -1 };
     if buf.is_null() {
         return -1;
@@ -306,9 +294,8 @@ unsafe extern "C" fn read_multi_range(
         return 0;
     }
     // SAFETY: GDAL passes arrays of `n_ranges` offsets, sizes and destination buffers.
-    let (offsets, sizes, buffers) = unsafe {
-        (std::slice::from_raw_parts(offsets, n), std::slice::from_raw_parts(sizes, n), std::slice::from_raw_parts(data, n))
-    };
+    let (offsets, sizes, buffers) =
+        unsafe { (std::slice::from_raw_parts(offsets, n), std::slice::from_raw_parts(sizes, n), std::slice::from_raw_parts(data, n)) };
     let ranges: Vec<_> = offsets.iter().zip(sizes).map(|(&o, &s)| o..o.saturating_add(s as u64)).collect();
     if ranges.iter().any(|r| r.end > f.entry.size) {
         return -1;

@@ -172,8 +172,14 @@ async fn scenes_that_cannot_be_tiled_are_refused_with_the_cause() {
     let no_crs = dir.path().join("no-crs.tif");
     Synthetic { width: 64, height: 64, epsg: None, ..Default::default() }.write_u16(&no_crs, |_, c, _| c as u16);
     let bomb = dir.path().join("bomb.tif");
-    Synthetic { width: 300_000, height: 300_000, bands: 1, options: vec!["TILED=YES", "BLOCKXSIZE=4096", "BLOCKYSIZE=4096", "SPARSE_OK=TRUE", "COMPRESS=DEFLATE", "BIGTIFF=YES"], ..Default::default() }
-        .create_u16(&bomb);
+    Synthetic {
+        width: 300_000,
+        height: 300_000,
+        bands: 1,
+        options: vec!["TILED=YES", "BLOCKXSIZE=4096", "BLOCKYSIZE=4096", "SPARSE_OK=TRUE", "COMPRESS=DEFLATE", "BIGTIFF=YES"],
+        ..Default::default()
+    }
+    .create_u16(&bomb);
     let text = dir.path().join("notes.tif");
     std::fs::write(&text, "this is not a raster\n").unwrap();
     let empty = dir.path().join("empty.tif");
@@ -199,7 +205,11 @@ async fn scenes_that_cannot_be_tiled_are_refused_with_the_cause() {
     assert!(err.to_string().contains("90.0 gigapixels"), "{err}");
     // Bands that do not exist are named.
     let err = tile(
-        &request("bands", data("scenes/rmnp-rgb.tif").to_str().unwrap(), TilingOptions { bands: Some(vec![4, 3, 2]), ..Default::default() }),
+        &request(
+            "bands",
+            data("scenes/rmnp-rgb.tif").to_str().unwrap(),
+            TilingOptions { bands: Some(vec![4, 3, 2]), ..Default::default() },
+        ),
         &root,
     )
     .await

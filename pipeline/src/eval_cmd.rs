@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use eval::answers::{Prediction, Reference, read_predictions, read_references};
+use eval::answers::{read_predictions, read_references, Prediction, Reference};
 use eval::bertscore::BertScorer;
-use eval::score::{CaptionScorers, Report, Task, score};
+use eval::score::{score, CaptionScorers, Report, Task};
 use eval::wordnet::WordNet;
 use model::artifact::Artifact;
 use model::generate::{GenerationConfig, Sampling};

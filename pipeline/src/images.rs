@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 
 /// `(rgb bytes, width, height)`.
 pub fn read_rgb(path: &Path) -> anyhow::Result<(Vec<u8>, i64, i64)> {

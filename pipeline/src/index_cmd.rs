@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
-use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
-use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
+use retrieval::index::{GraphPrecision, HnswParams, DEFAULT_EF};
+use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
 
 use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexPushArgs, IndexSearchArgs, OutputStyle};
 use crate::retriever::encoder_device;

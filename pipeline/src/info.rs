@@ -17,10 +17,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
     println!("libtorch: ok (probe sum = {})", probe.sum(tch::Kind::Float).double_value(&[]));
 
     match model::onnx::environment() {
-        Ok(_) => println!(
-            "onnxruntime: ok ({})",
-            model::onnx::library_path().map(|p| p.display().to_string()).unwrap_or_default()
-        ),
+        Ok(_) => println!("onnxruntime: ok ({})", model::onnx::library_path().map(|p| p.display().to_string()).unwrap_or_default()),
         Err(err) => {
             healthy = false;
             println!("onnxruntime: unavailable: {err}");

@@ -140,7 +140,11 @@ pub async fn requests(
     let mut unique = |id: String| {
         let n = seen.entry(id.clone()).or_insert(0);
         *n += 1;
-        if *n == 1 { id } else { format!("{id}-{n}") }
+        if *n == 1 {
+            id
+        } else {
+            format!("{id}-{n}")
+        }
     };
     for failure in &mut failures {
         failure.scene_id = unique(std::mem::take(&mut failure.scene_id));
@@ -175,10 +179,8 @@ async fn read_stac(url: &str) -> Result<StacItem, OperatorError> {
     let location = storage::resolve(url)?;
     let storage_err = |source| OperatorError::Storage { uri: url.to_owned(), source };
     let bytes = location.store().get(location.path()).await.map_err(storage_err)?.bytes().await.map_err(storage_err)?;
-    let item: StacItem = serde_json::from_slice(&bytes).map_err(|e| OperatorError::InvalidLocation {
-        location: url.to_owned(),
-        reason: format!("not a STAC item: {e}"),
-    })?;
+    let item: StacItem = serde_json::from_slice(&bytes)
+        .map_err(|e| OperatorError::InvalidLocation { location: url.to_owned(), reason: format!("not a STAC item: {e}") })?;
     if item.item_type != "Feature" {
         return Err(OperatorError::InvalidLocation {
             location: url.to_owned(),

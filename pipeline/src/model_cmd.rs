@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use model::artifact::{self, Artifact, Provenance};
 use model::chat::ChatTokenizer;
 use model::config::StrataConfig;

@@ -2,7 +2,7 @@
 //! each image (with a CLIP-style encoder) or to its question (with a text-only encoder), to
 //! give the model's prompter. The model cuts them to its own top-k and semantic-token budget.
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
@@ -90,5 +90,9 @@ impl Retriever {
 /// Where a query encoder runs next to an index or model on `device`: on a GPU run, on the GPU
 /// when ONNX Runtime can use it (a CPU-only runtime falls back quietly); on a CPU run, the CPU.
 pub fn encoder_device(device: tch::Device) -> DevicePreference {
-    if device.is_cuda() { DevicePreference::Auto } else { DevicePreference::Cpu }
+    if device.is_cuda() {
+        DevicePreference::Auto
+    } else {
+        DevicePreference::Cpu
+    }
 }

@@ -295,11 +295,36 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     let descriptions = work.path().join("descriptions.txt");
     std::fs::write(&descriptions, "harbour with ships\ndense green forest near a river\nairport runway\nfarmland fields\n").unwrap();
     let index = work.path().join("clip-index");
-    let out = strata(&["index", "build", "--no-progress", "--encoder", clip.to_str().unwrap(), "--out", index.to_str().unwrap(), descriptions.to_str().unwrap()]);
+    let out = strata(&[
+        "index",
+        "build",
+        "--no-progress",
+        "--encoder",
+        clip.to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+        descriptions.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = strata(&[
-        "model", "ask", "--model", model_dir.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(), "--index", index.to_str().unwrap(),
-        "--retrieval-encoder", clip.to_str().unwrap(), "--retrieve-k", "2", "--max-new-tokens", "2", "--format", "json", "--device", "cpu",
+        "model",
+        "ask",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--image",
+        pngs[0].to_str().unwrap(),
+        "--index",
+        index.to_str().unwrap(),
+        "--retrieval-encoder",
+        clip.to_str().unwrap(),
+        "--retrieve-k",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
         "Describe the image.",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -308,8 +333,20 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     assert_eq!(retrieved.len(), 2, "{line}");
     // The two nearest descriptions of this tile, as the index search finds them.
     let out = strata(&[
-        "index", "search", "--index", index.to_str().unwrap(), "--encoder", clip.to_str().unwrap(), "--image", pngs[0].to_str().unwrap(),
-        "-k", "2", "--format", "json", "--device", "cpu",
+        "index",
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--encoder",
+        clip.to_str().unwrap(),
+        "--image",
+        pngs[0].to_str().unwrap(),
+        "-k",
+        "2",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
     ]);
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let expected: Vec<&serde_json::Value> = hits.as_array().unwrap().iter().map(|h| &h["text"]).collect();
@@ -335,19 +372,44 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let model_dir = work.path().join("model");
     let out = strata(&[
-        "model", "init", "--random", "--device", "cpu", "--model-version", "tiny-eval",
-        "--config", root.join("model/tests/fixtures/tiny-model/config.json").to_str().unwrap(),
-        "--tokenizer", root.join("model/tests/fixtures/tokenizer/tokenizer.json").to_str().unwrap(),
-        "--out", model_dir.to_str().unwrap(),
+        "model",
+        "init",
+        "--random",
+        "--device",
+        "cpu",
+        "--model-version",
+        "tiny-eval",
+        "--config",
+        root.join("model/tests/fixtures/tiny-model/config.json").to_str().unwrap(),
+        "--tokenizer",
+        root.join("model/tests/fixtures/tokenizer/tokenizer.json").to_str().unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let benchmarks = root.join("eval/tests/fixtures/benchmarks");
 
-    for (name, headline, samples) in [("aid", "accuracy", 4), ("rsvqa-lr", "average accuracy", 3), ("dior-rsvg", "Acc@0.5", 2), ("ucm-captions", "CIDEr-D", 2)] {
+    for (name, headline, samples) in
+        [("aid", "accuracy", 4), ("rsvqa-lr", "average accuracy", 3), ("dior-rsvg", "Acc@0.5", 2), ("ucm-captions", "CIDEr-D", 2)]
+    {
         let results = work.path().join(name);
         let out = strata(&[
-            "eval", "--benchmark", name, "--data", benchmarks.join(name).to_str().unwrap(), "--model", model_dir.to_str().unwrap(),
-            "--out", results.to_str().unwrap(), "--device", "cpu", "--no-progress", "--format", "json", "--batch-size", "3",
+            "eval",
+            "--benchmark",
+            name,
+            "--data",
+            benchmarks.join(name).to_str().unwrap(),
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--out",
+            results.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--format",
+            "json",
+            "--batch-size",
+            "3",
         ]);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -362,10 +424,24 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
         assert_eq!(summary["model_version"], "tiny-eval");
 
         // The written files re-score to the same table.
-        let task = match name { "aid" => "classify", "rsvqa-lr" => "vqa", "dior-rsvg" => "ground", _ => "caption" };
+        let task = match name {
+            "aid" => "classify",
+            "rsvqa-lr" => "vqa",
+            "dior-rsvg" => "ground",
+            _ => "caption",
+        };
         let rescored = strata(&[
-            "eval", "score", "--task", task, "--format", "json", "--no-bertscore",
-            "--pred", results.join("predictions.jsonl").to_str().unwrap(), "--ref", results.join("references.jsonl").to_str().unwrap(),
+            "eval",
+            "score",
+            "--task",
+            task,
+            "--format",
+            "json",
+            "--no-bertscore",
+            "--pred",
+            results.join("predictions.jsonl").to_str().unwrap(),
+            "--ref",
+            results.join("references.jsonl").to_str().unwrap(),
         ]);
         assert!(rescored.status.success(), "{}", text(&rescored.stderr));
         let rescored: serde_json::Value = serde_json::from_slice(&rescored.stdout).unwrap();
@@ -376,7 +452,15 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     }
 
     // A folder in the wrong layout, and a malformed answer file: exit 2 with the reason.
-    let out = strata(&["eval", "--benchmark", "rsvqa-lr", "--data", benchmarks.join("aid").to_str().unwrap(), "--model", model_dir.to_str().unwrap()]);
+    let out = strata(&[
+        "eval",
+        "--benchmark",
+        "rsvqa-lr",
+        "--data",
+        benchmarks.join("aid").to_str().unwrap(),
+        "--model",
+        model_dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("split_test_questions.json"), "{}", text(&out.stderr));
     let bad = work.path().join("bad.jsonl");
@@ -391,10 +475,30 @@ fn index_build_and_search_the_osm_starter_database() {
     let work = tempfile::tempdir().unwrap();
     let assets = model::encoders::TextEncoder::default_dir().parent().unwrap().to_owned();
     let index = work.path().join("index");
-    let out = strata(&["index", "build", "--no-progress", "--out", index.to_str().unwrap(), assets.join("osm-presets/descriptions.jsonl").to_str().unwrap()]);
+    let out = strata(&[
+        "index",
+        "build",
+        "--no-progress",
+        "--out",
+        index.to_str().unwrap(),
+        assets.join("osm-presets/descriptions.jsonl").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("exact and HNSW search"), "{}", text(&out.stdout));
-    let out = strata(&["index", "search", "--index", index.to_str().unwrap(), "--text", "harbour with ships", "-k", "3", "--format", "json", "--device", "cpu"]);
+    let out = strata(&[
+        "index",
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--text",
+        "harbour with ships",
+        "-k",
+        "3",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hits[0]["id"], "osm:landuse/harbour");
@@ -418,9 +522,14 @@ fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
     let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/clip-tiny");
     let clip = clip.to_str().unwrap();
     let descriptions = work.path().join("descriptions.txt");
-    std::fs::write(&descriptions, "harbour with ships\ndense green forest near a river\nairport runway with planes\nfarmland fields\nsnow mountain\n").unwrap();
+    std::fs::write(
+        &descriptions,
+        "harbour with ships\ndense green forest near a river\nairport runway with planes\nfarmland fields\nsnow mountain\n",
+    )
+    .unwrap();
     let index = work.path().join("clip-index");
-    let out = strata(&["index", "build", "--no-progress", "--encoder", clip, "--out", index.to_str().unwrap(), descriptions.to_str().unwrap()]);
+    let out =
+        strata(&["index", "build", "--no-progress", "--encoder", clip, "--out", index.to_str().unwrap(), descriptions.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let scene = data("scenes/rmnp-rgb.tif");
     let search = |extra: &[&str]| {
@@ -448,7 +557,8 @@ fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
     let minilm_index = work.path().join("minilm-index");
     let out = strata(&["index", "build", "--no-progress", "--out", minilm_index.to_str().unwrap(), descriptions.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = strata(&["index", "search", "--index", minilm_index.to_str().unwrap(), "--encoder", clip, "--image", scene.to_str().unwrap()]);
+    let out =
+        strata(&["index", "search", "--index", minilm_index.to_str().unwrap(), "--encoder", clip, "--image", scene.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("16-wide") && err.contains("384-wide"), "{err}");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use retrieval::build::write_index;
-use retrieval::index::{DEFAULT_EF, HnswParams};
+use retrieval::index::{HnswParams, DEFAULT_EF};
 use retrieval::{Description, Hit, SearchMode, SemanticIndex};
 
 fn read_f32(path: &std::path::Path) -> Result<Vec<f32>, Box<dyn std::error::Error>> {

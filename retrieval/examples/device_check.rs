@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use model::chat::ChatTokenizer;
 use model::config::StrataConfig;
-use model::device::{DevicePreference, select};
+use model::device::{select, DevicePreference};
 use model::generate::{GenerationConfig, Sampling};
 use model::layers::ParamInit;
 use model::vlm::{StrataModel, VlmRequest};

@@ -11,9 +11,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::database::{read_inputs, write_parquet, Description};
+use crate::index::{graph_options, sha256_file, HnswParams, IndexManifest, GRAPH_FILE, INDEX_FORMAT};
 use crate::RetrievalError;
-use crate::database::{Description, read_inputs, write_parquet};
-use crate::index::{GRAPH_FILE, HnswParams, INDEX_FORMAT, IndexManifest, graph_options, sha256_file};
 
 /// How to build.
 #[derive(Debug, Clone, PartialEq)]

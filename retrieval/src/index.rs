@@ -7,9 +7,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::database::{read_parquet, Description};
+use crate::walk::{prefetch, GraphFile};
 use crate::RetrievalError;
-use crate::database::{Description, read_parquet};
-use crate::walk::{GraphFile, prefetch};
 
 /// `format` of every `index.json`.
 pub const INDEX_FORMAT: &str = "strata-index/1";
@@ -452,8 +452,8 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::{
-        __m256, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps,
-        _mm256_loadu_ps, _mm256_setzero_ps,
+        __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
+        _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps,
     };
     let n = a.len().min(b.len());
     let (mut acc0, mut acc1): (__m256, __m256) = (_mm256_setzero_ps(), _mm256_setzero_ps());

@@ -22,7 +22,7 @@ mod walk;
 
 use std::path::PathBuf;
 
-pub use build::{BuildOptions, build_index};
+pub use build::{build_index, BuildOptions};
 pub use database::Description;
 pub use index::{Hit, SearchMode, SemanticIndex};
 

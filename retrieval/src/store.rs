@@ -11,10 +11,10 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use futures::StreamExt as _;
-use object_store::{ObjectStore, ObjectStoreExt as _, WriteMultipart, path::Path as StorePath};
+use object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt as _, WriteMultipart};
 
+use crate::index::{read_manifest, GRAPH_FILE};
 use crate::RetrievalError;
-use crate::index::{GRAPH_FILE, read_manifest};
 
 /// Upload part size.
 const PART_BYTES: usize = 16 << 20;

@@ -296,7 +296,7 @@ impl GraphFile {
             frontier.push(Best(here_score, here));
             beam.push(Reverse(Best(here_score, here)));
             while let Some(Best(candidate_score, candidate)) = frontier.pop() {
-                let worst = beam.peek().map_or(f32::NEG_INFINITY, |w| w.0.0);
+                let worst = beam.peek().map_or(f32::NEG_INFINITY, |w| w.0 .0);
                 if beam.len() >= ef && candidate_score < worst {
                     break;
                 }
@@ -315,7 +315,7 @@ impl GraphFile {
                     prefetch(self.mapping[node..].as_ptr(), NODE_HEAD_BYTES + self.layout.base_list_bytes);
                 }
                 let offer = |s: f32, slot: u32, beam: &mut BinaryHeap<Worst>, frontier: &mut BinaryHeap<Best>| {
-                    if beam.len() < ef || s > beam.peek().map_or(f32::NEG_INFINITY, |w| w.0.0) {
+                    if beam.len() < ef || s > beam.peek().map_or(f32::NEG_INFINITY, |w| w.0 .0) {
                         frontier.push(Best(s, slot));
                         beam.push(Reverse(Best(s, slot)));
                         if beam.len() > ef {
@@ -415,7 +415,7 @@ impl Ord for Best {
 pub(crate) fn prefetch(at: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let first = at as usize & !63;
         let mut line = first;
         while line < at as usize + bytes {
@@ -467,7 +467,7 @@ impl Element for F16 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(at: *const u8) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::{_mm_loadu_si128, _mm256_cvtph_ps};
+        use std::arch::x86_64::{_mm256_cvtph_ps, _mm_loadu_si128};
         // SAFETY: callers load inside a vector of the mapping.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(at.cast())) }
     }
@@ -483,7 +483,7 @@ impl Element for Bf16 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(at: *const u8) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::{_mm_loadu_si128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_slli_epi32};
+        use std::arch::x86_64::{_mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_slli_epi32, _mm_loadu_si128};
         // bf16 is the top half of an f32: widen to 32 bits and shift into place.
         // SAFETY: callers load inside a vector of the mapping.
         unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(at.cast())))) }
@@ -539,8 +539,8 @@ impl Kernel {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_setzero_ps,
+        _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm_add_ps, _mm_cvtss_f32,
+        _mm_hadd_ps,
     };
 
     use super::Element;
@@ -575,7 +575,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{HnswParams, graph_options};
+    use crate::index::{graph_options, HnswParams};
 
     /// Deterministic unit vectors around a few centres (no RNG dependency needed).
     fn clustered(count: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {

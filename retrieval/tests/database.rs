@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use model::encoders::TextEncoder;
 use retrieval::database::{read_file, read_inputs, read_parquet, write_parquet};
-use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
+use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);

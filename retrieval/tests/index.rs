@@ -2,7 +2,7 @@
 //! round-trip through their files, and bad input or corrupt files are errors, never panics.
 
 use retrieval::build::write_index;
-use retrieval::index::{DEFAULT_EF, GraphPrecision, HnswParams};
+use retrieval::index::{GraphPrecision, HnswParams, DEFAULT_EF};
 use retrieval::{Description, SearchMode, SemanticIndex};
 
 /// Deterministic clustered unit vectors: `clusters` random centres, points scattered around them.

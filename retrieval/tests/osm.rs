@@ -2,7 +2,7 @@
 //! embeds the OpenStreetMap iD presets, and remote-sensing queries retrieve the right ones.
 
 use model::encoders::TextEncoder;
-use retrieval::{BuildOptions, SearchMode, SemanticIndex, build_index};
+use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
 
 fn assets() -> std::path::PathBuf {
     TextEncoder::default_dir().parent().expect("assets dir").to_owned()
@@ -53,7 +53,7 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
 
 #[test]
 fn the_onnx_export_matches_the_bert_encoder_in_tch() {
-    use tch::{Kind, Tensor, nn};
+    use tch::{nn, Kind, Tensor};
     let dir = TextEncoder::default_dir();
     let mut encoder = TextEncoder::load(&dir, 256, 2).unwrap();
     let texts = vec!["a harbour with many boats".to_owned(), "Rows of solar panels on a roof.".to_owned(), "forest".to_owned()];

@@ -66,9 +66,7 @@ pub enum SchemaError {
         reason: String,
     },
     /// The payload was written by a schema version this build does not read.
-    #[error(
-        "{kind} field `schema_version`: version {found} is not supported (this build reads version {supported})"
-    )]
+    #[error("{kind} field `schema_version`: version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion {
         /// Message kind.
         kind: &'static str,
@@ -112,42 +110,19 @@ struct VersionProbe {
 pub fn decode<M: Message>(payload: &[u8], limits: &DecodeLimits) -> Result<M, SchemaError> {
     let kind = M::KIND;
     if payload.len() > limits.max_payload_bytes {
-        return Err(SchemaError::TooLarge {
-            kind,
-            size_bytes: payload.len(),
-            limit_bytes: limits.max_payload_bytes,
-        });
+        return Err(SchemaError::TooLarge { kind, size_bytes: payload.len(), limit_bytes: limits.max_payload_bytes });
     }
     // The version is checked before the body so that a message from a newer producer is
     // reported as such rather than as whichever of its new fields trips the parser first.
-    let probe: VersionProbe =
-        serde_json::from_slice(payload).map_err(|source| SchemaError::NotJson { kind, source })?;
+    let probe: VersionProbe = serde_json::from_slice(payload).map_err(|source| SchemaError::NotJson { kind, source })?;
     match probe.schema_version {
-        None => {
-            return Err(SchemaError::MissingVersion { kind, reason: "missing field".to_owned() })
-        }
+        None => return Err(SchemaError::MissingVersion { kind, reason: "missing field".to_owned() }),
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
             Some(found) if found == u64::from(SCHEMA_VERSION) => {}
-            Some(found) => {
-                return Err(SchemaError::UnsupportedVersion {
-                    kind,
-                    found,
-                    supported: SCHEMA_VERSION,
-                })
-            }
-            None => {
-                return Err(SchemaError::MissingVersion {
-                    kind,
-                    reason: format!("expected a positive integer, found {n}"),
-                })
-            }
+            Some(found) => return Err(SchemaError::UnsupportedVersion { kind, found, supported: SCHEMA_VERSION }),
+            None => return Err(SchemaError::MissingVersion { kind, reason: format!("expected a positive integer, found {n}") }),
         },
-        Some(other) => {
-            return Err(SchemaError::MissingVersion {
-                kind,
-                reason: format!("expected a positive integer, found {other}"),
-            })
-        }
+        Some(other) => return Err(SchemaError::MissingVersion { kind, reason: format!("expected a positive integer, found {other}") }),
     }
     let mut de = serde_json::Deserializer::from_slice(payload);
     let message: M = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -173,9 +148,7 @@ pub fn encode<M: Message>(message: &M) -> Vec<u8> {
 /// serde reports a missing field at the path of the struct that lacks it; users want the
 /// field itself, so `missing field `x`` at `tiling` becomes `tiling.x`.
 fn field_of(path: &str, reason: &str) -> String {
-    let missing = reason
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next());
+    let missing = reason.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
     match (path, missing) {
         (".", Some(name)) => name.to_owned(),
         (parent, Some(name)) => format!("{parent}.{name}"),

@@ -134,9 +134,7 @@ impl Message for TileResult {
         check_id(kind, "model_version", &self.model_version)?;
         for (i, output) in self.outputs.iter().enumerate() {
             if let TaskOutput::Detect { boxes, .. } = output {
-                if let Some(j) = boxes.iter().position(|b| {
-                    b.x2 > 1000 || b.y2 > 1000 || b.x1 > b.x2 || b.y1 > b.y2
-                }) {
+                if let Some(j) = boxes.iter().position(|b| b.x2 > 1000 || b.y2 > 1000 || b.x1 > b.x2 || b.y1 > b.y2) {
                     return Err(SchemaError::Invalid {
                         kind,
                         field: format!("outputs[{i}].boxes[{j}]"),

@@ -130,11 +130,8 @@ impl TaskSpec {
     }
 
     fn validate(&self, index: usize, kind: &'static str) -> Result<(), SchemaError> {
-        let invalid = |field: &str, reason: &str| SchemaError::Invalid {
-            kind,
-            field: format!("tasks[{index}].{field}"),
-            reason: reason.to_owned(),
-        };
+        let invalid =
+            |field: &str, reason: &str| SchemaError::Invalid { kind, field: format!("tasks[{index}].{field}"), reason: reason.to_owned() };
         match self {
             Self::Classify { classes, .. } => {
                 if classes.is_empty() {
@@ -144,12 +141,8 @@ impl TaskSpec {
                     return Err(invalid(&format!("classes[{i}]"), "must not be blank"));
                 }
             }
-            Self::Vqa { question } if question.trim().is_empty() => {
-                return Err(invalid("question", "must not be blank"))
-            }
-            Self::Detect { target } if target.trim().is_empty() => {
-                return Err(invalid("target", "must not be blank"))
-            }
+            Self::Vqa { question } if question.trim().is_empty() => return Err(invalid("question", "must not be blank")),
+            Self::Detect { target } if target.trim().is_empty() => return Err(invalid("target", "must not be blank")),
             _ => {}
         }
         Ok(())
@@ -210,25 +203,15 @@ impl TilingOptions {
     /// # Errors
     /// [`SchemaError::Invalid`] naming the field under `tiling.`.
     pub fn validate(&self, kind: &'static str) -> Result<(), SchemaError> {
-        let invalid = |field: &str, reason: String| SchemaError::Invalid {
-            kind,
-            field: format!("tiling.{field}"),
-            reason,
-        };
+        let invalid = |field: &str, reason: String| SchemaError::Invalid { kind, field: format!("tiling.{field}"), reason };
         if !(16..=16_384).contains(&self.tile_size_px) {
             return Err(invalid("tile_size_px", format!("{} is outside 16..=16384", self.tile_size_px)));
         }
         if self.overlap_px >= self.tile_size_px {
-            return Err(invalid(
-                "overlap_px",
-                format!("{} must be smaller than tile_size_px ({})", self.overlap_px, self.tile_size_px),
-            ));
+            return Err(invalid("overlap_px", format!("{} must be smaller than tile_size_px ({})", self.overlap_px, self.tile_size_px)));
         }
         if !(16..=4096).contains(&self.output_size_px) {
-            return Err(invalid(
-                "output_size_px",
-                format!("{} is outside 16..=4096", self.output_size_px),
-            ));
+            return Err(invalid("output_size_px", format!("{} is outside 16..=4096", self.output_size_px)));
         }
         if let Some(bands) = &self.bands {
             if !(bands.len() == 1 || bands.len() == 3) {

@@ -97,13 +97,9 @@ pub enum RgbAssets {
 impl StacItem {
     /// EPSG code of the item, from `proj:epsg` or an `EPSG:` `proj:code`.
     pub fn epsg(&self) -> Option<u32> {
-        self.properties.proj_epsg.or_else(|| {
-            self.properties
-                .proj_code
-                .as_deref()
-                .and_then(|code| code.strip_prefix("EPSG:"))
-                .and_then(|n| n.parse().ok())
-        })
+        self.properties
+            .proj_epsg
+            .or_else(|| self.properties.proj_code.as_deref().and_then(|code| code.strip_prefix("EPSG:")).and_then(|n| n.parse().ok()))
     }
 
     /// Picks the assets that form an RGB image.
@@ -119,38 +115,27 @@ impl StacItem {
         let available = || self.assets.keys().cloned().collect::<Vec<_>>().join(", ");
         if let Some(keys) = requested {
             if let Some(missing) = keys.iter().find(|k| !self.assets.contains_key(*k)) {
-                return Err(format!(
-                    "asset `{missing}` was requested but the item has only: {}",
-                    available()
-                ));
+                return Err(format!("asset `{missing}` was requested but the item has only: {}", available()));
             }
             return match keys {
                 [one] => Ok(RgbAssets::Visual(one.clone())),
                 [r, g, b] => Ok(RgbAssets::Bands([r.clone(), g.clone(), b.clone()])),
-                _ => Err(format!(
-                    "{} assets were requested; give one visual asset or three band assets (red, green, blue)",
-                    keys.len()
-                )),
+                _ => Err(format!("{} assets were requested; give one visual asset or three band assets (red, green, blue)", keys.len())),
             };
         }
         if self.assets.contains_key("visual") {
             return Ok(RgbAssets::Visual("visual".to_owned()));
         }
-        if let Some((key, _)) =
-            self.assets.iter().find(|(_, asset)| asset.roles.iter().any(|r| r == "visual"))
-        {
+        if let Some((key, _)) = self.assets.iter().find(|(_, asset)| asset.roles.iter().any(|r| r == "visual")) {
             return Ok(RgbAssets::Visual(key.clone()));
         }
         let by_common_name = |wanted: &str| {
             self.assets.iter().find_map(|(key, asset)| {
                 let bands = asset.eo_bands.as_ref()?;
-                (bands.len() == 1 && bands[0].common_name.as_deref() == Some(wanted))
-                    .then(|| key.clone())
+                (bands.len() == 1 && bands[0].common_name.as_deref() == Some(wanted)).then(|| key.clone())
             })
         };
-        if let (Some(r), Some(g), Some(b)) =
-            (by_common_name("red"), by_common_name("green"), by_common_name("blue"))
-        {
+        if let (Some(r), Some(g), Some(b)) = (by_common_name("red"), by_common_name("green"), by_common_name("blue")) {
             return Ok(RgbAssets::Bands([r, g, b]));
         }
         for [r, g, b] in [["red", "green", "blue"], ["B04", "B03", "B02"]] {

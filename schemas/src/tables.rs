@@ -225,8 +225,7 @@ pub const DEAD_LETTER: TableSchema = TableSchema {
 };
 
 /// Every table Strata writes.
-pub const ALL: &[TableSchema] =
-    &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES, DEAD_LETTER];
+pub const ALL: &[TableSchema] = &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES, DEAD_LETTER];
 
 /// The table with this name.
 pub fn by_name(name: &str) -> Option<&'static TableSchema> {

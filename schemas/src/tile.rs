@@ -114,11 +114,7 @@ impl Message for TileTask {
         check_id(kind, "request_id", &self.request_id)?;
         check_id(kind, "scene_id", &self.scene_id)?;
         check_id(kind, "tile_id", &self.tile_id)?;
-        let invalid = |field: &str, reason: &str| SchemaError::Invalid {
-            kind,
-            field: field.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |field: &str, reason: &str| SchemaError::Invalid { kind, field: field.to_owned(), reason: reason.to_owned() };
         if self.tile.uri.trim().is_empty() {
             return Err(invalid("tile.uri", "must not be empty"));
         }

@@ -4,11 +4,11 @@
 
 use chrono::{TimeZone, Utc};
 use schemas::{
-    decode, encode, stac::{RgbAssets, StacItem}, Crs, DeadLetterRecord, DecodeLimits, ErrorKind,
-    GeoTransform, GridBox, Message, ModelPublished, ObjectRef, OriginalPayload, PixelWindow,
-    RasterSize, RetrievedDescription, SceneRequest, SceneSource, SchemaError, SourcePosition,
-    Stage, StageTimings, TaskOutput, TaskSpec, TileResult, TileTask, TilingOptions,
-    SCHEMA_VERSION,
+    decode, encode,
+    stac::{RgbAssets, StacItem},
+    Crs, DeadLetterRecord, DecodeLimits, ErrorKind, GeoTransform, GridBox, Message, ModelPublished, ObjectRef, OriginalPayload,
+    PixelWindow, RasterSize, RetrievedDescription, SceneRequest, SceneSource, SchemaError, SourcePosition, Stage, StageTimings, TaskOutput,
+    TaskSpec, TileResult, TileTask, TilingOptions, SCHEMA_VERSION,
 };
 
 const S2_ITEM: &str = include_str!("fixtures/sentinel2-l2a-item.json");
@@ -140,10 +140,7 @@ fn real_world_stac_item_parses_with_assets_and_projection() {
     // Without a visual asset, the bands are found by their eo:bands common names.
     let mut bands_only = item.clone();
     bands_only.assets.remove("visual");
-    assert_eq!(
-        bands_only.rgb_assets(None).unwrap(),
-        RgbAssets::Bands(["red".into(), "green".into(), "blue".into()])
-    );
+    assert_eq!(bands_only.rgb_assets(None).unwrap(), RgbAssets::Bands(["red".into(), "green".into(), "blue".into()]));
     // Explicit choice wins; a missing key is named.
     let wanted = ["red".to_owned(), "green".to_owned(), "blue".to_owned()];
     assert_eq!(item.rgb_assets(Some(&wanted)).unwrap(), RgbAssets::Bands(wanted.clone()));
@@ -229,9 +226,7 @@ fn malformed_messages_are_rejected_naming_the_field() {
         assert_eq!(found.as_deref(), Some(*field), "payload {payload} gave: {message}");
         assert!(message.contains(&format!("`{field}`")), "message does not name `{field}`: {message}");
     }
-    let (_, message) = rejected_field(
-        r#"{"schema_version":2,"request_id":"r","scene_id":"s","source":{"kind":"uri","uri":"a"}}"#,
-    );
+    let (_, message) = rejected_field(r#"{"schema_version":2,"request_id":"r","scene_id":"s","source":{"kind":"uri","uri":"a"}}"#);
     assert!(message.contains("version 2 is not supported"), "{message}");
 }
 

@@ -137,12 +137,7 @@ impl ServiceProcess {
             }
             let exited = matches!(self.child.try_wait(), Ok(Some(_)));
             if exited || Instant::now() >= deadline {
-                return Err(ServiceError::NotReady {
-                    service: self.service,
-                    addr,
-                    timeout,
-                    log_tail: self.log_tail(),
-                });
+                return Err(ServiceError::NotReady { service: self.service, addr, timeout, log_tail: self.log_tail() });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -194,16 +189,14 @@ impl TansuBroker {
 }
 
 async fn kafka_metadata_ok(bootstrap: &str) -> bool {
-    use rdkafka::{config::ClientConfig, consumer::{BaseConsumer, Consumer}};
+    use rdkafka::{
+        config::ClientConfig,
+        consumer::{BaseConsumer, Consumer},
+    };
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: Result<BaseConsumer, _> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("log_level", "0")
-            .create();
-        consumer
-            .map(|c| c.fetch_metadata(None, Duration::from_millis(1000)).is_ok())
-            .unwrap_or(false)
+        let consumer: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("log_level", "0").create();
+        consumer.map(|c| c.fetch_metadata(None, Duration::from_millis(1000)).is_ok()).unwrap_or(false)
     })
     .await
     .unwrap_or(false)
@@ -229,9 +222,7 @@ impl S3Server {
         let args = ["-H".to_owned(), "127.0.0.1".to_owned(), "-p".to_owned(), port.to_string()];
         let mut process = ServiceProcess::spawn("moto_server", &program, &args)?;
         process
-            .wait_ready(addr, Duration::from_secs(60), || async move {
-                matches!(http_request(addr, "GET", "/", &[]).await, Ok((200, _)))
-            })
+            .wait_ready(addr, Duration::from_secs(60), || async move { matches!(http_request(addr, "GET", "/", &[]).await, Ok((200, _))) })
             .await?;
         Ok(Self { addr, _process: process })
     }
@@ -277,10 +268,7 @@ impl S3Server {
 /// without pulling an HTTP client into the tests.
 async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     let mut response = Vec::new();

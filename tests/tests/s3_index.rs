@@ -1,7 +1,7 @@
 //! Retriever indexes through a real S3 server (moto): pushed once, fetched by a worker into
 //! its cache, reused while unchanged, refetched when replaced, and refused when damaged.
 
-use object_store::{ObjectStoreExt as _, PutPayload, path::Path};
+use object_store::{path::Path, ObjectStoreExt as _, PutPayload};
 use retrieval::build::write_index;
 use retrieval::index::HnswParams;
 use retrieval::store::{fetch_index, push_index};

@@ -22,17 +22,11 @@ async fn tansu_round_trips_a_message_through_a_consumer_group() {
     let topic = "strata.smoke.v1";
 
     let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let created = admin
-        .create_topics([&NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .unwrap();
+    let created = admin.create_topics([&NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().unwrap();
     let payload = br#"{"schema_version":1,"hello":"tansu"}"#;
     let delivery = producer
         .send(FutureRecord::to(topic).key("scene-1").payload(&payload[..]), Duration::from_secs(10))

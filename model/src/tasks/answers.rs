@@ -3,15 +3,9 @@
 
 /// Lower-cases, drops punctuation and the articles a/an/the, and collapses whitespace.
 pub fn normalize_answer(answer: &str) -> String {
-    let cleaned: String = answer
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_lowercase().next().unwrap_or(c) } else { ' ' })
-        .collect();
-    cleaned
-        .split_whitespace()
-        .filter(|word| !matches!(*word, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let cleaned: String =
+        answer.chars().map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_lowercase().next().unwrap_or(c) } else { ' ' }).collect();
+    cleaned.split_whitespace().filter(|word| !matches!(*word, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
 }
 
 /// A crude singular form of each word: enough for class names ("harbors" → "harbor",

@@ -65,10 +65,7 @@ fn truncate(text: &str) -> String {
 
 fn parse_one(inner: &str) -> Result<GridBox, String> {
     let body = inner.trim();
-    let body = body
-        .strip_prefix('[')
-        .and_then(|b| b.strip_suffix(']'))
-        .ok_or_else(|| "expected `[x1, y1, x2, y2]`".to_owned())?;
+    let body = body.strip_prefix('[').and_then(|b| b.strip_suffix(']')).ok_or_else(|| "expected `[x1, y1, x2, y2]`".to_owned())?;
     let values: Vec<&str> = body.split(',').map(str::trim).collect();
     if values.len() != 4 {
         return Err(format!("expected 4 coordinates, found {}", values.len()));
@@ -118,7 +115,15 @@ mod tests {
 
     #[test]
     fn arbitrary_text_never_panics() {
-        for text in ["", "<box>", "</box><box>", "<box>[]</box>", "<box>[-1,0,0,0]</box>", "<box>[99999999999999999999,0,0,0]</box>", "<box>[ü,ö,ä,ß]</box>"] {
+        for text in [
+            "",
+            "<box>",
+            "</box><box>",
+            "<box>[]</box>",
+            "<box>[-1,0,0,0]</box>",
+            "<box>[99999999999999999999,0,0,0]</box>",
+            "<box>[ü,ö,ä,ß]</box>",
+        ] {
             let parsed = parse_boxes(text);
             assert!(parsed.boxes.is_empty(), "{text}");
         }

@@ -35,10 +35,7 @@ mod tests {
     #[test]
     fn prompts_carry_their_material() {
         let classes = vec!["airport".to_owned(), "bare land".to_owned()];
-        assert_eq!(
-            classify_prompt(None, &classes),
-            "Choose the best category describing the image from: airport, bare land."
-        );
+        assert_eq!(classify_prompt(None, &classes), "Choose the best category describing the image from: airport, bare land.");
         assert_eq!(detect_prompt(" the ship on the left "), "Locate: the ship on the left");
         assert!(vqa_prompt("Is there a road?").starts_with("Is there a road?"));
     }

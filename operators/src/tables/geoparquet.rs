@@ -18,10 +18,7 @@ fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
         }
         columns.insert(column.name.to_owned(), meta);
     }
-    Some(
-        serde_json::json!({ "version": "1.1.0", "primary_column": primary, "columns": columns })
-            .to_string(),
-    )
+    Some(serde_json::json!({ "version": "1.1.0", "primary_column": primary, "columns": columns }).to_string())
 }
 
 /// The bounding box of a WKB polygon column, from its coordinates.
@@ -46,9 +43,7 @@ pub fn encode(table: &TableSchema, frame: &mut DataFrame) -> Result<Vec<u8>, Ope
         });
     }
     let mut bytes = Vec::new();
-    let metadata = geo_metadata(table, frame).map(|geo| {
-        KeyValueMetadata::from_static(vec![("geo".to_owned(), geo)])
-    });
+    let metadata = geo_metadata(table, frame).map(|geo| KeyValueMetadata::from_static(vec![("geo".to_owned(), geo)]));
     ParquetWriter::new(&mut bytes)
         .with_compression(ParquetCompression::Zstd(None))
         .with_key_value_metadata(metadata)

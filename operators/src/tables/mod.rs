@@ -54,11 +54,7 @@ impl Tables {
         let file_name = format!("{file_stem}.parquet");
         let target = self.root.join(&format!("{}/date={}/{file_name}", table.name, date.format("%Y-%m-%d")));
         let store_err = |uri: String| move |source| OperatorError::Storage { uri, source };
-        target
-            .store()
-            .put(target.path(), PutPayload::from(bytes))
-            .await
-            .map_err(store_err(target.url()))?;
+        target.store().put(target.path(), PutPayload::from(bytes)).await.map_err(store_err(target.url()))?;
         // Remove copies of the same content in other date partitions (a rerun on a later day).
         let table_root = self.root.join(table.name);
         let stale: Vec<_> = table_root

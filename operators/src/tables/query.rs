@@ -10,8 +10,8 @@ use gdal::vector::Geometry;
 use object_store::ObjectStoreExt;
 use polars::{
     prelude::{
-        concat, Column, CsvWriter, DataFrame, DataType, IntoLazy, JsonFormat, JsonWriter, LazyFrame, NamedFrom, ParquetReader,
-        SerReader, SerWriter, Series, UnionArgs,
+        concat, Column, CsvWriter, DataFrame, DataType, IntoLazy, JsonFormat, JsonWriter, LazyFrame, NamedFrom, ParquetReader, SerReader,
+        SerWriter, Series, UnionArgs,
     },
     sql::SQLContext,
 };
@@ -94,12 +94,7 @@ pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, OperatorError>
 
 /// Names of binary (WKB geometry) columns.
 fn geometry_columns(frame: &DataFrame) -> Vec<String> {
-    frame
-        .columns()
-        .iter()
-        .filter(|c| c.dtype() == &DataType::Binary)
-        .map(|c| c.name().to_string())
-        .collect()
+    frame.columns().iter().filter(|c| c.dtype() == &DataType::Binary).map(|c| c.name().to_string()).collect()
 }
 
 /// Replaces WKB columns by WKT text, for formats that cannot show binary.
@@ -138,10 +133,7 @@ pub fn render(frame: DataFrame, format: OutputFormat) -> Result<String, Operator
 
 fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, OperatorError> {
     let mut out = Vec::new();
-    JsonWriter::new(&mut out)
-        .with_json_format(JsonFormat::Json)
-        .finish(frame)
-        .map_err(table_err("result", "writing JSON"))?;
+    JsonWriter::new(&mut out).with_json_format(JsonFormat::Json).finish(frame).map_err(table_err("result", "writing JSON"))?;
     serde_json::from_slice(&out).map_err(|e| OperatorError::Internal { reason: format!("polars wrote invalid JSON: {e}") })
 }
 

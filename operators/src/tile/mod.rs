@@ -21,8 +21,7 @@ use chrono::Utc;
 use gdal::raster::ResampleAlg;
 use object_store::{ObjectStoreExt, PutPayload};
 use schemas::{
-    stac::RgbAssets, Crs, GeoTransform, ObjectRef, PixelWindow, RasterSize, SceneRequest, SceneSource, TileTask,
-    SCHEMA_VERSION,
+    stac::RgbAssets, Crs, GeoTransform, ObjectRef, PixelWindow, RasterSize, SceneRequest, SceneSource, TileTask, SCHEMA_VERSION,
 };
 use tracing::Instrument as _;
 
@@ -165,22 +164,13 @@ pub async fn tile_scene(
             }
             files.push(file);
         }
-        let sources: Vec<Source> = files
-            .iter()
-            .zip(&locations)
-            .map(|(f, l)| Source { vsi_path: f.path().to_owned(), uri: l.url() })
-            .collect();
+        let sources: Vec<Source> =
+            files.iter().zip(&locations).map(|(f, l)| Source { vsi_path: f.path().to_owned(), uri: l.url() }).collect();
 
         let sources_for_messages: Vec<(String, String)> = sources.iter().map(|s| (s.vsi_path.clone(), s.uri.clone())).collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Rendered>(config.threads.max(1) * 2);
-        let job = CutJob {
-            request: request.clone(),
-            sources,
-            asset_bands,
-            config: config.clone(),
-            tiles_root_url: tiles_root.url(),
-            progress,
-        };
+        let job =
+            CutJob { request: request.clone(), sources, asset_bands, config: config.clone(), tiles_root_url: tiles_root.url(), progress };
         let cutter = tokio::task::spawn_blocking(move || job.run(tx));
 
         let mut tiles = Vec::new();
@@ -387,10 +377,7 @@ impl CutJob {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err("a tiling worker panicked".to_owned().into())))
-                .collect()
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("a tiling worker panicked".to_owned().into()))).collect()
         });
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         let tiles_written = written.load(Ordering::Relaxed) as u64;

@@ -59,9 +59,7 @@ pub type BandRef = (usize, usize);
 pub fn default_bands(dataset: &Dataset) -> Vec<usize> {
     use gdal::raster::ColorInterpretation as Ci;
     let count = dataset.raster_count();
-    let find = |wanted: Ci| {
-        (1..=count).find(|&i| dataset.rasterband(i).map(|b| b.color_interpretation() == wanted).unwrap_or(false))
-    };
+    let find = |wanted: Ci| (1..=count).find(|&i| dataset.rasterband(i).map(|b| b.color_interpretation() == wanted).unwrap_or(false));
     if let (Some(r), Some(g), Some(b)) = (find(Ci::RedBand), find(Ci::GreenBand), find(Ci::BlueBand)) {
         return vec![r, g, b];
     }
@@ -137,19 +135,15 @@ pub fn inspect(datasets: &[Dataset], sources: &[Source], bands: &[BandRef], max_
     if crs_wkt.trim().is_empty() {
         return Err(format!("`{}` has no coordinate reference system, so its tiles cannot be placed on the map", sources[0].uri));
     }
-    let geotransform = primary
-        .geo_transform()
-        .map_err(|_| format!("`{}` has no geotransform (it is not georeferenced)", sources[0].uri))?;
+    let geotransform =
+        primary.geo_transform().map_err(|_| format!("`{}` has no geotransform (it is not georeferenced)", sources[0].uri))?;
     let geotransform = GeoTransform(geotransform);
     if !geotransform.is_invertible() {
         return Err(format!("`{}` has a degenerate geotransform {:?}", sources[0].uri, geotransform.0));
     }
     let srs = SpatialRef::from_wkt(&crs_wkt).map_err(|e| format!("`{}` has a CRS GDAL cannot parse: {e}", sources[0].uri))?;
-    let crs_epsg = srs
-        .auth_name()
-        .filter(|name| name == "EPSG")
-        .and_then(|_| srs.auth_code().ok())
-        .and_then(|code| u32::try_from(code).ok());
+    let crs_epsg =
+        srs.auth_name().filter(|name| name == "EPSG").and_then(|_| srs.auth_code().ok()).and_then(|code| u32::try_from(code).ok());
     // Fail now, not per tile, when the CRS cannot be mapped to lon/lat.
     to_lonlat(&crs_wkt).map_err(|e| format!("`{}`: {e}", sources[0].uri))?;
     Ok(SceneInfo {
@@ -180,9 +174,7 @@ pub fn footprint(transform: &CoordTransform, geotransform: &GeoTransform, window
     let corners = [(c0, r0), (c0, r1), (c1, r1), (c1, r0)];
     let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = corners.iter().map(|&(c, r)| geotransform.apply(c, r)).unzip();
     let mut zs = vec![0.0; xs.len()];
-    transform
-        .transform_coords(&mut xs, &mut ys, &mut zs)
-        .map_err(|e| format!("cannot transform the footprint to lon/lat: {e}"))?;
+    transform.transform_coords(&mut xs, &mut ys, &mut zs).map_err(|e| format!("cannot transform the footprint to lon/lat: {e}"))?;
     let mut ring: Vec<[f64; 2]> = xs.into_iter().zip(ys).map(|(x, y)| [x, y]).collect();
     ring.push(ring[0]);
     if ring.iter().any(|[x, y]| !x.is_finite() || !y.is_finite()) {

@@ -42,9 +42,7 @@ impl Synthetic {
     pub fn create_u16(&self, path: &Path) -> gdal::Dataset {
         let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
         let options = RasterCreationOptions::from_iter(self.options.iter().map(|s| (*s).to_owned()));
-        let mut ds = driver
-            .create_with_band_type_with_options::<u16, _>(path, self.width, self.height, self.bands, &options)
-            .unwrap();
+        let mut ds = driver.create_with_band_type_with_options::<u16, _>(path, self.width, self.height, self.bands, &options).unwrap();
         ds.set_geo_transform(&self.geotransform).unwrap();
         if let Some(epsg) = self.epsg {
             ds.set_spatial_ref(&SpatialRef::from_epsg(epsg).unwrap()).unwrap();
@@ -60,10 +58,7 @@ impl Synthetic {
             if let Some(nodata) = self.nodata {
                 band.set_no_data_value(Some(nodata)).unwrap();
             }
-            let data: Vec<u16> = (0..self.height)
-                .flat_map(|r| (0..self.width).map(move |c| (c, r)))
-                .map(|(c, r)| value(b, c, r))
-                .collect();
+            let data: Vec<u16> = (0..self.height).flat_map(|r| (0..self.width).map(move |c| (c, r))).map(|(c, r)| value(b, c, r)).collect();
             let mut buffer = Buffer::new((self.width, self.height), data);
             band.write((0, 0), (self.width, self.height), &mut buffer).unwrap();
         }

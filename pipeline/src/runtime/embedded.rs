@@ -114,10 +114,7 @@ pub async fn record(tables: &Tables, outcome: &SceneOutcome) -> Result<(), Opera
             tables.remove(&table_schemas::DEAD_LETTER, &stem).await?;
         }
         SceneOutcome::Failed(record) => {
-            let stem = scene_stem(
-                record.request_id.as_deref().unwrap_or("unknown"),
-                record.scene_id.as_deref().unwrap_or("unknown"),
-            );
+            let stem = scene_stem(record.request_id.as_deref().unwrap_or("unknown"), record.scene_id.as_deref().unwrap_or("unknown"));
             let mut frame = tables::dead_letter_frame(std::slice::from_ref(record))?;
             tables.write(&table_schemas::DEAD_LETTER, &stem, tables::partition_date(record.failed_at), &mut frame).await?;
             tables.remove(&table_schemas::TILES, &stem).await?;
