@@ -11,6 +11,22 @@ pub enum ErrorClass {
     Retryable,
 }
 
+impl ErrorClass {
+    /// The class of an object-store error: a missing object, a bad path, an unsupported call
+    /// or refused credentials are permanent; everything else (timeouts, connection resets,
+    /// throttling, 5xx answers — object_store reports those as `Generic`) is worth retrying.
+    pub fn of_store_error(error: &object_store::Error) -> Self {
+        match error {
+            object_store::Error::NotFound { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Self::Permanent,
+            _ => Self::Retryable,
+        }
+    }
+}
+
 /// Errors raised by stages and the storage layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,6 +66,18 @@ pub enum OperatorError {
         /// GDAL's message, with internal paths replaced by the object's URL.
         detail: String,
     },
+    /// A box cannot be placed on the scene or the map: a degenerate box, one lying wholly in
+    /// the tile's padding, a tile whose georeference is inconsistent, a CRS that cannot reach
+    /// lon/lat, a box around a pole.
+    #[error("scene `{scene}`, tile `{tile}`: cannot georeference: {reason}")]
+    Georeference {
+        /// Scene id.
+        scene: String,
+        /// Tile id.
+        tile: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing or reading a result table failed.
     #[error("table `{table}`: {action}: {source}")]
     Table {
@@ -74,20 +102,32 @@ pub enum OperatorError {
         /// Why.
         reason: String,
     },
+    /// The model or its artifact failed.
+    #[error("{action}: {source}")]
+    Model {
+        /// What was being done, e.g. "loading the model `s3://models/rs-2`".
+        action: String,
+        /// The model crate's error.
+        #[source]
+        source: model::ModelError,
+    },
+    /// The semantic index failed.
+    #[error("{action}: {source}")]
+    Retrieval {
+        /// What was being done.
+        action: String,
+        /// The retrieval crate's error.
+        #[source]
+        source: retrieval::RetrievalError,
+    },
 }
 
 impl OperatorError {
     /// Whether retrying could help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Storage { source, .. } => match source {
-                object_store::Error::NotFound { .. }
-                | object_store::Error::InvalidPath { .. }
-                | object_store::Error::NotSupported { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. } => ErrorClass::Permanent,
-                _ => ErrorClass::Retryable,
-            },
+            Self::Storage { source, .. } => ErrorClass::of_store_error(source),
+            Self::Georeference { .. } | Self::Model { .. } | Self::Retrieval { .. } => ErrorClass::Permanent,
             Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Internal { .. } => {
                 ErrorClass::Permanent
             }

@@ -6,11 +6,30 @@
 //!   COGs from any store by ranges, never downloading them whole.
 //! - [`tile`]: cuts a scene into georeferenced, model-ready tiles.
 //! - [`tables`]: GeoParquet result tables — writing them atomically and querying them.
+//! - [`stage`]: the stage contract (envelopes, acknowledgements, collectors, classified
+//!   errors) and its conformance suite; [`stages`]: tile, infer, merge and sink;
+//!   [`runtime`]: the embedded runtime chaining them over bounded channels.
+//! - [`georef`] and [`merge`]: boxes onto the globe, and cross-tile NMS.
+//! - [`retrieve`] and [`artifacts`]: the semantic index and model artifacts, local or fetched
+//!   once from an object store.
 
+pub mod artifacts;
 mod error;
+pub mod georef;
+pub mod merge;
+pub mod retrieve;
+pub mod runtime;
+pub mod stage;
+pub mod stages;
 pub mod storage;
 pub mod tables;
 pub mod tile;
 pub mod vsi;
 
 pub use error::{ErrorClass, OperatorError};
+
+/// Runs blocking work (GDAL, libtorch, file hashing) off the async threads; a panic in it
+/// becomes an internal error instead of taking the process down.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, OperatorError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| OperatorError::Internal { reason: format!("a blocking task failed: {e}") })
+}

@@ -23,18 +23,30 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Tile scenes into georeferenced, model-ready tiles and record them in the tables.
+    /// Run scenes through the whole chain with no broker: tile, retrieve, answer every task on
+    /// every tile, merge detections across tiles, and record everything in the tables.
     ///
     /// SCENE may be a raster file (GeoTIFF/COG, JPEG 2000, ...), a STAC item JSON file, a
     /// folder, an object URL (s3://bucket/key.tif) or a bucket prefix (s3://bucket/scenes/);
-    /// folders and prefixes are searched for rasters and STAC items. Bad scenes are reported,
-    /// recorded in the `dead_letter` table, and the batch goes on; the exit status is 1 when
-    /// any scene failed. Rerunning the same batch replaces its rows rather than adding more.
+    /// folders and prefixes are searched for rasters and STAC items. Without --model, scenes
+    /// are only tiled. Bad scenes and tiles are reported, recorded in the `dead_letter` table,
+    /// and the batch goes on; the exit status is 1 when any failed. Rerunning the same batch
+    /// replaces its rows rather than adding more; a rerun that fails keeps the earlier rows.
+    ///
+    /// Tasks (any number, all run on every tile): --caption, --classify "a,b,c" or --classes
+    /// FILE, --vqa "question" (repeatable), --detect target (repeatable), or --tasks FILE (a
+    /// JSON list such as [{"task": "detect", "target": "ship"}]).
     ///
     /// Examples:
     ///   strata batch data/scenes/
-    ///   strata batch --tile-size 256 --overlap 32 scene.tif item.json
+    ///   strata batch --model models/rs-2 --caption --classify "forest,farmland,urban,water" data/scenes/
+    ///   strata batch --model s3://models/rs-2 --index s3://models/indexes/osm \
+    ///       --detect ship --detect "flooded building" --vqa "Is there flooding?" s3://imagery/2024/
     ///   AWS_ENDPOINT_URL=http://127.0.0.1:9000 strata batch s3://imagery/2024/ --tables s3://results/tables
+    ///
+    /// Then, for example, each detection with the tile image it was found on:
+    ///   strata query "SELECT d.scene_id, d.label, d.score, t.tile_uri FROM detections d
+    ///       JOIN tiles t ON d.request_id = t.request_id AND d.scene_id = t.scene_id AND d.tile_id = t.tile_id"
     #[command(verbatim_doc_comment)]
     Batch(BatchArgs),
 
@@ -347,6 +359,36 @@ pub enum ModelCommand {
     ///       --description "A harbour with ships." "How many ships are there?"
     #[command(verbatim_doc_comment)]
     Ask(ModelAskArgs),
+
+    /// Upload an artifact to an object store (its hashes checked first; manifest.json last, so
+    /// readers never see half a version). Workers then load it with `--model URL`. S3 is
+    /// configured from the standard AWS_* environment (AWS_ENDPOINT_URL for S3-compatible
+    /// servers).
+    ///
+    /// Example: strata model push --model models/rs-2 --to s3://models/rs-2
+    #[command(verbatim_doc_comment)]
+    Push(ModelPushArgs),
+
+    /// Download an artifact into ~/.cache/strata/models (or reuse the copy there while the
+    /// remote manifest is unchanged), verify it, and print where it is.
+    ///
+    /// Example: strata model fetch s3://models/rs-2
+    #[command(verbatim_doc_comment)]
+    Fetch {
+        /// The artifact's URL.
+        url: String,
+    },
+}
+
+/// Arguments of `strata model push`.
+#[derive(Debug, Args)]
+pub struct ModelPushArgs {
+    /// The local artifact directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Where to put it: s3://bucket/prefix, file:///path or memory://name/prefix.
+    #[arg(long)]
+    pub to: String,
 }
 
 /// Arguments of `strata model init`.
@@ -512,6 +554,56 @@ pub struct BatchArgs {
     /// Scenes tiled at the same time.
     #[arg(long, default_value_t = 1)]
     pub scene_concurrency: usize,
+
+    /// The model artifact: a directory, or the URL it was pushed to (s3://bucket/models/rs-2;
+    /// fetched once into ~/.cache/strata/models). Without it scenes are only tiled.
+    #[arg(long)]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
+
+    /// Caption every tile.
+    #[arg(long, help_heading = "Tasks")]
+    pub caption: bool,
+
+    /// Classify every tile into one of these comma-separated classes.
+    #[arg(long, value_name = "CLASSES", help_heading = "Tasks", conflicts_with = "classes")]
+    pub classify: Option<String>,
+
+    /// Classify every tile into one of the classes listed in FILE (one per line, or
+    /// comma-separated).
+    #[arg(long, value_name = "FILE", help_heading = "Tasks")]
+    pub classes: Option<std::path::PathBuf>,
+
+    /// Ask every tile this question (repeatable).
+    #[arg(long, value_name = "QUESTION", help_heading = "Tasks")]
+    pub vqa: Vec<String>,
+
+    /// Find every instance of this target on every tile (repeatable), e.g. ship.
+    #[arg(long, value_name = "TARGET", help_heading = "Tasks")]
+    pub detect: Vec<String>,
+
+    /// Tasks as a JSON list, e.g. [{"task": "caption"}, {"task": "detect", "target": "ship"}];
+    /// added after the flags' tasks.
+    #[arg(long, value_name = "FILE", help_heading = "Tasks")]
+    pub tasks: Option<std::path::PathBuf>,
+
+    /// Tiles per inference micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+
+    /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
+    #[arg(long, default_value_t = 0.5)]
+    pub iou_threshold: f64,
+
+    /// Device for the model: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
 
     /// Do not draw progress bars.
     #[arg(long)]

@@ -17,7 +17,6 @@ use model::preprocess::RgbImage;
 use model::vlm::VlmRequest;
 
 use crate::cli::{EvalArgs, EvalCommand, EvalRunArgs, EvalScoreArgs, OutputStyle, ScorerArgs};
-use crate::retriever::Retriever;
 
 pub fn run(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match args.command {
@@ -128,7 +127,7 @@ fn run_benchmark(args: &EvalRunArgs, runtime: &tokio::runtime::Runtime) -> anyho
     let artifact = Artifact::open(model_dir)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", model_dir.display()))?;
-    let mut retriever = Retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
+    let mut retriever = crate::retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
     let loaded = load_scorers(&args.scorers, benchmark.task)?;
     let generation = GenerationConfig {
         max_new_tokens: max_new_tokens(benchmark.task),

@@ -10,7 +10,7 @@ use retrieval::index::{GraphPrecision, HnswParams, DEFAULT_EF};
 use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
 
 use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexPushArgs, IndexSearchArgs, OutputStyle};
-use crate::retriever::encoder_device;
+use operators::retrieve::encoder_device;
 
 pub fn run(command: IndexCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
@@ -39,33 +39,7 @@ fn push(args: &IndexPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
 /// Opens an index given as a directory or as the URL it was pushed to; remote indexes are
 /// mirrored into `~/.cache/strata/indexes/` first (once: an unchanged copy is reused).
 pub fn open_index(location: &str, device: tch::Device, runtime: &tokio::runtime::Runtime) -> anyhow::Result<SemanticIndex> {
-    let resolved = operators::storage::resolve(location)?;
-    let dir = match resolved.local_path() {
-        Some(dir) => dir,
-        None => {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(resolved.url().as_bytes());
-            let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            let cache = model::cache_dir().join("indexes").join(name);
-            let started = std::time::Instant::now();
-            let transfer = runtime
-                .block_on(retrieval::store::fetch_index(resolved.store().as_ref(), resolved.path(), &cache))
-                .with_context(|| format!("fetching the index {}", resolved.url()))?;
-            if transfer.reused {
-                tracing::info!(index = %resolved.url(), cache = %cache.display(), "using the cached copy");
-            } else {
-                eprintln!(
-                    "fetched {} ({:.1} MB) into {} in {:.1} s",
-                    resolved.url(),
-                    transfer.bytes as f64 / 1e6,
-                    cache.display(),
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            cache
-        }
-    };
-    Ok(SemanticIndex::open(&dir, device)?)
+    Ok(runtime.block_on(operators::retrieve::open_index(location, device))?)
 }
 
 fn encoder(dir: Option<&std::path::PathBuf>, device: DevicePreference) -> anyhow::Result<TextEncoder> {

@@ -17,7 +17,17 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
     println!("libtorch: ok (probe sum = {})", probe.sum(tch::Kind::Float).double_value(&[]));
 
     match model::onnx::environment() {
-        Ok(_) => println!("onnxruntime: ok ({})", model::onnx::library_path().map(|p| p.display().to_string()).unwrap_or_default()),
+        Ok(_) => {
+            println!("onnxruntime: ok ({})", model::onnx::library_path().map(|p| p.display().to_string()).unwrap_or_default());
+            match model::onnx::cuda_fallback_reason() {
+                Ok(None) => println!("onnxruntime encoders: cuda:0"),
+                Ok(Some(reason)) => println!("onnxruntime encoders: cpu ({reason})"),
+                Err(err) => {
+                    healthy = false;
+                    println!("onnxruntime encoders: unavailable: {err}");
+                }
+            }
+        }
         Err(err) => {
             healthy = false;
             println!("onnxruntime: unavailable: {err}");

@@ -120,6 +120,7 @@ pub fn default_request_id(found: &[Discovered], tiling: &TilingOptions, tasks: &
         hasher.update(url.as_bytes());
         hasher.update([0]);
     }
+    // Both serialise infallibly (plain structs of strings and numbers).
     hasher.update(serde_json::to_vec(tiling).unwrap_or_default());
     hasher.update(serde_json::to_vec(tasks).unwrap_or_default());
     let digest = hasher.finalize();
@@ -127,8 +128,9 @@ pub fn default_request_id(found: &[Discovered], tiling: &TilingOptions, tasks: &
     format!("batch-{hex}")
 }
 
-/// Builds requests (and failures) from discovered inputs. Scene ids that collide get `-2`,
-/// `-3`, ... in input order.
+/// Builds requests (and failures) from discovered inputs. A scene id that several inputs
+/// share gets a suffix from its input's URL (`{id}-{8 hex digits}`) on every one of them, so
+/// which scene gets which id does not depend on the order of the arguments.
 pub async fn requests(
     found: Vec<Discovered>,
     mut failures: Vec<InputFailure>,
@@ -136,38 +138,38 @@ pub async fn requests(
     tiling: &TilingOptions,
     tasks: &[TaskSpec],
 ) -> (Vec<SceneRequest>, Vec<InputFailure>) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut unique = |id: String| {
-        let n = seen.entry(id.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            id
+    let mut sources = Vec::new();
+    for input in found {
+        match input {
+            Discovered::Raster { url } => sources.push((scene_id_from(&url), url.clone(), SceneSource::Uri { uri: url })),
+            Discovered::StacFile { url } => match read_stac(&url).await {
+                Ok(item) => {
+                    let id = scene_id_from(&format!("{}.json", item.id));
+                    sources.push((id, url.clone(), SceneSource::StacItem { item: Box::new(item), base_uri: Some(url) }));
+                }
+                Err(error) => failures.push(InputFailure { scene_id: scene_id_from(&url), input: url, error }),
+            },
+        }
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in sources.iter().map(|(id, _, _)| id).chain(failures.iter().map(|f| &f.scene_id)) {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    let unique = |id: String, url: &str| {
+        if counts.get(&id).copied().unwrap_or(0) > 1 {
+            let digest = Sha256::digest(url.as_bytes());
+            let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            format!("{id}-{hex}")
         } else {
-            format!("{id}-{n}")
+            id
         }
     };
     for failure in &mut failures {
-        failure.scene_id = unique(std::mem::take(&mut failure.scene_id));
+        failure.scene_id = unique(std::mem::take(&mut failure.scene_id), &failure.input);
     }
     let mut requests = Vec::new();
-    for input in found {
-        let (source, scene_id) = match input {
-            Discovered::Raster { url } => {
-                let id = unique(scene_id_from(&url));
-                (SceneSource::Uri { uri: url }, id)
-            }
-            Discovered::StacFile { url } => match read_stac(&url).await {
-                Ok(item) => {
-                    let id = unique(scene_id_from(&format!("{}.json", item.id)));
-                    (SceneSource::StacItem { item: Box::new(item), base_uri: Some(url) }, id)
-                }
-                Err(error) => {
-                    failures.push(InputFailure { scene_id: unique(scene_id_from(&url)), input: url, error });
-                    continue;
-                }
-            },
-        };
-        let mut request = SceneRequest::new(request_id, scene_id, source);
+    for (id, url, source) in sources {
+        let mut request = SceneRequest::new(request_id, unique(id, &url), source);
         request.tiling = tiling.clone();
         request.tasks = tasks.to_vec();
         requests.push(request);
@@ -200,6 +202,32 @@ mod tests {
         assert_eq!(scene_id_from("/data/my scene (1).TIF"), "my_scene__1_");
         assert_eq!(scene_id_from(".hidden"), "hidden");
         assert_eq!(scene_id_from("/a/"), "scene");
+    }
+
+    #[tokio::test]
+    async fn shared_scene_ids_get_suffixes_that_do_not_depend_on_argument_order() {
+        let a = || Discovered::Raster { url: "file:///data/a/scene.tif".into() };
+        let b = || Discovered::Raster { url: "file:///data/b/scene.tif".into() };
+        let c = || Discovered::Raster { url: "file:///data/other.tif".into() };
+        let ids = |found: Vec<Discovered>| async move {
+            let (requests, _) = requests(found, Vec::new(), "r", &TilingOptions::default(), &[]).await;
+            let mut pairs: Vec<(String, String)> = requests
+                .into_iter()
+                .map(|r| match r.source {
+                    SceneSource::Uri { uri } => (uri, r.scene_id),
+                    SceneSource::StacItem { .. } => unreachable!(),
+                })
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        let forward = ids(vec![a(), b(), c()]).await;
+        let backward = ids(vec![c(), b(), a()]).await;
+        assert_eq!(forward, backward, "the same input must get the same scene id whatever the order");
+        let scene_ids: Vec<&str> = forward.iter().map(|(_, id)| id.as_str()).collect();
+        assert_ne!(scene_ids[0], scene_ids[1]);
+        assert!(scene_ids[0].starts_with("scene-") && scene_ids[1].starts_with("scene-"), "{scene_ids:?}");
+        assert_eq!(scene_ids[2], "other", "ids that do not collide stay as they are");
     }
 
     #[test]

@@ -17,7 +17,6 @@ mod inputs;
 mod model_cmd;
 mod query;
 mod retriever;
-mod runtime;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

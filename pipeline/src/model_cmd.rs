@@ -13,15 +13,38 @@ use model::layers::ParamInit;
 use model::preprocess::RgbImage;
 use model::vlm::{StrataModel, VlmRequest};
 
-use crate::cli::{ModelAskArgs, ModelCommand, ModelInitArgs, OutputStyle};
-use crate::retriever::Retriever;
+use crate::cli::{ModelAskArgs, ModelCommand, ModelInitArgs, ModelPushArgs, OutputStyle};
 
 pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
         ModelCommand::Init(args) => init(&args),
         ModelCommand::Verify { dir } => verify(&dir),
         ModelCommand::Ask(args) => ask(&args, runtime),
+        ModelCommand::Push(args) => push(&args, runtime),
+        ModelCommand::Fetch { url } => fetch(&url, runtime),
     }
+}
+
+fn push(args: &ModelPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    let target = operators::storage::resolve(&args.to).context("resolving --to")?;
+    let started = std::time::Instant::now();
+    let (files, bytes) = runtime.block_on(operators::artifacts::push_model(&args.model, &target))?;
+    println!(
+        "pushed {} ({files} files, {:.1} MB) to {} in {:.1}s",
+        args.model.display(),
+        bytes as f64 / 1e6,
+        target.url(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fetch(url: &str, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    let location = operators::storage::resolve(url).context("resolving the URL")?;
+    let (dir, reused) = runtime.block_on(operators::artifacts::fetch_model(&location))?;
+    let artifact = Artifact::open(&dir).with_context(|| format!("verifying the copy in `{}`", dir.display()))?;
+    println!("model `{}` {} {}", artifact.manifest.version, if reused { "already in" } else { "fetched into" }, dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
@@ -87,7 +110,7 @@ fn ask(args: &ModelAskArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result
     let artifact = Artifact::open(&args.model)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
-    let mut retriever = Retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
+    let mut retriever = crate::retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
     let mut requests = Vec::with_capacity(args.images.len());
     for image in &args.images {
         let (rgb, width, height) = crate::images::read_rgb(image)?;

@@ -563,3 +563,104 @@ fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
     let err = text(&out.stderr);
     assert!(err.contains("16-wide") && err.contains("384-wide"), "{err}");
 }
+
+/// A small random model made with `strata model init --random`.
+fn random_model(dir: &Path) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let model = dir.join("model");
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        fixtures.join("tiny-model/config.json").to_str().unwrap(),
+        "--tokenizer",
+        fixtures.join("tokenizer/tokenizer.json").to_str().unwrap(),
+        "--random",
+        "--model-version",
+        "tiny-1",
+        "--device",
+        "cpu",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    model
+}
+
+#[test]
+fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
+    let work = tempfile::tempdir().unwrap();
+    let model = random_model(work.path());
+    let tables = work.path().join("tables");
+    let (tiles, scenes) = (work.path().join("tiles"), data("scenes"));
+    let args = [
+        "batch",
+        "--no-progress",
+        "--tile-size",
+        "192",
+        "--overlap",
+        "32",
+        "--output-size",
+        "64",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--caption",
+        "--classify",
+        "forest,water,urban",
+        "--vqa",
+        "Is there a road?",
+        "--detect",
+        "building",
+        "--tables",
+        tables.to_str().unwrap(),
+        "--tiles",
+        tiles.to_str().unwrap(),
+        scenes.to_str().unwrap(),
+    ];
+    let first = strata(&args);
+    let stdout = text(&first.stdout);
+    assert!(first.status.success(), "{stdout}\n{}", text(&first.stderr));
+    assert!(stdout.contains("tiled 2 of 2 scene(s)") && stdout.contains("answer(s)"), "{stdout}");
+
+    let check = || {
+        let tiles = query_json(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
+        assert_eq!(tiles, 13, "4 tiles of L7_ETMs and 9 of rmnp-rgb");
+        for table in ["captions", "classifications", "vqa"] {
+            let sql = format!(
+                "SELECT count(*) AS n, count(DISTINCT r.scene_id || '/' || r.tile_id) AS distinct_tiles FROM {table} r \
+                 JOIN tiles t ON r.request_id = t.request_id AND r.scene_id = t.scene_id AND r.tile_id = t.tile_id"
+            );
+            let row = &query_json(&tables, &sql)[0];
+            assert_eq!((row["n"].as_u64(), row["distinct_tiles"].as_u64()), (Some(tiles), Some(tiles)), "{table}: one row per tile");
+        }
+        let scenes = query_json(&tables, "SELECT scene_id, model_version, tiles_per_task, tiles_failed FROM scenes ORDER BY scene_id");
+        assert_eq!(scenes.len(), 2);
+        for scene in &scenes {
+            assert_eq!(scene["model_version"], "tiny-1");
+            assert_eq!(scene["tiles_failed"], 0);
+            let per_task: serde_json::Value = serde_json::from_str(scene["tiles_per_task"].as_str().unwrap()).unwrap();
+            assert_eq!(per_task.as_object().unwrap().len(), 4, "{per_task}");
+        }
+        let scores = query_json(&tables, "SELECT min(score) AS lo, max(score) AS hi FROM captions");
+        let (lo, hi) = (scores[0]["lo"].as_f64().unwrap(), scores[0]["hi"].as_f64().unwrap());
+        assert!(lo > 0.0 && hi <= 1.0, "scores are geometric-mean token probabilities: {lo}..{hi}");
+    };
+    check();
+    let files = parquet_files(&tables);
+    let second = strata(&args);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(parquet_files(&tables), files, "a rerun rewrites the same files");
+    check();
+
+    // Tasks without a model, and a model that is not there: exit 2 with a hint.
+    let out = strata(&["batch", "--caption", data("scenes").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--model"), "{}", text(&out.stderr));
+    let out = strata(&["batch", "--model", "/nonexistent-model", "--caption", data("scenes").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("manifest"), "{}", text(&out.stderr));
+}

@@ -47,6 +47,8 @@ pub enum Stage {
     Tile,
     /// Retrieval and the model.
     Infer,
+    /// Cross-tile merge and the scene summary.
+    Merge,
     /// Writing result tables.
     Sink,
 }
@@ -58,6 +60,7 @@ impl Stage {
             Self::Ingest => "ingest",
             Self::Tile => "tile",
             Self::Infer => "infer",
+            Self::Merge => "merge",
             Self::Sink => "sink",
         }
     }
@@ -71,6 +74,20 @@ pub enum ErrorKind {
     Permanent,
     /// A transient failure persisted past the retry budget.
     RetriesExhausted,
+    /// A failure inside Strata or its model (a libtorch error, out of memory, a bug): the
+    /// input may be fine; replay it once the cause is fixed.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The name used in tables and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::Internal => "internal",
+        }
+    }
 }
 
 /// Where a message was consumed from.

@@ -22,14 +22,16 @@ mod model;
 mod result;
 mod scene;
 pub mod stac;
+mod stream;
 pub mod tables;
 mod tile;
 
 pub use dead_letter::{DeadLetterRecord, ErrorKind, OriginalPayload, SourcePosition, Stage};
 pub use envelope::{decode, encode, DecodeLimits, Message, SchemaError, SCHEMA_VERSION};
 pub use model::ModelPublished;
-pub use result::{GridBox, RetrievedDescription, StageTimings, TaskOutput, TileResult};
+pub use result::{GridBox, RetrievedDescription, StageTimings, TaskAnswer, TaskOutput, TileResult};
 pub use scene::{SceneRequest, SceneSource, TaskKind, TaskSpec, TilingOptions};
+pub use stream::{ResultMessage, SceneDetection, SceneResults, SceneStats, SceneTiled, SinkMessage, TileMessage, TiledTile};
 pub use tile::{Crs, GeoTransform, ObjectRef, PixelWindow, RasterSize, TileTask};
 
 /// Checks that an identifier is safe to use in object keys and file names: 1–200 characters

@@ -3,31 +3,66 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{check_id, Message, SchemaError, TaskKind};
+use crate::{check_id, Message, SchemaError, TaskKind, TileTask};
 
-/// The outputs of every task run on one tile.
+/// The outputs of every task run on one tile, with the tile itself (its georeference travels
+/// with the result, so the merge stage can place boxes on the globe without another lookup).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TileResult {
     /// Message schema version.
     pub schema_version: u32,
-    /// Request the tile belongs to.
-    pub request_id: String,
-    /// Scene the tile was cut from.
-    pub scene_id: String,
-    /// The tile.
-    pub tile_id: String,
+    /// The tile the outputs are about: ids, image, window and georeference.
+    pub tile: TileTask,
+    /// Fraction of the tile's window that holds data, in [0, 1].
+    pub valid_fraction: f32,
     /// Version of the model artifact that produced the outputs.
     pub model_version: String,
-    /// Descriptions the retriever supplied to the model, best first.
-    #[serde(default)]
-    pub retrieved: Vec<RetrievedDescription>,
-    /// One output per requested task, in request order.
-    pub outputs: Vec<TaskOutput>,
+    /// One answer per requested task, in request order.
+    pub outputs: Vec<TaskAnswer>,
     /// Where the time went.
     pub timings: StageTimings,
     /// When the result was produced.
     pub produced_at: DateTime<Utc>,
+}
+
+impl TileResult {
+    /// The request id (of the tile).
+    pub fn request_id(&self) -> &str {
+        &self.tile.request_id
+    }
+
+    /// The scene id (of the tile).
+    pub fn scene_id(&self) -> &str {
+        &self.tile.scene_id
+    }
+
+    /// The tile id.
+    pub fn tile_id(&self) -> &str {
+        &self.tile.tile_id
+    }
+}
+
+/// One task's answer and what went into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAnswer {
+    /// The parsed answer.
+    pub output: TaskOutput,
+    /// Descriptions the retriever supplied for this answer, best first.
+    #[serde(default)]
+    pub retrieved: Vec<RetrievedDescription>,
+    /// How many of `retrieved` fitted the model's semantic-token budget (whole descriptions,
+    /// from the best); fewer than `retrieved.len()` means the rest were dropped.
+    #[serde(default)]
+    pub descriptions_used: u32,
+    /// Whether the answer ended on a stop token (false: it hit the token limit and was cut).
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 /// A description returned by the retriever.
@@ -66,7 +101,11 @@ pub struct GridBox {
     pub y2: u16,
 }
 
-/// The output of one task on one tile. Scores are mean token log-probabilities of the answer.
+/// The output of one task on one tile.
+///
+/// Every `score` is the answer's geometric-mean token probability, `exp(mean log p)` over its
+/// generated tokens (stop token included), in (0, 1]: 1 means the model was certain of every
+/// token. It is comparable across answers of different lengths, not a calibrated probability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskOutput {
@@ -128,16 +167,20 @@ impl Message for TileResult {
 
     fn validate(&self) -> Result<(), SchemaError> {
         let kind = Self::KIND;
-        check_id(kind, "request_id", &self.request_id)?;
-        check_id(kind, "scene_id", &self.scene_id)?;
-        check_id(kind, "tile_id", &self.tile_id)?;
+        self.tile.validate().map_err(|err| match err {
+            SchemaError::Invalid { field, reason, .. } => SchemaError::Invalid { kind, field: format!("tile.{field}"), reason },
+            other => other,
+        })?;
         check_id(kind, "model_version", &self.model_version)?;
-        for (i, output) in self.outputs.iter().enumerate() {
-            if let TaskOutput::Detect { boxes, .. } = output {
+        if !(0.0..=1.0).contains(&self.valid_fraction) {
+            return Err(SchemaError::Invalid { kind, field: "valid_fraction".to_owned(), reason: "must lie in [0, 1]".to_owned() });
+        }
+        for (i, answer) in self.outputs.iter().enumerate() {
+            if let TaskOutput::Detect { boxes, .. } = &answer.output {
                 if let Some(j) = boxes.iter().position(|b| b.x2 > 1000 || b.y2 > 1000 || b.x1 > b.x2 || b.y1 > b.y2) {
                     return Err(SchemaError::Invalid {
                         kind,
-                        field: format!("outputs[{i}].boxes[{j}]"),
+                        field: format!("outputs[{i}].output.boxes[{j}]"),
                         reason: "must satisfy 0 <= x1 <= x2 <= 1000 and 0 <= y1 <= y2 <= 1000".to_owned(),
                     });
                 }

@@ -6,6 +6,9 @@
 //! tables are partitioned by the `date` column. Geometry columns hold WKB in lon/lat
 //! (EPSG:4326), described by GeoParquet 1.1 `geo` metadata.
 
+/// What every `score` column holds: the answer's geometric-mean token probability.
+pub const SCORE_DOC: &str = "Geometric-mean token probability of the answer, exp(mean log p), in (0, 1]";
+
 /// Logical column types, mapped to Arrow/Parquet types by the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
@@ -89,8 +92,10 @@ macro_rules! result_table {
                 col("task", Utf8, "Task kind: caption, classify, vqa or detect"),
                 col("model_version", Utf8, "Model artifact version that produced the row"),
                 $($extra,)*
+                col("retrieved_ids", ListUtf8, "Ids of the descriptions the retriever gave the model, best first"),
+                col("descriptions_used", UInt32, "How many of them fitted the semantic-token budget"),
                 col("produced_at", TimestampMicros, "When the row was produced (UTC)"),
-                col("date", Date, "Partition date (UTC) of produced_at"),
+                col("date", Date, "Partition date (UTC) of the request (submitted_at)"),
             ],
             geometry_column: None,
             key: &["request_id", "scene_id", "tile_id", "task", "model_version"],
@@ -118,18 +123,15 @@ pub const TILES: TableSchema = TableSchema {
         col("geometry", GeometryWkb, "Footprint polygon, lon/lat"),
         col("valid_fraction", Float32, "Fraction of the window's pixels that hold data"),
         col("produced_at", TimestampMicros, "When the tile was cut (UTC)"),
-        col("date", Date, "Partition date (UTC) of produced_at"),
+        col("date", Date, "Partition date (UTC) of the request (submitted_at)"),
     ],
     geometry_column: Some("geometry"),
     key: &["request_id", "scene_id", "tile_id"],
 };
 
 /// One row per caption.
-pub const CAPTIONS: TableSchema = result_table!(
-    "captions",
-    "One row per captioned tile",
-    [col("caption", Utf8, "The caption"), col("score", Float32, "Mean token log-probability")]
-);
+pub const CAPTIONS: TableSchema =
+    result_table!("captions", "One row per captioned tile", [col("caption", Utf8, "The caption"), col("score", Float32, SCORE_DOC)]);
 
 /// One row per classification.
 pub const CLASSIFICATIONS: TableSchema = result_table!(
@@ -139,7 +141,7 @@ pub const CLASSIFICATIONS: TableSchema = result_table!(
         opt("label", Utf8, "Matched candidate class, null when the answer matched none"),
         col("raw_answer", Utf8, "The model's answer as generated"),
         col("candidates", ListUtf8, "Candidate classes offered"),
-        col("score", Float32, "Mean token log-probability"),
+        col("score", Float32, SCORE_DOC),
     ]
 );
 
@@ -149,11 +151,7 @@ pub const VQA: TableSchema = TableSchema {
     ..result_table!(
         "vqa",
         "One row per question asked of a tile",
-        [
-            col("question", Utf8, "The question"),
-            col("answer", Utf8, "The normalised answer"),
-            col("score", Float32, "Mean token log-probability"),
-        ]
+        [col("question", Utf8, "The question"), col("answer", Utf8, "The normalised answer"), col("score", Float32, SCORE_DOC),]
     )
 };
 
@@ -163,11 +161,11 @@ pub const DETECTIONS: TableSchema = TableSchema {
     key: &["request_id", "scene_id", "tile_id", "task", "model_version", "target", "box_index"],
     ..result_table!(
         "detections",
-        "One row per detected box",
+        "One row per detected object of a scene, after cross-tile NMS",
         [
             col("target", Utf8, "What was searched for"),
             col("box_index", UInt32, "Index of the box within the answer"),
-            col("label", Utf8, "Label of the box"),
+            col("label", Utf8, "Label of the box (the target searched for)"),
             col("tile_x1", Float64, "Box left, tile pixels"),
             col("tile_y1", Float64, "Box top, tile pixels"),
             col("tile_x2", Float64, "Box right, tile pixels"),
@@ -176,8 +174,9 @@ pub const DETECTIONS: TableSchema = TableSchema {
             col("scene_y1", Float64, "Box top, scene pixels"),
             col("scene_x2", Float64, "Box right, scene pixels"),
             col("scene_y2", Float64, "Box bottom, scene pixels"),
-            col("geometry", GeometryWkb, "Box polygon, lon/lat"),
-            col("score", Float32, "Mean token log-probability of the answer"),
+            col("geometry", GeometryWkb, "Box polygon, lon/lat (a MultiPolygon split at ±180° where it crosses the antimeridian)"),
+            col("score", Float32, SCORE_DOC),
+            col("tiles", ListUtf8, "Every tile that saw the object (overlapping tiles merged by NMS); tile_id is the best one"),
         ]
     )
 };
@@ -185,7 +184,7 @@ pub const DETECTIONS: TableSchema = TableSchema {
 /// One row per scene.
 pub const SCENES: TableSchema = TableSchema {
     name: "scenes",
-    doc: "One row per tiled scene: size, CRS, footprint and tile counts (failures go to dead_letter)",
+    doc: "One row per finished scene: size, CRS, footprint, tile counts and the summary of every task",
     columns: &[
         col("request_id", Utf8, "Request the scene belongs to"),
         col("scene_id", Utf8, "Scene id"),
@@ -197,9 +196,19 @@ pub const SCENES: TableSchema = TableSchema {
         opt("crs_epsg", UInt32, "Scene CRS EPSG code, when it has one"),
         col("tiles_written", UInt64, "Tiles written"),
         col("tiles_skipped_nodata", UInt64, "Windows skipped because they held no data"),
+        col("tiles_failed", UInt64, "Tiles whose inference failed (each has a dead_letter row)"),
+        opt("model_version", Utf8, "Model artifact version, null when no tasks ran"),
+        col("tiles_per_task", Utf8, "Tiles answered per task, JSON object (task -> count)"),
+        opt("majority_class", Utf8, "The class most tiles were given, null without classification"),
+        col("class_histogram", Utf8, "Tiles per class, JSON object (class -> count)"),
+        col("detections_per_label", Utf8, "Detections after cross-tile NMS per label, JSON object"),
+        col("tile_ms", Float64, "Wall time tiling the scene, milliseconds"),
+        col("infer_ms", Float64, "Model time summed over the scene's tiles, milliseconds"),
+        col("retrieve_ms", Float64, "Retrieval time summed over the scene's tiles, milliseconds"),
+        col("merge_ms", Float64, "Time merging the scene's results, milliseconds"),
         col("geometry", GeometryWkb, "Scene footprint polygon, lon/lat"),
         col("produced_at", TimestampMicros, "When the scene finished (UTC)"),
-        col("date", Date, "Partition date (UTC) of produced_at"),
+        col("date", Date, "Partition date (UTC) of the request (submitted_at)"),
     ],
     geometry_column: Some("geometry"),
     key: &["request_id", "scene_id"],
@@ -211,7 +220,7 @@ pub const DEAD_LETTER: TableSchema = TableSchema {
     doc: "One row per input a stage gave up on",
     columns: &[
         col("stage", Utf8, "Stage that gave up"),
-        col("error_kind", Utf8, "`permanent` or `retries_exhausted`"),
+        col("error_kind", Utf8, "`permanent`, `retries_exhausted` or `internal`"),
         col("message", Utf8, "The error, with its causes"),
         opt("request_id", Utf8, "Request id, when known"),
         opt("scene_id", Utf8, "Scene id, when known"),
@@ -223,6 +232,9 @@ pub const DEAD_LETTER: TableSchema = TableSchema {
     geometry_column: None,
     key: &["stage", "request_id", "scene_id", "tile_id"],
 };
+
+/// The tables with one file per scene, written together when the scene completes.
+pub const SCENE_TABLES: &[TableSchema] = &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES];
 
 /// Every table Strata writes.
 pub const ALL: &[TableSchema] = &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES, DEAD_LETTER];

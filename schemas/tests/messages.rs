@@ -7,8 +7,8 @@ use schemas::{
     decode, encode,
     stac::{RgbAssets, StacItem},
     Crs, DeadLetterRecord, DecodeLimits, ErrorKind, GeoTransform, GridBox, Message, ModelPublished, ObjectRef, OriginalPayload,
-    PixelWindow, RasterSize, RetrievedDescription, SceneRequest, SceneSource, SchemaError, SourcePosition, Stage, StageTimings, TaskOutput,
-    TaskSpec, TileResult, TileTask, TilingOptions, SCHEMA_VERSION,
+    PixelWindow, RasterSize, ResultMessage, RetrievedDescription, SceneRequest, SceneSource, SceneTiled, SchemaError, SourcePosition,
+    Stage, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TileTask, TiledTile, TilingOptions, SCHEMA_VERSION,
 };
 
 const S2_ITEM: &str = include_str!("fixtures/sentinel2-l2a-item.json");
@@ -71,28 +71,54 @@ fn every_message_round_trips_through_json() {
         SceneSource::StacItem { item: Box::new(item), base_uri: Some("s3://catalog/items/".into()) },
     ));
     round_trip(&tile_task());
-    round_trip(&TileResult {
-        schema_version: SCHEMA_VERSION,
-        request_id: "req-1".into(),
-        scene_id: "L7_ETMs".into(),
-        tile_id: "r0000_c0001".into(),
-        model_version: "rs-lvlm-0.3.1".into(),
+    let answer = |output| TaskAnswer {
+        output,
         retrieved: vec![RetrievedDescription { id: "osm-harbour".into(), score: 0.61 }],
+        descriptions_used: 1,
+        complete: true,
+    };
+    let result = TileResult {
+        schema_version: SCHEMA_VERSION,
+        tile: tile_task(),
+        valid_fraction: 0.75,
+        model_version: "rs-lvlm-0.3.1".into(),
         outputs: vec![
-            TaskOutput::Caption { text: "A harbour with ships.".into(), score: -0.4 },
-            TaskOutput::Classify { label: Some("harbor".into()), raw_answer: "Harbor".into(), score: -0.1 },
-            TaskOutput::Vqa { question: "Is there a road?".into(), answer: "yes".into(), score: -0.05 },
-            TaskOutput::Detect {
+            answer(TaskOutput::Caption { text: "A harbour with ships.".into(), score: 0.4 }),
+            answer(TaskOutput::Classify { label: Some("harbor".into()), raw_answer: "Harbor".into(), score: 0.9 }),
+            answer(TaskOutput::Vqa { question: "Is there a road?".into(), answer: "yes".into(), score: 0.95 }),
+            answer(TaskOutput::Detect {
                 target: "ship".into(),
                 boxes: vec![GridBox { x1: 10, y1: 20, x2: 300, y2: 400 }],
                 parse_errors: vec!["<box>[1, 2]</box>".into()],
                 raw_answer: "<box>[10, 20, 300, 400]</box><box>[1, 2]</box>".into(),
-                score: -1.5,
-            },
+                score: 0.2,
+            }),
         ],
         timings: StageTimings { load_ms: 1.5, retrieve_ms: 2.0, infer_ms: 120.0 },
         produced_at: Utc::now(),
-    });
+    };
+    round_trip(&result);
+    round_trip(&ResultMessage::Result(result));
+    round_trip(&TileMessage::Tile(TiledTile { schema_version: SCHEMA_VERSION, task: tile_task(), valid_fraction: 1.0 }));
+    let marker = SceneTiled {
+        schema_version: SCHEMA_VERSION,
+        request_id: "req-1".into(),
+        scene_id: "L7_ETMs".into(),
+        source_uri: "file:///data/L7_ETMs.tif".into(),
+        width: 349,
+        height: 352,
+        band_count: 6,
+        dtype: "Byte".into(),
+        crs_epsg: Some(31985),
+        footprint_lonlat: vec![[-48.0, -22.0], [-47.9, -22.0], [-47.9, -21.9], [-48.0, -22.0]],
+        tiles_written: 4,
+        tiles_skipped_nodata: 0,
+        tasks: vec![TaskSpec::Caption { prompt: None }],
+        submitted_at: Utc::now(),
+        tile_ms: 12.5,
+    };
+    round_trip(&TileMessage::SceneTiled(marker.clone()));
+    round_trip(&ResultMessage::SceneTiled(marker));
     round_trip(&DeadLetterRecord {
         schema_version: SCHEMA_VERSION,
         stage: Stage::Tile,
@@ -277,12 +303,12 @@ fn other_messages_validate_their_contract() {
     assert_eq!(err.field(), Some("manifest_sha256"), "{err}");
 
     let result = serde_json::json!({
-        "schema_version": 1, "request_id": "r", "scene_id": "s", "tile_id": "t", "model_version": "v1",
-        "outputs": [{"task": "detect", "target": "ship", "boxes": [{"x1": 500, "y1": 0, "x2": 100, "y2": 10}],
-                     "raw_answer": "", "score": 0.0}],
+        "schema_version": 1, "tile": serde_json::to_value(tile_task()).unwrap(), "valid_fraction": 1.0, "model_version": "v1",
+        "outputs": [{"output": {"task": "detect", "target": "ship", "boxes": [{"x1": 500, "y1": 0, "x2": 100, "y2": 10}],
+                     "raw_answer": "", "score": 0.0}}],
         "timings": {"load_ms": 0.0, "retrieve_ms": 0.0, "infer_ms": 0.0},
         "produced_at": "2026-11-27T12:00:00Z"
     });
     let err = decode::<TileResult>(result.to_string().as_bytes(), &limits()).unwrap_err();
-    assert_eq!(err.field(), Some("outputs[0].boxes[0]"), "{err}");
+    assert_eq!(err.field(), Some("outputs[0].output.boxes[0]"), "{err}");
 }

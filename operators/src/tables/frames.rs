@@ -9,10 +9,7 @@ use schemas::{
     DeadLetterRecord,
 };
 
-use crate::{
-    tile::{SceneSummary, TileRecord},
-    OperatorError,
-};
+use crate::OperatorError;
 
 /// One cell, typed loosely; [`frame`] checks it against the column.
 #[derive(Debug, Clone)]
@@ -171,70 +168,6 @@ pub fn polygon_points(wkb: &[u8]) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// Rows of the `tiles` table for one scene.
-///
-/// # Errors
-/// When a footprint cannot be encoded.
-pub fn tiles_frame(tiles: &[TileRecord], produced_at: DateTime<Utc>) -> Result<DataFrame, OperatorError> {
-    let mut rows = Vec::with_capacity(tiles.len());
-    for tile in tiles {
-        let t = &tile.task;
-        rows.push(vec![
-            t.request_id.as_str().into(),
-            t.scene_id.as_str().into(),
-            t.tile_id.as_str().into(),
-            t.tile.uri.as_str().into(),
-            t.window.col_off.into(),
-            t.window.row_off.into(),
-            t.window.width.into(),
-            t.window.height.into(),
-            t.tile.width_px.into(),
-            t.crs.wkt.as_str().into(),
-            t.crs.epsg.into(),
-            serde_json::to_string(&t.geotransform.0).unwrap_or_default().into(),
-            Cell::Geometry(polygon_wkb(&t.footprint_lonlat)?),
-            tile.valid_fraction.into(),
-            Cell::Time(produced_at),
-            Cell::Date(produced_at.date_naive()),
-        ]);
-    }
-    frame(&tables::TILES, &rows)
-}
-
-/// A scene summary plus when it finished.
-pub struct SceneRow<'a> {
-    /// The summary.
-    pub summary: &'a SceneSummary,
-    /// When tiling finished.
-    pub produced_at: DateTime<Utc>,
-}
-
-/// Rows of the `scenes` table.
-///
-/// # Errors
-/// When a footprint cannot be encoded.
-pub fn scenes_frame(scenes: &[SceneRow<'_>]) -> Result<DataFrame, OperatorError> {
-    let mut rows = Vec::with_capacity(scenes.len());
-    for SceneRow { summary: s, produced_at } in scenes {
-        rows.push(vec![
-            s.request_id.as_str().into(),
-            s.scene_id.as_str().into(),
-            s.source_uri.as_str().into(),
-            s.width.into(),
-            s.height.into(),
-            s.band_count.into(),
-            s.dtype.as_str().into(),
-            s.crs_epsg.into(),
-            s.tiles_written.into(),
-            s.tiles_skipped_nodata.into(),
-            Cell::Geometry(polygon_wkb(&s.footprint_lonlat)?),
-            Cell::Time(*produced_at),
-            Cell::Date(produced_at.date_naive()),
-        ]);
-    }
-    frame(&tables::SCENES, &rows)
-}
-
 /// Rows of the `dead_letter` table.
 ///
 /// # Errors
@@ -245,11 +178,7 @@ pub fn dead_letter_frame(records: &[DeadLetterRecord]) -> Result<DataFrame, Oper
         .map(|r| {
             vec![
                 r.stage.as_str().into(),
-                match r.error_kind {
-                    schemas::ErrorKind::Permanent => "permanent",
-                    schemas::ErrorKind::RetriesExhausted => "retries_exhausted",
-                }
-                .into(),
+                r.error_kind.as_str().into(),
                 r.message.as_str().into(),
                 r.request_id.clone().into(),
                 r.scene_id.clone().into(),

@@ -1,0 +1,474 @@
+//! The inference stage: tiles in, per-task answers out (MODEL_SPEC §2–6).
+//!
+//! Tiles are gathered into micro-batches (at most `max_batch_tiles`, waiting at most
+//! `max_wait` for more). Per batch: read and decode the tile images, preprocess them as the
+//! vision tower expects, retrieve the top-k descriptions (by image with a CLIP encoder, else
+//! by each task's query text — once per distinct query), run every requested task of every
+//! tile as one batched generation (rows that finish early leave the decoding batch), parse the
+//! answers (class matching, VQA normalisation, the total box parser) and tag each with the
+//! model version, the retrieved description ids and timings.
+//!
+//! A model failure (a libtorch error, out of memory, even a panic) fails exactly that batch's
+//! tiles as internal errors — each becomes a dead-letter record that travels on to the sink —
+//! and the stage keeps serving; a tile is never lost silently. Scene markers and upstream
+//! failures pass through after the tiles sent before them, so order is kept.
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use model::{
+    generate::{GenerationConfig, Sampling},
+    preprocess::RgbImage,
+    tasks,
+    vlm::{Answer, StrataModel, VlmRequest},
+};
+use object_store::ObjectStoreExt as _;
+use schemas::{
+    ResultMessage, Stage as StageName, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TiledTile, SCHEMA_VERSION,
+};
+use tch::Tensor;
+use tracing::Instrument as _;
+
+use crate::{
+    retrieve::{Retrieved, Retriever},
+    stage::{Collector, Envelope, Stage, StageError, StageErrorKind},
+    storage, OperatorError,
+};
+
+/// The model behind the stage: anything that turns prompts about images into answers. The
+/// real one is [`LoadedModel`]; tests wrap it to inject failures.
+pub trait TileModel: Send + 'static {
+    /// The artifact version every output is tagged with.
+    fn version(&self) -> &str;
+    /// Descriptions per image the model takes (its top-k).
+    fn top_k(&self) -> usize;
+    /// Normalised pixels `[3, side, side]` for an RGB image.
+    ///
+    /// # Errors
+    /// When the image buffer is malformed.
+    fn preprocess(&self, image: &RgbImage) -> Result<Tensor, model::ModelError>;
+    /// One answer per request, in order.
+    ///
+    /// # Errors
+    /// Any model failure.
+    fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError>;
+}
+
+/// A verified artifact loaded on a device.
+#[derive(Debug)]
+pub struct LoadedModel {
+    model: StrataModel,
+    version: String,
+}
+
+impl LoadedModel {
+    /// Loads the artifact at `location` (a directory or an object-store URL, fetched once into
+    /// the cache) on `device` after checking every file's sha256.
+    ///
+    /// # Errors
+    /// When the artifact cannot be fetched, does not verify, or does not load.
+    pub async fn load(location: &str, device: model::device::DevicePreference) -> Result<Self, OperatorError> {
+        let resolved = storage::resolve(location)?;
+        let (dir, reused) = crate::artifacts::fetch_model(&resolved).await?;
+        if resolved.local_path().is_none() {
+            tracing::info!(model = %resolved.url(), cache = %dir.display(), reused, "Model artifact ready in the cache.");
+        }
+        let action = format!("loading the model `{location}`");
+        crate::blocking(move || {
+            let artifact = model::artifact::Artifact::open(&dir)?;
+            let device = model::device::select(device)?;
+            let model = artifact.load(device.device(), device.dtype())?;
+            Ok(Self { model, version: artifact.manifest.version })
+        })
+        .await?
+        .map_err(|source| OperatorError::Model { action, source })
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> tch::Device {
+        self.model.device()
+    }
+}
+
+impl TileModel for LoadedModel {
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn top_k(&self) -> usize {
+        self.model.config().retrieval.top_k
+    }
+
+    fn preprocess(&self, image: &RgbImage) -> Result<Tensor, model::ModelError> {
+        let side = self.model.config().vision.image_size;
+        let pixels = self.model.image_processor().apply(image)?;
+        Ok(Tensor::from_slice(&pixels).view([3, side, side]))
+    }
+
+    fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
+        self.model.generate(requests, config)
+    }
+}
+
+const fn default_max_batch_tiles() -> usize {
+    8
+}
+const fn default_max_wait_ms() -> u64 {
+    50
+}
+const fn default_max_new_tokens() -> i64 {
+    64
+}
+
+/// How the stage batches and generates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferConfig {
+    /// Tiles per micro-batch.
+    pub max_batch_tiles: usize,
+    /// How long a partial micro-batch waits for more tiles.
+    pub max_wait: Duration,
+    /// Longest answer, in tokens (detections with many boxes need more).
+    pub max_new_tokens: i64,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tiles: default_max_batch_tiles(),
+            max_wait: Duration::from_millis(default_max_wait_ms()),
+            max_new_tokens: default_max_new_tokens(),
+        }
+    }
+}
+
+/// The inference stage.
+pub struct InferStage<M: TileModel> {
+    engine: Arc<Mutex<Engine<M>>>,
+    version: String,
+    config: InferConfig,
+    pending: Vec<Envelope<TiledTile>>,
+}
+
+struct Engine<M> {
+    model: M,
+    retriever: Option<Retriever>,
+}
+
+impl<M: TileModel> InferStage<M> {
+    /// A stage answering with `model`, retrieving with `retriever` when given.
+    pub fn new(model: M, retriever: Option<Retriever>, config: InferConfig) -> Self {
+        let version = model.version().to_owned();
+        Self { engine: Arc::new(Mutex::new(Engine { model, retriever })), version, config, pending: Vec::new() }
+    }
+
+    /// Runs the pending micro-batch and emits its results (or its tiles' dead letters).
+    async fn run_pending(&mut self, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let span = tracing::info_span!("infer_batch", tiles = batch.len(), model_version = %self.version);
+        self.answer_and_emit(batch, out).instrument(span).await
+    }
+
+    async fn answer_and_emit(&mut self, batch: Vec<Envelope<TiledTile>>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+        // Images first (async object-store reads); a tile whose image cannot be read fails alone.
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut load_errors: HashMap<usize, OperatorError> = HashMap::new();
+        for (i, envelope) in batch.iter().enumerate() {
+            let started = Instant::now();
+            match load_tile_image(&envelope.payload).await {
+                Ok(image) => jobs.push((i, envelope.payload.clone(), image, started.elapsed().as_secs_f64() * 1e3)),
+                Err(error) => {
+                    load_errors.insert(i, error);
+                }
+            }
+        }
+        let engine = Arc::clone(&self.engine);
+        let config = self.config.clone();
+        let version = self.version.clone();
+        // The model runs on a blocking thread; a panic there is caught by the runtime and
+        // becomes an internal error of this batch, and the engine stays usable (its lock is
+        // taken back from the poison: generation starts from a clean KV cache every call).
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut engine = engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::panic::catch_unwind(AssertUnwindSafe(|| answer_batch(&mut engine, jobs, &config, &version)))
+                .unwrap_or_else(|panic| Err(format!("the model panicked: {}", panic_message(&panic))))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the inference worker failed: {e}")));
+        let mut results: HashMap<usize, TileResult> = HashMap::new();
+        let batch_error = match answered {
+            Ok(done) => {
+                results.extend(done);
+                None
+            }
+            Err(reason) => {
+                tracing::error!(error = %reason, tiles = batch.len(), "Inference failed for a batch; dead-lettering its tiles.");
+                Some(reason)
+            }
+        };
+        for (i, envelope) in batch.into_iter().enumerate() {
+            let payload = TileMessage::Tile(envelope.payload.clone());
+            let message = match (results.remove(&i), load_errors.remove(&i)) {
+                (Some(result), _) => ResultMessage::Result(result),
+                (None, Some(error)) => {
+                    let error = StageError::from_operator(StageName::Infer, error);
+                    ResultMessage::Failed(error.dead_letter(&payload, &envelope.position, 1))
+                }
+                (None, None) => {
+                    let reason = batch_error.clone().unwrap_or_else(|| "the model returned no answer for the tile".to_owned());
+                    let error = StageError::new(StageName::Infer, StageErrorKind::Internal, reason);
+                    ResultMessage::Failed(error.dead_letter(&payload, &envelope.position, 1))
+                }
+            };
+            out.collect(envelope.derive(message)).await.map_err(|e| StageError::new(StageName::Infer, StageErrorKind::Internal, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default()
+}
+
+/// Reads and decodes a tile image (PNG, 8-bit RGB/RGBA/grey) from its object store.
+async fn load_tile_image(tile: &TiledTile) -> Result<RgbImage, OperatorError> {
+    let uri = &tile.task.tile.uri;
+    let location = storage::resolve(uri)?;
+    let storage_err = |source| OperatorError::Storage { uri: uri.clone(), source };
+    let bytes = location.store().get(location.path()).await.map_err(storage_err)?.bytes().await.map_err(storage_err)?;
+    decode_png(&bytes)
+        .map_err(|reason| OperatorError::BadScene { scene: tile.task.scene_id.clone(), reason: format!("tile `{uri}`: {reason}") })
+}
+
+/// Decodes a PNG into interleaved 8-bit RGB.
+fn decode_png(bytes: &[u8]) -> Result<RgbImage, String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| format!("not a readable PNG: {e}"))?;
+    let size = reader.output_buffer_size().ok_or("the PNG is too large")?;
+    let mut buffer = vec![0u8; size];
+    let info = reader.next_frame(&mut buffer).map_err(|e| format!("not a readable PNG: {e}"))?;
+    let (width, height) = (info.width as usize, info.height as usize);
+    let pixels = &buffer[..info.buffer_size()];
+    let rgb: Vec<u8> = match info.color_type {
+        png::ColorType::Rgb => pixels.to_vec(),
+        png::ColorType::Rgba => pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => return Err("indexed PNG was not expanded".to_owned()),
+    };
+    RgbImage::new(width, height, rgb).map_err(|e| e.to_string())
+}
+
+/// The query text of a task (MODEL_SPEC §6).
+pub fn task_query(task: &TaskSpec) -> String {
+    match task {
+        TaskSpec::Caption { prompt } => prompt.clone().unwrap_or_else(|| tasks::CAPTION_PROMPT.to_owned()),
+        TaskSpec::Classify { classes, prompt } => tasks::classify_prompt(prompt.as_deref(), classes),
+        TaskSpec::Vqa { question } => tasks::vqa_prompt(question),
+        TaskSpec::Detect { target } => tasks::detect_prompt(target),
+    }
+}
+
+/// Turns a generated answer into a task output.
+pub fn parse_answer(task: &TaskSpec, answer: &Answer) -> TaskOutput {
+    let score = answer.score as f32;
+    match task {
+        TaskSpec::Caption { .. } => TaskOutput::Caption { text: answer.text.clone(), score },
+        TaskSpec::Classify { classes, .. } => TaskOutput::Classify {
+            label: tasks::match_class(&answer.text, classes).map(|i| classes[i].clone()),
+            raw_answer: answer.text.clone(),
+            score,
+        },
+        TaskSpec::Vqa { question } => TaskOutput::Vqa { question: question.clone(), answer: tasks::normalize_answer(&answer.text), score },
+        TaskSpec::Detect { target } => {
+            let parsed = tasks::parse_boxes(&answer.text);
+            TaskOutput::Detect {
+                target: target.clone(),
+                boxes: parsed.boxes.iter().map(|b| schemas::GridBox { x1: b.x1, y1: b.y1, x2: b.x2, y2: b.y2 }).collect(),
+                parse_errors: parsed.errors,
+                raw_answer: answer.text.clone(),
+                score,
+            }
+        }
+    }
+}
+
+/// Runs one micro-batch on the blocking thread: preprocess, retrieve, generate, parse.
+fn answer_batch<M: TileModel>(
+    engine: &mut Engine<M>,
+    jobs: Vec<(usize, TiledTile, RgbImage, f64)>,
+    config: &InferConfig,
+    version: &str,
+) -> Result<Vec<(usize, TileResult)>, String> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let model_err = |e: model::ModelError| e.to_string();
+    let mut pixels = Vec::with_capacity(jobs.len());
+    for (_, _, image, _) in &jobs {
+        pixels.push(engine.model.preprocess(image).map_err(model_err)?);
+    }
+
+    // Retrieval: one search per tile by image, or one per distinct task query by text.
+    let started = Instant::now();
+    let top_k = engine.model.top_k();
+    let mut by_query: HashMap<String, Vec<Retrieved>> = HashMap::new();
+    let mut by_tile: Vec<Vec<Retrieved>> = vec![Vec::new(); jobs.len()];
+    if let Some(retriever) = engine.retriever.as_mut() {
+        if retriever.by_image() {
+            let images: Vec<RgbImage> = jobs.iter().map(|(_, _, image, _)| image.clone()).collect();
+            by_tile = retriever.retrieve(&images, &[]).map_err(|e| e.to_string())?;
+        } else {
+            let mut queries: Vec<String> = jobs.iter().flat_map(|(_, tile, _, _)| tile.task.tasks.iter().map(task_query)).collect();
+            queries.sort();
+            queries.dedup();
+            let found = retriever.retrieve(&[], &queries).map_err(|e| e.to_string())?;
+            by_query.extend(queries.into_iter().zip(found));
+        }
+    }
+    let retrieve_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    // Every task of every tile is one row of one batched generation.
+    let mut requests = Vec::new();
+    let mut owners: Vec<(usize, usize, Vec<Retrieved>)> = Vec::new();
+    for (j, (_, tile, _, _)) in jobs.iter().enumerate() {
+        for (t, task) in tile.task.tasks.iter().enumerate() {
+            let query = task_query(task);
+            let mut retrieved = match by_query.get(&query) {
+                Some(found) => found.clone(),
+                None => by_tile[j].clone(),
+            };
+            retrieved.truncate(top_k.max(1));
+            let descriptions = retrieved.iter().map(|r| r.text.clone()).collect();
+            requests.push(VlmRequest { pixels: pixels[j].shallow_clone(), query, descriptions });
+            owners.push((j, t, retrieved));
+        }
+    }
+    let started = Instant::now();
+    let generation =
+        GenerationConfig { max_new_tokens: config.max_new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let answers = if requests.is_empty() { Vec::new() } else { engine.model.answer(&requests, &generation).map_err(model_err)? };
+    if answers.len() != requests.len() {
+        return Err(format!("the model returned {} answers for {} prompts", answers.len(), requests.len()));
+    }
+    let infer_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let mut outputs: Vec<Vec<TaskAnswer>> = jobs.iter().map(|(_, tile, _, _)| Vec::with_capacity(tile.task.tasks.len())).collect();
+    for ((j, t, retrieved), answer) in owners.into_iter().zip(&answers) {
+        let task = &jobs[j].1.task.tasks[t];
+        outputs[j].push(TaskAnswer {
+            output: parse_answer(task, answer),
+            retrieved: retrieved.iter().map(Into::into).collect(),
+            descriptions_used: u32::try_from(answer.descriptions_used).unwrap_or(u32::MAX),
+            complete: answer.complete,
+        });
+    }
+    let share = jobs.len() as f64;
+    Ok(jobs
+        .into_iter()
+        .zip(outputs)
+        .map(|((i, tile, _, load_ms), outputs)| {
+            let result = TileResult {
+                schema_version: SCHEMA_VERSION,
+                tile: tile.task,
+                valid_fraction: tile.valid_fraction,
+                model_version: version.to_owned(),
+                outputs,
+                timings: StageTimings { load_ms, retrieve_ms: retrieve_ms / share, infer_ms: infer_ms / share },
+                produced_at: Utc::now(),
+            };
+            (i, result)
+        })
+        .collect())
+}
+
+impl<M: TileModel> Stage for InferStage<M> {
+    type In = TileMessage;
+    type Out = ResultMessage;
+
+    fn name(&self) -> StageName {
+        StageName::Infer
+    }
+
+    async fn process(&mut self, input: Envelope<TileMessage>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+        let closed = |e| StageError::new(StageName::Infer, StageErrorKind::Internal, e);
+        match &input.payload {
+            TileMessage::Tile(tile) => {
+                let tile = tile.clone();
+                self.pending.push(input.derive(tile));
+                if self.pending.len() >= self.config.max_batch_tiles.max(1) {
+                    self.run_pending(out).await?;
+                }
+                Ok(())
+            }
+            TileMessage::SceneTiled(marker) => {
+                // Results of the scene's tiles go out before its marker.
+                self.run_pending(out).await?;
+                let marker = ResultMessage::SceneTiled(marker.clone());
+                out.collect(input.derive(marker)).await.map_err(closed)
+            }
+            TileMessage::Failed(record) => {
+                self.run_pending(out).await?;
+                out.collect(input.derive(ResultMessage::Failed(record.clone()))).await.map_err(closed)
+            }
+        }
+    }
+
+    async fn flush(&mut self, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+        self.run_pending(out).await
+    }
+
+    fn max_wait(&self) -> Option<Duration> {
+        Some(self.config.max_wait)
+    }
+}
+
+/// The stand-in for inference when no model is given (`strata batch` without `--model`):
+/// each tile becomes a result with no answers, so the tables still get the tiles and the scene
+/// summary. A tile that asks for tasks is refused (permanent): they need a model.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TilesOnly;
+
+/// The model version recorded on results that ran no model.
+pub const NO_MODEL: &str = "none";
+
+impl Stage for TilesOnly {
+    type In = TileMessage;
+    type Out = ResultMessage;
+
+    fn name(&self) -> StageName {
+        StageName::Infer
+    }
+
+    async fn process(&mut self, input: Envelope<TileMessage>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+        let message = match &input.payload {
+            TileMessage::Tile(tile) if !tile.task.tasks.is_empty() => {
+                return Err(StageError::new(
+                    StageName::Infer,
+                    StageErrorKind::Permanent,
+                    format!("tile `{}` asks for {} task(s) but no model is loaded", tile.task.tile_id, tile.task.tasks.len()),
+                ));
+            }
+            TileMessage::Tile(tile) => ResultMessage::Result(TileResult {
+                schema_version: SCHEMA_VERSION,
+                tile: tile.task.clone(),
+                valid_fraction: tile.valid_fraction,
+                model_version: NO_MODEL.to_owned(),
+                outputs: Vec::new(),
+                timings: StageTimings::default(),
+                produced_at: Utc::now(),
+            }),
+            TileMessage::SceneTiled(marker) => ResultMessage::SceneTiled(marker.clone()),
+            TileMessage::Failed(record) => ResultMessage::Failed(record.clone()),
+        };
+        out.collect(input.derive(message)).await.map_err(|e| StageError::new(StageName::Infer, StageErrorKind::Internal, e))
+    }
+}

@@ -1,0 +1,419 @@
+//! The stages as a runtime drives them: the conformance suite over every stage, the whole
+//! embedded chain on a real scene with a small random model, a model failure in one batch,
+//! cross-tile merging, and the sink's rerun rules.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use model::{
+    artifact::{self, Provenance},
+    chat::ChatTokenizer,
+    config::StrataConfig,
+    generate::GenerationConfig,
+    layers::ParamInit,
+    preprocess::RgbImage,
+    vlm::{Answer, StrataModel, VlmRequest},
+};
+use operators::{
+    runtime::{self, Chain, EmbeddedConfig, RunSummary},
+    stage::{conformance::check_stage, Ack, AckStatus, Collector, Envelope, Position, Stage},
+    stages::{
+        infer::{InferConfig, InferStage, LoadedModel, TileModel, TilesOnly},
+        merge::{merge_scene, MergeConfig, MergeStage},
+        sink::{SinkOutcome, SinkStage},
+        tile::TileStage,
+    },
+    storage::{self, Location},
+    tables::{query, Tables},
+    tile::{TileEvent, TilerConfig},
+};
+use schemas::{
+    DeadLetterRecord, ErrorKind, GridBox, OriginalPayload, ResultMessage, SceneRequest, SceneSource, SinkMessage, Stage as StageName,
+    StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TiledTile, TilingOptions, SCHEMA_VERSION,
+};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn scene_url(name: &str) -> String {
+    format!("file://{}", workspace().join("data/scenes").join(name).display())
+}
+
+/// A small random model saved as a real artifact (config.json, tokenizer.json, safetensors,
+/// manifest with hashes).
+fn tiny_artifact(dir: &Path, version: &str) -> PathBuf {
+    let fixtures = workspace().join("model/tests/fixtures");
+    let config = StrataConfig::from_json(&std::fs::read_to_string(fixtures.join("tiny-model/config.json")).unwrap()).unwrap();
+    let tokenizer_path = fixtures.join("tokenizer/tokenizer.json");
+    let tokenizer = ChatTokenizer::from_file(&tokenizer_path, &config.system_prompt).unwrap();
+    let model = StrataModel::new(config, tokenizer, tch::Device::Cpu, tch::Kind::Float, ParamInit::Random).unwrap();
+    let out = dir.join(version);
+    artifact::save(&model, &tokenizer_path, &out, &Provenance { version: version.to_owned(), ..Provenance::default() }).unwrap();
+    out
+}
+
+fn all_tasks() -> Vec<TaskSpec> {
+    vec![
+        TaskSpec::Caption { prompt: None },
+        TaskSpec::Classify { classes: vec!["forest".into(), "water".into(), "urban".into()], prompt: None },
+        TaskSpec::Vqa { question: "Is there a road?".into() },
+        TaskSpec::Detect { target: "building".into() },
+    ]
+}
+
+fn request(scene_id: &str, url: &str, tasks: Vec<TaskSpec>) -> SceneRequest {
+    let mut request = SceneRequest::new("req-stages", scene_id, SceneSource::Uri { uri: url.to_owned() });
+    request.tiling = TilingOptions { tile_size_px: 256, overlap_px: 32, output_size_px: 64, ..TilingOptions::default() };
+    request.tasks = tasks;
+    request
+}
+
+fn tile_stage(root: &Location) -> TileStage {
+    let progress: operators::tile::Progress = Arc::new(|_: TileEvent| {});
+    TileStage::new(root.clone(), TilerConfig { threads: 2, ..TilerConfig::default() }, progress)
+}
+
+/// Tile messages of one real scene, as the tile stage emits them.
+async fn tiled(root: &Location, scene_id: &str, tasks: Vec<TaskSpec>) -> Vec<TileMessage> {
+    let mut stage = tile_stage(root);
+    let mut out = Collector::buffer();
+    let input = Envelope::new(request(scene_id, &scene_url("rmnp-rgb.tif"), tasks), Position::Batch { index: 0 }, Ack::none());
+    stage.process(input, &mut out).await.unwrap();
+    out.drain().into_iter().map(|e| e.payload).collect()
+}
+
+/// The real model, failing every call whose number (from 1) is listed.
+struct FlakyModel {
+    inner: LoadedModel,
+    calls: Arc<AtomicUsize>,
+    fail_on: Vec<usize>,
+    panic: bool,
+}
+
+impl TileModel for FlakyModel {
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+    fn top_k(&self) -> usize {
+        self.inner.top_k()
+    }
+    fn preprocess(&self, image: &RgbImage) -> Result<tch::Tensor, model::ModelError> {
+        self.inner.preprocess(image)
+    }
+    fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_on.contains(&call) {
+            if self.panic {
+                panic!("injected panic in call {call}");
+            }
+            return Err(model::ModelError::Request { reason: format!("injected failure in call {call}") });
+        }
+        self.inner.answer(requests, config)
+    }
+}
+
+fn rows(tables: &Tables, sql: &str) -> Vec<serde_json::Value> {
+    let runtime = tokio::runtime::Handle::current();
+    let frame = tokio::task::block_in_place(|| runtime.block_on(query::run(tables, sql))).unwrap();
+    let text = query::render(frame, query::OutputFormat::Json).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn run_chain<I>(scenes: Vec<SceneRequest>, infer: I, tables: &Tables, tiles: &Location) -> RunSummary
+where
+    I: Stage<In = TileMessage, Out = ResultMessage>,
+{
+    let chain = Chain {
+        tile: vec![tile_stage(tiles)],
+        infer,
+        merge: MergeStage::new(MergeConfig::default()),
+        sink: SinkStage::new(tables.clone(), 1),
+    };
+    runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), |_| {}).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_passes_the_conformance_suite() {
+    let work = tempfile::tempdir().unwrap();
+    let root = storage::resolve("memory://conformance/tiles").unwrap();
+
+    // Tile: a real scene gives tiles then one marker; a missing scene is a permanent error.
+    let mut tile = tile_stage(&root);
+    let good = vec![request("rmnp", &scene_url("rmnp-rgb.tif"), all_tasks())];
+    let bad = vec![request("missing", &scene_url("no-such-scene.tif"), Vec::new())];
+    let report = check_stage(&mut tile, good, bad).await;
+    let markers: Vec<_> = report.outputs.iter().filter(|e| matches!(e.payload, TileMessage::SceneTiled(_))).collect();
+    assert_eq!(markers.len(), 1);
+    let TileMessage::SceneTiled(marker) = &markers[0].payload else { unreachable!() };
+    assert_eq!(marker.tiles_written as usize, report.outputs.len() - 1, "the marker counts the tiles sent before it");
+    assert!(matches!(report.outputs.last().unwrap().payload, TileMessage::SceneTiled(_)), "the marker comes last");
+    assert_eq!(report.errors[0].kind, operators::stage::StageErrorKind::Permanent);
+
+    // Infer: every tile gets one answer per task, the marker passes through after them.
+    let messages: Vec<TileMessage> = report.outputs.into_iter().map(|e| e.payload).collect();
+    let model =
+        LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let mut infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 3, max_new_tokens: 4, ..InferConfig::default() });
+    let report = check_stage(&mut infer, messages.clone(), Vec::new()).await;
+    assert_eq!(report.outputs.len(), messages.len());
+    let results: Vec<&TileResult> = report
+        .outputs
+        .iter()
+        .filter_map(|e| match &e.payload {
+            ResultMessage::Result(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), messages.len() - 1);
+    for result in &results {
+        assert_eq!(result.model_version, "tiny-1");
+        let kinds: Vec<&str> = result.outputs.iter().map(|a| a.output.kind().as_str()).collect();
+        assert_eq!(kinds, ["caption", "classify", "vqa", "detect"]);
+    }
+    assert!(matches!(report.outputs.last().unwrap().payload, ResultMessage::SceneTiled(_)));
+
+    // Without a model: tiles only, and a tile asking for tasks is refused.
+    let plain: Vec<TileMessage> = tiled(&root, "plain", Vec::new()).await;
+    let with_tasks: Vec<TileMessage> = messages.iter().filter(|m| matches!(m, TileMessage::Tile(_))).take(1).cloned().collect();
+    let report = check_stage(&mut TilesOnly, plain.clone(), with_tasks).await;
+    assert_eq!(report.outputs.len(), plain.len());
+
+    // Merge: one scene output once every tile outcome is in.
+    let result_messages: Vec<ResultMessage> = report.outputs.into_iter().map(|e| e.payload).collect();
+    let mut merge = MergeStage::new(MergeConfig::default());
+    let report = check_stage(&mut merge, result_messages, Vec::new()).await;
+    assert_eq!(report.outputs.len(), 1);
+    assert_eq!(merge.open_scenes(), 0);
+    let SinkMessage::Scene(scene) = &report.outputs[0].payload else { panic!("expected a scene") };
+    assert_eq!(scene.results.len() as u64, scene.scene.tiles_written);
+
+    // Sink: commits, and reports every input delivered.
+    let tables = Tables::new(storage::resolve("memory://conformance/tables").unwrap());
+    let mut sink = SinkStage::new(tables.clone(), 2);
+    let inputs = vec![SinkMessage::Scene(scene.clone())];
+    let report = check_stage(&mut sink, inputs, Vec::new()).await;
+    assert_eq!(report.acks, vec![Some(AckStatus::Delivered)]);
+    assert!(matches!(report.outputs[0].payload, SinkOutcome::Committed { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_answers_every_task_on_every_tile_and_a_rerun_replaces_its_rows() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
+    let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+    let artifact = tiny_artifact(work.path(), "tiny-1");
+    for run in 0..2 {
+        let model = LoadedModel::load(artifact.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+        let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 4, max_new_tokens: 4, ..InferConfig::default() });
+        let summary = run_chain(vec![request("rmnp", &scene_url("rmnp-rgb.tif"), all_tasks())], infer, &tables, &tiles).await;
+        assert!(summary.all_ok(), "run {run}: {summary:?}");
+        assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Delivered));
+    }
+    let n_tiles = rows(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
+    assert!(n_tiles >= 4, "{n_tiles}");
+    for table in ["captions", "classifications", "vqa"] {
+        let joined = rows(
+            &tables,
+            &format!(
+                "SELECT count(*) AS n FROM {table} r JOIN tiles t ON r.request_id = t.request_id AND r.scene_id = t.scene_id AND r.tile_id = t.tile_id"
+            ),
+        );
+        assert_eq!(joined[0]["n"].as_u64(), Some(n_tiles), "{table}: exactly one row per tile, after a rerun too");
+    }
+    let scene = rows(&tables, "SELECT tiles_written, tiles_failed, model_version, tiles_per_task FROM scenes");
+    assert_eq!(scene.len(), 1);
+    assert_eq!(scene[0]["tiles_written"].as_u64(), Some(n_tiles));
+    assert_eq!(scene[0]["model_version"], "tiny-1");
+    let per_task: serde_json::Value = serde_json::from_str(scene[0]["tiles_per_task"].as_str().unwrap()).unwrap();
+    assert_eq!(per_task["caption"].as_u64(), Some(n_tiles));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_failure_dead_letters_exactly_that_batch_and_the_rest_succeeds() {
+    for panic in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
+        let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+        let inner =
+            LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let model = FlakyModel { inner, calls: Arc::clone(&calls), fail_on: vec![2], panic };
+        let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 2, max_new_tokens: 3, ..InferConfig::default() });
+        let summary =
+            run_chain(vec![request("rmnp", &scene_url("rmnp-rgb.tif"), vec![TaskSpec::Caption { prompt: None }])], infer, &tables, &tiles)
+                .await;
+        assert!(calls.load(Ordering::SeqCst) >= 3, "the stage kept serving after the failure");
+        assert_eq!(summary.tiles_failed, 2, "exactly the failed batch's tiles: {summary:?}");
+        assert!(!summary.all_ok());
+        assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Rejected), "the scene reports its dead letters");
+        assert!(summary.internal_errors.is_empty(), "{:?}", summary.internal_errors);
+        let dead = rows(&tables, "SELECT stage, error_kind, tile_id, message FROM dead_letter ORDER BY tile_id");
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        for row in &dead {
+            assert_eq!(row["stage"], "infer");
+            assert_eq!(row["error_kind"], "internal");
+            assert!(row["message"].as_str().unwrap().contains("injected"), "{row}");
+        }
+        let answered = rows(&tables, "SELECT count(*) AS n FROM captions")[0]["n"].as_u64().unwrap();
+        let tiled = rows(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
+        assert_eq!(answered + 2, tiled, "every other tile has its caption; failed tiles still have their tile row");
+    }
+}
+
+/// A tile result with detection boxes given in scene pixels (converted to the tile's grid).
+fn with_boxes(tile: &TiledTile, target: &str, scene_boxes: &[[f64; 4]], score: f32) -> TileResult {
+    let w = &tile.task.window;
+    let grid = |v: f64, off: u64, len: u32| (((v - off as f64) / f64::from(len)) * 1000.0).round().clamp(0.0, 1000.0) as u16;
+    let boxes = scene_boxes
+        .iter()
+        .map(|b| GridBox {
+            x1: grid(b[0], w.col_off, w.width),
+            y1: grid(b[1], w.row_off, w.height),
+            x2: grid(b[2], w.col_off, w.width),
+            y2: grid(b[3], w.row_off, w.height),
+        })
+        .collect();
+    TileResult {
+        schema_version: SCHEMA_VERSION,
+        tile: tile.task.clone(),
+        valid_fraction: tile.valid_fraction,
+        model_version: "tiny-1".into(),
+        outputs: vec![TaskAnswer {
+            output: TaskOutput::Detect { target: target.into(), boxes, parse_errors: Vec::new(), raw_answer: String::new(), score },
+            retrieved: Vec::new(),
+            descriptions_used: 0,
+            complete: true,
+        }],
+        timings: StageTimings::default(),
+        produced_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_tiles_merge_into_one_detection_per_object_and_label() {
+    let root = storage::resolve("memory://merge/tiles").unwrap();
+    let messages = tiled(&root, "rmnp", vec![TaskSpec::Detect { target: "ship".into() }]).await;
+    let tiles: Vec<TiledTile> = messages
+        .iter()
+        .filter_map(|m| match m {
+            TileMessage::Tile(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let TileMessage::SceneTiled(marker) = messages.last().unwrap().clone() else { panic!() };
+    // The first two tiles of the top row overlap by 32 px (columns 224..256).
+    let (a, b) = (&tiles[0], &tiles[1]);
+    assert_eq!(b.task.window.col_off, 224, "{:?}", b.task.window);
+    let object = [230.0, 100.0, 250.0, 120.0];
+    let elsewhere = [20.0, 20.0, 60.0, 60.0];
+    let results = vec![with_boxes(a, "ship", &[object, elsewhere], 0.9), with_boxes(b, "ship", &[object], 0.7)];
+    let scene = merge_scene(marker.clone(), results, Vec::new(), &MergeConfig::default());
+    assert_eq!(scene.detections.len(), 2, "{:?}", scene.detections);
+    let merged = scene.detections.iter().find(|d| d.tiles.len() == 2).expect("the shared object lists both tiles");
+    assert_eq!(merged.tiles, vec![a.task.tile_id.clone(), b.task.tile_id.clone()]);
+    assert_eq!(merged.tile_id, a.task.tile_id, "the best score is kept");
+    assert!((merged.score - 0.9).abs() < 1e-6);
+    assert_eq!(scene.stats.detections_per_label.get("ship"), Some(&2));
+    // Every detection's lon/lat polygon lies inside its tile's footprint.
+    for d in &scene.detections {
+        let tile = tiles.iter().find(|t| t.task.tile_id == d.tile_id).unwrap();
+        let (lon, lat): (Vec<f64>, Vec<f64>) = tile.task.footprint_lonlat.iter().map(|p| (p[0], p[1])).unzip();
+        let bounds = |v: &[f64]| (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        let ((x0, x1), (y0, y1)) = (bounds(&lon), bounds(&lat));
+        for p in d.lonlat_parts.iter().flatten() {
+            assert!(p[0] >= x0 - 1e-9 && p[0] <= x1 + 1e-9 && p[1] >= y0 - 1e-9 && p[1] <= y1 + 1e-9, "{p:?} outside the tile");
+        }
+    }
+
+    // Different labels are never merged, however much they overlap.
+    let results = vec![with_boxes(a, "ship", &[object], 0.9), with_boxes(b, "boat", &[object], 0.8)];
+    let scene = merge_scene(marker, results, Vec::new(), &MergeConfig::default());
+    assert_eq!(scene.detections.len(), 2);
+    assert!(scene.detections.iter().all(|d| d.tiles.len() == 1));
+}
+
+fn dead_letter(request: Option<&str>, scene: Option<&str>, message: &str) -> DeadLetterRecord {
+    DeadLetterRecord {
+        schema_version: SCHEMA_VERSION,
+        stage: StageName::Tile,
+        error_kind: ErrorKind::Permanent,
+        message: message.into(),
+        request_id: request.map(Into::into),
+        scene_id: scene.map(Into::into),
+        tile_id: None,
+        source: None,
+        original_payload: OriginalPayload::from_bytes(message.as_bytes()),
+        failed_at: chrono::Utc::now(),
+    }
+}
+
+async fn sink_one(tables: &Tables, message: SinkMessage) -> AckStatus {
+    let mut sink = SinkStage::new(tables.clone(), 1);
+    let mut out = Collector::buffer();
+    let (ack, rx) = Ack::channel();
+    sink.process(Envelope::new(message, Position::Derived, ack), &mut out).await.unwrap();
+    sink.flush(&mut out).await.unwrap();
+    drop(out.drain());
+    rx.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rerun_keeps_the_good_rows_and_file_names_never_collide() {
+    let root = storage::resolve("memory://sink/tiles").unwrap();
+    let tables = Tables::new(storage::resolve("memory://sink/tables").unwrap());
+    let messages = tiled(&root, "a--b", Vec::new()).await;
+    let mut merge = MergeStage::new(MergeConfig::default());
+    let mut out = Collector::buffer();
+    for m in messages.iter().cloned() {
+        let m = match m {
+            TileMessage::Tile(t) => ResultMessage::Result(TileResult {
+                schema_version: SCHEMA_VERSION,
+                tile: t.task,
+                valid_fraction: t.valid_fraction,
+                model_version: "none".into(),
+                outputs: Vec::new(),
+                timings: StageTimings::default(),
+                produced_at: chrono::Utc::now(),
+            }),
+            TileMessage::SceneTiled(marker) => ResultMessage::SceneTiled(marker),
+            TileMessage::Failed(r) => ResultMessage::Failed(r),
+        };
+        merge.process(Envelope::new(m, Position::Derived, Ack::none()), &mut out).await.unwrap();
+    }
+    let SinkMessage::Scene(scene) = out.drain().remove(0).payload else { panic!() };
+    let n = scene.results.len();
+    assert_eq!(sink_one(&tables, SinkMessage::Scene(scene.clone())).await, AckStatus::Delivered);
+
+    // The same scene fails on a rerun: its dead letter is recorded, its rows stay.
+    let status = sink_one(&tables, SinkMessage::Failed(dead_letter(Some("req-stages"), Some("a--b"), "transient"))).await;
+    assert_eq!(status, AckStatus::Rejected);
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64(), Some(n as u64));
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM dead_letter")[0]["n"].as_u64(), Some(1));
+
+    // A scene id and request id that would collide as `{request}--{scene}` stems stay apart.
+    let mut other = (*scene).clone();
+    other.scene.request_id = "req-stages--a".into();
+    other.scene.scene_id = "b".into();
+    for r in &mut other.results {
+        r.tile.request_id = "req-stages--a".into();
+        r.tile.scene_id = "b".into();
+    }
+    sink_one(&tables, SinkMessage::Scene(Box::new(other))).await;
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM scenes")[0]["n"].as_u64(), Some(2));
+
+    // Inputs without ids each get their own dead-letter file.
+    sink_one(&tables, SinkMessage::Failed(dead_letter(None, None, "garbage one"))).await;
+    sink_one(&tables, SinkMessage::Failed(dead_letter(None, None, "garbage two"))).await;
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM dead_letter WHERE scene_id IS NULL")[0]["n"].as_u64(), Some(2));
+
+    // Succeeding again removes the scene's dead letter and keeps its rows once.
+    assert_eq!(sink_one(&tables, SinkMessage::Scene(scene)).await, AckStatus::Delivered);
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM dead_letter WHERE scene_id = 'a--b'")[0]["n"].as_u64(), Some(0));
+    assert_eq!(rows(&tables, "SELECT count(*) AS n FROM tiles WHERE scene_id = 'a--b'")[0]["n"].as_u64(), Some(n as u64));
+}
