@@ -417,3 +417,36 @@ async fn a_failed_rerun_keeps_the_good_rows_and_file_names_never_collide() {
     assert_eq!(rows(&tables, "SELECT count(*) AS n FROM dead_letter WHERE scene_id = 'a--b'")[0]["n"].as_u64(), Some(0));
     assert_eq!(rows(&tables, "SELECT count(*) AS n FROM tiles WHERE scene_id = 'a--b'")[0]["n"].as_u64(), Some(n as u64));
 }
+
+/// A merge stage that panics on its first input.
+struct PanickingMerge;
+
+impl Stage for PanickingMerge {
+    type In = ResultMessage;
+    type Out = SinkMessage;
+
+    fn name(&self) -> StageName {
+        StageName::Merge
+    }
+
+    async fn process(
+        &mut self,
+        _input: Envelope<ResultMessage>,
+        _out: &mut Collector<SinkMessage>,
+    ) -> Result<(), operators::stage::StageError> {
+        panic!("injected merge panic");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_panics_fails_the_run_instead_of_being_swallowed() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
+    let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+    let chain = Chain { tile: vec![tile_stage(&tiles)], infer: TilesOnly, merge: PanickingMerge, sink: SinkStage::new(tables, 1) };
+    let scenes = vec![request("rmnp", &scene_url("rmnp-rgb.tif"), Vec::new())];
+    let summary = runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), |_| {}).await;
+    assert!(!summary.all_ok(), "{summary:?}");
+    assert!(summary.internal_errors.iter().any(|e| e.contains("merge") && e.contains("panic")), "{:?}", summary.internal_errors);
+    assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Errored), "a scene lost to the panic reports errored, not delivered");
+}

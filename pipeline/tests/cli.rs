@@ -370,23 +370,7 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
 fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     let work = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let model_dir = work.path().join("model");
-    let out = strata(&[
-        "model",
-        "init",
-        "--random",
-        "--device",
-        "cpu",
-        "--model-version",
-        "tiny-eval",
-        "--config",
-        root.join("model/tests/fixtures/tiny-model/config.json").to_str().unwrap(),
-        "--tokenizer",
-        root.join("model/tests/fixtures/tokenizer/tokenizer.json").to_str().unwrap(),
-        "--out",
-        model_dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model_dir = random_model(work.path(), "tiny-eval");
     let benchmarks = root.join("eval/tests/fixtures/benchmarks");
 
     for (name, headline, samples) in
@@ -565,7 +549,7 @@ fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
 }
 
 /// A small random model made with `strata model init --random`.
-fn random_model(dir: &Path) -> PathBuf {
+fn random_model(dir: &Path, version: &str) -> PathBuf {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
     let model = dir.join("model");
     let out = strata(&[
@@ -577,7 +561,7 @@ fn random_model(dir: &Path) -> PathBuf {
         fixtures.join("tokenizer/tokenizer.json").to_str().unwrap(),
         "--random",
         "--model-version",
-        "tiny-1",
+        version,
         "--device",
         "cpu",
         "--out",
@@ -590,7 +574,7 @@ fn random_model(dir: &Path) -> PathBuf {
 #[test]
 fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
     let work = tempfile::tempdir().unwrap();
-    let model = random_model(work.path());
+    let model = random_model(work.path(), "tiny-1");
     let tables = work.path().join("tables");
     let (tiles, scenes) = (work.path().join("tiles"), data("scenes"));
     let args = [
