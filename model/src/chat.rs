@@ -31,8 +31,11 @@ pub struct EncodedRequest {
     pub query: Vec<i64>,
     /// After the placeholders: `\n{query}<|im_end|>\n<|im_start|>assistant\n`.
     pub suffix: Vec<i64>,
-    /// The retrieved descriptions, concatenated and cut to the budget (the prompter's `S`).
+    /// The retrieved descriptions that fit the budget, concatenated (the prompter's `S`).
     pub semantic: Vec<i64>,
+    /// How many of the given descriptions `semantic` holds: the first `descriptions_used`,
+    /// whole; the rest did not fit the budget.
+    pub descriptions_used: usize,
     /// The response followed by `<|im_end|>` (training only).
     pub response: Option<Vec<i64>>,
 }
@@ -94,16 +97,25 @@ impl ChatTokenizer {
         std::iter::once(self.im_end).chain(self.end_of_text).collect()
     }
 
+    /// One past the largest token id (added tokens included): the embedding table must have
+    /// at least this many rows.
+    pub fn id_bound(&self) -> i64 {
+        self.tokenizer.get_vocab(true).values().max().map_or(0, |id| i64::from(*id) + 1)
+    }
+
     /// The pad id used for batches (never attended).
     pub fn pad_token(&self) -> i64 {
         self.end_of_text.unwrap_or(self.im_end)
     }
 
-    /// Encodes one request. The query is cut to `max_query_tokens`, the descriptions (joined
-    /// by newlines, in rank order) to `max_semantic_tokens`.
+    /// Encodes one request. The descriptions are joined by newlines in rank order; those that
+    /// do not fit `max_semantic_tokens` are dropped whole, from the last (never cut inside a
+    /// description), and [`EncodedRequest::descriptions_used`] says how many remain.
     ///
     /// # Errors
-    /// [`ModelError::Tokenizer`] when encoding fails.
+    /// [`ModelError::Request`] when the query is longer than `max_query_tokens` (it is never
+    /// cut: a cut class list or question would change the task); [`ModelError::Tokenizer`]
+    /// when encoding fails.
     pub fn encode_request(
         &self,
         query: &str,
@@ -112,14 +124,43 @@ impl ChatTokenizer {
         (max_query_tokens, max_semantic_tokens): (i64, i64),
     ) -> Result<EncodedRequest, ModelError> {
         let prefix = self.encode(&format!("{IM_START}system\n{}{IM_END}\n{IM_START}user\n", self.system_prompt))?;
-        let mut query_ids = self.encode(query)?;
-        query_ids.truncate(usize::try_from(max_query_tokens).unwrap_or(0));
-        let query_text = self.decode(&query_ids)?;
-        let suffix = self.encode(&format!("\n{query_text}{IM_END}\n{IM_START}assistant\n"))?;
-        let mut semantic = self.encode(&descriptions.join("\n"))?;
-        semantic.truncate(usize::try_from(max_semantic_tokens).unwrap_or(0));
+        let query_ids = self.encode(query)?;
+        if i64::try_from(query_ids.len()).unwrap_or(i64::MAX) > max_query_tokens {
+            return Err(ModelError::Request {
+                reason: format!(
+                    "the query has {} tokens, over the budget of {max_query_tokens} tokens; it is refused rather than cut\n\
+                     hint: raise `max_query_tokens` in the model's config.json",
+                    query_ids.len()
+                ),
+            });
+        }
+        let suffix = self.encode(&format!("\n{query}{IM_END}\n{IM_START}assistant\n"))?;
+        let (semantic, descriptions_used) = self.encode_descriptions(descriptions, max_semantic_tokens)?;
+        if descriptions_used < descriptions.len() {
+            tracing::info!(
+                used = descriptions_used,
+                retrieved = descriptions.len(),
+                budget = max_semantic_tokens,
+                "Retrieved descriptions over the semantic token budget were dropped."
+            );
+        }
         let response = response.map(|text| self.encode(&format!("{text}{IM_END}"))).transpose()?;
-        Ok(EncodedRequest { prefix, query: query_ids, suffix, semantic, response })
+        Ok(EncodedRequest { prefix, query: query_ids, suffix, semantic, descriptions_used, response })
+    }
+
+    /// The longest rank-order run of whole descriptions whose newline-joined tokens fit
+    /// `budget`, and its length.
+    fn encode_descriptions(&self, descriptions: &[String], budget: i64) -> Result<(Vec<i64>, usize), ModelError> {
+        let budget = usize::try_from(budget).unwrap_or(0);
+        let mut best = (Vec::new(), 0);
+        for used in 1..=descriptions.len() {
+            let ids = self.encode(&descriptions[..used].join("\n"))?;
+            if ids.len() > budget {
+                break;
+            }
+            best = (ids, used);
+        }
+        Ok(best)
     }
 }
 
@@ -149,13 +190,101 @@ mod tests {
         assert_eq!(*r.response.unwrap().last().unwrap(), t.stop_tokens()[0]);
     }
 
+    fn texts(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     #[test]
-    fn budgets_cut_query_and_descriptions() {
+    fn descriptions_over_the_budget_are_dropped_whole_from_the_end() {
         let t = tokenizer();
-        let r = t.encode_request("Describe the image in detail.", &["A red forest.".into()], None, (2, 3)).unwrap();
-        assert_eq!(r.query.len(), 2);
-        assert_eq!(r.semantic.len(), 3);
+        let descriptions = texts(&["A red forest.", "A river with a bridge.", "A beach."]);
+        let two = t.encode(&descriptions[..2].join("\n")).unwrap();
+        let query = "Describe the image in detail.";
+        let r = t.encode_request(query, &descriptions, None, (64, two.len() as i64)).unwrap();
+        assert_eq!(r.descriptions_used, 2);
+        assert_eq!(r.semantic, two);
+        assert_eq!(t.decode(&r.semantic).unwrap(), "A red forest.\nA river with a bridge.");
+        // One token short of two descriptions: the second goes whole, nothing of it is kept.
+        let r = t.encode_request(query, &descriptions, None, (64, two.len() as i64 - 1)).unwrap();
+        assert_eq!((r.descriptions_used, t.decode(&r.semantic).unwrap().as_str()), (1, "A red forest."));
+        let r = t.encode_request(query, &descriptions, None, (64, 0)).unwrap();
+        assert_eq!((r.descriptions_used, r.semantic.len()), (0, 0));
         assert!(r.response.is_none());
+    }
+
+    #[test]
+    fn a_query_over_its_budget_is_refused_not_cut() {
+        let t = tokenizer();
+        let query = "Choose the best category describing the image from: airport, beach, forest, harbour";
+        let length = t.encode(query).unwrap().len();
+        let r = t.encode_request(query, &[], None, (length as i64, 16)).unwrap();
+        assert_eq!(t.decode(&r.query).unwrap(), query);
+        let err = t.encode_request(query, &[], None, (length as i64 - 1, 16)).unwrap_err();
+        assert!(matches!(err, ModelError::Request { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("{length} tokens"))
+                && message.contains(&format!("budget of {} tokens", length - 1))
+                && message.contains("hint: raise `max_query_tokens`"),
+            "{message}"
+        );
+    }
+
+    /// A paper-length description (100 words) in words the fixture tokenizer knows whole, so
+    /// it costs about what the real Qwen tokenizer charges for one (~130 tokens).
+    fn paper_length_description(seed: usize) -> String {
+        let sentences = [
+            "The image shows a green forest with a river nearby",
+            "It is seen from above",
+            "A bridge over the river is on the left",
+            "The area with white and red roofs is a residential area",
+            "There are farmlands and bare land near the forest",
+            "A parking lot with black and yellow lines is in the image",
+            "The harbour with a ship is on the right",
+        ];
+        let mut words: Vec<&str> = Vec::new();
+        let mut sentence = seed;
+        while words.len() < 100 {
+            words.extend(sentences[sentence % sentences.len()].split(' '));
+            sentence += 1;
+        }
+        words.truncate(100);
+        format!("{}.", words.join(" "))
+    }
+
+    #[test]
+    fn five_paper_length_descriptions_fit_the_default_budgets() {
+        let t = tokenizer();
+        let budgets = (crate::config::default_max_query_tokens(), crate::config::default_max_semantic_tokens());
+        let descriptions: Vec<String> = (0..5).map(paper_length_description).collect();
+        for d in &descriptions {
+            assert_eq!(d.split(' ').count(), 100);
+            let tokens = t.encode(d).unwrap().len();
+            assert!((120..=160).contains(&tokens), "a paper-length description costs ~130 tokens, this one {tokens}");
+        }
+        let r = t.encode_request("Describe the image in detail.", &descriptions, None, budgets).unwrap();
+        assert_eq!(r.descriptions_used, 5);
+        assert_eq!(t.decode(&r.semantic).unwrap(), descriptions.join("\n"));
+    }
+
+    #[test]
+    fn a_62_class_list_fits_the_default_query_budget() {
+        // fMoW's classes (without false_detection), as a classification query lists them.
+        let classes = "airport, airport hangar, airport terminal, amusement park, aquaculture, archaeological site, barn, \
+            border checkpoint, burial site, car dealership, construction site, crop field, dam, debris or rubble, \
+            educational institution, electric substation, factory or powerplant, fire station, flooded road, fountain, \
+            gas station, golf course, ground transportation station, helipad, hospital, impoverished settlement, \
+            interchange, lake or pond, lighthouse, military facility, multi-unit residential, nuclear powerplant, \
+            office building, oil or gas facility, park, parking lot or garage, place of worship, police station, port, \
+            prison, race track, railway bridge, recreational facility, road bridge, runway, shipyard, shopping mall, \
+            single-unit residential, smokestack, solar farm, space facility, stadium, storage tank, surface mine, \
+            swimming pool, toll booth, tower, tunnel opening, waste disposal, water treatment facility, wind farm, zoo";
+        assert_eq!(classes.split(", ").count(), 62);
+        let query = format!("Choose the best category describing the image from: {classes}");
+        let t = tokenizer();
+        let budgets = (crate::config::default_max_query_tokens(), crate::config::default_max_semantic_tokens());
+        let r = t.encode_request(&query, &[], None, budgets).unwrap();
+        assert_eq!(t.decode(&r.query).unwrap(), query);
     }
 
     #[test]

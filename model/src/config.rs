@@ -21,11 +21,14 @@ fn default_system_prompt() -> String {
 const fn default_top_k() -> usize {
     5
 }
-const fn default_max_semantic_tokens() -> i64 {
-    256
+/// MODEL_SPEC §3 "Budgets": `k = 5` descriptions of the paper's length (~100 words, ~130
+/// tokens each) must fit, with room for longer ones.
+pub(crate) const fn default_max_semantic_tokens() -> i64 {
+    1024
 }
-const fn default_max_query_tokens() -> i64 {
-    256
+/// Room for a classification query that lists every class of a large benchmark (fMoW's 62).
+pub(crate) const fn default_max_query_tokens() -> i64 {
+    1024
 }
 const fn default_half() -> [f64; 3] {
     [0.5, 0.5, 0.5]
@@ -38,7 +41,9 @@ pub struct RetrievalConfig {
     /// Descriptions per image `k`.
     #[serde(default = "default_top_k")]
     pub top_k: usize,
-    /// Token budget for the concatenated descriptions (semantic tokens `S`).
+    /// Token budget for the concatenated descriptions (semantic tokens `S`); descriptions
+    /// that do not fit are dropped whole, from the last, and the answer says how many were
+    /// used. Default 1024 (five paper-length descriptions).
     #[serde(default = "default_max_semantic_tokens")]
     pub max_semantic_tokens: i64,
 }
@@ -99,7 +104,8 @@ pub struct StrataConfig {
     /// System message of the chat template.
     #[serde(default = "default_system_prompt")]
     pub system_prompt: String,
-    /// Longest user query kept, in tokens (the rest is cut).
+    /// Longest user query accepted, in tokens; a longer query is refused, never cut.
+    /// Default 1024.
     #[serde(default = "default_max_query_tokens")]
     pub max_query_tokens: i64,
 }

@@ -119,8 +119,13 @@ impl PromptBatch {
     /// Text-only prompts from token ids.
     ///
     /// # Errors
-    /// As [`PromptBatch::left_padded`].
+    /// As [`PromptBatch::left_padded`]; [`ModelError::Request`] for an id outside the LLM's
+    /// vocabulary.
     pub fn from_token_ids(llm: &Qwen2ForCausalLM, prompts: &[Vec<i64>], device: tch::Device) -> Result<Self, ModelError> {
+        let vocab = llm.vocab_size();
+        if let Some(bad) = prompts.iter().flatten().find(|id| !(0..vocab).contains(*id)) {
+            return Err(ModelError::Request { reason: format!("token id {bad} is outside the vocabulary (0..{vocab})") });
+        }
         let rows: Vec<(Tensor, Tensor)> = prompts
             .iter()
             .map(|ids| {
@@ -155,9 +160,9 @@ impl SplitMix64 {
     }
 }
 
-fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Tensor {
+fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Result<Tensor, ModelError> {
     match sampling {
-        Sampling::Greedy => logits.argmax(-1, false),
+        Sampling::Greedy => Ok(logits.argmax(-1, false)),
         Sampling::TopP { temperature, top_p } => {
             let probs = (logits / temperature).softmax(-1, Kind::Float);
             let (sorted, order) = probs.sort(-1, true);
@@ -165,34 +170,76 @@ fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Tensor {
             let before = sorted.cumsum(-1, Kind::Float) - &sorted;
             let kept = sorted.masked_fill(&before.ge(top_p), 0.0).to_device(tch::Device::Cpu);
             let rows = kept.size()[0];
-            let picked: Vec<i64> = (0..rows)
-                .map(|row| {
-                    let weights = Vec::<f32>::try_from(kept.get(row)).unwrap_or_default();
-                    let mut target = rng.next_f64() * weights.iter().map(|w| f64::from(*w)).sum::<f64>();
-                    let mut index = 0;
-                    for (i, w) in weights.iter().enumerate() {
-                        if *w > 0.0 {
-                            index = i;
-                            target -= f64::from(*w);
-                            if target <= 0.0 {
-                                break;
-                            }
+            let mut picked = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
+            for row in 0..rows {
+                let weights = read_back::<f32>(&kept.get(row), "the nucleus probabilities")?;
+                let mut target = rng.next_f64() * weights.iter().map(|w| f64::from(*w)).sum::<f64>();
+                let mut index = 0;
+                for (i, w) in weights.iter().enumerate() {
+                    if *w > 0.0 {
+                        index = i;
+                        target -= f64::from(*w);
+                        if target <= 0.0 {
+                            break;
                         }
                     }
-                    index as i64
-                })
-                .collect();
+                }
+                picked.push(index as i64);
+            }
             let picked = Tensor::from_slice(&picked).to_device(order.device()).unsqueeze(1);
-            order.gather(-1, &picked, false).squeeze_dim(-1)
+            Ok(order.gather(-1, &picked, false).squeeze_dim(-1))
         }
     }
 }
 
-/// Generates a continuation for every prompt row.
+/// Copies a 1-D tensor into a `Vec`, naming `what` was read when libtorch refuses (wrong
+/// rank, a kind it cannot convert, a device error) — an empty answer must never stand in
+/// for a failed read.
 ///
 /// # Errors
-/// [`ModelError::Request`] for an invalid configuration.
+/// [`ModelError::Torch`] with the action "reading {what} back from the device".
+pub(crate) fn read_back<T: tch::kind::Element + Copy>(tensor: &Tensor, what: &str) -> Result<Vec<T>, ModelError> {
+    Vec::<T>::try_from(tensor).map_err(|source| ModelError::Torch { action: format!("reading {what} back from the device"), source })
+}
+
+/// What one [`generate_with_stats`] call computed, for telemetry and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Rows in the prefill forward (the batch size).
+    pub prefill_rows: usize,
+    /// Decode forwards run (one new token for every row still generating).
+    pub decode_steps: usize,
+    /// Row-steps decoded: the rows of every decode forward, summed. A row leaves the batch as
+    /// soon as it finishes, so this is `Σ (logprobs.len() − 1)` over the rows (each row's
+    /// first token comes from the prefill), never `decode_steps × batch`.
+    pub decode_row_steps: usize,
+}
+
+/// Generates a continuation for every prompt row (see [`generate_with_stats`]).
+///
+/// # Errors
+/// As [`generate_with_stats`].
 pub fn generate(llm: &mut Qwen2ForCausalLM, prompt: &PromptBatch, config: &GenerationConfig) -> Result<Vec<Generation>, ModelError> {
+    generate_with_stats(llm, prompt, config).map(|(generations, _)| generations)
+}
+
+/// Generates a continuation for every prompt row: one prefill over the whole batch, then one
+/// decode forward per new token over the rows still generating. A row that stops (stop token)
+/// leaves the batch — its KV-cache rows, key mask and position go — so no decode step runs
+/// for a finished row; a row's tokens do not depend on when the others finish. The KV cache
+/// is empty again on return.
+///
+/// Sampling draws from one generator per call, seeded by `config.seed`: the same seed, prompt
+/// and model give the same answers.
+///
+/// # Errors
+/// [`ModelError::Request`] for an invalid configuration; [`ModelError::Torch`] when a chosen
+/// token cannot be read back from the device.
+pub fn generate_with_stats(
+    llm: &mut Qwen2ForCausalLM,
+    prompt: &PromptBatch,
+    config: &GenerationConfig,
+) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
     if let Sampling::TopP { temperature, top_p } = config.sampling {
         if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ModelError::Request { reason: format!("temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]") });
@@ -203,59 +250,198 @@ pub fn generate(llm: &mut Qwen2ForCausalLM, prompt: &PromptBatch, config: &Gener
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     let mut rng = SplitMix64(seed);
     let batch = prompt.len();
-    let device = prompt.embeds.device();
     let mut outputs: Vec<Generation> =
         (0..batch).map(|_| Generation { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length }).collect();
-    let mut active = vec![true; batch];
-    if config.max_new_tokens <= 0 {
-        return Ok(outputs);
+    let mut stats = GenerationStats::default();
+    if config.max_new_tokens <= 0 || batch == 0 {
+        return Ok((outputs, stats));
     }
-    tch::no_grad(|| {
-        llm.clear_kv_cache();
+    let result = tch::no_grad(|| decode(llm, prompt, config, &mut rng, &mut outputs, &mut stats));
+    // Also after a failure: the next call must not continue a half-built cache.
+    llm.clear_kv_cache();
+    result?;
+    Ok((outputs, stats))
+}
+
+/// The prefill and decode loop of [`generate_with_stats`], writing into `outputs`.
+fn decode(
+    llm: &mut Qwen2ForCausalLM,
+    prompt: &PromptBatch,
+    config: &GenerationConfig,
+    rng: &mut SplitMix64,
+    outputs: &mut [Generation],
+    stats: &mut GenerationStats,
+) -> Result<(), ModelError> {
+    let device = prompt.embeds.device();
+    llm.clear_kv_cache();
+    let hidden = llm.forward_embeds(&DecoderInput {
+        embeds: &prompt.embeds,
+        positions: &prompt.positions,
+        roles: Some(&prompt.roles),
+        key_mask: Some(&prompt.key_mask),
+        train: false,
+    });
+    stats.prefill_rows = outputs.len();
+    let mut logits = llm.logits(&hidden.select(1, -1));
+    let mut key_mask = prompt.key_mask.shallow_clone();
+    let mut positions = prompt.positions.select(1, -1) + 1;
+    // `rows[i]`: which prompt row the i-th row of the shrinking batch is.
+    let mut rows: Vec<usize> = (0..outputs.len()).collect();
+    for step in 0..config.max_new_tokens {
+        let logits32 = logits.to_kind(Kind::Float);
+        let mut next = choose(&logits32, config.sampling, rng)?;
+        let chosen = logits32.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
+        let next_ids = read_back::<i64>(&next.to_device(tch::Device::Cpu), "the chosen token ids")?;
+        let chosen = read_back::<f64>(&chosen.to_kind(Kind::Double).to_device(tch::Device::Cpu), "the chosen tokens' log-probabilities")?;
+        // Batch positions of the rows that go on.
+        let mut keep: Vec<i64> = Vec::with_capacity(rows.len());
+        for (i, (&row, (token, logprob))) in rows.iter().zip(next_ids.iter().zip(&chosen)).enumerate() {
+            let output = &mut outputs[row];
+            output.logprobs.push(*logprob);
+            if config.stop_tokens.contains(token) {
+                output.finish = FinishReason::Stop;
+            } else {
+                output.tokens.push(*token);
+                keep.push(i as i64);
+            }
+        }
+        if keep.is_empty() || step + 1 == config.max_new_tokens {
+            break;
+        }
+        if keep.len() < rows.len() {
+            let index = Tensor::from_slice(&keep).to_device(device);
+            llm.retain_rows(&index);
+            key_mask = key_mask.index_select(0, &index);
+            positions = positions.index_select(0, &index);
+            next = next.index_select(0, &index);
+            rows = keep.iter().map(|&i| rows[i as usize]).collect();
+        }
+        let embeds = llm.embed(&next.unsqueeze(1));
+        key_mask = Tensor::cat(&[&key_mask, &Tensor::ones([rows.len() as i64, 1], (Kind::Int64, device))], 1);
         let hidden = llm.forward_embeds(&DecoderInput {
-            embeds: &prompt.embeds,
-            positions: &prompt.positions,
-            roles: Some(&prompt.roles),
-            key_mask: Some(&prompt.key_mask),
+            embeds: &embeds,
+            positions: &positions.unsqueeze(1),
+            roles: None,
+            key_mask: Some(&key_mask),
             train: false,
         });
-        let mut logits = llm.logits(&hidden.select(1, -1));
-        let mut key_mask = prompt.key_mask.shallow_clone();
-        let mut positions = prompt.positions.select(1, -1) + 1;
-        for step in 0..config.max_new_tokens {
-            let logits32 = logits.to_kind(Kind::Float);
-            let next = choose(&logits32, config.sampling, &mut rng);
-            let chosen = logits32.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
-            let next_ids = Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).unwrap_or_default();
-            let chosen = Vec::<f64>::try_from(&chosen.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
-            for (row, (token, logprob)) in next_ids.iter().zip(&chosen).enumerate() {
-                if !active[row] {
-                    continue;
-                }
-                outputs[row].logprobs.push(*logprob);
-                if config.stop_tokens.contains(token) {
-                    outputs[row].finish = FinishReason::Stop;
-                    active[row] = false;
-                } else {
-                    outputs[row].tokens.push(*token);
-                }
+        stats.decode_steps += 1;
+        stats.decode_row_steps += rows.len();
+        logits = llm.logits(&hidden.select(1, 0));
+        positions += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qwen2::Qwen2Config;
+    use tch::{nn, Device};
+
+    fn tiny_llm(seed: i64) -> (nn::VarStore, Qwen2ForCausalLM) {
+        tch::manual_seed(seed);
+        let config = Qwen2Config::from_json(
+            r#"{"vocab_size": 61, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let llm = Qwen2ForCausalLM::new(&vs.root(), &config);
+        (vs, llm)
+    }
+
+    fn prompts() -> Vec<Vec<i64>> {
+        vec![vec![5, 17, 3], vec![41, 2, 9, 33, 12, 7, 50], vec![8], vec![19, 19, 44, 1, 30]]
+    }
+
+    fn greedy(max_new_tokens: i64, stop_tokens: Vec<i64>) -> GenerationConfig {
+        GenerationConfig { max_new_tokens, sampling: Sampling::Greedy, stop_tokens, seed: None }
+    }
+
+    fn alone(llm: &mut Qwen2ForCausalLM, prompt: &[i64], config: &GenerationConfig) -> Generation {
+        let batch = PromptBatch::from_token_ids(llm, &[prompt.to_vec()], Device::Cpu).unwrap();
+        generate(llm, &batch, config).unwrap().remove(0)
+    }
+
+    /// A stop token that ends the rows' greedy answers after very different numbers of tokens:
+    /// the one maximising the spread between the shortest and the longest answer.
+    fn spreading_stop_token(llm: &mut Qwen2ForCausalLM, max_new_tokens: i64) -> (i64, usize) {
+        let free: Vec<Vec<i64>> = prompts().iter().map(|p| alone(llm, p, &greedy(max_new_tokens, vec![])).tokens).collect();
+        let length = |answer: &[i64], stop: i64| answer.iter().position(|t| *t == stop).unwrap_or(answer.len());
+        free.iter()
+            .flatten()
+            .map(|&stop| {
+                let lengths: Vec<usize> = free.iter().map(|answer| length(answer, stop)).collect();
+                (stop, lengths.iter().max().unwrap() - lengths.iter().min().unwrap())
+            })
+            .max_by_key(|(stop, spread)| (*spread, -stop))
+            .unwrap()
+    }
+
+    #[test]
+    fn rows_that_stop_early_leave_the_batch_and_answers_do_not_change() {
+        let (_vs, mut llm) = tiny_llm(21);
+        let max_new_tokens = 12;
+        let (stop, spread) = spreading_stop_token(&mut llm, max_new_tokens);
+        assert!(spread >= 4, "the rows' answer lengths should differ widely (spread {spread})");
+        let config = greedy(max_new_tokens, vec![stop]);
+        let batch = PromptBatch::from_token_ids(&llm, &prompts(), Device::Cpu).unwrap();
+        let (batched, stats) = generate_with_stats(&mut llm, &batch, &config).unwrap();
+        assert_eq!(llm.cached_len(), 0, "the cache is cleared on return");
+        for (row, prompt) in prompts().iter().enumerate() {
+            let single = alone(&mut llm, prompt, &config);
+            assert_eq!(batched[row].tokens, single.tokens, "row {row}");
+            assert_eq!(batched[row].finish, single.finish, "row {row}");
+            assert_eq!(batched[row].logprobs.len(), single.logprobs.len(), "row {row}");
+            for (b, s) in batched[row].logprobs.iter().zip(&single.logprobs) {
+                assert!((b - s).abs() < 1e-5, "row {row}: logprob {b} batched vs {s} alone");
             }
-            if !active.iter().any(|a| *a) || step + 1 == config.max_new_tokens {
-                break;
-            }
-            let embeds = llm.embed(&next.unsqueeze(1));
-            key_mask = Tensor::cat(&[&key_mask, &Tensor::ones([batch as i64, 1], (Kind::Int64, device))], 1);
-            let hidden = llm.forward_embeds(&DecoderInput {
-                embeds: &embeds,
-                positions: &positions.unsqueeze(1),
-                roles: None,
-                key_mask: Some(&key_mask),
-                train: false,
-            });
-            logits = llm.logits(&hidden.select(1, 0));
-            positions += 1;
         }
-        llm.clear_kv_cache();
-    });
-    Ok(outputs)
+        assert!(batched.iter().any(|g| g.finish == FinishReason::Stop) && batched.iter().any(|g| g.tokens.len() >= 4));
+        // No decode step ran for a finished row: each row cost one row-step per token after
+        // its first (which the prefill gave).
+        let generated: usize = batched.iter().map(|g| g.logprobs.len() - 1).sum();
+        assert_eq!(stats.decode_row_steps, generated, "{stats:?} for {batched:?}");
+        assert_eq!(stats.prefill_rows, 4);
+        assert!(stats.decode_row_steps < stats.decode_steps * 4, "{stats:?}");
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_while_rows_leave_the_batch() {
+        let (_vs, mut llm) = tiny_llm(22);
+        let (stop, _) = spreading_stop_token(&mut llm, 10);
+        let config = GenerationConfig {
+            max_new_tokens: 10,
+            sampling: Sampling::TopP { temperature: 1.3, top_p: 0.95 },
+            stop_tokens: vec![stop],
+            seed: Some(7),
+        };
+        let batch = PromptBatch::from_token_ids(&llm, &prompts(), Device::Cpu).unwrap();
+        let first = generate_with_stats(&mut llm, &batch, &config).unwrap();
+        let second = generate_with_stats(&mut llm, &batch, &config).unwrap();
+        assert_eq!(first, second);
+        let other_seed = generate(&mut llm, &batch, &GenerationConfig { seed: Some(8), ..config }).unwrap();
+        assert_ne!(first.0, other_seed, "the seed must matter");
+    }
+
+    #[test]
+    fn prompts_with_ids_outside_the_vocabulary_are_refused() {
+        let (_vs, llm) = tiny_llm(23);
+        for bad in [61, -1] {
+            let err = PromptBatch::from_token_ids(&llm, &[vec![1, 2], vec![3, bad]], Device::Cpu).unwrap_err();
+            assert!(err.to_string().contains(&format!("token id {bad} is outside the vocabulary (0..61)")), "{err}");
+        }
+        assert!(PromptBatch::from_token_ids(&llm, &[vec![]], Device::Cpu).unwrap_err().to_string().contains("no tokens"));
+    }
+
+    #[test]
+    fn a_failed_read_back_is_an_error_naming_what_was_read() {
+        let two_dimensional = Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu));
+        let err = read_back::<i64>(&two_dimensional, "the chosen token ids").unwrap_err();
+        assert!(matches!(err, ModelError::Torch { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("reading the chosen token ids back from the device"), "{message}");
+        assert_eq!(read_back::<i64>(&Tensor::from_slice(&[4i64, 2]), "ids").unwrap(), vec![4, 2]);
+    }
 }

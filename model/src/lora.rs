@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::ModelError;
+
 const fn default_rank() -> i64 {
     64
 }
@@ -116,16 +118,29 @@ impl LoraLinear {
         }
     }
 
+    /// Whether the adapter has been folded into the base weight.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
     /// Folds the adapter into the base weight (`W += (α/r)·B A`); later forwards skip it.
-    /// Merging twice is a no-op.
-    pub fn merge(&mut self) {
+    /// Merging twice is a no-op, and so is merging a plain layer.
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] when libtorch refuses the update (a delta whose shape does not
+    /// match the weight, a weight that cannot be written in place); the layer then stays
+    /// unmerged and its forward still applies the adapter.
+    pub fn merge(&mut self) -> Result<(), ModelError> {
         if let (Some(adapter), false) = (&self.adapter, self.merged) {
+            let weight = &mut self.base.ws;
             tch::no_grad(|| {
-                let delta = adapter.b.matmul(&adapter.a) * adapter.scale;
-                let _ = self.base.ws.f_add_(&delta.to_kind(self.base.ws.kind()));
-            });
+                let delta = adapter.b.f_matmul(&adapter.a)?.f_mul_scalar(adapter.scale)?.f_to_kind(weight.kind())?;
+                weight.f_add_(&delta).map(drop)
+            })
+            .map_err(|source| ModelError::Torch { action: "merging a LoRA adapter into its base weight".into(), source })?;
             self.merged = true;
         }
+        Ok(())
     }
 }
 
@@ -153,10 +168,36 @@ mod tests {
         });
         let unmerged = tch::no_grad(|| layer.forward_t(&xs, false));
         assert!((&unmerged - &base_out).abs().max().double_value(&[]) > 1e-2, "the adapter must matter");
-        layer.merge();
-        layer.merge();
+        layer.merge().unwrap();
+        layer.merge().unwrap();
+        assert!(layer.is_merged());
         let merged = tch::no_grad(|| layer.forward_t(&xs, false));
         let relative = (&merged - &unmerged).abs().max().double_value(&[]) / unmerged.abs().max().double_value(&[]);
         assert!(relative < 1e-5, "merged differs from unmerged by {relative}");
+    }
+
+    #[test]
+    fn a_merge_that_fails_leaves_the_adapter_applied() {
+        tch::manual_seed(12);
+        let vs = nn::VarStore::new(Device::Cpu);
+        // A base weight that cannot be written in place: every row is a view of one row
+        // (as a weight shared through `expand` would be). Forwards work, `add_` is refused.
+        let shared_row = Tensor::randn([1, 24], (Kind::Float, Device::Cpu));
+        let base = nn::Linear { ws: shared_row.expand([16, 24], false), bs: None };
+        let config = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: default_targets() };
+        let mut layer = LoraLinear::adapted(base, &(vs.root() / "strata" / "proj"), &config);
+        tch::no_grad(|| {
+            let _ = layer.adapter.as_ref().unwrap().b.shallow_clone().normal_(0.0, 0.5);
+        });
+        let xs = Tensor::randn([3, 24], (Kind::Float, Device::Cpu));
+        let base_out = tch::no_grad(|| xs.linear::<Tensor>(&layer.base.ws, None));
+        let adapted = tch::no_grad(|| layer.forward_t(&xs, false));
+        assert!((&adapted - &base_out).abs().max().double_value(&[]) > 1e-2, "the adapter must matter");
+
+        let err = layer.merge().unwrap_err();
+        assert!(matches!(err, ModelError::Torch { .. }) && err.to_string().contains("merging a LoRA adapter"), "{err}");
+        assert!(!layer.is_merged());
+        let after = tch::no_grad(|| layer.forward_t(&xs, false));
+        assert!((&after - &adapted).abs().max().double_value(&[]) < 1e-6, "the adapter must still apply");
     }
 }

@@ -5,7 +5,10 @@
 //! `.cargo/config.toml` to the project venv) and can be overridden at run time by the same
 //! variable, e.g. for a container that ships the library elsewhere.
 
-use std::{path::PathBuf, sync::OnceLock};
+use std::{
+    path::PathBuf,
+    sync::{Mutex, OnceLock, PoisonError},
+};
 
 use ort::{environment::Environment, session::Session};
 
@@ -93,7 +96,12 @@ pub fn load_session_on(model_bytes: &[u8], intra_threads: usize, preference: Dev
         // The provider can refuse when it is added or only when the session is created (no
         // device, missing CUDA libraries): either way the reason is kept.
         match session_on(model_bytes, intra_threads, Some(device)) {
-            Ok(session) => return Ok((session, OrtTarget::Cuda(device))),
+            Ok(session) => {
+                if preference == DevicePreference::Auto {
+                    record_auto_placement(None);
+                }
+                return Ok((session, OrtTarget::Cuda(device)));
+            }
             Err(e) => format!("the CUDA execution provider of `{library}` failed on device {device}: {e}"),
         }
     } else {
@@ -104,8 +112,74 @@ pub fn load_session_on(model_bytes: &[u8], intra_threads: usize, preference: Dev
     if let DevicePreference::Cuda(_) = preference {
         return Err(ModelError::CudaUnavailable { reason: refused });
     }
-    tracing::debug!(reason = %refused, "ONNX models run on the CPU");
+    // Warn once per reason: every encoder of a process falls back for the same one.
+    if record_auto_placement(Some(refused.clone())) {
+        tracing::warn!(reason = %refused, "ONNX models run on the CPU, not CUDA.");
+    } else {
+        tracing::debug!(reason = %refused, "ONNX models run on the CPU, not CUDA.");
+    }
     Ok((session_on(model_bytes, intra_threads, None)?, OrtTarget::Cpu))
+}
+
+/// Where the last `Auto` session went: `None` before any, `Some(None)` on CUDA,
+/// `Some(Some(reason))` on the CPU.
+static AUTO_PLACEMENT: Mutex<Option<Option<String>>> = Mutex::new(None);
+
+/// Records where an `Auto` session went; true when that differs from the last one.
+fn record_auto_placement(fallback: Option<String>) -> bool {
+    let mut last = AUTO_PLACEMENT.lock().unwrap_or_else(PoisonError::into_inner);
+    let changed = last.as_ref() != Some(&fallback);
+    *last = Some(fallback);
+    changed
+}
+
+/// Why ONNX sessions loaded with [`DevicePreference::Auto`] run on the CPU rather than CUDA
+/// device 0 — the runtime is a CPU build, or the CUDA provider refused (no device, missing
+/// CUDA libraries) — or `None` when they run on CUDA. Answers for the last `Auto` session of
+/// this process; before any, probes with a one-node built-in model. For `strata info`.
+///
+/// # Errors
+/// When the runtime cannot be loaded.
+pub fn cuda_fallback_reason() -> Result<Option<String>, ModelError> {
+    let last = AUTO_PLACEMENT.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some(known) = last {
+        return Ok(known);
+    }
+    // The load records where it went.
+    load_session_on(&probe_model(), 1, DevicePreference::Auto)?;
+    Ok(AUTO_PLACEMENT.lock().unwrap_or_else(PoisonError::into_inner).clone().flatten())
+}
+
+/// The smallest useful ONNX model, encoded here rather than shipped: `y = Identity(x)` on a
+/// float `[1]` (IR version 7, opset 13).
+fn probe_model() -> Vec<u8> {
+    fn varint(mut value: u64, out: &mut Vec<u8>) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    // A varint field and a length-delimited field (message or string).
+    let int = |number: u64, value: u64| {
+        let mut out = Vec::new();
+        varint(number << 3, &mut out);
+        varint(value, &mut out);
+        out
+    };
+    let bytes = |number: u64, body: &[u8]| {
+        let mut out = Vec::new();
+        varint((number << 3) | 2, &mut out);
+        varint(body.len() as u64, &mut out);
+        out.extend_from_slice(body);
+        out
+    };
+    let shape = bytes(1, &int(1, 1)); // TensorShapeProto { dim: [{ dim_value: 1 }] }
+    let tensor_type = bytes(1, &[int(1, 1), bytes(2, &shape)].concat()); // TypeProto { tensor_type: { FLOAT, shape } }
+    let value_info = |name: &str| [bytes(1, name.as_bytes()), bytes(2, &tensor_type)].concat();
+    let node = [bytes(1, b"x"), bytes(2, b"y"), bytes(4, b"Identity")].concat();
+    let graph = [bytes(1, &node), bytes(2, b"probe"), bytes(11, &value_info("x")), bytes(12, &value_info("y"))].concat();
+    [int(1, 7), bytes(7, &graph), bytes(8, &int(2, 13))].concat()
 }
 
 /// One session, with the CUDA execution provider on `cuda_device` when given (an error if it

@@ -198,10 +198,11 @@ impl Attention {
         self.o_proj.forward_t(&out, train)
     }
 
-    fn merge_lora(&mut self) {
+    fn merge_lora(&mut self) -> Result<(), ModelError> {
         for proj in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj] {
-            proj.merge();
+            proj.merge()?;
         }
+        Ok(())
     }
 }
 
@@ -381,6 +382,11 @@ impl Qwen2ForCausalLM {
         Tensor::embedding(&self.embed_tokens, ids, -1, false, false)
     }
 
+    /// Rows of the embedding table: token ids must lie in `0..vocab_size()`.
+    pub fn vocab_size(&self) -> i64 {
+        self.embed_tokens.size()[0]
+    }
+
     /// The embedding table's kind (the model's compute dtype).
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
@@ -440,12 +446,18 @@ impl Qwen2ForCausalLM {
     }
 
     /// Folds every LoRA adapter into its base weight (serving).
-    pub fn merge_lora(&mut self) {
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] when an adapter cannot be folded in. Merging stops there: the
+    /// projections merged so far skip their adapters, the others still apply theirs, so the
+    /// model computes the same function either way; calling again retries the rest.
+    pub fn merge_lora(&mut self) -> Result<(), ModelError> {
         for layer in &mut self.layers {
-            layer.self_attn.merge_lora();
+            layer.self_attn.merge_lora()?;
             for proj in [&mut layer.mlp.gate_proj, &mut layer.mlp.up_proj, &mut layer.mlp.down_proj] {
-                proj.merge();
+                proj.merge()?;
             }
         }
+        Ok(())
     }
 }

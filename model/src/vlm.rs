@@ -50,10 +50,16 @@ pub struct Answer {
     pub score: f64,
     /// Whether the answer ended on a stop token (rather than the token limit).
     pub complete: bool,
+    /// How many of the request's retrieved descriptions the prompter saw: the first
+    /// `descriptions_used` (of at most `retrieval.top_k`), whole; the rest did not fit
+    /// `retrieval.max_semantic_tokens`.
+    pub descriptions_used: usize,
 }
 
 struct Assembled {
     prompt: PromptBatch,
+    /// Per request, how many descriptions fit the semantic budget.
+    descriptions_used: Vec<usize>,
     /// `[B, T]` token ids where the loss applies, -100 elsewhere.
     labels: Option<Tensor>,
 }
@@ -76,9 +82,19 @@ impl StrataModel {
     /// LLM weights are left for a loader to fill; new modules are always initialised.
     ///
     /// # Errors
-    /// [`ModelError::Config`] when the config does not validate.
+    /// [`ModelError::Config`] when the config does not validate or the tokenizer has ids past
+    /// the LLM's vocabulary (a request using them could not be embedded).
     pub fn new(config: StrataConfig, tokenizer: ChatTokenizer, device: Device, kind: Kind, init: ParamInit) -> Result<Self, ModelError> {
         config.validate()?;
+        if tokenizer.id_bound() > config.llm.vocab_size {
+            return Err(ModelError::Config {
+                reason: format!(
+                    "the tokenizer has token ids up to {} but llm.vocab_size is {}: the tokenizer does not belong to this LLM",
+                    tokenizer.id_bound() - 1,
+                    config.llm.vocab_size
+                ),
+            });
+        }
         let mut vs = nn::VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
@@ -261,17 +277,26 @@ impl StrataModel {
                 label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
             Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(device)
         });
-        Ok(Assembled { prompt, labels })
+        Ok(Assembled { prompt, labels, descriptions_used: encoded.iter().map(|e| e.descriptions_used).collect() })
     }
 
     /// Mean next-token cross-entropy over the response tokens (training mode: LoRA dropout on).
     ///
     /// # Errors
-    /// [`ModelError::Request`] for an empty batch, mismatched lengths or bad pixels.
+    /// [`ModelError::Request`] for an empty batch, mismatched lengths, bad pixels or a query
+    /// over `max_query_tokens`; [`ModelError::Torch`] when libtorch fails (out of memory...).
     pub fn loss(&mut self, requests: &[VlmRequest], responses: &[String]) -> Result<Tensor, ModelError> {
         if requests.len() != responses.len() {
             return Err(ModelError::Request { reason: format!("{} requests but {} responses", requests.len(), responses.len()) });
         }
+        let result = guarded("computing the training loss", || self.loss_unguarded(requests, responses));
+        if result.is_err() {
+            self.llm.clear_kv_cache();
+        }
+        result
+    }
+
+    fn loss_unguarded(&mut self, requests: &[VlmRequest], responses: &[String]) -> Result<Tensor, ModelError> {
         let assembled = self.assemble(requests, Some(responses))?;
         let labels = assembled.labels.ok_or_else(|| ModelError::Request { reason: "no labels".into() })?;
         let prompt = &assembled.prompt;
@@ -290,12 +315,25 @@ impl StrataModel {
         Ok(logits.flatten(0, 1).cross_entropy_loss::<Tensor>(&targets.flatten(0, 1), None, tch::Reduction::Mean, -100, 0.0))
     }
 
-    /// Answers a batch of requests.
+    /// Answers a batch of requests. Each answer says how many of its request's descriptions
+    /// fitted the semantic budget ([`Answer::descriptions_used`]).
+    ///
+    /// A failure inside libtorch (out of memory, a kernel refusing its input) is returned as
+    /// an error, never a panic that ends the process; the model stays usable.
     ///
     /// # Errors
-    /// [`ModelError::Request`] for an empty batch or bad pixels; [`ModelError::Tokenizer`]
-    /// when decoding fails.
+    /// [`ModelError::Request`] for an empty batch, bad pixels, a query over
+    /// `max_query_tokens` or an invalid generation config; [`ModelError::Tokenizer`] when
+    /// encoding or decoding fails; [`ModelError::Torch`] when libtorch fails.
     pub fn generate(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
+        let result = guarded("generating answers", || self.generate_unguarded(requests, config));
+        if result.is_err() {
+            self.llm.clear_kv_cache();
+        }
+        result
+    }
+
+    fn generate_unguarded(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
         let assembled = tch::no_grad(|| self.assemble(requests, None))?;
         let mut config = config.clone();
         if config.stop_tokens.is_empty() {
@@ -304,20 +342,26 @@ impl StrataModel {
         let generations = generate::generate(&mut self.llm, &assembled.prompt, &config)?;
         generations
             .into_iter()
-            .map(|g| {
+            .zip(assembled.descriptions_used)
+            .map(|(g, descriptions_used)| {
                 Ok(Answer {
                     text: self.tokenizer.decode(&g.tokens)?.trim().to_owned(),
                     score: g.score(),
                     complete: g.finish == generate::FinishReason::Stop,
                     tokens: g.tokens,
+                    descriptions_used,
                 })
             })
             .collect()
     }
 
     /// Folds LoRA into the LLM weights for serving.
-    pub fn merge_lora(&mut self) {
-        self.llm.merge_lora();
+    ///
+    /// # Errors
+    /// As [`Qwen2ForCausalLM::merge_lora`]: an adapter that cannot be folded in stays
+    /// unmerged and applied, so answers do not change.
+    pub fn merge_lora(&mut self) -> Result<(), ModelError> {
+        self.llm.merge_lora()
     }
 
     /// Loads the tokenizer named in `dir` (`tokenizer.json`) with this config's system prompt.
@@ -326,5 +370,39 @@ impl StrataModel {
     /// [`ModelError::Tokenizer`] when it cannot be read.
     pub fn tokenizer_from_dir(dir: &Path, config: &StrataConfig) -> Result<ChatTokenizer, ModelError> {
         ChatTokenizer::from_file(&dir.join("tokenizer.json"), &config.system_prompt)
+    }
+}
+
+/// Runs `f`, turning a panic inside it (tch's infallible methods panic when libtorch throws:
+/// out of memory, a kernel refusing its input) into [`ModelError::Torch`], so one bad batch
+/// cannot end a worker.
+fn guarded<T>(action: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        tracing::error!(action, error = message, "The model failed; the request is refused and the model stays usable.");
+        Err(ModelError::Torch { action: action.to_owned(), source: tch::TchError::Torch(message.to_owned()) })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_the_model_becomes_an_error_naming_the_action() {
+        let err = guarded::<()>("generating answers", || {
+            // What tch does when libtorch throws: an infallible method panics.
+            let _ = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)).matmul(&Tensor::zeros([4, 5], (Kind::Float, Device::Cpu)));
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, ModelError::Torch { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("generating answers") && message.contains("cannot be multiplied"), "{message}");
+        assert_eq!(guarded("x", || Ok(3)).unwrap(), 3);
     }
 }

@@ -58,3 +58,17 @@ fn onnx_sessions_run_where_asked_and_explain_when_they_cannot() {
         );
     }
 }
+
+#[test]
+fn the_reason_onnx_models_fall_back_to_the_cpu_is_kept_for_strata_info() {
+    // Answers even when no session was loaded yet (it probes), so `strata info` can say it.
+    let reason = onnx::cuda_fallback_reason().unwrap();
+    if !onnx::cuda_provider_built().unwrap() {
+        let reason = reason.expect("a CPU build always falls back");
+        assert!(reason.contains("no CUDA execution provider") && reason.contains("onnxruntime-gpu"), "{reason}");
+    }
+    // Sessions placed with `auto` tell the same story.
+    let bytes = include_bytes!("fixtures/scale_add.onnx");
+    let (_, target) = onnx::load_session_on(bytes, 1, model::device::DevicePreference::Auto).unwrap();
+    assert_eq!(onnx::cuda_fallback_reason().unwrap().is_some(), target == onnx::OrtTarget::Cpu);
+}

@@ -104,7 +104,7 @@ fn merged_lora_answers_like_unmerged() {
     randomise_new_modules(&model);
     let config = greedy(6);
     let before = model.generate(&requests(&model), &config).unwrap();
-    model.merge_lora();
+    model.merge_lora().unwrap();
     let after = model.generate(&requests(&model), &config).unwrap();
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b.tokens, a.tokens);
@@ -121,6 +121,55 @@ fn bad_requests_are_errors() {
     assert!(err.contains("[3, 16, 16]"), "{err}");
     assert!(model.generate(&[], &greedy(2)).unwrap_err().to_string().contains("empty batch"));
     assert!(model.preprocess_rgb(&[0u8; 10], 4, 4).is_err());
+    let wrong_rank =
+        VlmRequest { pixels: tch::Tensor::zeros([16, 16], (Kind::Float, Device::Cpu)), query: "x".into(), descriptions: vec![] };
+    let err = model.generate(&[wrong_rank], &greedy(2)).unwrap_err().to_string();
+    assert!(err.contains("[16, 16]") && err.contains("[3, 16, 16]"), "{err}");
+    // A query over its budget is refused, not cut; the batch it is in fails, the model goes on.
+    let budget = model.config().max_query_tokens;
+    let long_query = "forest ".repeat(budget as usize + 1);
+    let mut batch = requests(&model);
+    batch[1].query = long_query;
+    let err = model.generate(&batch, &greedy(2)).unwrap_err();
+    assert!(matches!(err, model::ModelError::Request { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("budget of {budget} tokens")) && err.to_string().contains("max_query_tokens"), "{err}");
+    assert_eq!(model.generate(&requests(&model), &greedy(2)).unwrap().len(), 3);
+}
+
+#[test]
+fn answers_say_how_many_descriptions_fitted_the_budget() {
+    let tokenizer = model::chat::ChatTokenizer::from_file(&tokenizer_path(), "x").unwrap();
+    let harbour = "A blue harbour seen from above, with harbours nearby.";
+    let budget = tokenizer.encode(harbour).unwrap().len();
+    let short = ["A red forest.", "A river."];
+    assert!(tokenizer.encode(&short.join("\n")).unwrap().len() <= budget, "both short descriptions fit together");
+    let mut config = tiny_config();
+    config.retrieval.max_semantic_tokens = budget as i64;
+    let mut model = model::vlm::StrataModel::new(
+        config,
+        model::chat::ChatTokenizer::from_file(&tokenizer_path(), "x").unwrap(),
+        Device::Cpu,
+        Kind::Float,
+        model::layers::ParamInit::Random,
+    )
+    .unwrap();
+    let requests = vec![
+        request(colour_image(&model, [200, 30, 30], 1), "What colour is the image?", &short),
+        request(colour_image(&model, [30, 200, 30], 2), "Describe the image in detail.", &[]),
+        request(colour_image(&model, [30, 30, 200], 3), "What is it?", &[harbour, "A river."]),
+    ];
+    let answers = model.generate(&requests, &greedy(2)).unwrap();
+    // Both; none given; the harbour description fills the budget alone, the next is dropped whole.
+    assert_eq!(answers.iter().map(|a| a.descriptions_used).collect::<Vec<_>>(), vec![2, 0, 1]);
+}
+
+#[test]
+fn a_tokenizer_with_ids_past_the_vocabulary_is_refused() {
+    let mut config = tiny_config();
+    config.llm.vocab_size = 400;
+    let tokenizer = model::chat::ChatTokenizer::from_file(&tokenizer_path(), &config.system_prompt).unwrap();
+    let err = model::vlm::StrataModel::new(config, tokenizer, Device::Cpu, Kind::Float, model::layers::ParamInit::Random).unwrap_err();
+    assert!(err.to_string().contains("token ids up to 460") && err.to_string().contains("vocab_size is 400"), "{err}");
 }
 
 #[test]

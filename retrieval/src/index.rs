@@ -139,6 +139,12 @@ fn index_error(path: &Path, reason: impl Into<String>) -> RetrievalError {
     RetrievalError::Index { path: path.to_owned(), reason: reason.into() }
 }
 
+/// Copies a 1-D tensor into a `Vec`, naming `what` was read when libtorch refuses: a failed
+/// read must be an error, never an empty list of hits.
+fn read_back<T: tch::kind::Element + Copy>(tensor: &Tensor, dir: &Path, what: &str) -> Result<Vec<T>, RetrievalError> {
+    Vec::<T>::try_from(tensor).map_err(|e| index_error(dir, format!("reading {what} back from the device failed: {e}")))
+}
+
 /// Reads `index.json`.
 ///
 /// # Errors
@@ -237,7 +243,8 @@ impl SemanticIndex {
     ///
     /// # Errors
     /// [`RetrievalError::Query`] for a wrong width, `k = 0`, or approximate search on an
-    /// index without a graph.
+    /// index without a graph; [`RetrievalError::Index`] when the exact search's results cannot
+    /// be read back from the device.
     pub fn search(&self, queries: &[Vec<f32>], k: usize, mode: SearchMode) -> Result<Vec<Vec<Hit>>, RetrievalError> {
         if k == 0 {
             return Err(RetrievalError::Query { reason: "k must be at least 1".into() });
@@ -256,7 +263,7 @@ impl SemanticIndex {
             SearchMode::Exact if queries.len() == 1 && self.matrix.device() == Device::Cpu => {
                 Ok(vec![scan_exact(&self.mapping, self.manifest.dim, &queries[0], k)])
             }
-            SearchMode::Exact => Ok(self.search_exact(queries, k)),
+            SearchMode::Exact => self.search_exact(queries, k),
             SearchMode::Approximate { ef } => {
                 let graph = self.hnsw.as_ref().ok_or_else(|| RetrievalError::Query {
                     reason: "this index has no HNSW graph; rebuild it with one or search exactly".into(),
@@ -273,7 +280,7 @@ impl SemanticIndex {
         }
     }
 
-    fn search_exact(&self, queries: &[Vec<f32>], k: usize) -> Vec<Vec<Hit>> {
+    fn search_exact(&self, queries: &[Vec<f32>], k: usize) -> Result<Vec<Vec<Hit>>, RetrievalError> {
         let device = self.matrix.device();
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
         let q = Tensor::from_slice(&flat).view([queries.len() as i64, self.manifest.dim as i64]).to_device(device);
@@ -296,13 +303,13 @@ impl SemanticIndex {
         });
         let (scores, order) = Tensor::cat(&best_scores, 1).topk(k, 1, true, true);
         let rows = Tensor::cat(&best_rows, 1).gather(1, &order, false);
-        let scores = Vec::<f32>::try_from(scores.to_device(Device::Cpu).flatten(0, 1)).unwrap_or_default();
-        let rows = Vec::<i64>::try_from(rows.to_device(Device::Cpu).flatten(0, 1)).unwrap_or_default();
-        scores
+        let scores = read_back::<f32>(&scores.to_device(Device::Cpu).flatten(0, 1), &self.dir, "the exact search's scores")?;
+        let rows = read_back::<i64>(&rows.to_device(Device::Cpu).flatten(0, 1), &self.dir, "the exact search's rows")?;
+        Ok(scores
             .chunks(k as usize)
             .zip(rows.chunks(k as usize))
             .map(|(s, r)| s.iter().zip(r).map(|(score, row)| Hit { row: *row as usize, score: *score }).collect())
-            .collect()
+            .collect())
     }
 
     /// The texts of the `k` descriptions nearest to `embedding`, best first — what the
@@ -477,4 +484,20 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let quarter = _mm_hadd_ps(half, half);
     let sum = _mm_cvtss_f32(_mm_hadd_ps(quarter, quarter));
     sum + a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_back_is_an_error_naming_what_was_read() {
+        let dir = Path::new("indexes/osm");
+        let two_dimensional = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let err = read_back::<f32>(&two_dimensional, dir, "the exact search's scores").unwrap_err();
+        assert!(matches!(err, RetrievalError::Index { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("indexes/osm") && message.contains("reading the exact search's scores back"), "{message}");
+        assert_eq!(read_back::<i64>(&Tensor::from_slice(&[3i64, 1]), dir, "rows").unwrap(), vec![3, 1]);
+    }
 }
