@@ -77,7 +77,34 @@ impl Location {
     }
 }
 
-/// Resolves a URL or a local path.
+/// Makes [`resolve`] answer every URL under `root` — `scheme://authority`, e.g.
+/// `s3://bucket` or `faulty://scenes` — with `store`, ahead of the built-in schemes, for the
+/// life of the process (a later registration of the same root replaces it). This is how an
+/// embedding application or a test hands the stages a store built in code (a wrapper adding
+/// limits, metrics or injected faults) while requests keep naming data by URL.
+///
+/// # Errors
+/// [`OperatorError::InvalidLocation`] when `root` is not `scheme://authority` with a non-empty
+/// authority and no path (local files cannot be redirected).
+pub fn register_store(root: &str, store: Arc<dyn ObjectStore>) -> Result<(), OperatorError> {
+    let invalid = |reason: &str| OperatorError::InvalidLocation { location: root.to_owned(), reason: reason.to_owned() };
+    let root = root.trim_end_matches('/');
+    let Some((scheme, authority)) = root.split_once("://") else {
+        return Err(invalid("a store root is `scheme://authority`, e.g. `s3://bucket`"));
+    };
+    if scheme.is_empty() || authority.is_empty() || authority.contains('/') || scheme == "file" {
+        return Err(invalid("a store root is `scheme://authority` with no path, e.g. `s3://bucket`, and not `file://`"));
+    }
+    registered().lock().unwrap_or_else(|p| p.into_inner()).insert(root.to_owned(), store);
+    Ok(())
+}
+
+fn registered() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// Resolves a URL or a local path. Roots given to [`register_store`] come first.
 ///
 /// # Errors
 /// [`OperatorError::InvalidLocation`] for an unknown scheme, a malformed URL, or an S3 store
@@ -87,6 +114,11 @@ pub fn resolve(location: &str) -> Result<Location, OperatorError> {
     let Some((scheme, rest)) = location.split_once("://") else {
         return resolve_local(location);
     };
+    let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let root = format!("{scheme}://{authority}");
+    if let Some(store) = registered().lock().unwrap_or_else(|p| p.into_inner()).get(&root).cloned() {
+        return Ok(Location { store, path: parse_path(key).map_err(invalid)?, root });
+    }
     match scheme {
         "file" => resolve_local(rest),
         "memory" => {
@@ -176,6 +208,22 @@ mod tests {
         assert!(Arc::ptr_eq(a.store(), b.store()));
         assert_eq!(a.url(), "memory://ns1/tables");
         assert!(!Arc::ptr_eq(a.store(), resolve("memory://ns2").unwrap().store()));
+    }
+
+    #[test]
+    fn registered_stores_answer_their_root_first() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        register_store("custom://bucket-a/", Arc::clone(&store)).unwrap();
+        let location = resolve("custom://bucket-a/scenes/x.tif").unwrap();
+        assert!(Arc::ptr_eq(location.store(), &store));
+        assert_eq!(location.url(), "custom://bucket-a/scenes/x.tif");
+        assert!(resolve("custom://bucket-b/x.tif").is_err(), "other authorities are not redirected");
+        // Built-in schemes can be overridden per authority; local files cannot.
+        register_store("memory://overridden", Arc::clone(&store)).unwrap();
+        assert!(Arc::ptr_eq(resolve("memory://overridden/k").unwrap().store(), &store));
+        for bad in ["file://", "file://host", "custom://", "custom://a/b", "no-scheme"] {
+            assert!(register_store(bad, Arc::clone(&store)).is_err(), "{bad}");
+        }
     }
 
     #[test]

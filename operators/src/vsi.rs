@@ -6,6 +6,13 @@
 //! COG is read by the byte ranges GDAL asks for, never downloaded whole. GDAL's plugin layer
 //! adds block caching (see [`BLOCK_SIZE_BYTES`]), so small header reads coalesce.
 //!
+//! Reads retry transient store errors (timeouts, resets, throttling: everything
+//! [`ErrorClass::of_store_error`] calls retryable) with exponential backoff and jitter
+//! ([`ReadRetry`]) before GDAL ever sees a failure; a missing object or refused credentials
+//! fail at once. When a read does fail, GDAL only reports "read error"; the store's typed
+//! error is kept ([`VsiFile::take_store_error`]) so the caller can report the real cause and
+//! classify it (a scene that could not be *fetched* is not a bad scene).
+//!
 //! An object is registered with [`VsiFile::open`], which returns the `/vsistrata/...` path to
 //! hand to GDAL; dropping the [`VsiFile`] unregisters it. GDAL calls into this module from
 //! whichever thread runs it: those must be blocking threads (`spawn_blocking` or plain
@@ -19,12 +26,14 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
     },
+    time::Duration,
 };
 
+use backon::{ExponentialBuilder, Retryable as _};
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
-use crate::{storage::Location, OperatorError};
+use crate::{storage::Location, ErrorClass, OperatorError};
 
 const PREFIX: &str = "/vsistrata/";
 const PREFIX_C: &CStr = c"/vsistrata/";
@@ -35,6 +44,61 @@ pub const BLOCK_SIZE_BYTES: usize = 64 * 1024;
 /// Per open file, GDAL keeps this many bytes of blocks.
 const CACHE_SIZE_BYTES: usize = 16 * 1024 * 1024;
 
+const fn default_max_retries() -> usize {
+    5
+}
+const fn default_min_delay_ms() -> u64 {
+    100
+}
+const fn default_max_delay_ms() -> u64 {
+    5_000
+}
+
+/// How store requests retry transient errors: exponential backoff, the delay doubling from
+/// `min_delay_ms` up to `max_delay_ms`, each delay plus a random jitter of up to itself (so
+/// many readers hit by one outage do not retry in step). With the defaults a read gives up
+/// after about 3–6 s of failures; the stage's caller then retries the whole scene.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRetry {
+    /// Retries after the first attempt (0: never retry).
+    pub max_retries: usize,
+    /// Delay before the first retry, in milliseconds.
+    pub min_delay_ms: u64,
+    /// Longest delay between two attempts, in milliseconds.
+    pub max_delay_ms: u64,
+}
+
+impl Default for ReadRetry {
+    fn default() -> Self {
+        Self { max_retries: default_max_retries(), min_delay_ms: default_min_delay_ms(), max_delay_ms: default_max_delay_ms() }
+    }
+}
+
+impl ReadRetry {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.min_delay_ms))
+            .with_max_delay(Duration::from_millis(self.max_delay_ms.max(self.min_delay_ms)))
+            .with_max_times(self.max_retries)
+            .with_jitter()
+    }
+
+    /// Runs `request` until it succeeds, fails permanently, or the retries are spent; the
+    /// last error is returned.
+    async fn run<T, F>(&self, uri: &str, request: impl FnMut() -> F) -> Result<T, object_store::Error>
+    where
+        F: std::future::Future<Output = Result<T, object_store::Error>>,
+    {
+        request
+            .retry(self.backoff())
+            .when(|error| ErrorClass::of_store_error(error) == ErrorClass::Retryable)
+            .notify(|error, delay| {
+                tracing::warn!(uri, error = %error, delay_ms = delay.as_millis() as u64, "Object store request failed; retrying.");
+            })
+            .await
+    }
+}
+
 struct Entry {
     uri: String,
     store: Arc<dyn ObjectStore>,
@@ -43,38 +107,49 @@ struct Entry {
     runtime: tokio::runtime::Handle,
     bytes_fetched: AtomicU64,
     requests: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    retry: ReadRetry,
+    /// The store's error of the last read that failed for good.
+    last_error: Mutex<Option<object_store::Error>>,
 }
 
+/// A read failed for good; the store's error is in [`Entry::last_error`].
+struct ReadFailed;
+
 impl Entry {
-    /// Runs a store request from a GDAL (blocking) thread. The request runs as a task on the
-    /// runtime that registered the file, so this works from any thread without nesting
-    /// runtimes; the calling thread just waits.
-    fn fetch(&self, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>, String> {
-        let store = Arc::clone(&self.store);
-        let path = self.path.clone();
+    /// Runs a store request, with retries, from a GDAL (blocking) thread. The request runs as
+    /// a task on the runtime that registered the file, so this works from any thread without
+    /// nesting runtimes; the calling thread just waits.
+    fn fetch(self: &Arc<Self>, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>, ReadFailed> {
+        let entry = Arc::clone(self);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         self.runtime.spawn(async move {
-            let result = if ranges.len() == 1 {
-                store.get_range(&path, ranges[0].clone()).await.map(|b| vec![b])
-            } else {
-                store.get_ranges(&path, &ranges).await
+            let attempt = || {
+                let (entry, ranges) = (&entry, &ranges);
+                async move {
+                    entry.requests.fetch_add(1, Ordering::Relaxed);
+                    match ranges.as_slice() {
+                        [range] => entry.store.get_range(&entry.path, range.clone()).await.map(|b| vec![b]),
+                        _ => entry.store.get_ranges(&entry.path, ranges).await,
+                    }
+                }
             };
-            let _ = tx.send(result);
+            let _ = tx.send(entry.retry.run(&entry.uri, attempt).await);
         });
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let result = rx.recv().map_err(|_| "the runtime shut down during a read".to_owned())?.map_err(|e| e.to_string());
-        match &result {
-            Ok(_) => {
+        let result = rx.recv().unwrap_or_else(|_| {
+            Err(object_store::Error::Generic { store: "vsistrata", source: "the runtime shut down during a read".into() })
+        });
+        match result {
+            Ok(parts) => {
                 self.bytes_fetched.fetch_add(wanted, Ordering::Relaxed);
+                Ok(parts)
             }
-            Err(message) => {
-                tracing::warn!(uri = %self.uri, error = %message, "Object store read failed.");
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+            Err(error) => {
+                tracing::warn!(uri = %self.uri, error = %error, "Object store read failed.");
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                Err(ReadFailed)
             }
         }
-        result
     }
 }
 
@@ -103,14 +178,28 @@ pub struct VsiFile {
 }
 
 impl VsiFile {
-    /// Registers the object at `location` (one HEAD request for its size).
+    /// Registers the object at `location` (one HEAD request for its size), with the default
+    /// [`ReadRetry`].
     ///
     /// # Errors
-    /// [`OperatorError::Storage`] when the object is missing or the store fails;
-    /// [`OperatorError::InvalidLocation`] when GDAL's plugin cannot be installed.
+    /// As [`VsiFile::open_with_retry`].
     pub async fn open(location: &Location) -> Result<Self, OperatorError> {
+        Self::open_with_retry(location, ReadRetry::default()).await
+    }
+
+    /// Registers the object at `location` (one HEAD request for its size); the HEAD request
+    /// and every read retry transient store errors as `retry` says.
+    ///
+    /// # Errors
+    /// [`OperatorError::Storage`] when the object is missing or the store fails (after the
+    /// retries); [`OperatorError::InvalidLocation`] when GDAL's plugin cannot be installed.
+    pub async fn open_with_retry(location: &Location, retry: ReadRetry) -> Result<Self, OperatorError> {
         install().map_err(|reason| OperatorError::InvalidLocation { location: location.url(), reason })?;
-        let meta = location.store().head(location.path()).await.map_err(|source| OperatorError::Storage { uri: location.url(), source })?;
+        let uri = location.url();
+        let meta = retry
+            .run(&uri, move || location.store().head(location.path()))
+            .await
+            .map_err(|source| OperatorError::Storage { uri: uri.clone(), source })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // Keep the file name so GDAL can pick drivers by extension (.jp2, .vrt, ...).
@@ -118,13 +207,14 @@ impl VsiFile {
         let key = format!("{id}/{name}");
         let vsi_path = format!("{PREFIX}{key}");
         let entry = Arc::new(Entry {
-            uri: location.url(),
+            uri,
             store: Arc::clone(location.store()),
             path: location.path().clone(),
             size: meta.size,
             runtime: tokio::runtime::Handle::current(),
             bytes_fetched: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            retry,
             last_error: Mutex::new(None),
         });
         registry().lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), Arc::clone(&entry));
@@ -146,14 +236,27 @@ impl VsiFile {
         self.entry.bytes_fetched.load(Ordering::Relaxed)
     }
 
-    /// Requests made to the store so far.
+    /// Read requests made to the store so far, retries included (the HEAD of
+    /// [`VsiFile::open`] not counted).
     pub fn requests(&self) -> u64 {
         self.entry.requests.load(Ordering::Relaxed)
     }
 
-    /// The last store error, if a read failed — GDAL only reports "read error", this says why.
-    pub fn last_error(&self) -> Option<String> {
-        self.entry.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The URL of the object.
+    pub fn uri(&self) -> &str {
+        &self.entry.uri
+    }
+
+    /// Whether a read has failed for good (after its retries) since the last
+    /// [`VsiFile::take_store_error`].
+    pub fn has_store_error(&self) -> bool {
+        self.entry.last_error.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Takes the store's error of the last read that failed for good — GDAL only reports
+    /// "read error", this says why, typed, so its [`ErrorClass`] can be told.
+    pub fn take_store_error(&self) -> Option<object_store::Error> {
+        self.entry.last_error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -322,4 +425,66 @@ unsafe extern "C" fn close(handle: *mut c_void) -> c_int {
         drop(unsafe { Box::from_raw(handle.cast::<OpenFile>()) });
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn generic() -> object_store::Error {
+        object_store::Error::Generic { store: "test", source: "connection reset".into() }
+    }
+
+    /// Runs a request that fails with `error()` for its first `failures` attempts; returns the
+    /// outcome and the number of attempts.
+    async fn attempts(retry: ReadRetry, failures: usize, error: fn() -> object_store::Error) -> (Result<u8, object_store::Error>, usize) {
+        let count = AtomicUsize::new(0);
+        let result = retry
+            .run("memory://test/x", || async {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                if n < failures {
+                    Err(error())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        (result, count.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_they_pass_or_the_retries_run_out() {
+        let retry = ReadRetry { max_retries: 3, min_delay_ms: 1, max_delay_ms: 2 };
+        let (result, n) = attempts(retry, 2, generic).await;
+        assert_eq!((result.ok(), n), (Some(7), 3));
+        let (result, n) = attempts(retry, usize::MAX, generic).await;
+        assert!(matches!(result, Err(object_store::Error::Generic { .. })));
+        assert_eq!(n, 4, "one attempt and three retries");
+        let (_, n) = attempts(ReadRetry { max_retries: 0, ..retry }, usize::MAX, generic).await;
+        assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let retry = ReadRetry { max_retries: 3, min_delay_ms: 1, max_delay_ms: 2 };
+        let not_found = || object_store::Error::NotFound { path: "x".to_owned(), source: "gone".into() };
+        let (result, n) = attempts(retry, usize::MAX, not_found).await;
+        assert!(matches!(result, Err(object_store::Error::NotFound { .. })));
+        assert_eq!(n, 1);
+        let denied = || object_store::Error::PermissionDenied { path: "x".to_owned(), source: "no".into() };
+        assert_eq!(attempts(retry, usize::MAX, denied).await.1, 1);
+    }
+
+    #[test]
+    fn the_backoff_grows_and_is_capped() {
+        let retry = ReadRetry { max_retries: 6, min_delay_ms: 100, max_delay_ms: 400 };
+        let delays: Vec<u128> = backon::BackoffBuilder::build(retry.backoff()).map(|d| d.as_millis()).collect();
+        assert_eq!(delays.len(), 6);
+        // Each delay is its exponential step plus a jitter below that step.
+        for (delay, step) in delays.iter().zip([100, 200, 400, 400, 400, 400]) {
+            assert!((step - 1..2 * step).contains(delay), "{delays:?}");
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! Windows with no valid pixel (nodata, outside the mask) are skipped and counted.
 
 pub mod plan;
-mod raster;
+pub(crate) mod raster;
 pub mod stretch;
 
 use std::sync::{
@@ -32,7 +32,7 @@ use self::{
 };
 use crate::{
     storage::{self, Location},
-    vsi::VsiFile,
+    vsi::{ReadRetry, VsiFile},
     OperatorError,
 };
 
@@ -56,6 +56,9 @@ pub struct TilerConfig {
     /// about once (neighbouring windows share only the overlap), so a small cache loses no
     /// speed. `GDAL_CACHEMAX` in the environment wins over this.
     pub block_cache_mib: usize,
+    /// How reads of the scene retry transient object-store errors before the scene fails with
+    /// a retryable [`OperatorError::Storage`].
+    pub read_retry: ReadRetry,
 }
 
 impl Default for TilerConfig {
@@ -65,6 +68,7 @@ impl Default for TilerConfig {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             stretch_sample_px: 1024,
             block_cache_mib: 256,
+            read_retry: ReadRetry::default(),
         }
     }
 }
@@ -143,7 +147,9 @@ pub struct TiledScene {
 /// # Errors
 /// [`OperatorError::BadScene`] for inputs that can never be tiled (not a raster, no CRS, too
 /// large, bands missing), [`OperatorError::Storage`] for objects that are missing or cannot be
-/// read or written, [`OperatorError::Gdal`] for blocks GDAL cannot decode.
+/// read or written — including a read that failed in the middle of the scene after its
+/// retries, whatever GDAL made of it, so a store outage is retryable and a missing object
+/// permanent, never a bad scene — and [`OperatorError::Gdal`] for blocks GDAL cannot decode.
 pub async fn tile_scene(
     request: &SceneRequest,
     tiles_root: &Location,
@@ -158,7 +164,7 @@ pub async fn tile_scene(
         let (locations, asset_bands) = source_locations(request).map_err(&bad)?;
         let mut files = Vec::with_capacity(locations.len());
         for location in &locations {
-            let file = VsiFile::open(location).await?;
+            let file = VsiFile::open_with_retry(location, config.read_retry).await?;
             if file.size() == 0 {
                 return Err(bad(format!("`{}` is empty (0 bytes)", location.url())));
             }
@@ -189,12 +195,17 @@ pub async fn tile_scene(
         if let Some(err) = write_error {
             return Err(err);
         }
-        let read_failure = files.iter().find_map(|f| f.last_error());
+        // A read the store refused (after its retries) is the cause of whatever GDAL then
+        // reported ("not a raster", "read error"); and should GDAL have carried on regardless,
+        // tiles built around a missing block cannot be trusted either.
+        if let Some((file, source)) = files.iter().find_map(|f| f.take_store_error().map(|e| (f, e))) {
+            if let Err(failure) = &outcome {
+                tracing::debug!(error = %failure, "GDAL failed after an object store read failed.");
+            }
+            return Err(OperatorError::Storage { uri: file.uri().to_owned(), source });
+        }
         let mut summary = outcome.map_err(|failure| match failure {
-            CutFailure::Scene(reason) => bad(match &read_failure {
-                Some(store_error) => format!("{reason} (object store: {store_error})"),
-                None => reason,
-            }),
+            CutFailure::Scene(reason) => bad(reason),
             CutFailure::Gdal { action, source } => {
                 let detail = sources_for_messages.iter().fold(source.to_string(), |text, (vsi, uri)| text.replace(vsi.as_str(), uri));
                 OperatorError::Gdal { scene: scene.clone(), action, detail }
@@ -276,6 +287,15 @@ struct Rendered {
 enum CutFailure {
     Scene(String),
     Gdal { action: String, source: gdal::errors::GdalError },
+}
+
+impl std::fmt::Display for CutFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Scene(reason) => f.write_str(reason),
+            Self::Gdal { action, source } => write!(f, "GDAL failed while {action}: {source}"),
+        }
+    }
 }
 
 impl From<String> for CutFailure {

@@ -159,11 +159,35 @@ pub fn inspect(datasets: &[Dataset], sources: &[Source], bands: &[BandRef], max_
 
 /// A transform from the scene CRS to lon/lat (x = longitude).
 pub fn to_lonlat(crs_wkt: &str) -> Result<CoordTransform, Failure> {
-    let mut source = SpatialRef::from_wkt(crs_wkt).map_err(|e| format!("unknown CRS: {e}"))?;
-    source.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let (scene, wgs84) = scene_and_wgs84(crs_wkt)?;
+    CoordTransform::new(&scene, &wgs84).map_err(|e| format!("CRS cannot be transformed to lon/lat: {e}"))
+}
+
+/// A transform from lon/lat (x = longitude) to the scene CRS: the inverse of [`to_lonlat`].
+pub fn from_lonlat(crs_wkt: &str) -> Result<CoordTransform, Failure> {
+    let (scene, wgs84) = scene_and_wgs84(crs_wkt)?;
+    CoordTransform::new(&wgs84, &scene).map_err(|e| format!("lon/lat cannot be transformed to the CRS: {e}"))
+}
+
+/// The scene CRS and EPSG:4326, both in traditional GIS axis order (x = easting/longitude).
+fn scene_and_wgs84(crs_wkt: &str) -> Result<(SpatialRef, SpatialRef), Failure> {
+    let mut scene = SpatialRef::from_wkt(crs_wkt).map_err(|e| format!("unknown CRS: {e}"))?;
+    scene.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
     let mut wgs84 = SpatialRef::from_epsg(4326).map_err(|e| format!("EPSG:4326 unavailable: {e}"))?;
     wgs84.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
-    CoordTransform::new(&source, &wgs84).map_err(|e| format!("CRS cannot be transformed to lon/lat: {e}"))
+    Ok((scene, wgs84))
+}
+
+/// Transforms points with `transform` (either direction); every result must be finite.
+pub fn transform_points(transform: &CoordTransform, points: &[[f64; 2]]) -> Result<Vec<[f64; 2]>, Failure> {
+    let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = points.iter().map(|&[x, y]| (x, y)).unzip();
+    let mut zs = vec![0.0; xs.len()];
+    transform.transform_coords(&mut xs, &mut ys, &mut zs).map_err(|e| format!("cannot transform the points: {e}"))?;
+    let out: Vec<[f64; 2]> = xs.into_iter().zip(ys).map(|(x, y)| [x, y]).collect();
+    if out.iter().any(|[x, y]| !x.is_finite() || !y.is_finite()) {
+        return Err("the points fall outside the CRS's valid area".to_owned());
+    }
+    Ok(out)
 }
 
 /// The closed lon/lat ring of a pixel rectangle, counter-clockwise (RFC 7946) for north-up
@@ -171,15 +195,15 @@ pub fn to_lonlat(crs_wkt: &str) -> Result<CoordTransform, Failure> {
 pub fn footprint(transform: &CoordTransform, geotransform: &GeoTransform, window: &PixelWindow) -> Result<Vec<[f64; 2]>, Failure> {
     let (c0, r0) = (window.col_off as f64, window.row_off as f64);
     let (c1, r1) = (c0 + f64::from(window.width), r0 + f64::from(window.height));
-    let corners = [(c0, r0), (c0, r1), (c1, r1), (c1, r0)];
-    let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = corners.iter().map(|&(c, r)| geotransform.apply(c, r)).unzip();
-    let mut zs = vec![0.0; xs.len()];
-    transform.transform_coords(&mut xs, &mut ys, &mut zs).map_err(|e| format!("cannot transform the footprint to lon/lat: {e}"))?;
-    let mut ring: Vec<[f64; 2]> = xs.into_iter().zip(ys).map(|(x, y)| [x, y]).collect();
+    let corners: Vec<[f64; 2]> = [(c0, r0), (c0, r1), (c1, r1), (c1, r0)]
+        .iter()
+        .map(|&(c, r)| {
+            let (x, y) = geotransform.apply(c, r);
+            [x, y]
+        })
+        .collect();
+    let mut ring = transform_points(transform, &corners).map_err(|e| format!("cannot transform the footprint to lon/lat: {e}"))?;
     ring.push(ring[0]);
-    if ring.iter().any(|[x, y]| !x.is_finite() || !y.is_finite()) {
-        return Err("the footprint falls outside the CRS's valid area".to_owned());
-    }
     Ok(ring)
 }
 

@@ -1,0 +1,471 @@
+//! Georeferencing: a box the model drew on a tile, placed on the scene and on the globe.
+//!
+//! The model answers on a 0–1000 grid relative to the tile image (MODEL_SPEC §6). A detection
+//! row needs that box three ways: in tile-image pixels (what the model saw), in scene pixels
+//! (where cross-tile merging compares boxes, [`crate::merge`]) and as a lon/lat polygon (the
+//! tables' geometry). The polygon is the box's outline mapped through the tile's geotransform
+//! and the CRS, with every edge densified, because a straight pixel edge is curved in lon/lat
+//! (and a rotated or south-up geotransform turns the pixel rectangle around). Rings follow
+//! RFC 7946 §3.1.6 (exterior counter-clockwise) and §3.1.9 (a polygon crossing the
+//! antimeridian is cut in two at ±180°, never drawn as a 358°-wide band).
+//!
+//! Everything comes from the [`TileTask`] alone, so a result that carries its task can be
+//! georeferenced anywhere. Partial windows (scenes smaller than a tile) are padded: their
+//! content fills only the top-left part of the tile image. The content size is not a field of
+//! the task; it is recovered exactly from the task's lon/lat footprint, whose corners are the
+//! window's corners, mapped back through the tile geotransform (see [`TileGeoref::new`]).
+
+use gdal::spatial_ref::CoordTransform;
+use schemas::{GeoTransform, GridBox, PixelWindow, TileTask};
+
+use crate::{tile::raster, OperatorError};
+
+/// The model's box grid spans `0..=GRID_MAX` across the tile image (MODEL_SPEC §6).
+pub const GRID_MAX: f64 = 1000.0;
+
+/// Segments each box edge is cut into before it is transformed to lon/lat.
+pub const DEFAULT_SEGMENTS_PER_EDGE: usize = 16;
+
+/// A closed ring of `[x, y]` points (lon/lat: `[longitude, latitude]` in degrees); the first
+/// point is repeated at the end.
+pub type Ring = Vec<[f64; 2]>;
+
+/// A lon/lat (EPSG:4326, x = longitude) polygon without holes, or the parts of one that was
+/// cut at the antimeridian.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LonLatGeometry {
+    /// One counter-clockwise exterior ring.
+    Polygon(Ring),
+    /// Two or more polygons, each one counter-clockwise exterior ring; longitudes of every part
+    /// lie in [-180, 180]. The part touching +180° comes first.
+    MultiPolygon(Vec<Ring>),
+}
+
+impl LonLatGeometry {
+    /// The exterior rings: one for a polygon, one per part for a multipolygon.
+    pub fn parts(&self) -> &[Ring] {
+        match self {
+            Self::Polygon(ring) => std::slice::from_ref(ring),
+            Self::MultiPolygon(parts) => parts,
+        }
+    }
+
+    /// ISO/OGC WKB, little-endian, 2D: a `Polygon` (type 3) or a `MultiPolygon` (type 6) —
+    /// the encoding GeoParquet stores; a polygon's bytes equal those of
+    /// [`crate::tables::polygon_wkb`] for the same ring.
+    pub fn to_wkb(&self) -> Vec<u8> {
+        const POLYGON: u32 = 3;
+        const MULTI_POLYGON: u32 = 6;
+        fn header(out: &mut Vec<u8>, kind: u32) {
+            out.push(1); // little-endian (NDR)
+            out.extend_from_slice(&kind.to_le_bytes());
+        }
+        fn count(out: &mut Vec<u8>, n: usize) {
+            // Rings of a box hold tens of points; u32 cannot overflow.
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        fn polygon(out: &mut Vec<u8>, ring: &[[f64; 2]]) {
+            header(out, POLYGON);
+            count(out, 1);
+            count(out, ring.len());
+            for [x, y] in ring {
+                out.extend_from_slice(&x.to_le_bytes());
+                out.extend_from_slice(&y.to_le_bytes());
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            Self::Polygon(ring) => polygon(&mut out, ring),
+            Self::MultiPolygon(parts) => {
+                header(&mut out, MULTI_POLYGON);
+                count(&mut out, parts.len());
+                for part in parts {
+                    polygon(&mut out, part);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One box, georeferenced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoreferencedBox {
+    /// `[x1, y1, x2, y2]` in tile-image pixels (origin at the image's top-left corner), clipped
+    /// to the image's content (the padding of a partial window holds no scene).
+    pub image_box: [f64; 4],
+    /// `[x1, y1, x2, y2]` in scene pixels (fractional: a grid step is rarely a whole pixel).
+    pub scene_box: [f64; 4],
+    /// The box outline in the scene CRS: closed, densified, counter-clockwise (x east, y north).
+    pub crs_ring: Ring,
+    /// The box outline in lon/lat: closed, densified, counter-clockwise, cut at the
+    /// antimeridian when it crosses it.
+    pub lonlat: LonLatGeometry,
+}
+
+/// What is needed to georeference boxes on one tile: the tile's geometry and a lon/lat
+/// transform built once for all its boxes.
+///
+/// Not `Send`: GDAL's coordinate transforms are bound to their thread. Build one where the
+/// boxes are georeferenced and drop it before any `.await`.
+pub struct TileGeoref {
+    scene_id: String,
+    tile_id: String,
+    window: PixelWindow,
+    /// Tile image size (width, height), in pixels.
+    image_px: (u32, u32),
+    /// Part of the image holding the window (width, height), in pixels.
+    content_px: (u32, u32),
+    geotransform: GeoTransform,
+    to_lonlat: CoordTransform,
+    segments_per_edge: usize,
+}
+
+impl std::fmt::Debug for TileGeoref {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileGeoref")
+            .field("scene_id", &self.scene_id)
+            .field("tile_id", &self.tile_id)
+            .field("window", &self.window)
+            .field("image_px", &self.image_px)
+            .field("content_px", &self.content_px)
+            .field("geotransform", &self.geotransform)
+            .field("segments_per_edge", &self.segments_per_edge)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TileGeoref {
+    /// Prepares a tile for georeferencing.
+    ///
+    /// The content size (the part of the tile image the window fills) is recovered from the
+    /// task: the footprint's first four points are the window's corners in lon/lat; mapped to
+    /// the CRS and through the inverse of the tile geotransform they land on `(0, 0)` and
+    /// `(content_w, content_h)`, integers the tiler chose, so rounding recovers them exactly.
+    ///
+    /// # Errors
+    /// [`OperatorError::Georeference`] when the image size is zero, the geotransform is not
+    /// invertible, the CRS cannot be transformed to lon/lat, or the footprint does not match
+    /// the window's corners under the geotransform.
+    pub fn new(task: &TileTask) -> Result<Self, OperatorError> {
+        let fail = |reason: String| OperatorError::Georeference { scene: task.scene_id.clone(), tile: task.tile_id.clone(), reason };
+        let image_px = (task.tile.width_px, task.tile.height_px);
+        if image_px.0 == 0 || image_px.1 == 0 {
+            return Err(fail(format!("the tile image is {} × {} pixels", image_px.0, image_px.1)));
+        }
+        let geotransform = task.geotransform;
+        if !geotransform.is_invertible() || geotransform.0.iter().any(|c| !c.is_finite()) {
+            return Err(fail(format!("the tile geotransform {:?} is not invertible", geotransform.0)));
+        }
+        let to_lonlat = raster::to_lonlat(&task.crs.wkt).map_err(&fail)?;
+        let from_lonlat = raster::from_lonlat(&task.crs.wkt).map_err(&fail)?;
+        let corners = task.footprint_lonlat.get(..4).ok_or_else(|| fail("the footprint has fewer than 4 points".to_owned()))?;
+        let corners = raster::transform_points(&from_lonlat, corners).map_err(|e| fail(format!("footprint: {e}")))?;
+        let pixels: Vec<[f64; 2]> = corners.iter().map(|&[x, y]| invert(&geotransform, x, y)).collect();
+        let max = |axis: usize| pixels.iter().map(|p| p[axis]).fold(f64::NEG_INFINITY, f64::max);
+        let min = |axis: usize| pixels.iter().map(|p| p[axis]).fold(f64::INFINITY, f64::min);
+        // Transforms round-trip to well under a thousandth of a pixel; more means the
+        // footprint belongs to another window or geotransform.
+        const SLACK_PX: f64 = 1e-3;
+        let (w, h) = (max(0), max(1));
+        let (content_w, content_h) = (w.round(), h.round());
+        let consistent = min(0).abs() < SLACK_PX
+            && min(1).abs() < SLACK_PX
+            && (w - content_w).abs() < SLACK_PX
+            && (h - content_h).abs() < SLACK_PX
+            && (1.0..=f64::from(image_px.0)).contains(&content_w)
+            && (1.0..=f64::from(image_px.1)).contains(&content_h);
+        if !consistent {
+            return Err(fail(format!(
+                "the footprint's corners map to image pixels {pixels:?} under the tile geotransform, not to the corners of a \
+                 rectangle inside the {} × {} image",
+                image_px.0, image_px.1
+            )));
+        }
+        Ok(Self {
+            scene_id: task.scene_id.clone(),
+            tile_id: task.tile_id.clone(),
+            window: task.window,
+            image_px,
+            // Both are whole numbers in 1..=image size, checked above.
+            content_px: (content_w as u32, content_h as u32),
+            geotransform,
+            to_lonlat,
+            segments_per_edge: DEFAULT_SEGMENTS_PER_EDGE,
+        })
+    }
+
+    /// Cuts each box edge into `segments` straight pieces (at least 1) before transforming.
+    pub fn with_segments_per_edge(mut self, segments: usize) -> Self {
+        self.segments_per_edge = segments.max(1);
+        self
+    }
+
+    /// The part of the tile image the window fills, (width, height) in pixels: the whole image
+    /// except for partial windows.
+    pub fn content_px(&self) -> (u32, u32) {
+        self.content_px
+    }
+
+    /// Places one box.
+    ///
+    /// # Errors
+    /// [`OperatorError::Georeference`] when the box is outside the grid or has no area
+    /// (`x1 >= x2` or `y1 >= y2`), lies wholly in the padding of a partial window, cannot be
+    /// transformed to lon/lat, or encloses a pole.
+    pub fn georeference(&self, grid: &GridBox) -> Result<GeoreferencedBox, OperatorError> {
+        let fail = |reason: String| OperatorError::Georeference { scene: self.scene_id.clone(), tile: self.tile_id.clone(), reason };
+        let [gx1, gy1, gx2, gy2] = [grid.x1, grid.y1, grid.x2, grid.y2].map(f64::from);
+        if gx2 > GRID_MAX || gy2 > GRID_MAX || gx1 >= gx2 || gy1 >= gy2 {
+            return Err(fail(format!("box {grid:?} is not a box with area on the 0–1000 grid")));
+        }
+        let (image_w, image_h) = (f64::from(self.image_px.0), f64::from(self.image_px.1));
+        let (content_w, content_h) = (f64::from(self.content_px.0), f64::from(self.content_px.1));
+        let image_box = [
+            (gx1 / GRID_MAX * image_w).min(content_w),
+            (gy1 / GRID_MAX * image_h).min(content_h),
+            (gx2 / GRID_MAX * image_w).min(content_w),
+            (gy2 / GRID_MAX * image_h).min(content_h),
+        ];
+        if image_box[0] >= image_box[2] || image_box[1] >= image_box[3] {
+            return Err(fail(format!("box {grid:?} lies in the tile's padding, outside the scene")));
+        }
+        let (sx, sy) = (f64::from(self.window.width) / content_w, f64::from(self.window.height) / content_h);
+        let (col0, row0) = (self.window.col_off as f64, self.window.row_off as f64);
+        let scene_box = [col0 + image_box[0] * sx, row0 + image_box[1] * sy, col0 + image_box[2] * sx, row0 + image_box[3] * sy];
+
+        let mut pixels = densified_outline(&image_box, self.segments_per_edge);
+        let crs = |pixels: &[[f64; 2]]| -> Ring {
+            pixels
+                .iter()
+                .map(|&[c, r]| {
+                    let (x, y) = self.geotransform.apply(c, r);
+                    [x, y]
+                })
+                .collect()
+        };
+        let mut crs_ring = crs(&pixels);
+        if signed_area(&crs_ring) < 0.0 {
+            crs_ring.reverse();
+        }
+        let lonlat = raster::transform_points(&self.to_lonlat, &crs(&pixels)).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
+        let mut unwrapped = unwrap_longitudes(&lonlat);
+        if let (Some(first), Some(last)) = (unwrapped.first(), unwrapped.last()) {
+            if (first[0] - last[0]).abs() > 180.0 {
+                return Err(fail(format!("box {grid:?} encloses a pole; such polygons are not supported")));
+            }
+        }
+        if signed_area(&unwrapped) < 0.0 {
+            unwrapped.reverse();
+            pixels.reverse();
+        }
+        let lonlat = self.split_at_antimeridian(&pixels, unwrapped).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
+        Ok(GeoreferencedBox { image_box, scene_box, crs_ring, lonlat })
+    }
+
+    /// Cuts a closed ring of unwrapped longitudes (continuous, possibly beyond ±180) at the
+    /// antimeridian. `pixels` are the image points the ring was transformed from; crossings
+    /// are found on the true (curved) edge between them by bisection, so the cut points are
+    /// exact, not interpolated in lon/lat.
+    fn split_at_antimeridian(&self, pixels: &[[f64; 2]], ring: Ring) -> Result<LonLatGeometry, String> {
+        let east = ring.iter().map(|p| p[0]).fold(f64::NEG_INFINITY, f64::max);
+        let west = ring.iter().map(|p| p[0]).fold(f64::INFINITY, f64::min);
+        let cut = if east > 180.0 {
+            180.0
+        } else if west < -180.0 {
+            -180.0
+        } else {
+            return Ok(LonLatGeometry::Polygon(ring));
+        };
+        // Insert the exact crossing points, so that clipping never interpolates.
+        let mut with_cuts: Vec<[f64; 2]> = Vec::with_capacity(ring.len() + 4);
+        for i in 0..ring.len() - 1 {
+            let (a, b) = (ring[i], ring[i + 1]);
+            with_cuts.push(a);
+            if (a[0] - cut) * (b[0] - cut) < 0.0 {
+                with_cuts.push(self.crossing(pixels[i], pixels[i + 1], a[0], cut)?);
+            }
+        }
+        // `with_cuts` is open: its closing point would be `with_cuts[0]` again.
+        let (inside, outside) = if cut > 0.0 { (Side::West, Side::East) } else { (Side::East, Side::West) };
+        let near = clip(&with_cuts, cut, inside);
+        let far: Vec<[f64; 2]> = clip(&with_cuts, cut, outside).into_iter().map(|[lon, lat]| [lon - 2.0 * cut, lat]).collect();
+        let (plus, minus) = if cut > 0.0 { (near, far) } else { (far, near) };
+        let parts: Vec<Ring> = [plus, minus].into_iter().filter_map(close_ring).collect();
+        match <[Ring; 1]>::try_from(parts) {
+            Ok([one]) => Ok(LonLatGeometry::Polygon(one)),
+            Err(parts) if parts.is_empty() => Err("nothing of the box is left after cutting it at the antimeridian".to_owned()),
+            Err(parts) => Ok(LonLatGeometry::MultiPolygon(parts)),
+        }
+    }
+
+    /// The point where the edge from image point `a` (whose unwrapped longitude is `lon_a`) to
+    /// `b` reaches longitude `cut`, found by bisection on the edge.
+    fn crossing(&self, a: [f64; 2], b: [f64; 2], lon_a: f64, cut: f64) -> Result<[f64; 2], String> {
+        let side_a = (lon_a - cut).signum();
+        let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
+        let at = |t: f64| -> Result<[f64; 2], String> {
+            let (x, y) = self.geotransform.apply(a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t);
+            let [[lon, lat]] = <[[f64; 2]; 1]>::try_from(raster::transform_points(&self.to_lonlat, &[[x, y]])?)
+                .map_err(|_| "the transform returned no point".to_owned())?;
+            Ok([lon + 360.0 * ((lon_a - lon) / 360.0).round(), lat])
+        };
+        // 60 halvings take the edge parameter below 1e-18: the last bit of a double.
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if (at(mid)?[0] - cut).signum() == side_a {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok([cut, at(0.5 * (lo + hi))?[1]])
+    }
+}
+
+/// `(col, row)` of CRS point `(x, y)` under an invertible geotransform.
+fn invert(g: &GeoTransform, x: f64, y: f64) -> [f64; 2] {
+    let g = &g.0;
+    let det = g[1] * g[5] - g[2] * g[4];
+    let (dx, dy) = (x - g[0], y - g[3]);
+    [(g[5] * dx - g[2] * dy) / det, (g[1] * dy - g[4] * dx) / det]
+}
+
+/// The closed outline of a pixel box, `segments` points per edge, in the order top-left,
+/// bottom-left, bottom-right, top-right (counter-clockwise on a north-up map).
+fn densified_outline(b: &[f64; 4], segments: usize) -> Vec<[f64; 2]> {
+    let corners = [[b[0], b[1]], [b[0], b[3]], [b[2], b[3]], [b[2], b[1]]];
+    let mut points = Vec::with_capacity(4 * segments + 1);
+    for (i, from) in corners.iter().enumerate() {
+        let to = corners[(i + 1) % 4];
+        for k in 0..segments {
+            let t = k as f64 / segments as f64;
+            points.push([from[0] + (to[0] - from[0]) * t, from[1] + (to[1] - from[1]) * t]);
+        }
+    }
+    points.push(corners[0]);
+    points
+}
+
+/// Twice the signed area of a closed ring (shoelace); positive when counter-clockwise.
+fn signed_area(ring: &[[f64; 2]]) -> f64 {
+    ring.windows(2).map(|w| w[0][0] * w[1][1] - w[1][0] * w[0][1]).sum()
+}
+
+/// Longitudes made continuous along the ring: each point moved by whole turns to within 180°
+/// of the previous one, so a ring crossing the antimeridian runs past ±180 instead of jumping.
+fn unwrap_longitudes(ring: &[[f64; 2]]) -> Ring {
+    let mut out: Ring = Vec::with_capacity(ring.len());
+    for &[lon, lat] in ring {
+        let lon = match out.last() {
+            Some(&[previous, _]) => lon + 360.0 * ((previous - lon) / 360.0).round(),
+            None => lon,
+        };
+        out.push([lon, lat]);
+    }
+    out
+}
+
+/// Which side of a meridian to keep when clipping.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// Longitudes at most the cut.
+    West,
+    /// Longitudes at least the cut.
+    East,
+}
+
+/// Sutherland–Hodgman clipping of an open ring (first point not repeated) to one side of the
+/// meridian `cut` (points on it are kept). Exact when every edge crossing the meridian already
+/// has a vertex on it; other crossings are interpolated linearly.
+fn clip(ring: &[[f64; 2]], cut: f64, side: Side) -> Vec<[f64; 2]> {
+    let keep = |lon: f64| match side {
+        Side::West => lon <= cut,
+        Side::East => lon >= cut,
+    };
+    let mut out = Vec::with_capacity(ring.len());
+    let Some(&last) = ring.last() else { return out };
+    let mut previous = last;
+    for &point in ring {
+        match (keep(previous[0]), keep(point[0])) {
+            (true, true) => out.push(point),
+            (false, true) => {
+                out.push(on_meridian(previous, point, cut));
+                out.push(point);
+            }
+            (true, false) => out.push(on_meridian(previous, point, cut)),
+            (false, false) => {}
+        }
+        previous = point;
+    }
+    out.dedup();
+    out
+}
+
+/// Where the segment from `a` to `b` meets the meridian `cut`: an endpoint lying on it, or
+/// else the linear interpolation.
+fn on_meridian(a: [f64; 2], b: [f64; 2], cut: f64) -> [f64; 2] {
+    if a[0] == cut {
+        return a;
+    }
+    if b[0] == cut {
+        return b;
+    }
+    let t = (cut - a[0]) / (b[0] - a[0]);
+    [cut, a[1] + (b[1] - a[1]) * t]
+}
+
+/// Closes an open ring; `None` when fewer than three distinct points remain (the box only
+/// touched the line).
+fn close_ring(mut open: Vec<[f64; 2]>) -> Option<Ring> {
+    if open.first() == open.last() {
+        open.pop();
+    }
+    if open.len() < 3 {
+        return None;
+    }
+    open.push(open[0]);
+    Some(open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwrapping_makes_a_crossing_ring_continuous() {
+        let ring = [[179.5, 1.0], [-179.5, 1.0], [-179.5, 0.0], [179.5, 0.0], [179.5, 1.0]];
+        let unwrapped = unwrap_longitudes(&ring);
+        assert_eq!(unwrapped, vec![[179.5, 1.0], [180.5, 1.0], [180.5, 0.0], [179.5, 0.0], [179.5, 1.0]]);
+    }
+
+    #[test]
+    fn shoelace_sign_is_positive_for_counter_clockwise_rings() {
+        let ccw = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]];
+        assert!(signed_area(&ccw) > 0.0);
+        let mut cw = ccw;
+        cw.reverse();
+        assert!(signed_area(&cw) < 0.0);
+    }
+
+    #[test]
+    fn clipping_keeps_each_side_of_the_meridian() {
+        // A CCW square from 179 to 181 with vertices already on the meridian.
+        let ring = [[179.0, 0.0], [180.0, 0.0], [181.0, 0.0], [181.0, 1.0], [180.0, 1.0], [179.0, 1.0]];
+        assert_eq!(clip(&ring, 180.0, Side::West), vec![[179.0, 0.0], [180.0, 0.0], [180.0, 1.0], [179.0, 1.0]]);
+        assert_eq!(clip(&ring, 180.0, Side::East), vec![[180.0, 0.0], [181.0, 0.0], [181.0, 1.0], [180.0, 1.0]]);
+        // Without vertices on the meridian the crossings are interpolated.
+        let ring = [[-181.0, 0.0], [-179.0, 0.0], [-179.0, 2.0], [-181.0, 2.0]];
+        assert_eq!(clip(&ring, -180.0, Side::East), vec![[-180.0, 0.0], [-179.0, 0.0], [-179.0, 2.0], [-180.0, 2.0]]);
+        assert_eq!(clip(&ring, -180.0, Side::West), vec![[-181.0, 0.0], [-180.0, 0.0], [-180.0, 2.0], [-181.0, 2.0]]);
+    }
+
+    #[test]
+    fn outline_visits_the_corners_in_order() {
+        let outline = densified_outline(&[0.0, 0.0, 4.0, 2.0], 2);
+        assert_eq!(
+            outline,
+            vec![[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [2.0, 2.0], [4.0, 2.0], [4.0, 1.0], [4.0, 0.0], [2.0, 0.0], [0.0, 0.0]]
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Georeferencing boxes, held to pyproj (`scripts/fixtures/make_georef_golden.py`, no GDAL and
+//! no Strata code in the truth) and to the tiler's own tiles: UTM, a padded partial window, a
+//! rotated and a south-up geotransform, and a box across the antimeridian.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use gdal::{spatial_ref::SpatialRef, vector::Geometry};
+use operators::{
+    georef::{GeoreferencedBox, LonLatGeometry, TileGeoref, DEFAULT_SEGMENTS_PER_EDGE},
+    storage,
+    tables::polygon_wkb,
+    tile::{tile_scene, TilerConfig},
+    ErrorClass, OperatorError,
+};
+use schemas::{Crs, GeoTransform, GridBox, ObjectRef, PixelWindow, RasterSize, SceneRequest, SceneSource, TileTask, TilingOptions};
+use serde_json::Value;
+
+/// pyproj and GDAL (both PROJ) agree far below this, in degrees.
+const DEGREES: f64 = 1e-7;
+/// In CRS units (metres): plain affine arithmetic, only rounding apart.
+const METRES: f64 = 1e-6;
+
+fn cases() -> Vec<Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/georef/cases.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(fixture["segments_per_edge"].as_u64().unwrap(), DEFAULT_SEGMENTS_PER_EDGE as u64);
+    fixture["cases"].as_array().unwrap().clone()
+}
+
+fn case(name: &str) -> Value {
+    cases().into_iter().find(|c| c["name"] == name).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
+fn points(value: &Value) -> Vec<[f64; 2]> {
+    value.as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+}
+
+fn task(case: &Value) -> TileTask {
+    let t = &case["task"];
+    let epsg = u32::try_from(case["epsg"].as_u64().unwrap()).unwrap();
+    TileTask {
+        schema_version: schemas::SCHEMA_VERSION,
+        request_id: "req".to_owned(),
+        scene_id: "scene".to_owned(),
+        tile_id: case["name"].as_str().unwrap().to_owned(),
+        tile: ObjectRef {
+            uri: "memory://georef/tile.png".to_owned(),
+            media_type: "image/png".to_owned(),
+            width_px: t["width_px"].as_u64().unwrap() as u32,
+            height_px: t["height_px"].as_u64().unwrap() as u32,
+        },
+        window: serde_json::from_value::<PixelWindow>(t["window"].clone()).unwrap(),
+        scene_size: serde_json::from_value::<RasterSize>(t["scene_size"].clone()).unwrap(),
+        geotransform: GeoTransform(floats(&t["geotransform"]).try_into().unwrap()),
+        crs: Crs { wkt: SpatialRef::from_epsg(epsg).unwrap().to_wkt().unwrap(), epsg: Some(epsg) },
+        footprint_lonlat: points(&t["footprint_lonlat"]),
+        tasks: vec![],
+        created_at: Utc::now(),
+    }
+}
+
+fn grid_box(case: &Value) -> GridBox {
+    serde_json::from_value(case["grid_box"].clone()).unwrap()
+}
+
+fn georeference(case: &Value) -> GeoreferencedBox {
+    TileGeoref::new(&task(case)).unwrap().georeference(&grid_box(case)).unwrap()
+}
+
+/// Every wanted point is in `ring` (closed) and the ring holds nothing else.
+fn assert_same_points(ring: &[[f64; 2]], want: &[[f64; 2]], tolerance: f64, what: &str) {
+    assert_eq!(ring.first(), ring.last(), "{what}: the ring is not closed");
+    let open = &ring[..ring.len() - 1];
+    assert_eq!(open.len(), want.len(), "{what}: point count");
+    for w in want {
+        let nearest = open.iter().map(|p| (p[0] - w[0]).abs().max((p[1] - w[1]).abs())).fold(f64::INFINITY, f64::min);
+        assert!(nearest < tolerance, "{what}: {w:?} is {nearest:e} from the nearest point of the ring");
+    }
+}
+
+fn assert_close(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < tolerance, "{what}: got {got:?}, want {want:?}");
+    }
+}
+
+/// Twice the signed area (shoelace); positive for counter-clockwise rings.
+fn signed_area(ring: &[[f64; 2]]) -> f64 {
+    let n = ring.len();
+    (0..n).map(|i| ring[i][0] * ring[(i + 1) % n][1] - ring[(i + 1) % n][0] * ring[i][1]).sum()
+}
+
+#[test]
+fn boxes_match_pyproj_on_utm_rotated_south_up_and_padded_tiles() {
+    for case in cases().iter().filter(|c| c["name"] != "antimeridian") {
+        let name = case["name"].as_str().unwrap();
+        let want = &case["expected"];
+        let frame = TileGeoref::new(&task(case)).unwrap();
+        let content = floats(&want["content_px"]);
+        assert_eq!(frame.content_px(), (content[0] as u32, content[1] as u32), "{name}: content size recovered from the footprint");
+        let placed = frame.georeference(&grid_box(case)).unwrap();
+        assert_close(&placed.image_box, &floats(&want["image_box"]), 1e-9, &format!("{name} image box"));
+        assert_close(&placed.scene_box, &floats(&want["scene_box"]), 1e-9, &format!("{name} scene box"));
+        assert_same_points(&placed.crs_ring, &points(&want["crs_points"]), METRES, &format!("{name} CRS ring"));
+        let LonLatGeometry::Polygon(ring) = &placed.lonlat else { panic!("{name}: split without crossing 180°") };
+        assert_same_points(ring, &points(&want["lonlat_points"]), DEGREES, &format!("{name} lon/lat ring"));
+    }
+}
+
+#[test]
+fn a_box_across_the_antimeridian_is_cut_in_two_at_180() {
+    let case = case("antimeridian");
+    let want = &case["expected"];
+    let placed = georeference(&case);
+    let LonLatGeometry::MultiPolygon(parts) = &placed.lonlat else { panic!("not split: {:?}", placed.lonlat) };
+    assert_eq!(parts.len(), 2);
+    let (east, west) = (&parts[0], &parts[1]);
+    for (part, side) in [(east, 180.0_f64), (west, -180.0)] {
+        let lons: Vec<f64> = part.iter().map(|p| p[0]).collect();
+        assert!(lons.iter().all(|lon| (-180.0..=180.0).contains(lon)), "{lons:?}");
+        let span = lons.iter().copied().fold(f64::NEG_INFINITY, f64::max) - lons.iter().copied().fold(f64::INFINITY, f64::min);
+        // The box is 0.8 × 512 px × 30 m ≈ 12.3 km ≈ 0.18° of longitude at 52°N, split about
+        // in half: no part may wrap the other way round the globe.
+        assert!(span > 0.05 && span < 0.15, "a part spans {span}° of longitude");
+        assert!(lons.iter().all(|lon| lon.signum() == side.signum()), "the {side} part strays across: {lons:?}");
+        // The cut edge lies on the antimeridian at the latitudes pyproj's bisection found.
+        let mut cut: Vec<f64> = part.iter().skip(1).filter(|p| p[0] == side).map(|p| p[1]).collect();
+        cut.sort_by(f64::total_cmp);
+        assert_close(&cut, &floats(&want["cut_latitudes"]), DEGREES, &format!("cut on {side}"));
+    }
+    // Off the cut, the two parts hold exactly the densified outline pyproj computed.
+    let outline: Vec<[f64; 2]> =
+        parts.iter().flat_map(|part| part[..part.len() - 1].iter().copied()).filter(|p| p[0].abs() != 180.0).collect();
+    let mut closed = outline.clone();
+    closed.push(outline[0]);
+    assert_same_points(&closed, &points(&want["lonlat_points"]), DEGREES, "antimeridian outline");
+    assert_same_points(&placed.crs_ring, &points(&want["crs_points"]), METRES, "antimeridian CRS ring");
+
+    // GDAL reads the WKB back as a valid two-part multipolygon.
+    let geometry = Geometry::from_wkb(&placed.lonlat.to_wkb()).unwrap();
+    assert_eq!(geometry.geometry_name(), "MULTIPOLYGON");
+    assert_eq!(geometry.geometry_count(), 2);
+    assert!(geometry.is_valid(), "{}", geometry.wkt().unwrap());
+    // Both parts together cover the box (about 0.18° × 0.11°), as pyproj's outline does when
+    // drawn across 180° without a cut, not the rest of the globe.
+    let mut unwrapped = points(&want["lonlat_points"]);
+    unwrapped.iter_mut().filter(|p| p[0] < 0.0).for_each(|p| p[0] += 360.0);
+    let want_area = signed_area(&unwrapped).abs() / 2.0;
+    let area: f64 = parts.iter().map(|p| signed_area(p) / 2.0).sum();
+    assert!((area - want_area).abs() < 1e-9 && (geometry.area() - area).abs() < 1e-12, "area {area}, want {want_area} square degrees");
+}
+
+#[test]
+fn every_ring_is_counter_clockwise_whatever_the_geotransform() {
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let placed = georeference(&case);
+        assert!(signed_area(&placed.crs_ring) > 0.0, "{name}: CRS ring is clockwise");
+        for part in placed.lonlat.parts() {
+            assert!(signed_area(part) > 0.0, "{name}: lon/lat ring is clockwise");
+        }
+        if name == "south_up" {
+            // The outline in pixel order (top-left, bottom-left, ...) is clockwise on the map
+            // here, so this case proves the ring was turned around.
+            assert!(signed_area(&points(&case["expected"]["crs_points"])) < 0.0);
+        }
+    }
+}
+
+#[test]
+fn polygon_wkb_matches_the_table_encoder_and_gdal_reads_it() {
+    let placed = georeference(&case("rotated"));
+    let LonLatGeometry::Polygon(ring) = &placed.lonlat else { panic!("not a polygon") };
+    assert_eq!(placed.lonlat.to_wkb(), polygon_wkb(ring).unwrap());
+    let geometry = Geometry::from_wkb(&placed.lonlat.to_wkb()).unwrap();
+    assert_eq!(geometry.geometry_name(), "POLYGON");
+    assert!(geometry.is_valid());
+}
+
+#[test]
+fn boxes_without_area_or_in_the_padding_are_refused() {
+    let frame = TileGeoref::new(&task(&case("utm33_partial_window"))).unwrap();
+    for (grid, why) in [
+        (GridBox { x1: 10, y1: 10, x2: 10, y2: 20 }, "no width"),
+        (GridBox { x1: 20, y1: 10, x2: 10, y2: 20 }, "reversed"),
+        (GridBox { x1: 10, y1: 10, x2: 1001, y2: 20 }, "off the grid"),
+        // The content is 225 × 150 of a 384 image: x from 0.5859 of the grid is padding.
+        (GridBox { x1: 600, y1: 10, x2: 1000, y2: 20 }, "in the padding"),
+    ] {
+        let err = frame.georeference(&grid).unwrap_err();
+        assert!(matches!(err, OperatorError::Georeference { .. }), "{why}: {err}");
+        assert_eq!(err.class(), ErrorClass::Permanent, "{why}");
+    }
+}
+
+#[test]
+fn a_footprint_that_does_not_fit_the_geotransform_is_refused() {
+    let mut task = task(&case("utm33"));
+    task.footprint_lonlat.iter_mut().for_each(|p| p[0] += 0.001);
+    let err = TileGeoref::new(&task).unwrap_err();
+    assert!(err.to_string().contains("footprint"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_grid_of_a_real_tile_is_its_window_and_footprint() {
+    // Full windows of a UTM Landsat scene, and the padded single window of a geographic one.
+    for (file, tile_size) in [("scenes/L7_ETMs.tif", 128), ("scenes/rmnp-rgb.tif", 512)] {
+        let path = common::data(file);
+        let mut request = SceneRequest::new("req", "scene", SceneSource::Uri { uri: path.to_str().unwrap().to_owned() });
+        request.tiling = TilingOptions { tile_size_px: tile_size, overlap_px: 16, output_size_px: 96, ..Default::default() };
+        let root = storage::resolve("memory://georef-tiles/tiles").unwrap();
+        let config = TilerConfig { threads: 2, ..TilerConfig::default() };
+        let scene = tile_scene(&request, &root, &config, Arc::new(|_| {})).await.unwrap();
+        for tile in &scene.tiles {
+            let t = &tile.task;
+            let placed =
+                TileGeoref::new(t).unwrap().georeference(&GridBox { x1: 0, y1: 0, x2: 1000, y2: 1000 }).unwrap_or_else(|e| panic!("{e}"));
+            let w = &t.window;
+            let window =
+                [w.col_off as f64, w.row_off as f64, (w.col_off + u64::from(w.width)) as f64, (w.row_off + u64::from(w.height)) as f64];
+            assert_close(&placed.scene_box, &window, 1e-9, &format!("{file} {}", t.tile_id));
+            let LonLatGeometry::Polygon(ring) = &placed.lonlat else { panic!("split") };
+            for corner in &t.footprint_lonlat {
+                let nearest = ring.iter().map(|p| (p[0] - corner[0]).abs().max((p[1] - corner[1]).abs())).fold(f64::INFINITY, f64::min);
+                assert!(nearest < 1e-9, "{file} {}: footprint corner {corner:?} is not on the box outline", t.tile_id);
+            }
+        }
+        if file.contains("rmnp") {
+            let frame = TileGeoref::new(&scene.tiles[0].task).unwrap();
+            // 485 × 373 pixels at 96/512: the content is 91 × 70 of the 96 × 96 image.
+            assert_eq!(frame.content_px(), (91, 70));
+        }
+    }
+}
