@@ -46,6 +46,17 @@ async fn a_model_on_s3_is_fetched_once_and_serves_the_chain() {
     for bucket in ["models", "imagery"] {
         server.create_bucket(bucket).await.unwrap();
     }
+    // storage::resolve configures S3 from the standard environment, as in production; this is
+    // the only test in this binary, so setting it here races with nothing.
+    for (key, value) in [
+        ("AWS_ENDPOINT_URL", server.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ] {
+        std::env::set_var(key, value);
+    }
     let work = tempfile::tempdir().unwrap();
     let local = tiny_artifact(work.path());
     let target = storage::resolve("s3://models/tiny-s3").unwrap();

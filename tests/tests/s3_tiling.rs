@@ -89,9 +89,16 @@ async fn cogs_on_s3_are_read_by_range_and_results_written_back() {
     // The stretch came from the COG's overviews, so the whole scene was read about once.
     assert!(scene.summary.bytes_fetched < 2 * scene.summary.source_bytes, "{:?}", scene.summary);
 
+    // The same scene through the embedded chain (tiles only), with the tables on S3 too.
     let tables = Tables::new(storage::resolve("s3://imagery/tables").unwrap());
-    let mut frame = operators::tables::tiles_frame(&scene.tiles, chrono::Utc::now()).unwrap();
-    tables.write(&schemas::tables::TILES, "req-s3--scene", chrono::Utc::now().date_naive(), &mut frame).await.unwrap();
+    let chain = operators::runtime::Chain {
+        tile: vec![operators::stages::tile::TileStage::new(tiles_root, TilerConfig { threads: 2, ..Default::default() }, Arc::new(|_| {}))],
+        infer: operators::stages::infer::TilesOnly,
+        merge: operators::stages::merge::MergeStage::default(),
+        sink: operators::stages::sink::SinkStage::new(tables.clone(), 1),
+    };
+    let summary = operators::runtime::run(vec![request], Vec::new(), chain, &Default::default(), |_| {}).await;
+    assert!(summary.all_ok(), "{summary:?}");
     let counted = query::run(&tables, "SELECT count(*) AS n FROM tiles").await.unwrap();
     assert_eq!(counted.column("n").unwrap().u32().unwrap().get(0), Some(4));
 }
