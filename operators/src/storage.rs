@@ -188,6 +188,7 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -2,6 +2,8 @@
 //! no Strata code in the truth) and to the tiler's own tiles: UTM, a padded partial window, a
 //! rotated and a south-up geotransform, and a box across the antimeridian.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! [`OperatorError::Storage`] classified by the store's error (retryable for an outage,
 //! permanent for a missing object) — never as a bad scene.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 mod common;
 
 use std::{

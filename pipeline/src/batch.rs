@@ -24,12 +24,15 @@ use operators::{
     tables::Tables,
     tile::{TileEvent, TilerConfig},
 };
-use schemas::{DeadLetterRecord, Stage, TaskSpec, TilingOptions};
+use schemas::{DeadLetterRecord, Stage, TaskSpec};
 
-use crate::{cli::BatchArgs, inputs};
+use crate::{
+    cli::{BatchArgs, TaskArgs},
+    inputs,
+};
 
 /// The tasks the flags ask for, in flag order, then those of `--tasks`.
-fn tasks(args: &BatchArgs) -> anyhow::Result<Vec<TaskSpec>> {
+pub(crate) fn tasks(args: &TaskArgs) -> anyhow::Result<Vec<TaskSpec>> {
     let mut tasks = Vec::new();
     if args.caption {
         tasks.push(TaskSpec::Caption { prompt: None });
@@ -60,26 +63,38 @@ fn tasks(args: &BatchArgs) -> anyhow::Result<Vec<TaskSpec>> {
     Ok(tasks)
 }
 
+/// The inference stage over the model at `location` and the index `--index` names.
+///
+/// # Errors
+/// When the model or the index cannot be loaded.
+pub(crate) async fn infer_stage(
+    location: &str,
+    retrieval: &crate::cli::RetrievalArgs,
+    device: model::device::DevicePreference,
+    batch_size: usize,
+    max_new_tokens: i64,
+) -> anyhow::Result<InferStage<LoadedModel>> {
+    let model = LoadedModel::load(location, device).await.with_context(|| format!("loading --model `{location}`"))?;
+    let top_k = operators::stages::infer::TileModel::top_k(&model);
+    let options = crate::retriever::options(retrieval);
+    let retriever = operators::retrieve::Retriever::open(&options, top_k, model.device()).await.context("opening --index")?;
+    let config = InferConfig { max_batch_tiles: batch_size.max(1), max_new_tokens, ..InferConfig::default() };
+    Ok(InferStage::new(model, retriever, config))
+}
+
 fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let tiling = TilingOptions {
-        tile_size_px: args.tile_size,
-        overlap_px: args.overlap,
-        output_size_px: args.output_size,
-        bands: args.bands.clone(),
-        nodata: args.nodata,
-        stac_assets: args.assets.clone(),
-    };
+    let tiling = args.scene.tiling();
     tiling.validate("batch options").context("checking the tiling options")?;
     if let Some(request_id) = &args.request_id {
         let probe = schemas::SceneRequest::new(request_id, "probe", schemas::SceneSource::Uri { uri: "probe".to_owned() });
         schemas::Message::validate(&probe).context("checking --request-id")?;
     }
-    let tasks = tasks(&args)?;
+    let tasks = tasks(&args.task)?;
     if !tasks.is_empty() && args.model.is_none() {
         bail!("{} task(s) given but no model\nhint: pass --model DIR|URL (a model artifact, see `strata model init`)", tasks.len());
     }
@@ -93,13 +108,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let infer = match &args.model {
         Some(location) => {
             eprintln!("strata batch: loading the model {location}");
-            let model = LoadedModel::load(location, args.device).await.with_context(|| format!("loading --model `{location}`"))?;
-            let top_k = operators::stages::infer::TileModel::top_k(&model);
-            let options = crate::retriever::options(&args.retrieval);
-            let retriever = operators::retrieve::Retriever::open(&options, top_k, model.device()).await.context("opening --index")?;
-            let config =
-                InferConfig { max_batch_tiles: args.batch_size.max(1), max_new_tokens: args.max_new_tokens, ..InferConfig::default() };
-            Some(InferStage::new(model, retriever, config))
+            Some(infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?)
         }
         None => None,
     };

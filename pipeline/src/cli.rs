@@ -92,6 +92,208 @@ pub enum Command {
     /// Build and search the semantic description database the retriever feeds the model.
     #[command(subcommand)]
     Index(IndexCommand),
+
+    /// Run the chain on Kafka, forever: read scene requests, tiles or results from their
+    /// topic, process them, and write the next topic or the tables.
+    ///
+    /// Roles (one consumer group each, `strata-<role>`; run more processes of a role to share
+    /// its partitions):
+    ///   tile   scenes  -> tiles     (cuts scenes, writes tile PNGs under --tiles)
+    ///   infer  tiles   -> results   (retrieval and the model; without --model, tiles only)
+    ///   merge  results -> tables    (cross-tile merge, scene summary, result tables and
+    ///                                dead letters, also sent to the dead-letter topic)
+    ///   all    the three in one process
+    ///
+    /// An offset is stored only once every output of its message is durable (produced and
+    /// acknowledged, or committed to the tables), so a crash or a kill at any point replays
+    /// unfinished work and the tables get each row once. SIGTERM or Ctrl-C stops reading,
+    /// drains for --drain-timeout, commits and leaves the group.
+    ///
+    /// Examples:
+    ///   strata serve --brokers 127.0.0.1:9092 --role all --model models/rs-2
+    ///   strata serve --brokers kafka:9092 --role infer --model s3://models/rs-2 --device cuda
+    ///   strata submit --brokers 127.0.0.1:9092 --caption --detect ship data/scenes/
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+
+    /// Send scene requests to the `scenes` topic for `strata serve` (same scenes and task
+    /// flags as `strata batch`). Prints the request id; results land in the tables under it.
+    ///
+    /// Examples:
+    ///   strata submit --brokers 127.0.0.1:9092 --caption data/scenes/
+    ///   strata submit --brokers kafka:9092 --detect ship --request-id harbour-2026-11 s3://imagery/2026/11/
+    #[command(verbatim_doc_comment)]
+    Submit(SubmitArgs),
+
+    /// List the records of the `dead-letter` topic, or replay their original payloads to the
+    /// topics they were read from (after fixing the cause: a missing object uploaded, a
+    /// worker upgraded). Replayed inputs are processed like new ones; a scene that then
+    /// succeeds replaces nothing but its own rows.
+    ///
+    /// Examples:
+    ///   strata dead-letters list --brokers 127.0.0.1:9092
+    ///   strata dead-letters replay --stage tile --request-id harbour-2026-11
+    #[command(verbatim_doc_comment)]
+    DeadLetters(DeadLettersArgs),
+}
+
+/// `strata dead-letters` subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DeadLettersCommand {
+    /// One line per record: time, stage, kind, request/scene/tile, source topic/partition@offset, error.
+    List,
+    /// Send the selected records' original payloads back to their source topics.
+    Replay,
+}
+
+/// Arguments of `strata dead-letters`.
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    pub command: DeadLettersCommand,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Only records of this stage (ingest, tile, infer, merge, sink).
+    #[arg(long, global = true)]
+    pub stage: Option<String>,
+
+    /// Only records of this request.
+    #[arg(long, global = true)]
+    pub request_id: Option<String>,
+
+    /// Seconds to wait for the broker.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// Where Kafka is and what the topics are called (`strata serve`, `strata submit`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port...].
+    #[arg(long, env = "STRATA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Prefix of every topic name (topics: scenes, tiles, results, dead-letter).
+    #[arg(long, env = "STRATA_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Prefix of every consumer group name (groups: <prefix>tile, <prefix>infer, <prefix>merge).
+    #[arg(long, env = "STRATA_GROUP_PREFIX", default_value = "strata-")]
+    pub group_prefix: String,
+
+    /// Partitions of the topics Strata creates when they do not exist.
+    #[arg(long, env = "STRATA_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+}
+
+impl KafkaArgs {
+    /// The runtime's settings.
+    pub fn settings(&self) -> crate::serve::kafka::KafkaSettings {
+        let mut settings = crate::serve::kafka::KafkaSettings::new(&self.brokers);
+        settings.topics = crate::serve::kafka::Topics::with_prefix(&self.topic_prefix);
+        settings.group_prefix.clone_from(&self.group_prefix);
+        settings.partitions = self.partitions;
+        settings
+    }
+}
+
+/// What a `strata serve` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// scenes -> tiles.
+    Tile,
+    /// tiles -> results.
+    Infer,
+    /// results -> tables (merge and sink).
+    Merge,
+    /// All three.
+    All,
+}
+
+/// Arguments of `strata serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which stages this process runs.
+    #[arg(long, value_enum, env = "STRATA_ROLE", default_value = "all")]
+    pub role: Role,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Where the result tables go (a folder or URL).
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
+
+    /// Where tile images go (a folder or URL); infer workers read them back from there.
+    #[arg(long, env = "STRATA_TILES", default_value = DEFAULT_TILES)]
+    pub tiles: String,
+
+    /// The model artifact (directory or URL) infer workers serve. Without it, infer workers
+    /// pass tiles through unanswered (tiling only).
+    #[arg(long, env = "STRATA_MODEL")]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
+
+    /// Tiles per inference micro-batch.
+    #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = 8)]
+    pub batch_size: usize,
+
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+
+    /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
+    #[arg(long, default_value_t = 0.5)]
+    pub iou_threshold: f64,
+
+    /// Device for the model: auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "STRATA_DEVICE", default_value = "auto")]
+    pub device: model::device::DevicePreference,
+
+    /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
+    #[arg(long, default_value_t = 4295)]
+    pub max_scene_megapixels: u64,
+
+    /// Worker threads per scene for tiling (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Messages read and not yet durable, per tile or infer role; reading pauses at this many.
+    /// (The merge role holds every result of a scene until the scene is complete: no cap.)
+    #[arg(long, env = "STRATA_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Seconds a shutdown waits for in-flight work before leaving it to be replayed.
+    #[arg(long, env = "STRATA_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+/// Arguments of `strata submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Scenes: files, folders, STAC item files, object URLs or prefixes. Local paths are sent
+    /// as absolute file paths, so workers must see the same filesystem; use object URLs
+    /// (s3://...) when they run elsewhere.
+    #[arg(required = true, value_name = "SCENE")]
+    pub scenes: Vec<String>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Request id recorded on every row; by default derived from the inputs and options.
+    #[arg(long)]
+    pub request_id: Option<String>,
+
+    #[command(flatten)]
+    pub scene: SceneOptions,
+
+    #[command(flatten)]
+    pub task: TaskArgs,
 }
 
 /// `strata index` subcommands.
@@ -497,26 +699,9 @@ fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
     s.split(',').map(|part| part.trim().parse().map_err(|_| format!("`{part}` is not valid"))).collect()
 }
 
-/// Arguments of `strata batch`.
-#[derive(Debug, Args)]
-pub struct BatchArgs {
-    /// Scenes: files, folders, STAC item files, object URLs or prefixes.
-    #[arg(required = true, value_name = "SCENE")]
-    pub scenes: Vec<String>,
-
-    /// Where the result tables go (a folder or URL).
-    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
-    pub tables: String,
-
-    /// Where tile images go (a folder or URL).
-    #[arg(long, env = "STRATA_TILES", default_value = DEFAULT_TILES)]
-    pub tiles: String,
-
-    /// Request id recorded on every row; by default derived from the inputs and options, so
-    /// rerunning the same batch replaces its rows.
-    #[arg(long)]
-    pub request_id: Option<String>,
-
+/// How scenes are cut into tiles (`strata batch`, `strata submit`).
+#[derive(Debug, Clone, Args)]
+pub struct SceneOptions {
     /// Side of each source window, in scene pixels.
     #[arg(long, default_value_t = 512)]
     pub tile_size: u32,
@@ -542,27 +727,25 @@ pub struct BatchArgs {
     /// STAC asset keys to read: one visual asset, or three band assets in R,G,B order.
     #[arg(long, value_parser = parse_list::<String>)]
     pub assets: Option<Vec<String>>,
+}
 
-    /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
-    #[arg(long, default_value_t = 4295)]
-    pub max_scene_megapixels: u64,
+impl SceneOptions {
+    /// The tiling options of a scene request.
+    pub fn tiling(&self) -> schemas::TilingOptions {
+        schemas::TilingOptions {
+            tile_size_px: self.tile_size,
+            overlap_px: self.overlap,
+            output_size_px: self.output_size,
+            bands: self.bands.clone(),
+            nodata: self.nodata,
+            stac_assets: self.assets.clone(),
+        }
+    }
+}
 
-    /// Worker threads per scene (default: one per CPU).
-    #[arg(long)]
-    pub threads: Option<usize>,
-
-    /// Scenes tiled at the same time.
-    #[arg(long, default_value_t = 1)]
-    pub scene_concurrency: usize,
-
-    /// The model artifact: a directory, or the URL it was pushed to (s3://bucket/models/rs-2;
-    /// fetched once into ~/.cache/strata/models). Without it scenes are only tiled.
-    #[arg(long)]
-    pub model: Option<String>,
-
-    #[command(flatten)]
-    pub retrieval: RetrievalArgs,
-
+/// The tasks to run on every tile (`strata batch`, `strata submit`).
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
     /// Caption every tile.
     #[arg(long, help_heading = "Tasks")]
     pub caption: bool,
@@ -588,6 +771,53 @@ pub struct BatchArgs {
     /// added after the flags' tasks.
     #[arg(long, value_name = "FILE", help_heading = "Tasks")]
     pub tasks: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `strata batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Scenes: files, folders, STAC item files, object URLs or prefixes.
+    #[arg(required = true, value_name = "SCENE")]
+    pub scenes: Vec<String>,
+
+    /// Where the result tables go (a folder or URL).
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
+
+    /// Where tile images go (a folder or URL).
+    #[arg(long, env = "STRATA_TILES", default_value = DEFAULT_TILES)]
+    pub tiles: String,
+
+    /// Request id recorded on every row; by default derived from the inputs and options, so
+    /// rerunning the same batch replaces its rows.
+    #[arg(long)]
+    pub request_id: Option<String>,
+
+    #[command(flatten)]
+    pub scene: SceneOptions,
+
+    /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
+    #[arg(long, default_value_t = 4295)]
+    pub max_scene_megapixels: u64,
+
+    /// Worker threads per scene (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Scenes tiled at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub scene_concurrency: usize,
+
+    /// The model artifact: a directory, or the URL it was pushed to (s3://bucket/models/rs-2;
+    /// fetched once into ~/.cache/strata/models). Without it scenes are only tiled.
+    #[arg(long)]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
+
+    #[command(flatten)]
+    pub task: TaskArgs,
 
     /// Tiles per inference micro-batch.
     #[arg(long, default_value_t = 8)]

@@ -17,6 +17,7 @@ mod inputs;
 mod model_cmd;
 mod query;
 mod retriever;
+mod serve;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
@@ -45,6 +46,9 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Model(command) => model_cmd::run(command, &runtime),
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),
         cli::Command::Index(command) => index_cmd::run(command, &runtime),
+        cli::Command::Serve(serve_args) => runtime.block_on(serve::run(serve_args)),
+        cli::Command::Submit(submit_args) => runtime.block_on(serve::submit(submit_args)),
+        cli::Command::DeadLetters(args) => runtime.block_on(serve::dead_letters::run(args)),
     }
 }
 

@@ -21,7 +21,7 @@ pub use crate::merge::MergeConfig;
 use crate::{
     georef::{GeoreferencedBox, TileGeoref},
     merge::{self, Detection},
-    stage::{Ack, Collector, Envelope, Position, Stage, StageError, StageErrorKind},
+    stage::{Ack, AckStatus, Collector, Envelope, Position, Stage, StageError, StageErrorKind},
 };
 
 #[derive(Default)]
@@ -173,6 +173,9 @@ impl Stage for MergeStage {
         };
         if self.failed.contains(&key) {
             tracing::debug!(request_id = %key.0, scene_id = %key.1, "Dropping an outcome of a scene that failed as a whole.");
+            // Handled: its scene is dead-lettered. Left pending, the ack would report the
+            // input lost, and a log-driven runtime would hold its offset forever.
+            ack.update(AckStatus::Rejected);
             return Ok(());
         }
         let state = self.scenes.entry(key.clone()).or_default();

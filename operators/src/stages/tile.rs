@@ -1,5 +1,5 @@
-//! The tile stage: a scene request in; one tile message per written tile, then the
-//! scene-tiled marker with the tile count.
+//! The tile stage: a scene request in; one tile message per tile as soon as it is written, then
+//! the scene-tiled marker with the tile count.
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use chrono::Utc;
 use schemas::{SceneRequest, SceneTiled, Stage as StageName, TileMessage, TiledTile, SCHEMA_VERSION};
 
 use crate::{
-    stage::{Collector, Envelope, Stage, StageError, StageErrorKind},
+    stage::{Closed, Collector, Envelope, Stage, StageError, StageErrorKind},
     storage::Location,
     tile::{self, Progress, TilerConfig},
 };
@@ -37,17 +37,28 @@ impl Stage for TileStage {
     async fn process(&mut self, input: Envelope<SceneRequest>, out: &mut Collector<TileMessage>) -> Result<(), StageError> {
         let started = Instant::now();
         let request = &input.payload;
-        let tiled = tile::tile_scene(request, &self.tiles_root, &self.config, self.progress.clone())
-            .await
-            .map_err(|e| StageError::from_operator(StageName::Tile, e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.config.threads.max(1) * 2);
+        let tiling = tile::tile_scene_streaming(request, &self.tiles_root, &self.config, self.progress.clone(), tx);
+        // Each tile goes on as soon as it is stored, so inference starts on a scene's first
+        // tiles while the rest are still being cut.
+        let forward = async {
+            let mut forwarded = 0_u64;
+            while let Some(record) = rx.recv().await {
+                let message = TileMessage::Tile(TiledTile {
+                    schema_version: SCHEMA_VERSION,
+                    task: record.task,
+                    valid_fraction: record.valid_fraction,
+                });
+                out.collect(input.derive(message)).await?;
+                forwarded += 1;
+            }
+            Ok::<_, Closed>(forwarded)
+        };
+        let (tiled, forwarded) = tokio::join!(tiling, forward);
         let closed = |e| StageError::new(StageName::Tile, StageErrorKind::Internal, e);
-        let tiles_written = tiled.tiles.len() as u64;
-        for record in tiled.tiles {
-            let message =
-                TileMessage::Tile(TiledTile { schema_version: SCHEMA_VERSION, task: record.task, valid_fraction: record.valid_fraction });
-            out.collect(input.derive(message)).await.map_err(closed)?;
-        }
-        let s = tiled.summary;
+        // The collector failing (the next stage is gone) is the cause of a tiling stopped early.
+        let tiles_written = forwarded.map_err(closed)?;
+        let s = tiled.map_err(|e| StageError::from_operator(StageName::Tile, e))?;
         let marker = SceneTiled {
             schema_version: SCHEMA_VERSION,
             request_id: s.request_id,

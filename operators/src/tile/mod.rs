@@ -142,20 +142,55 @@ pub struct TiledScene {
     pub tiles: Vec<TileRecord>,
 }
 
-/// Cuts one scene into tiles written under `tiles_root/{request_id}/{scene_id}/`.
+/// Cuts one scene into tiles written under `tiles_root/{request_id}/{scene_id}/`, and returns
+/// them in grid order once the whole scene is cut. [`tile_scene_streaming`] hands each tile on
+/// as soon as it is written instead.
 ///
 /// # Errors
-/// [`OperatorError::BadScene`] for inputs that can never be tiled (not a raster, no CRS, too
-/// large, bands missing), [`OperatorError::Storage`] for objects that are missing or cannot be
-/// read or written — including a read that failed in the middle of the scene after its
-/// retries, whatever GDAL made of it, so a store outage is retryable and a missing object
-/// permanent, never a bad scene — and [`OperatorError::Gdal`] for blocks GDAL cannot decode.
+/// As [`tile_scene_streaming`].
 pub async fn tile_scene(
     request: &SceneRequest,
     tiles_root: &Location,
     config: &TilerConfig,
     progress: Progress,
 ) -> Result<TiledScene, OperatorError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TileRecord>(config.threads.max(1) * 2);
+    let collect = async {
+        let mut tiles = Vec::new();
+        while let Some(record) = rx.recv().await {
+            tiles.push(record);
+        }
+        tiles
+    };
+    let (summary, mut tiles) = tokio::join!(tile_scene_streaming(request, tiles_root, config, progress, tx), collect);
+    let summary = summary?;
+    tiles.sort_by_key(|t| (t.task.window.row_off, t.task.window.col_off));
+    Ok(TiledScene { summary, tiles })
+}
+
+/// Cuts one scene into tiles written under `tiles_root/{request_id}/{scene_id}/`, sending each
+/// tile's record to `on_tile` as soon as its PNG is stored (in completion order, not grid
+/// order), so later stages start on a scene's first tiles while the rest are still being cut.
+/// Returns the scene's summary once every window is done.
+///
+/// A scene that fails part-way may already have sent some tiles: the caller must treat them
+/// as belonging to a failed scene (the merge stage drops outcomes of scenes that failed as a
+/// whole), and a retried scene sends them again (tile ids are stable, so they count once).
+///
+/// # Errors
+/// [`OperatorError::BadScene`] for inputs that can never be tiled (not a raster, no CRS, too
+/// large, bands missing), [`OperatorError::Storage`] for objects that are missing or cannot be
+/// read or written — including a read that failed in the middle of the scene after its
+/// retries, whatever GDAL made of it, so a store outage is retryable and a missing object
+/// permanent, never a bad scene — [`OperatorError::Gdal`] for blocks GDAL cannot decode, and
+/// [`OperatorError::Internal`] when `on_tile`'s receiver went away before the scene was done.
+pub async fn tile_scene_streaming(
+    request: &SceneRequest,
+    tiles_root: &Location,
+    config: &TilerConfig,
+    progress: Progress,
+    on_tile: tokio::sync::mpsc::Sender<TileRecord>,
+) -> Result<SceneSummary, OperatorError> {
     apply_block_cache(config.block_cache_mib);
     let span = tracing::info_span!("scene", scene_id = %request.scene_id, request_id = %request.request_id);
     async move {
@@ -179,7 +214,6 @@ pub async fn tile_scene(
             CutJob { request: request.clone(), sources, asset_bands, config: config.clone(), tiles_root_url: tiles_root.url(), progress };
         let cutter = tokio::task::spawn_blocking(move || job.run(tx));
 
-        let mut tiles = Vec::new();
         let mut write_error = None;
         while let Some(rendered) = rx.recv().await {
             let location = tiles_root.join(&tile_key(request, &rendered.window.tile_id()));
@@ -188,7 +222,12 @@ pub async fn tile_scene(
                 write_error = Some(OperatorError::Storage { uri: location.url(), source });
                 break; // dropping the receiver stops the workers
             }
-            tiles.push((rendered.window, rendered.record));
+            if on_tile.send(rendered.record).await.is_err() {
+                write_error = Some(OperatorError::Internal {
+                    reason: format!("tiling scene `{scene}` stopped: the receiver of its tiles went away"),
+                });
+                break;
+            }
         }
         drop(rx);
         let outcome = cutter.await.map_err(|e| bad(format!("the tiling worker failed: {e}")))?;
@@ -211,7 +250,6 @@ pub async fn tile_scene(
                 OperatorError::Gdal { scene: scene.clone(), action, detail }
             }
         })?;
-        tiles.sort_by_key(|(w, _)| (w.grid_row, w.grid_col));
         summary.bytes_fetched = files.iter().map(VsiFile::bytes_fetched).sum();
         summary.source_bytes = files.iter().map(VsiFile::size).sum();
         summary.source_uri = locations[0].url();
@@ -221,7 +259,7 @@ pub async fn tile_scene(
             bytes_fetched = summary.bytes_fetched,
             "Scene tiled."
         );
-        Ok(TiledScene { summary, tiles: tiles.into_iter().map(|(_, r)| r).collect() })
+        Ok(summary)
     }
     .instrument(span)
     .await

@@ -1,0 +1,456 @@
+//! The Kafka runtime: drives one stage between topics, with the same `operators` stages and
+//! the same [`operators::runtime::drive`] loop as the embedded runtime.
+//!
+//! ```text
+//! input topic ─► decode ─► stage (drive: retries, dead letters, flush) ─► output task
+//!      ▲                                                                      │
+//!      └──── offsets stored when every output of a message is durable ◄──────┘
+//! ```
+//!
+//! Delivery is at-least-once and made exactly-once where it lands: each message read gets an
+//! [`Ack`]; the output task reports it delivered once the broker acknowledged every message
+//! derived from it (or the sink committed its rows), and only then is its offset *stored*
+//! (`enable.auto.offset.store=false`), in order per partition ([`OffsetTracker`]); librdkafka
+//! commits stored offsets in the background and on revocation. A crash replays everything not
+//! yet durable; downstream stages count a tile once and the sink rewrites the same files, so a
+//! replay adds no row.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::StreamExt as _;
+use operators::{
+    runtime::{drive, SharedReceiver},
+    stage::{Ack, AckStatus, Envelope, Payload, Position, Stage},
+};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+    ClientContext, Message as _, Offset, TopicPartitionList,
+};
+use schemas::{DeadLetterRecord, DecodeLimits, ErrorKind, Message, OriginalPayload, SourcePosition, Stage as StageName, SCHEMA_VERSION};
+use tokio::sync::{mpsc, watch};
+
+use super::offsets::{OffsetTracker, TopicPartition};
+
+/// Topic names. Messages are JSON with a `schema_version`; pixels never travel on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Scene requests (`strata submit`), keyed by scene.
+    pub scenes: String,
+    /// Tile messages (tiles, scene-tiled markers, failures), keyed by scene.
+    pub tiles: String,
+    /// Result messages, keyed by scene, so that one merge worker sees a whole scene.
+    pub results: String,
+    /// Dead-letter records, after the sink wrote them to the `dead_letter` table.
+    pub dead_letter: String,
+}
+
+impl Topics {
+    /// The default names with `prefix` in front (`""` for none).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            scenes: format!("{prefix}scenes"),
+            tiles: format!("{prefix}tiles"),
+            results: format!("{prefix}results"),
+            dead_letter: format!("{prefix}dead-letter"),
+        }
+    }
+
+    fn all(&self) -> [&str; 4] {
+        [&self.scenes, &self.tiles, &self.results, &self.dead_letter]
+    }
+}
+
+/// How to reach the broker and how much work to hold.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Consumer groups are `{group_prefix}{role}`.
+    pub group_prefix: String,
+    /// Partitions of topics this runtime creates (existing topics are left as they are).
+    pub partitions: i32,
+    /// Messages read and not yet durable, per role; reading pauses at this many.
+    pub max_in_flight: usize,
+    /// How long a shutdown waits for in-flight work before leaving it to be replayed.
+    pub drain_timeout: Duration,
+    /// Attempts per input for retryable stage failures, the first included.
+    pub max_attempts: u32,
+    /// Payloads larger than this are dead-lettered unparsed.
+    pub max_message_bytes: usize,
+}
+
+impl KafkaSettings {
+    /// Settings for `brokers` with the defaults of `strata serve`.
+    pub fn new(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topics: Topics::with_prefix(""),
+            group_prefix: "strata-".to_owned(),
+            partitions: 4,
+            max_in_flight: 256,
+            drain_timeout: Duration::from_secs(30),
+            max_attempts: 4,
+            max_message_bytes: 1 << 20,
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("client.id", "strata");
+        config
+    }
+
+    /// A producer that waits for every in-sync replica and never writes a message twice on
+    /// its own retries.
+    ///
+    /// # Errors
+    /// When librdkafka rejects the configuration.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "60000")
+            .set("message.max.bytes", (self.max_message_bytes + 4096).to_string())
+            .create()
+    }
+
+    fn consumer(&self, group: &str, tracker: Arc<Mutex<OffsetTracker>>) -> Result<StreamConsumer<RoleContext>, KafkaError> {
+        self.client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Offsets are stored by hand, once a message's outputs are durable.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(RoleContext { tracker })
+    }
+
+    /// Creates the topics that do not exist yet.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses to create a topic.
+    pub async fn ensure_topics(&self) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().context("creating the Kafka admin client")?;
+        let wanted: Vec<NewTopic<'_>> =
+            self.topics.all().iter().map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(1))).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let created = admin.create_topics(&wanted, &options).await.with_context(|| format!("creating topics on {}", self.brokers))?;
+        for result in created {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("creating topic `{topic}` on {}: {code}", self.brokers),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Revocations reach the tracker before the partitions go: completions of messages read
+/// from a revoked partition must not store offsets the new owner will store itself.
+struct RoleContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for RoleContext {}
+
+impl ConsumerContext for RoleContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                for element in partitions.elements() {
+                    tracing::info!(topic = element.topic(), partition = element.partition(), "Partition revoked.");
+                    tracker.revoke(&(element.topic().to_owned(), element.partition()));
+                }
+            }
+            Rebalance::Assign(partitions) => {
+                for element in partitions.elements() {
+                    tracing::info!(topic = element.topic(), partition = element.partition(), "Partition assigned.");
+                }
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "Rebalance failed."),
+        }
+    }
+}
+
+/// What one role did before it stopped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoleReport {
+    /// Messages read.
+    pub read: u64,
+    /// Messages that could not be decoded (dead-lettered as `ingest`).
+    pub undecodable: u64,
+    /// Messages whose outputs were not all durable when the role stopped (replayed later).
+    pub left_in_flight: usize,
+    /// Messages whose outputs could not be made durable (the sink failed for good).
+    pub lost: u64,
+}
+
+/// Reads `input_topic` in the consumer group `{group_prefix}{role}`, drives `stage` over the
+/// decoded messages, and hands its outputs to `output` (which must report each envelope's ack
+/// delivered once the output is durable, and drop it). Runs until `shutdown` turns true, then
+/// stops reading, lets the stage drain for at most `drain_timeout`, commits what is durable and
+/// leaves the group.
+///
+/// # Errors
+/// When the consumer cannot be created or subscribed, or the stage or the output task fails
+/// (bad input never fails it: that is dead-lettered).
+pub async fn serve_stage<S, F, Fut>(
+    role: &'static str,
+    stage: S,
+    input_topic: &str,
+    settings: &KafkaSettings,
+    mut shutdown: watch::Receiver<bool>,
+    output: F,
+) -> anyhow::Result<RoleReport>
+where
+    S: Stage,
+    S::In: Message,
+    F: FnOnce(mpsc::Receiver<Envelope<S::Out>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let group = format!("{}{role}", settings.group_prefix);
+    let consumer = settings.consumer(&group, Arc::clone(&tracker)).context("creating the Kafka consumer")?;
+    consumer.subscribe(&[input_topic]).with_context(|| format!("subscribing to `{input_topic}`"))?;
+    tracing::info!(role, group = %group, topic = input_topic, brokers = %settings.brokers, "Serving.");
+
+    let capacity = settings.max_in_flight.clamp(1, 1024);
+    let (in_tx, in_rx) = mpsc::channel::<Envelope<S::In>>(capacity);
+    let (out_tx, out_rx) = mpsc::channel::<Envelope<S::Out>>(capacity);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(TopicPartition, i64, AckStatus)>();
+    let stage_task = tokio::spawn(drive(stage, SharedReceiver::new(in_rx), out_tx.clone(), settings.max_attempts));
+    let output_task = tokio::spawn(output(out_rx));
+    let limits = DecodeLimits { max_payload_bytes: settings.max_message_bytes };
+
+    let mut report = RoleReport::default();
+    let store = |report: &mut RoleReport, done: (TopicPartition, i64, AckStatus), draining: bool| {
+        let ((topic, partition), offset, status) = done;
+        if status == AckStatus::Errored {
+            // Not durable: the offset must not move past it. It is read again after a restart
+            // (or by the partition's next owner). While draining that is expected of work the
+            // stage still held (a scene waiting for tiles); while serving it is a failure.
+            if draining {
+                tracing::debug!(%topic, partition, offset, "Left for replay.");
+            } else {
+                report.lost += 1;
+                tracing::error!(%topic, partition, offset, "A message's outputs could not be made durable; its offset stays until it is replayed.");
+            }
+            return;
+        }
+        let position = tracker.lock().unwrap_or_else(PoisonError::into_inner).finish(&(topic.clone(), partition), offset);
+        if let Some(position) = position {
+            let mut list = TopicPartitionList::new();
+            if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(position)) {
+                tracing::warn!(%error, "Cannot name the offset to store.");
+                return;
+            }
+            if let Err(error) = consumer.store_offsets(&list) {
+                // After a revocation librdkafka refuses offsets of partitions no longer ours.
+                tracing::debug!(%topic, partition, position, %error, "Offset not stored.");
+            }
+        }
+    };
+
+    loop {
+        let in_flight = tracker.lock().unwrap_or_else(PoisonError::into_inner).total_in_flight();
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Some(done) = done_rx.recv() => store(&mut report, done, false),
+            received = consumer.recv(), if in_flight < settings.max_in_flight => {
+                let message = match received {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "Kafka consumer error; retrying.");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                report.read += 1;
+                let position = SourcePosition { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+                let key: TopicPartition = (position.topic.clone(), position.partition);
+                tracker.lock().unwrap_or_else(PoisonError::into_inner).begin(&key, position.offset);
+                let done = done_tx.clone();
+                let offset = position.offset;
+                let ack = Ack::new(move |status| {
+                    let _ = done.send((key, offset, status));
+                });
+                let payload = message.payload().unwrap_or_default();
+                match schemas::decode::<S::In>(payload, &limits) {
+                    Ok(input) => {
+                        if in_tx.send(Envelope::new(input, Position::Log(position), ack)).await.is_err() {
+                            break; // the stage stopped; its error is reported below
+                        }
+                    }
+                    Err(error) => {
+                        report.undecodable += 1;
+                        tracing::warn!(topic = %position.topic, partition = position.partition, offset = position.offset, %error,
+                            "Dead-lettering a message that cannot be decoded.");
+                        let record = undecodable(role, payload, &error, position.clone());
+                        // Straight to the output, in band, so the sink records it like any failure.
+                        if out_tx.send(Envelope::new(S::Out::from(record), Position::Log(position), ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Shutdown: no more reading; the stage drains and flushes, outputs become durable, and
+    // their offsets are stored, for at most the drain timeout.
+    tracing::info!(role, "Draining.");
+    drop(in_tx);
+    drop(out_tx);
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+    loop {
+        if tracker.lock().unwrap_or_else(PoisonError::into_inner).total_in_flight() == 0 {
+            break;
+        }
+        if stage_task.is_finished() && output_task.is_finished() {
+            // Whatever the stage still held (a scene waiting for tiles) has been dropped and
+            // reported; it stays unstored and is replayed.
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match tokio::time::timeout_at(deadline.min(now + Duration::from_millis(200)), done_rx.recv()).await {
+            Ok(Some(done)) => store(&mut report, done, true),
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    while let Ok(done) = done_rx.try_recv() {
+        store(&mut report, done, true);
+    }
+    report.left_in_flight = tracker.lock().unwrap_or_else(PoisonError::into_inner).total_in_flight();
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "Final commit failed; uncommitted work is replayed."),
+    }
+    consumer.unsubscribe();
+    if report.left_in_flight > 0 {
+        tracing::warn!(role, in_flight = report.left_in_flight, "Stopped with work in flight; it is replayed on the next start.");
+        stage_task.abort();
+        output_task.abort();
+        return Ok(report);
+    }
+    match stage_task.await {
+        Ok(Ok(errors)) => {
+            for error in errors {
+                tracing::error!(role, error = %error.chain(), "Stage error.");
+            }
+        }
+        Ok(Err(error)) => anyhow::bail!("the {role} stage failed: {}", error.chain()),
+        Err(join) => anyhow::bail!("the {role} stage stopped: {join}"),
+    }
+    output_task.await.map_err(|join| anyhow::anyhow!("the {role} output stopped: {join}"))??;
+    Ok(report)
+}
+
+/// The dead-letter record of a message that is not a valid input.
+fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, position: SourcePosition) -> DeadLetterRecord {
+    // Ids are kept when the JSON is readable enough to name them, so the record can be found.
+    let ids: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let id = |name: &str| ids.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let task = ids.get("task");
+    let nested = |name: &str| task.and_then(|t| t.get(name)).and_then(serde_json::Value::as_str).map(str::to_owned);
+    DeadLetterRecord {
+        schema_version: SCHEMA_VERSION,
+        stage: StageName::Ingest,
+        error_kind: ErrorKind::Permanent,
+        message: format!("{role} input at {}/{}@{}: {error}", position.topic, position.partition, position.offset),
+        request_id: id("request_id").or_else(|| nested("request_id")),
+        scene_id: id("scene_id").or_else(|| nested("scene_id")),
+        tile_id: id("tile_id").or_else(|| nested("tile_id")),
+        source: Some(position),
+        original_payload: OriginalPayload::from_bytes(payload),
+        failed_at: Utc::now(),
+    }
+}
+
+/// The key that keeps a scene's messages on one partition, in order.
+pub fn scene_key(ids: &operators::stage::PayloadIds) -> Option<String> {
+    match (&ids.request_id, &ids.scene_id) {
+        (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
+        _ => None,
+    }
+}
+
+/// Produces each output to `topic`, keyed by scene, up to `concurrency` at a time, and
+/// reports its ack delivered once the broker acknowledged it. A produce that fails (the broker
+/// is down) is retried with backoff until it succeeds: the message's offset stays unstored
+/// meanwhile, so a crash loses nothing either.
+///
+/// # Errors
+/// Never for broker outages (they are waited out).
+pub async fn produce_outputs<T: Message + Payload>(
+    mut outputs: mpsc::Receiver<Envelope<T>>,
+    producer: FutureProducer,
+    topic: String,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let stream = futures::stream::poll_fn(move |cx| outputs.poll_recv(cx));
+    stream
+        .for_each_concurrent(concurrency.max(1), |envelope| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                let bytes = schemas::encode(&envelope.payload);
+                let key = scene_key(&envelope.payload.ids());
+                produce_until_delivered(&producer, &topic, key.as_deref(), &bytes).await;
+                envelope.ack.update(AckStatus::Delivered);
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Sends one record, retrying with exponential backoff and jitter (backon) until the broker
+/// acknowledges it.
+pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key: Option<&str>, bytes: &[u8]) {
+    let mut delays = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        let mut record = FutureRecord::to(topic).payload(bytes);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => return,
+            Err((error, _)) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(%topic, %error, ?delay, "Producing failed; retrying.");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

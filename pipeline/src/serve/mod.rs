@@ -1,0 +1,270 @@
+//! `strata serve` and `strata submit`: the chain on Kafka. This module only wires: the stages
+//! come from `operators`, the Kafka plumbing from [`kafka`].
+
+pub mod dead_letters;
+pub mod kafka;
+pub mod offsets;
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use operators::{
+    runtime::{drive, SharedReceiver},
+    stage::Envelope,
+    stages::{
+        infer::TilesOnly,
+        merge::{MergeConfig, MergeStage},
+        sink::{SinkOutcome, SinkStage},
+        tile::TileStage,
+    },
+    storage,
+    tables::Tables,
+    tile::{TileEvent, TilerConfig},
+};
+use rdkafka::producer::FutureProducer;
+use schemas::SinkMessage;
+use tokio::sync::{mpsc, watch};
+
+use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, RoleReport};
+use crate::cli::{Role, ServeArgs, SubmitArgs};
+
+/// Outputs produced to the broker at the same time, per role.
+const PRODUCE_CONCURRENCY: usize = 64;
+
+/// Runs the roles `args.role` names until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// When the broker cannot be reached at start, the model or index cannot be loaded, or a
+/// stage fails as a whole.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = args.kafka.settings();
+    settings.max_in_flight = args.max_in_flight.max(1);
+    settings.drain_timeout = Duration::from_secs(args.drain_timeout);
+    settings.ensure_topics().await?;
+    let producer = settings.producer().context("creating the Kafka producer")?;
+    let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
+    let tiles_root = storage::resolve(&args.tiles).context("resolving --tiles")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Shutting down: draining in-flight work.");
+        eprintln!("strata serve: shutting down (draining for at most the drain timeout)");
+        let _ = stop_tx.send(true);
+    });
+
+    let runs_tile = matches!(args.role, Role::Tile | Role::All);
+    let runs_infer = matches!(args.role, Role::Infer | Role::All);
+    let runs_merge = matches!(args.role, Role::Merge | Role::All);
+    let mut roles = tokio::task::JoinSet::new();
+    if runs_infer {
+        // The model first: a wrong path fails before anything is read.
+        let topic = settings.topics.results.clone();
+        match &args.model {
+            Some(location) => {
+                eprintln!("strata serve: loading the model {location}");
+                let stage = crate::batch::infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?;
+                let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
+                roles.spawn(async move {
+                    let input = settings.topics.tiles.clone();
+                    let report = serve_stage("infer", stage, &input, &settings, stop, move |rx| {
+                        produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY)
+                    })
+                    .await;
+                    ("infer", report)
+                });
+            }
+            None => {
+                eprintln!("strata serve: no --model: infer workers pass tiles through unanswered");
+                let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
+                roles.spawn(async move {
+                    let input = settings.topics.tiles.clone();
+                    let report = serve_stage("infer", TilesOnly, &input, &settings, stop, move |rx| {
+                        produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY)
+                    })
+                    .await;
+                    ("infer", report)
+                });
+            }
+        }
+    }
+    if runs_tile {
+        let progress: operators::tile::Progress = Arc::new(|_: TileEvent| {});
+        let tiler = TilerConfig {
+            max_scene_pixels: args.max_scene_megapixels.saturating_mul(1_000_000),
+            threads: args.threads.unwrap_or_else(|| TilerConfig::default().threads),
+            ..TilerConfig::default()
+        };
+        let stage = TileStage::new(tiles_root.clone(), tiler, progress);
+        let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
+        roles.spawn(async move {
+            let (input, topic) = (settings.topics.scenes.clone(), settings.topics.tiles.clone());
+            let report =
+                serve_stage("tile", stage, &input, &settings, stop, move |rx| produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY))
+                    .await;
+            ("tile", report)
+        });
+    }
+    if runs_merge {
+        let stage = MergeStage::new(MergeConfig { iou_threshold: args.iou_threshold });
+        let (mut settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
+        // The merge stage holds every result of a scene until the scene is complete: a cap on
+        // in-flight messages could stop reading before a big scene's last tile and never
+        // resume. Its memory is bounded by the open scenes instead.
+        settings.max_in_flight = usize::MAX;
+        let dead_letter_topic = settings.topics.dead_letter.clone();
+        let max_attempts = settings.max_attempts;
+        let tables = tables.clone();
+        roles.spawn(async move {
+            let input = settings.topics.results.clone();
+            let report = serve_stage("merge", stage, &input, &settings, stop, move |rx| {
+                write_tables(rx, tables, producer, dead_letter_topic, max_attempts)
+            })
+            .await;
+            ("merge", report)
+        });
+    }
+    eprintln!(
+        "strata serve: {} on {} (tables {}, tiles {}); Ctrl-C or SIGTERM to stop",
+        match args.role {
+            Role::Tile => "tile",
+            Role::Infer => "infer",
+            Role::Merge => "merge",
+            Role::All => "tile, infer and merge",
+        },
+        settings.brokers,
+        tables.root().url(),
+        tiles_root.url()
+    );
+
+    let mut failed = false;
+    while let Some(joined) = roles.join_next().await {
+        match joined {
+            Ok((role, Ok(report))) => report_role(role, &report, &mut failed),
+            Ok((role, Err(error))) => {
+                eprintln!("strata serve: the {role} role failed: {error:#}");
+                failed = true;
+            }
+            Err(join) => {
+                eprintln!("strata serve: a role stopped: {join}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn report_role(role: &str, report: &RoleReport, failed: &mut bool) {
+    eprintln!(
+        "strata serve: {role}: {} message(s) read, {} undecodable (dead-lettered), {} left in flight for replay",
+        report.read, report.undecodable, report.left_in_flight
+    );
+    if report.lost > 0 {
+        eprintln!("strata serve: {role}: {} message(s) could not be made durable; they are replayed on the next start", report.lost);
+        *failed = true;
+    }
+}
+
+/// The merge role's output: the sink stage commits each merged scene (or dead letter) to the
+/// tables; dead letters then also go to the dead-letter topic, and only after both is the
+/// input's ack released.
+async fn write_tables(
+    merged: mpsc::Receiver<Envelope<SinkMessage>>,
+    tables: Tables,
+    producer: FutureProducer,
+    dead_letter_topic: String,
+    max_attempts: u32,
+) -> anyhow::Result<()> {
+    let (outcome_tx, mut outcome_rx) = mpsc::channel::<Envelope<SinkOutcome>>(64);
+    let sink = tokio::spawn(drive(SinkStage::new(tables, 1), SharedReceiver::new(merged), outcome_tx, max_attempts));
+    while let Some(envelope) = outcome_rx.recv().await {
+        match &envelope.payload {
+            SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, .. } => {
+                tracing::info!(%request_id, %scene_id, tiles, tiles_failed, detections, "Scene committed.");
+            }
+            SinkOutcome::DeadLettered(record) => {
+                let key = kafka::scene_key(&operators::stage::PayloadIds {
+                    request_id: record.request_id.clone(),
+                    scene_id: record.scene_id.clone(),
+                    tile_id: record.tile_id.clone(),
+                });
+                produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await;
+            }
+        }
+        drop(envelope); // releases the ack: the offset may now be stored
+    }
+    match sink.await {
+        Ok(Ok(errors)) => {
+            for error in errors {
+                tracing::error!(error = %error.chain(), "Sink error.");
+            }
+            Ok(())
+        }
+        Ok(Err(error)) => anyhow::bail!("the sink failed: {}", error.chain()),
+        Err(join) => anyhow::bail!("the sink stopped: {join}"),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot listen for SIGTERM; Ctrl-C still stops.");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `strata submit`: scene requests onto the `scenes` topic.
+///
+/// # Errors
+/// When the broker cannot be reached or the options are invalid.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let settings = args.kafka.settings();
+    let tiling = args.scene.tiling();
+    tiling.validate("submit options").context("checking the tiling options")?;
+    let tasks = crate::batch::tasks(&args.task)?;
+    let (found, missing) = crate::inputs::discover(&args.scenes).await;
+    let request_id = match &args.request_id {
+        Some(id) => id.clone(),
+        None => crate::inputs::default_request_id(&found, &tiling, &tasks).replacen("batch-", "submit-", 1),
+    };
+    let (requests, failures) = crate::inputs::requests(found, missing, &request_id, &tiling, &tasks).await;
+    for request in &requests {
+        schemas::Message::validate(request).with_context(|| format!("checking the request for `{}`", request.scene_id))?;
+    }
+    settings.ensure_topics().await?;
+    let producer = settings.producer().context("creating the Kafka producer")?;
+    let topic = settings.topics.scenes.clone();
+    let sends = requests.iter().map(|request| {
+        let key = format!("{}/{}", request.request_id, request.scene_id);
+        let bytes = schemas::encode(request);
+        let (producer, topic) = (&producer, &topic);
+        async move { tokio::time::timeout(Duration::from_secs(60), produce_until_delivered(producer, topic, Some(&key), &bytes)).await }
+    });
+    let sent = futures::future::join_all(sends).await;
+    let delivered = sent.iter().filter(|r| r.is_ok()).count();
+    println!("request {request_id}: {delivered} scene(s) sent to `{topic}` on {}", settings.brokers);
+    for failure in &failures {
+        println!("not sent: {}: {}", failure.input, failure.error);
+    }
+    if delivered < requests.len() {
+        println!("{} scene(s) could not be sent within 60 s (is the broker up?)", requests.len() - delivered);
+    }
+    Ok(if failures.is_empty() && delivered == requests.len() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

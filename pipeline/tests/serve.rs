@@ -1,0 +1,239 @@
+//! `strata serve` and `strata submit` as operators run them, against a real Kafka-protocol
+//! broker (tansu) started on 127.0.0.1 by the test: scenes in through `submit`, one tile
+//! worker, two infer workers sharing the `tiles` partitions in one consumer group, one merge
+//! worker writing the tables; a poison message on the `scenes` topic; graceful shutdown.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    config::ClientConfig,
+    producer::{FutureProducer, FutureRecord},
+};
+use strata_e2e::TansuBroker;
+
+fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data").join(path)
+}
+
+fn strata_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    for var in ["STRATA_TABLES", "STRATA_TILES", "STRATA_BROKERS", "STRATA_MODEL", "STRATA_ROLE"] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn strata(args: &[&str]) -> Output {
+    strata_command().args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
+    if !out.status.success() {
+        return Vec::new(); // no table yet
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+fn count(tables: &Path, sql: &str) -> u64 {
+    query_json(tables, sql).first().and_then(|row| row["n"].as_u64()).unwrap_or(0)
+}
+
+fn random_model(dir: &Path, version: &str) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let model = dir.join("model");
+    let config = fixtures.join("tiny-model/config.json");
+    let tokenizer = fixtures.join("tokenizer/tokenizer.json");
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--random",
+        "--model-version",
+        version,
+        "--device",
+        "cpu",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    model
+}
+
+/// A `strata serve` process, stopped with SIGTERM (then killed) when dropped.
+struct Worker {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(name: &str, work: &Path, args: &[&str]) -> Self {
+        let log = work.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = strata_command().arg("serve").args(args).env("STRATA_LOG", "info").stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Self { name: name.to_owned(), child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status within `wait`.
+    fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+fn logs(workers: &[Worker]) -> String {
+    workers.iter().map(|w| format!("--- {}\n{}", w.name, w.log())).collect::<Vec<_>>().join("\n")
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_infer_workers() {
+    let broker = TansuBroker::start().await.unwrap();
+    let brokers = broker.bootstrap_servers();
+    let work = tempfile::tempdir().unwrap();
+    let model = random_model(work.path(), "tiny-serve");
+    let tables = work.path().join("tables");
+    let tiles = work.path().join("tiles");
+    let (tables_arg, tiles_arg, model_arg) = (tables.to_str().unwrap(), tiles.to_str().unwrap(), model.to_str().unwrap());
+
+    // Scenes first, so the workers find a backlog (and the topics exist).
+    let scenes = [data("scenes/rmnp-rgb.tif"), data("scenes/L7_ETMs.tif")];
+    let mut submit = vec![
+        "submit",
+        "--brokers",
+        &brokers,
+        "--request-id",
+        "serve-e2e",
+        "--tile-size",
+        "256",
+        "--overlap",
+        "32",
+        "--output-size",
+        "64",
+        "--caption",
+        "--classify",
+        "forest,water,urban",
+        "--vqa",
+        "Is there a road?",
+        "--detect",
+        "building",
+    ];
+    submit.extend(scenes.iter().map(|s| s.to_str().unwrap()));
+    let out = strata(&submit);
+    assert!(out.status.success(), "submit: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 scene(s) sent"), "{}", text(&out.stdout));
+
+    // A poison message: not JSON at all. It must become one dead letter and not stall.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    producer
+        .send(FutureRecord::to("scenes").key("poison").payload(&b"{not json"[..]), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let common = |role: &'static str| {
+        vec!["--role", role, "--brokers", &brokers, "--tables", tables_arg, "--tiles", tiles_arg, "--drain-timeout", "20"]
+    };
+    let mut infer_args = common("infer");
+    infer_args.extend(["--model", model_arg, "--device", "cpu", "--max-new-tokens", "4", "--batch-size", "4"]);
+    let mut workers = vec![
+        Worker::start("tile", work.path(), &common("tile")),
+        Worker::start("infer-1", work.path(), &infer_args),
+        Worker::start("infer-2", work.path(), &infer_args),
+        Worker::start("merge", work.path(), &common("merge")),
+    ];
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let scenes_done = count(&tables, "SELECT count(*) AS n FROM scenes");
+        let poison = count(&tables, "SELECT count(*) AS n FROM dead_letter WHERE stage = 'ingest'");
+        if scenes_done >= 2 && poison >= 1 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        for worker in &mut workers {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("worker {} exited early ({status}):\n{}", worker.name, worker.log());
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(done, "the scenes did not reach the tables in time:\n{}", logs(&workers));
+
+    // Both infer workers took part: the tiles topic's partitions were shared.
+    let tiles_n = count(&tables, "SELECT count(*) AS n FROM tiles");
+    assert!(tiles_n >= 4, "{tiles_n}");
+    for table in ["captions", "classifications", "vqa"] {
+        let joined = count(
+            &tables,
+            &format!(
+                "SELECT count(*) AS n FROM {table} r JOIN tiles t ON r.request_id = t.request_id AND r.scene_id = t.scene_id AND r.tile_id = t.tile_id"
+            ),
+        );
+        let rows = count(&tables, &format!("SELECT count(*) AS n FROM {table}"));
+        assert_eq!((rows, joined), (tiles_n, tiles_n), "{table}: exactly one row per tile");
+    }
+    let versions = query_json(&tables, "SELECT DISTINCT model_version FROM captions");
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0]["model_version"], "tiny-serve");
+    let poison = query_json(&tables, "SELECT stage, error_kind, message FROM dead_letter");
+    assert_eq!(poison.len(), 1, "only the poison message failed: {poison:?}");
+    assert!(poison[0]["message"].as_str().unwrap().contains("scenes/"), "{poison:?}");
+
+    // The same record is on the dead-letter topic, with where it was read from.
+    let listed = strata(&["dead-letters", "list", "--brokers", &brokers]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let lines: Vec<String> = text(&listed.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\tingest\tpermanent\t") && lines[0].contains("scenes/"), "{lines:?}");
+
+    // Graceful shutdown: every worker drains, commits and exits 0.
+    for worker in &mut workers {
+        let status = worker.terminate(Duration::from_secs(60));
+        assert!(status.is_some_and(|s| s.success()), "worker {} did not stop cleanly ({status:?}):\n{}", worker.name, worker.log());
+    }
+    let infer_logs: Vec<String> = workers.iter().filter(|w| w.name.starts_with("infer")).map(Worker::log).collect();
+    assert!(
+        infer_logs.iter().all(|log| log.contains("Partition assigned")),
+        "both infer workers were assigned partitions:\n{}",
+        logs(&workers)
+    );
+
+    // Restarted, the workers find nothing left to do: every offset was committed.
+    let merge = Worker::start("merge-again", work.path(), &common("merge"));
+    std::thread::sleep(Duration::from_secs(8));
+    drop(merge);
+    assert_eq!(count(&tables, "SELECT count(*) AS n FROM scenes"), 2, "no scene written twice");
+}
