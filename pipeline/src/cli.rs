@@ -301,7 +301,8 @@ pub struct ScorerArgs {
     /// Caption evaluation protocol, printed with every table and in report.json:
     /// `coco` (default; pycocoevalcap 1.2 on PTB tokens: BLEU-1..4, ROUGE-L, CIDEr-D) or
     /// `rs-lvlm` (nltk word_tokenize tokens: BLEU, CIDEr-D, nltk METEOR; rouge-score ROUGE-1/L
-    /// with Porter stemming), as remote-sensing LVLM evaluation scripts compute them.
+    /// with Porter stemming), as remote-sensing LVLM evaluation scripts compute them (`nltk` is
+    /// another name for it).
     #[arg(long, default_value = "coco", value_name = "coco|rs-lvlm")]
     pub protocol: eval::protocol::Protocol,
     /// ROUGE over several references under `rs-lvlm`: the best one (rouge-score's
