@@ -1,7 +1,10 @@
-//! Accuracy for classification and VQA, with the answer normalisation of
-//! [`model::tasks`]: case, punctuation, articles and plural/singular do not matter; a
-//! classification answer counts when it matches exactly one candidate class and that class is
-//! the reference. Answers that name no class are parse failures (and wrong).
+//! Accuracy for classification and VQA, with the answer rules of [`model::tasks`] (the same
+//! ones the inference stage uses): a VQA answer is right when its normalised form
+//! ([`normalize_answer`]: the official VQA processing, so "two" = "2", "1,000" = "1000", "Yes." =
+//! "yes") equals an accepted answer's; a classification answer counts when the class it names
+//! ([`match_class`]: the longest candidate named as whole words, so "airport" is not "port") is
+//! the reference. Answers that name no class, or two equally long ones, are parse failures (and
+//! wrong).
 
 use std::collections::BTreeMap;
 
@@ -39,7 +42,7 @@ pub struct ClassificationScore {
     pub overall: Tally,
     /// Per reference class.
     pub per_class: BTreeMap<String, Tally>,
-    /// Answers that matched no candidate class (or several).
+    /// Answers that matched no candidate class (or two equally long ones).
     pub parse_failures: usize,
 }
 

@@ -6,11 +6,18 @@
 //! | metric | reference |
 //! | --- | --- |
 //! | BLEU-1..4 | pycocoevalcap 1.2 `Bleu` (closest reference length) |
-//! | ROUGE-1, ROUGE-L | rouge-score 0.1.2 (F-measure, best reference) |
+//! | ROUGE-L (`coco`) | pycocoevalcap 1.2 `Rouge` (β = 1.2) |
+//! | ROUGE-1, ROUGE-L (`rs-lvlm`) | rouge-score 0.1.2 (F-measure, best or mean reference) |
 //! | METEOR | nltk 3.9.2 `meteor_score` with WordNet 3.0 |
 //! | CIDEr-D | pycocoevalcap 1.2 `Cider` |
 //! | BERTScore | bert-score 0.3.12 (same encoder, last layer, no IDF by default) |
+//! | PTB tokens (`coco`) | Stanford CoreNLP 3.4.1 `PTBTokenizer` as pycocoevalcap runs it |
+//! | word tokens (`rs-lvlm`) | nltk 3.9.2 `word_tokenize` |
+//! | VQA answers | the official VQA evaluation's answer normalisation |
 //! | accuracy, IoU, Acc@0.5 | definitions in [`accuracy`] and [`grounding`] |
+//!
+//! Which tokenizer feeds which metric is a named [`protocol::Protocol`], printed with every
+//! table.
 
 pub mod accuracy;
 pub mod answers;
@@ -19,7 +26,10 @@ pub mod bleu;
 pub mod cider;
 pub mod grounding;
 pub mod meteor;
+pub mod nltk_tokenize;
 pub mod porter;
+pub mod protocol;
+pub mod ptb;
 pub mod readers;
 pub mod rouge;
 pub mod score;

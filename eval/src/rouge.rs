@@ -76,3 +76,51 @@ pub fn best_of(references: &[Vec<String>], prediction: &[String], metric: fn(&[S
     }
     best.unwrap_or_default()
 }
+
+/// ROUGE-L as pycocoevalcap 1.2 computes it (`pycocoevalcap.rouge.Rouge`, β = 1.2): the LCS of
+/// the candidate with each reference, the best precision and the best recall over references
+/// (possibly from different references), combined as `(1 + β²)·P·R / (R + β²·P)`. pycocoevalcap
+/// splits captions on single spaces, so an empty caption is one empty token; kept.
+pub fn coco_rouge_l(references: &[Vec<String>], candidate: &[String]) -> f64 {
+    const BETA: f64 = 1.2;
+    let as_split = |tokens: &[String]| if tokens.is_empty() { vec![String::new()] } else { tokens.to_vec() };
+    let candidate = as_split(candidate);
+    let (mut precision, mut recall) = (0.0f64, 0.0f64);
+    for reference in references {
+        let reference = as_split(reference);
+        let lcs = lcs_length(&reference, &candidate) as f64;
+        precision = precision.max(lcs / candidate.len() as f64);
+        recall = recall.max(lcs / reference.len() as f64);
+    }
+    if precision == 0.0 || recall == 0.0 {
+        return 0.0;
+    }
+    (1.0 + BETA * BETA) * precision * recall / (recall + BETA * BETA * precision)
+}
+
+fn lcs_length(a: &[String], b: &[String]) -> usize {
+    let mut previous = vec![0usize; b.len() + 1];
+    let mut current = vec![0usize; b.len() + 1];
+    for x in a {
+        for (j, y) in b.iter().enumerate() {
+            current[j + 1] = if x == y { previous[j] + 1 } else { previous[j + 1].max(current[j]) };
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// The score against several references, averaged (F-measure, precision and recall each):
+/// what scripts that loop `scorer.score(ref, pred)` over references and take the mean report.
+pub fn mean_of(references: &[Vec<String>], prediction: &[String], metric: fn(&[String], &[String]) -> Prf) -> Prf {
+    if references.is_empty() {
+        return Prf::default();
+    }
+    let n = references.len() as f64;
+    let scores: Vec<Prf> = references.iter().map(|r| metric(r, prediction)).collect();
+    Prf {
+        precision: scores.iter().map(|s| s.precision).sum::<f64>() / n,
+        recall: scores.iter().map(|s| s.recall).sum::<f64>() / n,
+        fmeasure: scores.iter().map(|s| s.fmeasure).sum::<f64>() / n,
+    }
+}

@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::answers::{answer_text, as_box, join, Prediction, Reference};
 use crate::bertscore::BertScorer;
 use crate::grounding::{GroundingScore, Size};
+use crate::protocol::{self, CaptionOptions, Protocol, ReferenceAggregate};
 use crate::wordnet::WordNet;
-use crate::{accuracy, bleu, cider, meteor, rouge, text, EvalError};
+use crate::{accuracy, rouge, EvalError};
 
 /// What is being scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,8 +56,14 @@ pub struct Metric {
 pub struct Report {
     /// The task.
     pub task: Task,
+    /// How the numbers were computed: the caption protocol (`coco`, `rs-lvlm`) or the answer
+    /// matching rule of the task, in one line. Printed above every table.
+    pub protocol: String,
     /// The metrics, in table order.
     pub metrics: Vec<Metric>,
+    /// What a reader of the numbers must know: text a reference implementation drops, words
+    /// a tokenizer cannot split. Printed under the table as `warning:` lines.
+    pub warnings: Vec<String>,
     /// References without a prediction (scored as empty answers).
     pub missing: usize,
     /// Prediction ids without a reference (ignored).
@@ -68,6 +75,7 @@ impl Report {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let width = self.metrics.iter().map(|m| m.name.len()).max().unwrap_or(6).max(6);
+        let _ = writeln!(out, "protocol: {}", self.protocol);
         let _ = writeln!(out, "{:<width$}  {:>9}  {:>7}", "metric", "value", "n");
         for m in &self.metrics {
             let _ = writeln!(out, "{:<width$}  {:>9.4}  {:>7}", m.name, m.value, m.count);
@@ -78,6 +86,9 @@ impl Report {
         if !self.extra.is_empty() {
             let _ = writeln!(out, "{} predictions had no reference and were ignored (e.g. `{}`)", self.extra.len(), self.extra[0]);
         }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
         out
     }
 
@@ -87,15 +98,43 @@ impl Report {
     }
 }
 
-/// Optional heavy scorers for captions.
-#[derive(Debug, Default, Clone, Copy)]
+/// The caption protocol and its optional heavy scorers.
+#[derive(Debug, Clone, Copy)]
 pub struct CaptionScorers<'a> {
+    /// Which caption evaluation recipe ([`Protocol`]; default `coco`).
+    pub protocol: Protocol,
     /// BERTScore encoder (skipped when absent).
     pub bertscore: Option<&'a BertScorer>,
     /// WordNet for METEOR's synonym stage (exact and stem matching only when absent).
     pub wordnet: Option<&'a WordNet>,
-    /// Porter-stem ROUGE tokens (rouge-score's `use_stemmer`).
+    /// Porter-stem ROUGE tokens (rouge-score's `use_stemmer`; `rs-lvlm`, default on).
     pub rouge_stemmer: bool,
+    /// ROUGE over several references (`rs-lvlm`, default the best one).
+    pub rouge_references: ReferenceAggregate,
+}
+
+impl Default for CaptionScorers<'_> {
+    fn default() -> Self {
+        Self { protocol: Protocol::Coco, bertscore: None, wordnet: None, rouge_stemmer: true, rouge_references: ReferenceAggregate::Max }
+    }
+}
+
+impl<'a> CaptionScorers<'a> {
+    fn options(&self) -> CaptionOptions<'a> {
+        CaptionOptions { wordnet: self.wordnet, rouge_stemmer: self.rouge_stemmer, rouge_references: self.rouge_references }
+    }
+}
+
+/// The line naming how a task's numbers are computed ([`Report::protocol`]).
+fn protocol_line(task: Task, scorers: &CaptionScorers<'_>) -> String {
+    match task {
+        Task::Caption => scorers.protocol.describe(&scorers.options()),
+        Task::Vqa => "vqa: exact match after the official VQA answer normalisation (punctuation, number words to digits, \
+                      articles, contractions)"
+            .to_owned(),
+        Task::Classify => "classify: the longest candidate class named in the answer as whole words, after VQA normalisation".to_owned(),
+        Task::Ground => "ground: IoU >= 0.5 with the reference box; sizes by reference box area".to_owned(),
+    }
 }
 
 fn metric(name: &str, value: f64, count: usize) -> Metric {
@@ -116,6 +155,7 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
     let missing = pairs.iter().filter(|(_, p)| p.is_none()).count();
     let answer = |p: Option<&Prediction>| p.map(|p| answer_text(&p.answer)).unwrap_or_default();
     let n = pairs.len();
+    let mut warnings = Vec::new();
     let metrics = match task {
         Task::Classify => {
             let mut classes: Vec<String> =
@@ -160,9 +200,13 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             rows.push(metric("parse failures", s.parse_failures as f64, n));
             rows
         }
-        Task::Caption => caption_metrics(&pairs, scorers)?,
+        Task::Caption => {
+            let (rows, caption_warnings) = caption_metrics(&pairs, scorers)?;
+            warnings = caption_warnings;
+            rows
+        }
     };
-    Ok(Report { task, metrics, missing, extra })
+    Ok(Report { task, protocol: protocol_line(task, &scorers), metrics, warnings, missing, extra })
 }
 
 /// A predicted box: a pixel array, a grid `<box>` tag (needs the image size), or a pixel list
@@ -179,37 +223,22 @@ fn predicted_box(answer: &Value, image_size: Option<[u32; 2]>) -> Option<[f64; 4
     serde_json::from_str::<Value>(text.trim()).ok().as_ref().and_then(as_box)
 }
 
-fn caption_metrics(pairs: &[(&Reference, Option<&Prediction>)], scorers: CaptionScorers<'_>) -> Result<Vec<Metric>, EvalError> {
+fn caption_metrics(
+    pairs: &[(&Reference, Option<&Prediction>)],
+    scorers: CaptionScorers<'_>,
+) -> Result<(Vec<Metric>, Vec<String>), EvalError> {
     let n = pairs.len();
     let candidates: Vec<String> = pairs.iter().map(|(_, p)| p.map(|p| answer_text(&p.answer)).unwrap_or_default()).collect();
     let references: Vec<Vec<String>> = pairs.iter().map(|(r, _)| strings(&r.references)).collect();
-    let cand_tokens: Vec<Vec<String>> = candidates.iter().map(|c| text::tokenize(c)).collect();
-    let ref_tokens: Vec<Vec<Vec<String>>> = references.iter().map(|refs| refs.iter().map(|r| text::tokenize(r)).collect()).collect();
-    let b = bleu::bleu(&cand_tokens, &ref_tokens);
-    let mean = |values: &[f64]| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
-    let meteor: Vec<f64> = cand_tokens.iter().zip(&ref_tokens).map(|(c, r)| meteor::meteor(r, c, scorers.wordnet)).collect();
-    let rouge_cands: Vec<Vec<String>> = candidates.iter().map(|c| rouge::tokens(c, scorers.rouge_stemmer)).collect();
-    let rouge_refs: Vec<Vec<Vec<String>>> =
-        references.iter().map(|refs| refs.iter().map(|r| rouge::tokens(r, scorers.rouge_stemmer)).collect()).collect();
-    let rouge1: Vec<f64> = rouge_cands.iter().zip(&rouge_refs).map(|(c, r)| rouge::best_of(r, c, rouge::rouge1).fmeasure).collect();
-    let rouge_l: Vec<f64> = rouge_cands.iter().zip(&rouge_refs).map(|(c, r)| rouge::best_of(r, c, rouge::rouge_l).fmeasure).collect();
-    let (cider, _) = cider::cider_d(&cand_tokens, &ref_tokens);
-    let mut rows = vec![
-        metric("BLEU-1", b.corpus[0], n),
-        metric("BLEU-2", b.corpus[1], n),
-        metric("BLEU-3", b.corpus[2], n),
-        metric("BLEU-4", b.corpus[3], n),
-        metric(if scorers.wordnet.is_some() { "METEOR" } else { "METEOR (no WordNet)" }, mean(&meteor), n),
-        metric("ROUGE-1", mean(&rouge1), n),
-        metric("ROUGE-L", mean(&rouge_l), n),
-        metric("CIDEr-D", cider, n),
-    ];
+    let scores = protocol::caption_scores(scorers.protocol, &candidates, &references, &scorers.options());
+    let mut rows: Vec<Metric> = scores.rows.iter().map(|(name, value)| metric(name, *value, n)).collect();
     if let Some(scorer) = scorers.bertscore {
         let scores = scorer.score(&candidates, &references, None)?;
+        let mean = |values: &[f64]| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
         let pick = |f: fn(&rouge::Prf) -> f64| mean(&scores.iter().map(f).collect::<Vec<_>>());
         rows.push(metric("BERTScore P", pick(|s| s.precision), n));
         rows.push(metric("BERTScore R", pick(|s| s.recall), n));
         rows.push(metric("BERTScore F1", pick(|s| s.fmeasure), n));
     }
-    Ok(rows)
+    Ok((rows, scores.warnings))
 }

@@ -3,7 +3,8 @@
 use std::io::Write as _;
 
 use eval::answers::{read_predictions, read_references};
-use eval::score::{score, CaptionScorers, Task};
+use eval::protocol::Protocol;
+use eval::score::{score, CaptionScorers, Report, Task};
 
 fn file(lines: &[&str]) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -13,7 +14,7 @@ fn file(lines: &[&str]) -> tempfile::NamedTempFile {
     f
 }
 
-fn value(report: &eval::score::Report, name: &str) -> f64 {
+fn value(report: &Report, name: &str) -> f64 {
     report.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no `{name}` in {:?}", report.metrics)).value
 }
 
@@ -29,9 +30,8 @@ fn captions_score_perfectly_against_themselves_and_missing_answers_count_as_empt
         r#"{"id": "b", "answer": "a river runs through a dense forest"}"#,
         r#"{"id": "zzz", "answer": "not in the references"}"#,
     ]);
-    let report =
-        score(Task::Caption, &read_predictions(preds.path()).unwrap(), &read_references(refs.path()).unwrap(), CaptionScorers::default())
-            .unwrap();
+    let rs_lvlm = CaptionScorers { protocol: Protocol::RsLvlm, ..CaptionScorers::default() };
+    let report = score(Task::Caption, &read_predictions(preds.path()).unwrap(), &read_references(refs.path()).unwrap(), rs_lvlm).unwrap();
     assert_eq!(report.missing, 1);
     assert_eq!(report.extra, vec!["zzz".to_owned()]);
     // Two perfect captions and one empty one.
@@ -102,4 +102,215 @@ fn malformed_files_name_the_line() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("needs a box"), "{err}");
+}
+
+fn scored(task: Task, preds: &[String], refs: &[String], scorers: CaptionScorers<'_>) -> Report {
+    let preds = file(&preds.iter().map(String::as_str).collect::<Vec<_>>());
+    let refs = file(&refs.iter().map(String::as_str).collect::<Vec<_>>());
+    score(task, &read_predictions(preds.path()).unwrap(), &read_references(refs.path()).unwrap(), scorers).unwrap()
+}
+
+fn line(id: &str, key: &str, value: serde_json::Value) -> String {
+    serde_json::json!({"id": id, key: value}).to_string()
+}
+
+#[test]
+fn vqa_counts_number_words_up_to_twenty_and_numbers_with_commas_as_digits() {
+    // The handed case (08): words against digits, "Ten." and "1,000".
+    let words = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ];
+    let mut preds = Vec::new();
+    let mut refs = Vec::new();
+    for (n, word) in words.iter().enumerate() {
+        // Phrasings LLMs give: a bare word, capitalised with a period, with an article.
+        for (k, answer) in [word.to_string(), format!("{}.", capitalise(word)), format!("The {word}")].into_iter().enumerate() {
+            let id = format!("{word}-{k}");
+            preds.push(line(&id, "answer", answer.into()));
+            refs.push(serde_json::json!({"id": id, "references": [n.to_string()], "type": "count"}).to_string());
+        }
+    }
+    for (id, answer, reference, kind) in [
+        ("none", "none", "0", "count"),
+        ("thousand", "1000", "1,000", "count"),
+        ("thousands", "1,000,000", "1000000", "count"),
+        ("yes", "Yes.", "yes", "presence"),
+        ("no", "No!", "no", "presence"),
+    ] {
+        preds.push(line(id, "answer", answer.into()));
+        refs.push(serde_json::json!({"id": id, "references": [reference], "type": kind}).to_string());
+    }
+    let report = scored(Task::Vqa, &preds, &refs, CaptionScorers::default());
+    assert_eq!(value(&report, "overall accuracy"), 1.0, "{}", report.to_table());
+    assert_eq!(value(&report, "accuracy[count]"), 1.0);
+    assert!(report.protocol.contains("VQA answer normalisation"), "{}", report.protocol);
+    assert!(report.to_table().starts_with("protocol: vqa"));
+
+    // Wrong numbers stay wrong: normalisation must not make everything equal.
+    let preds = [line("a", "answer", "twenty-one".into()), line("b", "answer", "three".into()), line("c", "answer", "1,001".into())];
+    let refs = [
+        serde_json::json!({"id": "a", "references": ["20"]}).to_string(),
+        serde_json::json!({"id": "b", "references": ["2"]}).to_string(),
+        serde_json::json!({"id": "c", "references": ["1000"]}).to_string(),
+    ];
+    let report = scored(Task::Vqa, &preds, &refs, CaptionScorers::default());
+    assert_eq!(value(&report, "overall accuracy"), 0.0);
+}
+
+fn capitalise(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+const AID: [&str; 30] = [
+    "airport",
+    "bare land",
+    "baseball field",
+    "beach",
+    "bridge",
+    "center",
+    "church",
+    "commercial",
+    "dense residential",
+    "desert",
+    "farmland",
+    "forest",
+    "industrial",
+    "meadow",
+    "medium residential",
+    "mountain",
+    "park",
+    "parking",
+    "playground",
+    "pond",
+    "port",
+    "railway station",
+    "resort",
+    "river",
+    "school",
+    "sparse residential",
+    "square",
+    "stadium",
+    "storage tanks",
+    "viaduct",
+];
+
+fn classify(cases: &[(&str, &str)], classes: &[&str]) -> Report {
+    let preds: Vec<String> = cases.iter().enumerate().map(|(i, (answer, _))| line(&i.to_string(), "answer", (*answer).into())).collect();
+    let refs: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, class))| serde_json::json!({"id": i.to_string(), "references": [class], "classes": classes}).to_string())
+        .collect();
+    scored(Task::Classify, &preds, &refs, CaptionScorers::default())
+}
+
+#[test]
+fn classes_named_inside_other_class_names_are_matched_by_the_longest_whole_word_name() {
+    // The handed case (15), with AID's 30 classes.
+    let report = classify(
+        &[
+            ("An airport with several planes.", "airport"),
+            ("parking lot", "parking"),
+            ("a sports stadium", "stadium"),
+            ("port", "port"),
+            ("It is a park.", "park"),
+            ("dense residential area", "dense residential"),
+        ],
+        &AID,
+    );
+    assert_eq!(value(&report, "accuracy"), 1.0, "{}", report.to_table());
+    assert_eq!(value(&report, "parse failures"), 0.0);
+    // Neighbours: other phrasings of the same classes.
+    let report = classify(
+        &[
+            ("Airports.", "airport"),
+            ("A seaport with cranes: port", "port"),
+            ("It looks like a parking area with many parked cars.", "parking"),
+            ("a railway station beside a square", "railway station"),
+            ("Storage-tanks", "storage tanks"),
+            ("This is a sparse residential area near a river.", "sparse residential"),
+            ("baseball", "baseball field"),
+        ],
+        &AID,
+    );
+    assert_eq!(value(&report, "accuracy"), 1.0, "{}", report.to_table());
+    // An answer naming two equally specific classes is a parse failure, not a guess.
+    let report = classify(&[("a beach or a river", "beach"), ("residential", "dense residential")], &AID);
+    assert_eq!(value(&report, "parse failures"), 2.0);
+}
+
+#[test]
+fn other_class_lists_and_scripts_match_whole_words() {
+    // NWPU-RESISC45-style names nested in each other.
+    let nwpu = ["basketball court", "tennis court", "ground track field", "railway", "railway station", "harbor", "ship", "lake"];
+    let report = classify(
+        &[
+            ("A basketball court.", "basketball court"),
+            ("tennis courts", "tennis court"),
+            ("the railway station", "railway station"),
+            ("a railway through fields", "railway"),
+            ("Harbors with boats", "harbor"),
+        ],
+        &nwpu,
+    );
+    assert_eq!(value(&report, "accuracy"), 1.0, "{}", report.to_table());
+    // Russian and Chinese class lists.
+    let report = classify(&[("Это аэропорт.", "аэропорт"), ("морской порт", "порт"), ("лес", "лес")], &["аэропорт", "порт", "лес"]);
+    assert_eq!(value(&report, "accuracy"), 1.0, "{}", report.to_table());
+    let report = classify(&[("这是一个机场。", "机场"), ("港口", "港口")], &["机场", "港口", "森林"]);
+    assert_eq!(value(&report, "accuracy"), 1.0, "{}", report.to_table());
+}
+
+#[test]
+fn non_latin_captions_score_under_coco_and_warn_under_rs_lvlm() {
+    // The handed case (10): identical Russian, Chinese and Greek captions.
+    let captions = [
+        ("ru1", "много белых самолётов стоят у терминала аэропорта"),
+        ("zh1", "许多 白色 飞机 停 在 机场 航站楼 旁边"),
+        ("el1", "ένα ποτάμι διασχίζει ένα πυκνό πράσινο δάσος"),
+        // Neighbours: Arabic, Hindi and accented Latin.
+        ("ar1", "طائرات كثيرة متوقفة بجانب مبنى المطار"),
+        ("hi1", "हवाई अड्डे के पास कई सफेद विमान खड़े हैं"),
+        ("fr1", "un fleuve traverse une forêt dense près du château"),
+    ];
+    let preds: Vec<String> = captions.iter().map(|(id, text)| line(id, "answer", (*text).into())).collect();
+    let refs: Vec<String> = captions.iter().map(|(id, text)| line(id, "references", serde_json::json!([text]))).collect();
+    let coco = scored(Task::Caption, &preds, &refs, CaptionScorers::default());
+    for name in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L"] {
+        assert!((value(&coco, name) - 1.0).abs() < 1e-6, "{name}: {}", coco.to_table());
+    }
+    assert!(coco.to_table().starts_with("protocol: coco"), "{}", coco.to_table());
+    assert!(coco.warnings.is_empty());
+
+    let rs = scored(Task::Caption, &preds, &refs, CaptionScorers { protocol: Protocol::RsLvlm, ..CaptionScorers::default() });
+    assert!((value(&rs, "BLEU-4") - 1.0).abs() < 1e-6, "{}", rs.to_table());
+    // rouge-score keeps only the ASCII part ("un fleuve traverse une for t dense pr s du ch teau")
+    // and nothing of the others: said in the table and the JSON, not only shown as a number.
+    assert!(value(&rs, "ROUGE-L") < 0.2);
+    let table = rs.to_table();
+    assert!(table.contains("protocol: rs-lvlm") && table.contains("warning: rouge-score's tokenizer keeps only a-z and 0-9"), "{table}");
+    let json = rs.to_json();
+    assert_eq!(json["protocol"].as_str().map(|p| p.starts_with("rs-lvlm")), Some(true));
+    assert!(json["warnings"][0].as_str().unwrap().contains("12 of 12"), "{json}");
 }

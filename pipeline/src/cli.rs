@@ -500,8 +500,22 @@ pub struct ScorerArgs {
     /// WordNet 3.0 folder for METEOR's synonyms; default: the one fetched by setup.
     #[arg(long)]
     pub wordnet: Option<std::path::PathBuf>,
-    /// Porter-stem tokens for ROUGE (rouge-score's use_stemmer).
+    /// Caption evaluation protocol, printed with every table and in report.json:
+    /// `coco` (default; pycocoevalcap 1.2 on PTB tokens: BLEU-1..4, ROUGE-L, CIDEr-D) or
+    /// `rs-lvlm` (nltk word_tokenize tokens: BLEU, CIDEr-D, nltk METEOR; rouge-score ROUGE-1/L
+    /// with Porter stemming), as remote-sensing LVLM evaluation scripts compute them (`nltk` is
+    /// another name for it).
+    #[arg(long, default_value = "coco", value_name = "coco|rs-lvlm")]
+    pub protocol: eval::protocol::Protocol,
+    /// ROUGE over several references under `rs-lvlm`: the best one (rouge-score's
+    /// score_multi) or the mean.
+    #[arg(long, default_value = "max", value_name = "max|mean")]
+    pub rouge_refs: eval::protocol::ReferenceAggregate,
+    /// ROUGE under `rs-lvlm` without Porter stemming (rouge-score's use_stemmer=False).
     #[arg(long)]
+    pub no_rouge_stemmer: bool,
+    /// Porter-stem ROUGE tokens: the default now; kept so older scripts still run.
+    #[arg(long, hide = true, conflicts_with = "no_rouge_stemmer")]
     pub rouge_stemmer: bool,
 }
 

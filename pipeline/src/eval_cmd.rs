@@ -61,13 +61,26 @@ fn load_scorers(args: &ScorerArgs, task: Task) -> anyhow::Result<(Option<BertSco
 }
 
 fn scorers<'a>(loaded: &'a (Option<BertScorer>, Option<WordNet>), args: &ScorerArgs) -> CaptionScorers<'a> {
-    CaptionScorers { bertscore: loaded.0.as_ref(), wordnet: loaded.1.as_ref(), rouge_stemmer: args.rouge_stemmer }
+    CaptionScorers {
+        protocol: args.protocol,
+        bertscore: loaded.0.as_ref(),
+        wordnet: loaded.1.as_ref(),
+        rouge_stemmer: !args.no_rouge_stemmer,
+        rouge_references: args.rouge_refs,
+    }
 }
 
+/// The table (with the protocol line and `warning:` lines) on stdout, or the JSON report; with
+/// JSON the warnings also go to stderr, where a person piping the JSON away still sees them.
 fn print_report(report: &Report, format: OutputStyle, header: &str) {
     match format {
         OutputStyle::Text => print!("{header}\n{}", report.to_table()),
-        OutputStyle::Json => println!("{}", report.to_json()),
+        OutputStyle::Json => {
+            println!("{}", report.to_json());
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
     }
 }
 
@@ -188,7 +201,7 @@ fn run_benchmark(args: &EvalRunArgs, runtime: &tokio::runtime::Runtime) -> anyho
     let version = artifact.manifest.version.clone();
     let summary = serde_json::json!({
         "benchmark": name, "split": args.split, "model_version": version, "samples": benchmark.samples.len(),
-        "failed_samples": failures, "report": report.to_json(),
+        "failed_samples": failures, "protocol": report.protocol, "warnings": report.warnings, "report": report.to_json(),
     });
     std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&summary)?)?;
     write_parquet(&args.out.join("report.parquet"), &report, name, &version)?;

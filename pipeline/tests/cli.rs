@@ -366,6 +366,15 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     assert!(text(&out.stderr).contains("sha256"), "{}", text(&out.stderr));
 }
 
+fn task_name(benchmark: &str) -> &'static str {
+    match benchmark {
+        "aid" => "classify",
+        "rsvqa-lr" => "vqa",
+        "dior-rsvg" => "ground",
+        _ => "caption",
+    }
+}
+
 #[test]
 fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     let work = tempfile::tempdir().unwrap();
@@ -406,6 +415,10 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
         assert!(std::fs::read(results.join("report.parquet")).unwrap().starts_with(b"PAR1"));
         let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("report.json")).unwrap()).unwrap();
         assert_eq!(summary["model_version"], "tiny-eval");
+        assert_eq!(
+            summary["protocol"].as_str().unwrap().split(':').next(),
+            Some(if name == "ucm-captions" { "coco" } else { task_name(name) })
+        );
 
         // The written files re-score to the same table.
         let task = match name {
@@ -452,6 +465,42 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
     let out = strata(&["eval", "score", "--task", "vqa", "--pred", bad.to_str().unwrap(), "--ref", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn eval_score_prints_its_protocol_and_warns_about_text_a_reference_drops() {
+    let work = tempfile::tempdir().unwrap();
+    let (pred, refs) = (work.path().join("pred.jsonl"), work.path().join("ref.jsonl"));
+    let caption = "много белых самолётов стоят у терминала аэропорта";
+    std::fs::write(&pred, format!("{{\"id\": \"ru1\", \"answer\": \"{caption}\"}}\n")).unwrap();
+    std::fs::write(&refs, format!("{{\"id\": \"ru1\", \"references\": [\"{caption}\"]}}\n")).unwrap();
+    let args = ["eval", "score", "--task", "caption", "--no-bertscore", "--pred", pred.to_str().unwrap(), "--ref", refs.to_str().unwrap()];
+
+    // Default: coco, identical Russian captions are perfect, nothing to warn about.
+    let out = strata(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("protocol: coco"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("BLEU-4") && l.contains("1.0000")), "{table}");
+    assert!(!table.contains("warning:"), "{table}");
+
+    // rs-lvlm: ROUGE is rouge-score's, which drops Cyrillic: said in the table, the JSON and on
+    // stderr.
+    let out = strata(&[&args[..], &["--protocol", "rs-lvlm", "--rouge-refs", "mean"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("protocol: rs-lvlm") && table.contains("mean over references"), "{table}");
+    assert!(table.contains("warning: rouge-score's tokenizer keeps only a-z and 0-9"), "{table}");
+    let out = strata(&[&args[..], &["--protocol", "rs-lvlm", "--format", "json"]].concat());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["protocol"].as_str().unwrap().starts_with("rs-lvlm"), "{report}");
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "{report}");
+    assert!(text(&out.stderr).contains("warning: rouge-score"), "{}", text(&out.stderr));
+
+    // An unknown protocol is a usage error that lists the known ones.
+    let out = strata(&[&args[..], &["--protocol", "ptb"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("coco, rs-lvlm"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -472,3 +472,34 @@ impl Stage for TilesOnly {
         out.collect(input.derive(message)).await.map_err(|e| StageError::new(StageName::Infer, StageErrorKind::Internal, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str) -> Answer {
+        Answer { text: text.to_owned(), tokens: Vec::new(), score: 0.5, complete: true, descriptions_used: 0 }
+    }
+
+    /// The stage labels tiles with the rule `strata eval score` scores by (`model::tasks`):
+    /// the longest class named as whole words, and VQA answers in their normalised form.
+    #[test]
+    fn answers_are_parsed_with_the_rule_eval_scores_by() {
+        let classes: Vec<String> = ["park", "parking", "port", "airport", "stadium"].iter().map(|c| (*c).to_owned()).collect();
+        let task = TaskSpec::Classify { classes, prompt: None };
+        for (text, label) in [("An airport with several planes.", "airport"), ("parking lot", "parking"), ("a sports stadium", "stadium")] {
+            match parse_answer(&task, &answer(text)) {
+                TaskOutput::Classify { label: got, raw_answer, .. } => {
+                    assert_eq!(got.as_deref(), Some(label), "{text}");
+                    assert_eq!(raw_answer, text);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let task = TaskSpec::Vqa { question: "How many ships?".into() };
+        match parse_answer(&task, &answer("Twelve.")) {
+            TaskOutput::Vqa { answer, .. } => assert_eq!(answer, "12"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
