@@ -133,38 +133,35 @@ pub enum Command {
     /// Examples:
     ///   strata dead-letters list --brokers 127.0.0.1:9092
     ///   strata dead-letters replay --stage tile --request-id harbour-2026-11
-    #[command(verbatim_doc_comment)]
-    DeadLetters(DeadLettersArgs),
+    #[command(verbatim_doc_comment, subcommand)]
+    DeadLetters(DeadLettersCommand),
 }
 
 /// `strata dead-letters` subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
     /// One line per record: time, stage, kind, request/scene/tile, source topic/partition@offset, error.
-    List,
+    List(DeadLettersArgs),
     /// Send the selected records' original payloads back to their source topics.
-    Replay,
+    Replay(DeadLettersArgs),
 }
 
-/// Arguments of `strata dead-letters`.
+/// Which dead letters `strata dead-letters` reads.
 #[derive(Debug, Args)]
 pub struct DeadLettersArgs {
-    #[command(subcommand)]
-    pub command: DeadLettersCommand,
-
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
     /// Only records of this stage (ingest, tile, infer, merge, sink).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub stage: Option<String>,
 
     /// Only records of this request.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub request_id: Option<String>,
 
     /// Seconds to wait for the broker.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, default_value_t = 30)]
     pub timeout: u64,
 }
 

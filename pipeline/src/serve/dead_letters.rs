@@ -73,7 +73,11 @@ pub fn read_all(settings: &KafkaSettings, timeout: Duration) -> anyhow::Result<V
 ///
 /// # Errors
 /// When the broker cannot be reached.
-pub async fn run(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(command: DeadLettersCommand) -> anyhow::Result<ExitCode> {
+    let (replay, args): (bool, DeadLettersArgs) = match command {
+        DeadLettersCommand::List(args) => (false, args),
+        DeadLettersCommand::Replay(args) => (true, args),
+    };
     let settings = args.kafka.settings();
     let timeout = Duration::from_secs(args.timeout);
     let reader = settings.clone();
@@ -83,43 +87,40 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
         .filter(|r| args.stage.as_deref().is_none_or(|stage| r.stage.as_str() == stage))
         .filter(|r| args.request_id.as_deref().is_none_or(|id| r.request_id.as_deref() == Some(id)))
         .collect();
-    match args.command {
-        DeadLettersCommand::List => {
-            for record in &selected {
-                let at = record.source.as_ref().map_or_else(|| "-".to_owned(), |s| format!("{}/{}@{}", s.topic, s.partition, s.offset));
-                println!(
-                    "{}\t{}\t{}\t{}/{}/{}\t{at}\t{}",
-                    record.failed_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                    record.stage.as_str(),
-                    record.error_kind.as_str(),
-                    record.request_id.as_deref().unwrap_or("-"),
-                    record.scene_id.as_deref().unwrap_or("-"),
-                    record.tile_id.as_deref().unwrap_or("-"),
-                    record.message
-                );
-            }
-            eprintln!("{} dead letter(s) of {} in `{}`", selected.len(), records.len(), settings.topics.dead_letter);
-            Ok(ExitCode::SUCCESS)
+    if !replay {
+        for record in &selected {
+            let at = record.source.as_ref().map_or_else(|| "-".to_owned(), |s| format!("{}/{}@{}", s.topic, s.partition, s.offset));
+            println!(
+                "{}\t{}\t{}\t{}/{}/{}\t{at}\t{}",
+                record.failed_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                record.stage.as_str(),
+                record.error_kind.as_str(),
+                record.request_id.as_deref().unwrap_or("-"),
+                record.scene_id.as_deref().unwrap_or("-"),
+                record.tile_id.as_deref().unwrap_or("-"),
+                record.message
+            );
         }
-        DeadLettersCommand::Replay => {
-            let producer = settings.producer().context("creating the Kafka producer")?;
-            let (mut sent, mut skipped) = (0, 0);
-            for record in selected {
-                // Only inputs read from a topic can go back to it; the payload is sent as it
-                // was received, with the scene key it had.
-                let (Some(source), Ok(bytes)) = (&record.source, record.original_payload.to_bytes()) else {
-                    skipped += 1;
-                    continue;
-                };
-                let key = match (&record.request_id, &record.scene_id) {
-                    (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
-                    _ => None,
-                };
-                produce_until_delivered(&producer, &source.topic, key.as_deref(), &bytes).await;
-                sent += 1;
-            }
-            println!("replayed {sent} dead letter(s) to the topics they came from; {skipped} had no source topic");
-            Ok(ExitCode::SUCCESS)
-        }
+        eprintln!("{} dead letter(s) of {} in `{}`", selected.len(), records.len(), settings.topics.dead_letter);
+        return Ok(ExitCode::SUCCESS);
     }
+
+    let producer = settings.producer().context("creating the Kafka producer")?;
+    let (mut sent, mut skipped) = (0, 0);
+    for record in selected {
+        // Only inputs read from a topic can go back to it; the payload is sent as it
+        // was received, with the scene key it had.
+        let (Some(source), Ok(bytes)) = (&record.source, record.original_payload.to_bytes()) else {
+            skipped += 1;
+            continue;
+        };
+        let key = match (&record.request_id, &record.scene_id) {
+            (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
+            _ => None,
+        };
+        produce_until_delivered(&producer, &source.topic, key.as_deref(), &bytes).await;
+        sent += 1;
+    }
+    println!("replayed {sent} dead letter(s) to the topics they came from; {skipped} had no source topic");
+    Ok(ExitCode::SUCCESS)
 }
