@@ -448,3 +448,37 @@ async fn nodata_never_leaks_into_averaged_pixels() {
     }
     assert!(pngs[0] == pngs[1], "declaring nodata in the file or with --nodata renders differently");
 }
+
+// ---- Relative STAC hrefs (issue 17, kind 6) -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stac_hrefs_resolve_against_the_item_in_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visual.tif");
+    Synthetic { width: 64, height: 64, ..Default::default() }.write_u16(&path, |b, c, r| (100 * b + c + r) as u16);
+    let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+    // An S3 bucket (served from memory, so that its keys go through the S3 URL path) and a
+    // memory store; a local folder works by the same rule (see `storage::resolve_href`).
+    storage::register_store("s3://ard-href", Arc::new(object_store::memory::InMemory::new())).unwrap();
+    let items = [
+        ("s3://ard-href/sample-001/10/2024-05-01/item.json", "./visual.tif", "s3://ard-href/sample-001/10/2024-05-01/visual.tif"),
+        ("s3://ard-href/sample-001/10/2024-05-01/item.json", "../shared/./visual.tif", "s3://ard-href/sample-001/10/shared/visual.tif"),
+        ("memory://stac-href/items/one/item.json", "../two/visual.tif", "memory://stac-href/items/two/visual.tif"),
+        ("memory://stac-href/items/one/item.json", "visual.tif", "memory://stac-href/items/one/visual.tif"),
+    ];
+    for (i, (item_uri, href, want)) in items.iter().enumerate() {
+        let target = storage::resolve(want).unwrap();
+        target.store().put(target.path(), bytes.clone().into()).await.unwrap();
+        let item: schemas::stac::StacItem = serde_json::from_value(serde_json::json!({
+            "type": "Feature", "stac_version": "1.0.0", "id": format!("item-{i}"), "properties": {"datetime": null},
+            "assets": {"visual": {"href": href, "roles": ["visual"]}}
+        }))
+        .unwrap();
+        let source = SceneSource::StacItem { item: Box::new(item), base_uri: Some((*item_uri).to_owned()) };
+        let mut request = SceneRequest::new("req-test", &format!("item-{i}"), source);
+        request.tiling = tiling(64, 0, 64);
+        let scene = tile(&request, &memory_root("stac-href-tiles")).await.unwrap_or_else(|e| panic!("{href} against {item_uri}: {e}"));
+        assert_eq!(&scene.summary.source_uri, want, "{href} against {item_uri}");
+        assert_eq!(scene.tiles.len(), 1);
+    }
+}

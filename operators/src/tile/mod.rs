@@ -270,18 +270,9 @@ fn source_locations(request: &SceneRequest) -> Result<(Vec<Location>, bool), Str
     }
 }
 
-/// Resolves a STAC asset href: absolute URLs and paths as they are, relative ones against the
-/// folder of the item's own location.
+/// Resolves a STAC asset href against the item's own location ([`storage::resolve_href`]).
 fn resolve_href(href: &str, base_uri: Option<&str>) -> Result<Location, String> {
-    if href.contains("://") || href.starts_with('/') {
-        return storage::resolve(href).map_err(|e| e.to_string());
-    }
-    let Some(base) = base_uri else {
-        return Err(format!("href `{href}` is relative and the item's own location is unknown"));
-    };
-    let folder = base.rsplit_once('/').map_or("", |(folder, _)| folder);
-    let joined = if folder.is_empty() { href.to_owned() } else { format!("{folder}/{href}") };
-    storage::resolve(&joined).map_err(|e| e.to_string())
+    storage::resolve_href(href, base_uri).map_err(|e| e.to_string())
 }
 
 struct Rendered {
