@@ -13,7 +13,9 @@ fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
     let mut columns = serde_json::Map::new();
     for column in table.columns.iter().filter(|c| c.ty == ColumnType::GeometryWkb) {
         let (types, bbox) = column_summary(frame, column.name);
-        let mut meta = serde_json::json!({ "encoding": "WKB", "geometry_types": types });
+        // Every polygon Strata writes is wound counter-clockwise (georef), so readers may rely
+        // on it (GeoParquet 1.1 `orientation`).
+        let mut meta = serde_json::json!({ "encoding": "WKB", "geometry_types": types, "orientation": "counterclockwise" });
         if let Some(bbox) = bbox {
             meta["bbox"] = serde_json::json!(bbox);
         }
@@ -109,6 +111,16 @@ mod tests {
         assert_eq!(bbox(&[east.clone(), west]), Some([179.0, 64.0, -178.5, 65.0]));
         // Touching 180° from one side only is an ordinary box.
         assert_eq!(bbox(&[east]), Some([179.0, 64.0, 180.0, 65.0]));
+    }
+
+    #[test]
+    fn geo_metadata_declares_counter_clockwise_rings() {
+        let frame = crate::tables::frame(&schemas::tables::SCENES, &[]).unwrap();
+        let geo: serde_json::Value = serde_json::from_str(&super::geo_metadata(&schemas::tables::SCENES, &frame).unwrap()).unwrap();
+        let column = &geo["columns"]["geometry"];
+        assert_eq!(column["orientation"], "counterclockwise");
+        assert_eq!(column["geometry_types"], serde_json::json!(["Polygon"]));
+        assert!(column.get("bbox").is_none(), "no rows, no bbox");
     }
 
     #[test]
