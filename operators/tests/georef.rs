@@ -338,31 +338,35 @@ async fn footprints_across_the_antimeridian_stay_narrow_and_match_gdal_bounds() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scene_around_the_south_pole_is_one_polar_cap() {
+async fn a_scene_around_a_pole_is_one_polar_cap() {
     let dir = tempfile::tempdir().unwrap();
-    // Antarctic polar stereographic, 1 km pixels, the pole at the centre.
+    // Polar stereographic (Antarctic, then Arctic), 1 km pixels, the pole at the centre.
     let geotransform = [-500_000.0, 1000.0, 0.0, 500_000.0, 0.0, -1000.0];
-    let path = write_scene(dir.path(), "south-pole", 3031, geotransform, 1000);
-    let scene = tile_one(&path, "south-pole", 512).await;
-    let want = gdal_bounds(3031, geotransform, 1000);
-    assert_close(&[want[0], want[1], want[2]], &[-180.0, -90.0, 180.0], 1e-9, "GDAL's polar bounds");
-    let parts = &scene.summary.footprint_parts;
-    assert_eq!(parts.len(), 1, "a polar cap is one polygon");
-    assert_drawable(parts, "polar scene");
-    let ring = &parts[0];
-    assert!(ring.iter().any(|p| p == &[180.0, -90.0]) && ring.iter().any(|p| p == &[-180.0, -90.0]), "not closed along the pole");
-    let north = ring.iter().map(|p| p[1]).fold(f64::NEG_INFINITY, f64::max);
-    assert!((north - want[3]).abs() < 1e-3, "northern edge {north}, GDAL {}", want[3]);
-    // The pole is inside, and the area is the cap's (not the rest of the globe): GDAL reads it.
-    let geometry = Geometry::from_wkb(&LonLatGeometry::Polygon(ring.clone()).to_wkb()).unwrap();
-    assert!(geometry.is_valid(), "{}", geometry.wkt().unwrap());
-    let mut pole = Geometry::empty(gdal::vector::OGRwkbGeometryType::wkbPoint).unwrap();
-    pole.add_point_2d((0.0, -89.99));
-    assert!(geometry.contains(&pole));
-    assert!(geometry.area() < 360.0 * 10.0, "area {} square degrees", geometry.area());
-    // The four tiles each touch the pole at a corner; each is drawable.
-    for tile in &scene.tiles {
-        assert_drawable(TileGeoref::new(&tile.task).unwrap().footprint().unwrap().parts(), &tile.task.tile_id);
+    for (name, epsg, pole) in [("south-pole", 3031, -90.0), ("north-pole", 3995, 90.0)] {
+        let path = write_scene(dir.path(), name, epsg, geotransform, 1000);
+        let scene = tile_one(&path, name, 512).await;
+        let want = gdal_bounds(epsg, geotransform, 1000);
+        let (want_pole, want_edge) = if pole < 0.0 { (want[1], want[3]) } else { (want[3], want[1]) };
+        assert_close(&[want[0], want_pole, want[2]], &[-180.0, pole, 180.0], 1e-9, &format!("{name}: GDAL's polar bounds"));
+        let parts = &scene.summary.footprint_parts;
+        assert_eq!(parts.len(), 1, "{name}: a polar cap is one polygon");
+        assert_drawable(parts, name);
+        let ring = &parts[0];
+        assert!(ring.iter().any(|p| p == &[180.0, pole]) && ring.iter().any(|p| p == &[-180.0, pole]), "{name}: not closed along the pole");
+        let lats = ring.iter().map(|p| p[1]);
+        let edge = if pole < 0.0 { lats.fold(f64::NEG_INFINITY, f64::max) } else { lats.fold(f64::INFINITY, f64::min) };
+        assert!((edge - want_edge).abs() < 1e-3, "{name}: edge at {edge}°, GDAL {want_edge}°");
+        // The pole is inside, and the area is the cap's (not the rest of the globe): GDAL reads it.
+        let geometry = Geometry::from_wkb(&LonLatGeometry::Polygon(ring.clone()).to_wkb()).unwrap();
+        assert!(geometry.is_valid(), "{name}: {}", geometry.wkt().unwrap());
+        let mut near_pole = Geometry::empty(gdal::vector::OGRwkbGeometryType::wkbPoint).unwrap();
+        near_pole.add_point_2d((0.0, pole * 0.9999));
+        assert!(geometry.contains(&near_pole), "{name}");
+        assert!(geometry.area() < 360.0 * 10.0, "{name}: area {} square degrees", geometry.area());
+        // The four tiles each hold the pole near a corner; each is drawable.
+        for tile in &scene.tiles {
+            assert_drawable(TileGeoref::new(&tile.task).unwrap().footprint().unwrap().parts(), &format!("{name} {}", tile.task.tile_id));
+        }
     }
 }
 
