@@ -6,8 +6,11 @@
 //! tables' geometry). The polygon is the box's outline mapped through the tile's geotransform
 //! and the CRS, with every edge densified, because a straight pixel edge is curved in lon/lat
 //! (and a rotated or south-up geotransform turns the pixel rectangle around). Rings follow
-//! RFC 7946 §3.1.6 (exterior counter-clockwise) and §3.1.9 (a polygon crossing the
-//! antimeridian is cut in two at ±180°, never drawn as a 358°-wide band).
+//! RFC 7946 §3.1.6 (exterior counter-clockwise, whatever the signs of the geotransform) and
+//! §3.1.9 (a polygon crossing the antimeridian is cut in two at ±180°, never drawn as a
+//! 358°-wide band; one around a pole is closed along the pole's latitude). Scene and tile
+//! footprints are traced by the same code ([`window_footprint`], [`TileGeoref::footprint`]),
+//! so every polygon in the tables and exports follows one rule.
 //!
 //! Everything comes from the [`TileTask`] alone, so a result that carries its task can be
 //! georeferenced anywhere. Partial windows (scenes smaller than a tile) are padded: their
@@ -212,7 +215,8 @@ impl TileGeoref {
     /// # Errors
     /// [`OperatorError::Georeference`] when the box is outside the grid or has no area
     /// (`x1 >= x2` or `y1 >= y2`), lies wholly in the padding of a partial window, cannot be
-    /// transformed to lon/lat, or encloses a pole.
+    /// transformed to lon/lat. A box around a pole is one polygon closed along the pole's
+    /// latitude (see [`window_footprint`]).
     pub fn georeference(&self, grid: &GridBox) -> Result<GeoreferencedBox, OperatorError> {
         let fail = |reason: String| OperatorError::Georeference { scene: self.scene_id.clone(), tile: self.tile_id.clone(), reason };
         let [gx1, gy1, gx2, gy2] = [grid.x1, grid.y1, grid.x2, grid.y2].map(f64::from);
@@ -234,7 +238,58 @@ impl TileGeoref {
         let (col0, row0) = (self.window.col_off as f64, self.window.row_off as f64);
         let scene_box = [col0 + image_box[0] * sx, row0 + image_box[1] * sy, col0 + image_box[2] * sx, row0 + image_box[3] * sy];
 
-        let mut pixels = densified_outline(&image_box, self.segments_per_edge);
+        let outline = Outline { geotransform: &self.geotransform, to_lonlat: &self.to_lonlat };
+        let (crs_ring, lonlat) = outline.trace(&image_box, self.segments_per_edge).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
+        Ok(GeoreferencedBox { image_box, scene_box, crs_ring, lonlat })
+    }
+
+    /// The tile's footprint: the outline of the part of the tile image holding the scene
+    /// (the whole image but for partial windows), densified, counter-clockwise and cut at the
+    /// antimeridian, as every table and export stores it (the message's
+    /// `footprint_lonlat` holds only the window's corners).
+    ///
+    /// # Errors
+    /// [`OperatorError::Georeference`] when the outline cannot be transformed to lon/lat.
+    pub fn footprint(&self) -> Result<LonLatGeometry, OperatorError> {
+        let fail = |reason: String| OperatorError::Georeference { scene: self.scene_id.clone(), tile: self.tile_id.clone(), reason };
+        let content = [0.0, 0.0, f64::from(self.content_px.0), f64::from(self.content_px.1)];
+        let outline = Outline { geotransform: &self.geotransform, to_lonlat: &self.to_lonlat };
+        outline.trace(&content, self.segments_per_edge).map(|(_, lonlat)| lonlat).map_err(|e| fail(format!("footprint: {e}")))
+    }
+}
+
+/// The lon/lat footprint of a window of scene pixels: its outline densified (`segments` points
+/// per edge) in the scene CRS, transformed, counter-clockwise whatever the signs of the
+/// geotransform (RFC 7946 §3.1.6), cut in two at ±180° when it crosses the antimeridian
+/// (§3.1.9), and closed through the pole when it contains one. Scene and tile footprints use
+/// this, and [`TileGeoref::georeference`] the same code, so every polygon Strata writes follows
+/// one rule.
+///
+/// # Errors
+/// A message when a point of the outline cannot be transformed to lon/lat.
+pub fn window_footprint(
+    to_lonlat: &CoordTransform,
+    geotransform: &GeoTransform,
+    window: &PixelWindow,
+    segments: usize,
+) -> Result<LonLatGeometry, String> {
+    let (c0, r0) = (window.col_off as f64, window.row_off as f64);
+    let pixel_box = [c0, r0, c0 + f64::from(window.width), r0 + f64::from(window.height)];
+    Outline { geotransform, to_lonlat }.trace(&pixel_box, segments.max(1)).map(|(_, lonlat)| lonlat)
+}
+
+/// A pixel rectangle's outline on the globe: pixels go through `geotransform` to the CRS and
+/// through `to_lonlat` to lon/lat.
+struct Outline<'a> {
+    geotransform: &'a GeoTransform,
+    to_lonlat: &'a CoordTransform,
+}
+
+impl Outline<'_> {
+    /// The outline of `pixel_box` (`[col1, row1, col2, row2]`) in the CRS (closed, densified,
+    /// counter-clockwise) and in lon/lat (see [`window_footprint`]).
+    fn trace(&self, pixel_box: &[f64; 4], segments: usize) -> Result<(Ring, LonLatGeometry), String> {
+        let mut pixels = densified_outline(pixel_box, segments);
         let crs = |pixels: &[[f64; 2]]| -> Ring {
             pixels
                 .iter()
@@ -248,19 +303,70 @@ impl TileGeoref {
         if signed_area(&crs_ring) < 0.0 {
             crs_ring.reverse();
         }
-        let lonlat = raster::transform_points(&self.to_lonlat, &crs(&pixels)).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
+        let lonlat = raster::transform_points(self.to_lonlat, &crs(&pixels))?;
         let mut unwrapped = unwrap_longitudes(&lonlat);
-        if let (Some(first), Some(last)) = (unwrapped.first(), unwrapped.last()) {
-            if (first[0] - last[0]).abs() > 180.0 {
-                return Err(fail(format!("box {grid:?} encloses a pole; such polygons are not supported")));
-            }
+        let (Some(first), Some(last)) = (unwrapped.first().copied(), unwrapped.last().copied()) else {
+            return Err("the outline has no points".to_owned());
+        };
+        // Unwrapped, a ring around a pole does not come back to its first longitude: it has
+        // gone once round the globe.
+        let turns = ((last[0] - first[0]) / 360.0).round();
+        if turns != 0.0 {
+            return self.around_pole(&pixels, &unwrapped, turns).map(|ring| (crs_ring, LonLatGeometry::Polygon(ring)));
         }
         if signed_area(&unwrapped) < 0.0 {
             unwrapped.reverse();
             pixels.reverse();
         }
-        let lonlat = self.split_at_antimeridian(&pixels, unwrapped).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
-        Ok(GeoreferencedBox { image_box, scene_box, crs_ring, lonlat })
+        Ok((crs_ring, self.split_at_antimeridian(&pixels, unwrapped)?))
+    }
+
+    /// A ring that goes once round a pole, as one polygon in [-180, 180]: the outline is opened
+    /// where it crosses the antimeridian (the crossing found on the true edge), runs from one
+    /// side of the map to the other, and is closed along the pole's latitude — the form
+    /// RFC 7946 §3.1.9 readers and GeoParquet tools draw as a polar cap. Which pole: the one
+    /// on the side of the equator the outline lies on (its mean latitude).
+    fn around_pole(&self, pixels: &[[f64; 2]], unwrapped: &[[f64; 2]], turns: f64) -> Result<Ring, String> {
+        let n = unwrapped.len() - 1; // the open ring: the last point repeats the first, a turn on
+        let point = |j: usize| -> [f64; 2] {
+            let [lon, lat] = unwrapped[j % n];
+            [lon + 360.0 * turns * (j / n) as f64, lat]
+        };
+        // The first edge reaching a meridian 180° + k·360°.
+        let mut found = None;
+        for i in 0..n {
+            let (a, b) = (point(i), point(i + 1));
+            let k = ((a[0].max(b[0]) - 180.0) / 360.0).floor();
+            let cut = 180.0 + 360.0 * k;
+            if a[0].min(b[0]) < cut && cut <= a[0].max(b[0]) {
+                found = Some((i, cut));
+                break;
+            }
+        }
+        let Some((i, cut)) = found else {
+            return Err("the outline goes round a pole without crossing the antimeridian".to_owned());
+        };
+        let start = self.crossing(pixels[i], pixels[(i + 1) % n], point(i)[0], cut)?;
+        // Shift so the path runs from -180 to 180 (eastwards) or from 180 to -180.
+        let shift = if turns > 0.0 { -cut - 180.0 } else { -cut + 180.0 };
+        let mut ring: Ring = Vec::with_capacity(n + 5);
+        ring.push([start[0] + shift, start[1]]);
+        for j in i + 1..=i + n {
+            let [lon, lat] = point(j);
+            ring.push([(lon + shift).clamp(-180.0, 180.0), lat]);
+        }
+        let end = [start[0] + shift + 360.0 * turns, start[1]];
+        ring.push(end);
+        let mean_lat = unwrapped[..n].iter().map(|p| p[1]).sum::<f64>() / n as f64;
+        let pole = if mean_lat < 0.0 { -90.0 } else { 90.0 };
+        ring.push([end[0], pole]);
+        ring.push([ring[0][0], pole]);
+        ring.push(ring[0]);
+        ring.dedup();
+        if signed_area(&ring) < 0.0 {
+            ring.reverse();
+        }
+        Ok(ring)
     }
 
     /// Cuts a closed ring of unwrapped longitudes (continuous, possibly beyond ±180) at the
@@ -306,7 +412,7 @@ impl TileGeoref {
         let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
         let at = |t: f64| -> Result<[f64; 2], String> {
             let (x, y) = self.geotransform.apply(a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t);
-            let [[lon, lat]] = <[[f64; 2]; 1]>::try_from(raster::transform_points(&self.to_lonlat, &[[x, y]])?)
+            let [[lon, lat]] = <[[f64; 2]; 1]>::try_from(raster::transform_points(self.to_lonlat, &[[x, y]])?)
                 .map_err(|_| "the transform returned no point".to_owned())?;
             Ok([lon + 360.0 * ((lon_a - lon) / 360.0).round(), lat])
         };

@@ -138,6 +138,55 @@ pub fn resolve(location: &str) -> Result<Location, OperatorError> {
     }
 }
 
+/// Resolves an href found in a document (a STAC item's asset) against the document's own
+/// location, by RFC 3986 reference resolution as `url::Url::join` does it, whatever the
+/// store: `./visual.tif` and `visual.tif` name a sibling, `../x.tif` a file one folder up
+/// (never above the bucket or the file-system root), `/x.tif` a key from the root of the
+/// document's own store, and an href with a scheme stands alone. Dot segments are removed
+/// before the path reaches the store, so `s3://` keys never hold `.` or `..`. A local base
+/// (a plain path) is taken as a `file://` URL; percent-escapes in the result are decoded.
+///
+/// # Errors
+/// [`OperatorError::InvalidLocation`] when the href is relative and `base` is `None`, when
+/// either is not a valid URL, or when the result cannot be resolved ([`resolve`]).
+pub fn resolve_href(href: &str, base: Option<&str>) -> Result<Location, OperatorError> {
+    let invalid = |reason: String| OperatorError::InvalidLocation { location: href.to_owned(), reason };
+    if let Ok(absolute) = url::Url::parse(href) {
+        if href.contains("://") {
+            return resolve_url(&absolute).map_err(invalid);
+        }
+    }
+    let Some(base) = base else {
+        if href.starts_with('/') {
+            return resolve(href); // a local absolute path, with nothing to be relative to
+        }
+        return Err(invalid("the href is relative and the document's own location is unknown".to_owned()));
+    };
+    let base_url = if base.contains("://") {
+        url::Url::parse(base).map_err(|e| invalid(format!("the document's location `{base}` is not a URL: {e}")))?
+    } else {
+        let path = std::path::Path::new(base);
+        let absolute =
+            if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().map_err(|e| invalid(e.to_string()))?.join(path) };
+        url::Url::from_file_path(&absolute).map_err(|()| invalid(format!("`{}` is not an absolute local path", absolute.display())))?
+    };
+    let joined = base_url.join(href).map_err(|e| invalid(format!("cannot resolve it against `{base}`: {e}")))?;
+    resolve_url(&joined).map_err(invalid)
+}
+
+/// A parsed URL to a location: its dot segments already removed, its path percent-decoded.
+fn resolve_url(url: &url::Url) -> Result<Location, String> {
+    if url.scheme() == "file" {
+        let path = url.to_file_path().map_err(|()| format!("`{url}` is not a local file path"))?;
+        return resolve_local(path.to_str().ok_or_else(|| format!("`{url}` is not valid UTF-8"))?).map_err(|e| e.to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{url}` has a query or fragment, which object stores do not take"));
+    }
+    let key = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    resolve(&format!("{}/{key}", &url[..url::Position::BeforePath])).map_err(|e| e.to_string())
+}
+
 fn parse_path(key: &str) -> Result<Path, String> {
     Path::parse(key.trim_matches('/')).map_err(|e| e.to_string())
 }
@@ -225,6 +274,31 @@ mod tests {
         for bad in ["file://", "file://host", "custom://", "custom://a/b", "no-scheme"] {
             assert!(register_store(bad, Arc::clone(&store)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn relative_hrefs_resolve_against_the_document_for_every_store() {
+        let item = "s3://ard/sample-001/10/2024-05-01/item.json";
+        let cases = [
+            (item, "./visual.tif", "s3://ard/sample-001/10/2024-05-01/visual.tif"),
+            (item, "visual.tif", "s3://ard/sample-001/10/2024-05-01/visual.tif"),
+            (item, "../x.tif", "s3://ard/sample-001/10/x.tif"),
+            (item, "./a/../b/./c.tif", "s3://ard/sample-001/10/2024-05-01/b/c.tif"),
+            (item, "/root.tif", "s3://ard/root.tif"),
+            (item, "../../../../../up.tif", "s3://ard/up.tif"),
+            (item, "s3://other/k/./y.tif", "s3://other/k/y.tif"),
+            (item, "./with%20space.tif", "s3://ard/sample-001/10/2024-05-01/with space.tif"),
+            ("memory://ns-href/items/one/item.json", "../two/b.tif", "memory://ns-href/items/two/b.tif"),
+            ("file:///data/items/item.json", "./my file.tif", "file:///data/items/my file.tif"),
+            ("/data/items/item.json", "../scenes/x.tif", "file:///data/scenes/x.tif"),
+            ("/data/items/item.json", "/abs/x.tif", "file:///abs/x.tif"),
+        ];
+        for (base, href, want) in cases {
+            let got = resolve_href(href, Some(base)).unwrap_or_else(|e| panic!("{href} against {base}: {e}"));
+            assert_eq!(got.url(), want, "{href} against {base}");
+        }
+        assert_eq!(resolve_href("/abs/x.tif", None).unwrap().url(), "file:///abs/x.tif");
+        assert!(resolve_href("./x.tif", None).unwrap_err().to_string().contains("relative"));
     }
 
     #[test]

@@ -242,3 +242,164 @@ async fn the_whole_grid_of_a_real_tile_is_its_window_and_footprint() {
         }
     }
 }
+
+// ---- Footprints on the sphere (issue 17, kinds 1 and 2) ----------------------------------
+//
+// Scenes written here with GDAL, tiled by the tiler, and held to GDAL's `OCTTransformBounds`
+// (an implementation that shares no code with Strata's tracing): the handed case (UTM 60N
+// across 180°), its neighbours (UTM 1N from the other side, UTM 60S at Fiji, a scene around
+// the South Pole), and one ground stored with every sign of the geotransform.
+
+/// A one-band scene of `width × height` pixels on `geotransform` in `epsg`, all data.
+fn write_scene(dir: &std::path::Path, name: &str, epsg: u32, geotransform: [f64; 6], size: usize) -> String {
+    let path = dir.join(format!("{name}.tif"));
+    let synthetic = common::Synthetic { width: size, height: size, bands: 1, epsg: Some(epsg), geotransform, ..Default::default() };
+    synthetic.write_u16(&path, |_, c, r| (100 + c + r) as u16);
+    path.to_str().unwrap().to_owned()
+}
+
+async fn tile_one(path: &str, name: &str, tile_size: u32) -> operators::tile::TiledScene {
+    let mut request = SceneRequest::new("req", name, SceneSource::Uri { uri: path.to_owned() });
+    request.tiling = TilingOptions { tile_size_px: tile_size, overlap_px: 0, output_size_px: 64, ..Default::default() };
+    let root = storage::resolve(&format!("memory://footprints-{name}/tiles")).unwrap();
+    tile_scene(&request, &root, &TilerConfig { threads: 2, ..TilerConfig::default() }, Arc::new(|_| {})).await.unwrap()
+}
+
+/// GDAL's lon/lat bounds of the scene (`xmin > xmax` across the antimeridian).
+fn gdal_bounds(epsg: u32, geotransform: [f64; 6], size: usize) -> [f64; 4] {
+    let mut scene = SpatialRef::from_epsg(epsg).unwrap();
+    scene.set_axis_mapping_strategy(gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder);
+    let mut wgs84 = SpatialRef::from_epsg(4326).unwrap();
+    wgs84.set_axis_mapping_strategy(gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder);
+    let transform = gdal::spatial_ref::CoordTransform::new(&scene, &wgs84).unwrap();
+    let g = geotransform;
+    let (x0, x1) = (g[0], g[0] + size as f64 * g[1]);
+    let (y0, y1) = (g[3], g[3] + size as f64 * g[5]);
+    transform.transform_bounds(&[x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)], 21).unwrap()
+}
+
+/// Width of the narrowest arc of longitude holding every point (any wrapping convention).
+fn circular_span(parts: &[Vec<[f64; 2]>]) -> f64 {
+    let mut xs: Vec<f64> = parts.iter().flatten().map(|p| p[0].rem_euclid(360.0)).collect();
+    xs.sort_by(f64::total_cmp);
+    let widest_gap = xs.windows(2).map(|w| w[1] - w[0]).chain([xs[0] + 360.0 - xs[xs.len() - 1]]).fold(0.0, f64::max);
+    360.0 - widest_gap
+}
+
+fn assert_drawable(parts: &[Vec<[f64; 2]>], what: &str) {
+    for part in parts {
+        assert_eq!(part.first(), part.last(), "{what}: ring not closed");
+        assert!(signed_area(part) > 0.0, "{what}: ring is clockwise");
+        assert!(part.iter().all(|p| (-180.0..=180.0).contains(&p[0]) && (-90.0..=90.0).contains(&p[1])), "{what}: {part:?}");
+        // As drawn in CRS84 (no wrapping), no part is wider than the scene.
+        let lons = part.iter().map(|p| p[0]);
+        let planar = lons.clone().fold(f64::NEG_INFINITY, f64::max) - lons.fold(f64::INFINITY, f64::min);
+        assert!(planar < 90.0 || part.iter().any(|p| p[1].abs() == 90.0), "{what}: a part spans {planar}° of longitude");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footprints_across_the_antimeridian_stay_narrow_and_match_gdal_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    // (name, EPSG, geotransform): 180° lies inside each scene.
+    let cases = [
+        // The handed case: 100 m pixels, easting 600–700 km at ~65°N; 180° at ~641 km.
+        ("utm60n", 32660, [600_000.0, 100.0, 0.0, 7_250_000.0, 0.0, -100.0]),
+        // Zone 1 from the west: 180° is ~3° west of its central meridian (-177°).
+        ("utm1n", 32601, [300_000.0, 120.0, 0.0, 7_250_000.0, 0.0, -120.0]),
+        // Southern hemisphere, Fiji (~17°S): 180° at ~819 km easting.
+        ("utm60s", 32760, [760_000.0, 120.0, 0.0, 8_150_000.0, 0.0, -120.0]),
+    ];
+    for (name, epsg, geotransform) in cases {
+        let path = write_scene(dir.path(), name, epsg, geotransform, 1000);
+        let scene = tile_one(&path, name, 512).await;
+        let want = gdal_bounds(epsg, geotransform, 1000);
+        assert!(want[0] > want[2], "{name}: GDAL sees no crossing: {want:?}");
+        let want_width = want[2] + 360.0 - want[0];
+        let parts = &scene.summary.footprint_parts;
+        assert_eq!(parts.len(), 2, "{name}: the scene footprint is not cut at 180°");
+        assert_drawable(parts, &format!("{name} scene"));
+        // The +180 part first, then the -180 part; together the GDAL box, to the metre.
+        let west_edge = parts[0].iter().map(|p| p[0]).fold(f64::INFINITY, f64::min);
+        let east_edge = parts[1].iter().map(|p| p[0]).fold(f64::NEG_INFINITY, f64::max);
+        let south = parts.iter().flatten().map(|p| p[1]).fold(f64::INFINITY, f64::min);
+        let north = parts.iter().flatten().map(|p| p[1]).fold(f64::NEG_INFINITY, f64::max);
+        assert_close(&[west_edge, south, east_edge, north], &want, 1e-3, &format!("{name} scene bounds"));
+        assert!((circular_span(parts) - want_width).abs() < 1e-3, "{name}: spans {}°, GDAL {want_width}°", circular_span(parts));
+        // Every tile: drawable, no wider than the scene, and a tile astride 180° is cut too.
+        let mut cut_tiles = 0;
+        for tile in &scene.tiles {
+            let footprint = TileGeoref::new(&tile.task).unwrap().footprint().unwrap();
+            let what = format!("{name} {}", tile.task.tile_id);
+            assert_drawable(footprint.parts(), &what);
+            assert!(circular_span(footprint.parts()) <= want_width + 1e-9, "{what}");
+            cut_tiles += usize::from(matches!(footprint, LonLatGeometry::MultiPolygon(_)));
+        }
+        assert!(cut_tiles >= 2, "{name}: {cut_tiles} tiles cut at 180°");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scene_around_a_pole_is_one_polar_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Polar stereographic (Antarctic, then Arctic), 1 km pixels, the pole at the centre.
+    let geotransform = [-500_000.0, 1000.0, 0.0, 500_000.0, 0.0, -1000.0];
+    for (name, epsg, pole) in [("south-pole", 3031, -90.0), ("north-pole", 3995, 90.0)] {
+        let path = write_scene(dir.path(), name, epsg, geotransform, 1000);
+        let scene = tile_one(&path, name, 512).await;
+        let want = gdal_bounds(epsg, geotransform, 1000);
+        let (want_pole, want_edge) = if pole < 0.0 { (want[1], want[3]) } else { (want[3], want[1]) };
+        assert_close(&[want[0], want_pole, want[2]], &[-180.0, pole, 180.0], 1e-9, &format!("{name}: GDAL's polar bounds"));
+        let parts = &scene.summary.footprint_parts;
+        assert_eq!(parts.len(), 1, "{name}: a polar cap is one polygon");
+        assert_drawable(parts, name);
+        let ring = &parts[0];
+        assert!(ring.iter().any(|p| p == &[180.0, pole]) && ring.iter().any(|p| p == &[-180.0, pole]), "{name}: not closed along the pole");
+        let lats = ring.iter().map(|p| p[1]);
+        let edge = if pole < 0.0 { lats.fold(f64::NEG_INFINITY, f64::max) } else { lats.fold(f64::INFINITY, f64::min) };
+        assert!((edge - want_edge).abs() < 1e-3, "{name}: edge at {edge}°, GDAL {want_edge}°");
+        // The pole is inside, and the area is the cap's (not the rest of the globe): GDAL reads it.
+        let geometry = Geometry::from_wkb(&LonLatGeometry::Polygon(ring.clone()).to_wkb()).unwrap();
+        assert!(geometry.is_valid(), "{name}: {}", geometry.wkt().unwrap());
+        let mut near_pole = Geometry::empty(gdal::vector::OGRwkbGeometryType::wkbPoint).unwrap();
+        near_pole.add_point_2d((0.0, pole * 0.9999));
+        assert!(geometry.contains(&near_pole), "{name}");
+        assert!(geometry.area() < 360.0 * 10.0, "{name}: area {} square degrees", geometry.area());
+        // The four tiles each hold the pole near a corner; each is drawable.
+        for tile in &scene.tiles {
+            assert_drawable(TileGeoref::new(&tile.task).unwrap().footprint().unwrap().parts(), &format!("{name} {}", tile.task.tile_id));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ground_stored_with_any_geotransform_signs_has_one_counter_clockwise_footprint() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300 × 300 px of 10 m in UTM 33N; x 400–403 km, y 5000–5003 km, stored four ways.
+    let (x0, x1, y0, y1) = (400_000.0, 403_000.0, 5_000_000.0, 5_003_000.0);
+    let stored = [
+        ("north-up", [x0, 10.0, 0.0, y1, 0.0, -10.0]),
+        ("south-up", [x0, 10.0, 0.0, y0, 0.0, 10.0]),
+        ("east-to-west", [x1, -10.0, 0.0, y1, 0.0, -10.0]),
+        ("both-flipped", [x1, -10.0, 0.0, y0, 0.0, 10.0]),
+    ];
+    let mut areas = Vec::new();
+    for (name, geotransform) in stored {
+        let path = write_scene(dir.path(), name, 32633, geotransform, 300);
+        let scene = tile_one(&path, name, 128).await;
+        let parts = &scene.summary.footprint_parts;
+        assert_eq!(parts.len(), 1, "{name}");
+        assert_drawable(parts, name);
+        let south = parts[0].iter().map(|p| p[1]).fold(f64::INFINITY, f64::min);
+        let west = parts[0].iter().map(|p| p[0]).fold(f64::INFINITY, f64::min);
+        areas.push((name, signed_area(&parts[0]), west, south));
+        for tile in &scene.tiles {
+            let footprint = TileGeoref::new(&tile.task).unwrap().footprint().unwrap();
+            assert_drawable(footprint.parts(), &format!("{name} {}", tile.task.tile_id));
+        }
+    }
+    let (_, area, west, south) = areas[0];
+    for (name, a, w, s) in &areas[1..] {
+        assert!((a - area).abs() < 1e-12 && (w - west).abs() < 1e-12 && (s - south).abs() < 1e-12, "{name} differs from north-up");
+    }
+}

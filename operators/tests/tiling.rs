@@ -246,3 +246,238 @@ async fn signed_and_float_single_band_scenes_render_as_grey() {
         }
     }
 }
+
+// ---- Nodata, masks and palettes (issue 17, kind 3) ---------------------------------------
+
+async fn tile_png(uri: &str) -> (u32, u32, Vec<u8>) {
+    let location = storage::resolve(uri).unwrap();
+    decode_png(&location.store().get(location.path()).await.unwrap().bytes().await.unwrap())
+}
+
+/// Writes a Byte GeoTIFF of `bands` bands from `value(band, col, row)`.
+fn write_u8(
+    path: &std::path::Path,
+    size: usize,
+    bands: usize,
+    nodata: Option<f64>,
+    options: &[&str],
+    value: impl Fn(usize, usize, usize) -> u8,
+) -> gdal::Dataset {
+    use gdal::{raster::Buffer, raster::RasterCreationOptions, spatial_ref::SpatialRef, DriverManager};
+    let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+    let options = RasterCreationOptions::from_iter(options.iter().map(|s| (*s).to_owned()));
+    let mut ds = driver.create_with_band_type_with_options::<u8, _>(path, size, size, bands, &options).unwrap();
+    ds.set_geo_transform(&[400_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0]).unwrap();
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32633).unwrap()).unwrap();
+    for b in 1..=bands {
+        let mut band = ds.rasterband(b).unwrap();
+        if nodata.is_some() {
+            band.set_no_data_value(nodata).unwrap();
+        }
+        let data: Vec<u8> = (0..size).flat_map(|r| (0..size).map(move |c| (c, r))).map(|(c, r)| value(b, c, r)).collect();
+        band.write((0, 0), (size, size), &mut Buffer::new((size, size), data)).unwrap();
+    }
+    ds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paletted_bands_render_through_their_colour_table() {
+    use gdal::raster::{ColorEntry, ColorInterpretation, ColorTable, PaletteInterpretation};
+    let dir = tempfile::tempdir().unwrap();
+    let root = memory_root("palette");
+    let colours: [[u8; 3]; 5] = [[0, 0, 0], [0, 0, 255], [0, 128, 0], [255, 0, 0], [255, 255, 0]];
+    // Four vertical stripes of classes 1–4 (the handed case); the second file also declares
+    // class 0 nodata and has it in the top 32 rows.
+    for (name, nodata, output) in [("landcover", None, 256u32), ("landcover-nodata", Some(0.0), 128)] {
+        let path = dir.path().join(format!("{name}.tif"));
+        let ds = write_u8(&path, 256, 1, nodata, &[], |_, c, r| if nodata.is_some() && r < 32 { 0 } else { (c / 64 + 1) as u8 });
+        let mut band = ds.rasterband(1).unwrap();
+        let mut table = ColorTable::new(PaletteInterpretation::Rgba);
+        for (i, [r, g, b]) in colours.iter().enumerate() {
+            table.set_color_entry(i as u16, &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*b), 255));
+        }
+        band.set_color_table(&table);
+        band.set_color_interpretation(ColorInterpretation::PaletteIndex).unwrap();
+        drop(ds); // closed: the colour table is on disk
+        let scene = tile(&request(name, path.to_str().unwrap(), tiling(256, 0, output)), &root).await.unwrap();
+        assert_eq!(scene.tiles.len(), 1);
+        let want_valid = if nodata.is_some() { 224.0 / 256.0 } else { 1.0 };
+        assert!((scene.tiles[0].valid_fraction - want_valid).abs() < 1e-6, "{name}: {}", scene.tiles[0].valid_fraction);
+        let (w, _, rgb) = tile_png(&scene.tiles[0].task.tile.uri).await;
+        let pixel =
+            |c: usize, r: usize| [rgb[(r * w as usize + c) * 3], rgb[(r * w as usize + c) * 3 + 1], rgb[(r * w as usize + c) * 3 + 2]];
+        let scale = output as usize as f64 / 256.0;
+        for (class, colour) in colours.iter().enumerate().skip(1) {
+            let c = ((class - 1) * 64 + 32) as f64 * scale;
+            assert_eq!(&pixel(c as usize, (128.0 * scale) as usize), colour, "{name}: class {class}");
+        }
+        // Shrunk tiles take the most common class, never a blend: every pixel is a palette
+        // colour, and the nodata rows stay black.
+        assert!(rgb.chunks(3).all(|p| colours.iter().any(|c| c == p)), "{name}: a colour outside the palette");
+        if nodata.is_some() {
+            assert_eq!(pixel(100, 5), [0, 0, 0], "{name}: nodata is black");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pixel_is_nodata_only_when_every_band_shown_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = memory_root("dataset-mask");
+    // Columns 0–63: collar (every band 0); 64–159: water, red 0 but green and blue data;
+    // 160–255: land. Nodata 0 on every band (the handed case), then its neighbours: 2 bands
+    // shown as false colour, 4 bands (RGB + NIR), and RGBA where alpha is the mask.
+    let water = |b: usize, r: usize| match b {
+        1 => 0,
+        2 => 40 + (r % 41) as u8,
+        3 => 100 + (r % 41) as u8,
+        _ => 90,
+    };
+    let land = |b: usize, r: usize| (80 + 10 * b + 2 * (r % 41)) as u8;
+    let value = |b: usize, c: usize, r: usize| {
+        if c < 64 {
+            0
+        } else if c < 160 {
+            water(b, r)
+        } else {
+            land(b, r)
+        }
+    };
+    struct Case {
+        name: &'static str,
+        bands: usize,
+        shown: Option<Vec<u32>>,
+        nodata: Option<f64>,
+        options: &'static [&'static str],
+    }
+    let cases = [
+        Case { name: "rgb", bands: 3, shown: None, nodata: Some(0.0), options: &["PHOTOMETRIC=RGB"] },
+        Case { name: "two-band", bands: 2, shown: Some(vec![1, 2, 2]), nodata: Some(0.0), options: &[] },
+        Case { name: "rgbn", bands: 4, shown: None, nodata: Some(0.0), options: &[] },
+        Case { name: "rgba", bands: 4, shown: None, nodata: None, options: &["PHOTOMETRIC=RGB", "ALPHA=YES"] },
+    ];
+    for case in cases {
+        let path = dir.path().join(format!("{}.tif", case.name));
+        let rgba = case.options.contains(&"ALPHA=YES");
+        // With an alpha band the collar is transparent, whatever its colour.
+        drop(write_u8(&path, 256, case.bands, case.nodata, case.options, |b, c, r| match (rgba, b) {
+            (true, 4) => {
+                if c < 64 {
+                    0
+                } else {
+                    255
+                }
+            }
+            (true, _) if c < 64 => 77,
+            _ => value(b, c, r),
+        }));
+        let options = TilingOptions { bands: case.shown.clone(), ..tiling(256, 0, 256) };
+        let scene = tile(&request(case.name, path.to_str().unwrap(), options), &root).await.unwrap();
+        assert_eq!(scene.tiles.len(), 1);
+        assert!((scene.tiles[0].valid_fraction - 0.75).abs() < 1e-6, "{}: valid fraction {}", case.name, scene.tiles[0].valid_fraction);
+        let (_, _, rgb) = tile_png(&scene.tiles[0].task.tile.uri).await;
+        let pixel = |c: usize, r: usize| [rgb[(r * 256 + c) * 3], rgb[(r * 256 + c) * 3 + 1], rgb[(r * 256 + c) * 3 + 2]];
+        // (Rows where green and blue sit at the bottom of their stretch are dark by right.)
+        let water_black = (0..256).filter(|&r| r % 41 >= 5 && pixel(110, r) == [0, 0, 0]).count();
+        assert_eq!(water_black, 0, "{}: water pixels drawn as holes", case.name);
+        assert_eq!(pixel(110, 20)[0], 0, "{}: the red band has no data in water", case.name);
+        assert!(pixel(110, 40)[2] > 0, "{}: water keeps its other bands", case.name);
+        assert!((0..256).all(|r| pixel(30, r) == [0, 0, 0]), "{}: the collar is a hole", case.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stretch_sees_a_thin_strip_in_an_empty_scene() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strip.tif");
+    // 2048² px, nodata 0, data only in column 1000 (values rising down the scene). The reduced
+    // read for the stretch (1024 px, nearest) samples odd columns only and misses it whole.
+    let synthetic = Synthetic { width: 2048, height: 2048, bands: 1, nodata: Some(0.0), ..Default::default() };
+    synthetic.write_u16(&path, |_, c, r| if c == 1000 { 1000 + (r / 2) as u16 } else { 0 });
+    let root = memory_root("strip");
+    let scene = tile(&request("strip", path.to_str().unwrap(), tiling(512, 0, 512)), &root).await.unwrap();
+    assert_eq!(scene.tiles.len(), 4, "one column of tiles holds the strip");
+    let mut strip = Vec::new(); // (scene row, grey)
+    for t in &scene.tiles {
+        let (_, _, rgb) = tile_png(&t.task.tile.uri).await;
+        let col = (1000 - t.task.window.col_off) as usize;
+        for r in 0..512usize {
+            strip.push((t.task.window.row_off as usize + r, rgb[(r * 512 + col) * 3]));
+        }
+    }
+    strip.sort_unstable();
+    let greys: Vec<u8> = strip.iter().map(|s| s.1).collect();
+    let levels = greys.iter().collect::<std::collections::BTreeSet<_>>().len();
+    let (low, high) = (*greys.iter().min().unwrap(), *greys.iter().max().unwrap());
+    assert!(levels >= 200 && low <= 5 && high >= 250, "{levels} grey levels from {low} to {high}");
+    assert!(greys.windows(2).all(|w| w[0] <= w[1]), "the strip's gradient is not monotonic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodata_never_leaks_into_averaged_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = memory_root("leak");
+    // A checkerboard of nodata (0) and data (1000 + column), 512² px, shrunk to 256²: each
+    // output pixel averages two data pixels and two nodata pixels.
+    let value = |_: usize, c: usize, r: usize| if (c + r).is_multiple_of(2) { 0 } else { 1000 + c as u16 };
+    let declared = dir.path().join("declared.tif");
+    Synthetic { width: 512, height: 512, bands: 1, nodata: Some(0.0), ..Default::default() }.write_u16(&declared, value);
+    let undeclared = dir.path().join("undeclared.tif");
+    Synthetic { width: 512, height: 512, bands: 1, ..Default::default() }.write_u16(&undeclared, value);
+    // The stretch the tiler measures: the 2nd and 98th percentiles of the data.
+    let mut data: Vec<f32> =
+        (0..512).flat_map(|r| (0..512).map(move |c| (c, r))).filter(|(c, r)| (c + r) % 2 == 1).map(|(c, _)| 1000.0 + c as f32).collect();
+    data.sort_by(f32::total_cmp);
+    let at = |q: f64| data[((data.len() - 1) as f64 * q).round() as usize];
+    let (low, high) = (at(0.02), at(0.98));
+    let mut pngs = Vec::new();
+    for (path, nodata) in [(&declared, None), (&undeclared, Some(0.0))] {
+        let options = TilingOptions { nodata, ..tiling(512, 0, 256) };
+        let scene = tile(&request("leak", path.to_str().unwrap(), options), &root).await.unwrap();
+        assert!((scene.tiles[0].valid_fraction - 1.0).abs() < 1e-6, "{nodata:?}: {}", scene.tiles[0].valid_fraction);
+        let (_, _, rgb) = tile_png(&scene.tiles[0].task.tile.uri).await;
+        for col in [20usize, 128, 230] {
+            // Output column `col` averages scene columns 2·col and 2·col + 1, data only.
+            let mean = 1000.0 + 2.0 * col as f32 + 0.5;
+            let want = ((mean - low) * 255.0 / (high - low)).clamp(0.0, 255.0);
+            let got = f32::from(rgb[(100 * 256 + col) * 3]);
+            assert!((got - want).abs() <= 2.0, "{nodata:?}: column {col} is {got}, data alone gives {want}");
+        }
+        pngs.push(rgb);
+    }
+    assert!(pngs[0] == pngs[1], "declaring nodata in the file or with --nodata renders differently");
+}
+
+// ---- Relative STAC hrefs (issue 17, kind 6) -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stac_hrefs_resolve_against_the_item_in_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visual.tif");
+    Synthetic { width: 64, height: 64, ..Default::default() }.write_u16(&path, |b, c, r| (100 * b + c + r) as u16);
+    let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+    // An S3 bucket (served from memory, so that its keys go through the S3 URL path) and a
+    // memory store; a local folder works by the same rule (see `storage::resolve_href`).
+    storage::register_store("s3://ard-href", Arc::new(object_store::memory::InMemory::new())).unwrap();
+    let items = [
+        ("s3://ard-href/sample-001/10/2024-05-01/item.json", "./visual.tif", "s3://ard-href/sample-001/10/2024-05-01/visual.tif"),
+        ("s3://ard-href/sample-001/10/2024-05-01/item.json", "../shared/./visual.tif", "s3://ard-href/sample-001/10/shared/visual.tif"),
+        ("memory://stac-href/items/one/item.json", "../two/visual.tif", "memory://stac-href/items/two/visual.tif"),
+        ("memory://stac-href/items/one/item.json", "visual.tif", "memory://stac-href/items/one/visual.tif"),
+    ];
+    for (i, (item_uri, href, want)) in items.iter().enumerate() {
+        let target = storage::resolve(want).unwrap();
+        target.store().put(target.path(), bytes.clone().into()).await.unwrap();
+        let item: schemas::stac::StacItem = serde_json::from_value(serde_json::json!({
+            "type": "Feature", "stac_version": "1.0.0", "id": format!("item-{i}"), "properties": {"datetime": null},
+            "assets": {"visual": {"href": href, "roles": ["visual"]}}
+        }))
+        .unwrap();
+        let source = SceneSource::StacItem { item: Box::new(item), base_uri: Some((*item_uri).to_owned()) };
+        let mut request = SceneRequest::new("req-test", format!("item-{i}"), source);
+        request.tiling = tiling(64, 0, 64);
+        let scene = tile(&request, &memory_root("stac-href-tiles")).await.unwrap_or_else(|e| panic!("{href} against {item_uri}: {e}"));
+        assert_eq!(&scene.summary.source_uri, want, "{href} against {item_uri}");
+        assert_eq!(scene.tiles.len(), 1);
+    }
+}

@@ -697,3 +697,98 @@ fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("manifest"), "{}", text(&out.stderr));
 }
+
+/// The `geo` metadata of a GeoParquet file. The footer stores key-value metadata as plain
+/// Thrift strings, so the JSON document is found by its opening and its braces balanced (its
+/// strings hold no braces).
+fn geo_metadata(file: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(file).unwrap();
+    // The document's keys come in serde_json's order: sorted, or as written.
+    let opening = |text: &[u8]| bytes.windows(text.len()).rposition(|w| w == text);
+    let start = opening(br#"{"columns":{"#).or_else(|| opening(br#"{"version":""#)).expect("no geo metadata");
+    let mut depth = 0;
+    let end = bytes[start..]
+        .iter()
+        .position(|&b| {
+            depth += i32::from(b == b'{') - i32::from(b == b'}');
+            depth == 0
+        })
+        .unwrap();
+    serde_json::from_slice(&bytes[start..=start + end]).unwrap()
+}
+
+/// Twice the signed area of a GeoJSON ring; positive when counter-clockwise.
+fn twice_area(ring: &serde_json::Value) -> f64 {
+    let p: Vec<(f64, f64)> = ring.as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap())).collect();
+    p.windows(2).map(|w| w[0].0 * w[1].1 - w[1].0 * w[0].1).sum()
+}
+
+#[test]
+fn footprints_in_tables_and_geojson_are_drawable_across_the_antimeridian_and_south_up() {
+    use gdal::{raster::Buffer, spatial_ref::SpatialRef, DriverManager};
+    let dir = tempfile::tempdir().unwrap();
+    // A UTM 60N scene at ~65°N whose east part lies beyond 180° (issue 17, case 01), and a
+    // UTM 33N scene stored south-up (positive row step, case 03).
+    for (name, epsg, geotransform) in [
+        ("utm60", 32660, [600_000.0, 100.0, 0.0, 7_250_000.0, 0.0, -100.0]),
+        ("south_up", 32633, [400_000.0, 10.0, 0.0, 5_000_000.0, 0.0, 10.0]),
+    ] {
+        let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+        let mut ds = driver.create_with_band_type::<u16, _>(dir.path().join(format!("{name}.tif")), 1000, 1000, 1).unwrap();
+        ds.set_geo_transform(&geotransform).unwrap();
+        ds.set_spatial_ref(&SpatialRef::from_epsg(epsg).unwrap()).unwrap();
+        let data: Vec<u16> = (0..1000 * 1000).map(|i| (100 + i % 1000 + i / 1000) as u16).collect();
+        ds.rasterband(1).unwrap().write((0, 0), (1000, 1000), &mut Buffer::new((1000, 1000), data)).unwrap();
+    }
+    let tables = dir.path().join("tables");
+    let tiles = dir.path().join("tiles");
+    let out = strata(&[
+        "batch",
+        "--no-progress",
+        "--tile-size",
+        "512",
+        "--overlap",
+        "0",
+        "--tables",
+        tables.to_str().unwrap(),
+        "--tiles",
+        tiles.to_str().unwrap(),
+        dir.path().join("utm60.tif").to_str().unwrap(),
+        dir.path().join("south_up.tif").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    for table in ["scenes", "tiles"] {
+        let sql = format!("SELECT scene_id, geometry FROM {table} ORDER BY scene_id");
+        let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "geojson", &sql]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let collection: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for feature in collection["features"].as_array().unwrap() {
+            let what = format!("{table} {}", feature["properties"]["scene_id"]);
+            let geometry = &feature["geometry"];
+            let polygons = match geometry["type"].as_str().unwrap() {
+                "Polygon" => vec![geometry["coordinates"].clone()],
+                "MultiPolygon" => geometry["coordinates"].as_array().unwrap().clone(),
+                other => panic!("{what}: {other}"),
+            };
+            if table == "scenes" && what.contains("utm60") {
+                assert_eq!(polygons.len(), 2, "{what}: not cut at 180°");
+            }
+            for polygon in polygons {
+                let exterior = &polygon[0];
+                assert!(twice_area(exterior) > 0.0, "{what}: clockwise exterior ring");
+                let lons: Vec<f64> = exterior.as_array().unwrap().iter().map(|p| p[0].as_f64().unwrap()).collect();
+                let width = lons.iter().copied().fold(f64::MIN, f64::max) - lons.iter().copied().fold(f64::MAX, f64::min);
+                assert!(width < 2.5, "{what}: a part {width}° wide");
+            }
+        }
+    }
+    // The scenes' GeoParquet bbox crosses the antimeridian as GDAL's OCTTransformBounds does.
+    let utm60 = parquet_files(&tables.join("scenes")).into_iter().find(|f| f.to_string_lossy().contains("utm60")).unwrap();
+    let geo = geo_metadata(&utm60);
+    let column = &geo["columns"]["geometry"];
+    let bbox: Vec<f64> = column["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want = [179.0791, 64.4168, -178.7061, 65.3575];
+    assert!(bbox.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-3), "bbox {bbox:?}, GDAL {want:?}");
+    assert_eq!(column["geometry_types"], serde_json::json!(["MultiPolygon"]));
+    assert_eq!(column["orientation"], "counterclockwise");
+}

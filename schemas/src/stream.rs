@@ -48,8 +48,17 @@ pub struct SceneTiled {
     /// EPSG code of the scene CRS, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crs_epsg: Option<u32>,
-    /// Closed lon/lat ring of the scene footprint.
+    /// The scene's four corners in lon/lat (upper left, lower left, lower right, upper right,
+    /// then the first again), as `gdalinfo` lists them: a key to the scene's extent, not a
+    /// polygon to draw (it may cross the antimeridian or wind clockwise).
     pub footprint_lonlat: Vec<[f64; 2]>,
+    /// The scene footprint to draw: one closed, counter-clockwise lon/lat ring per part
+    /// (RFC 7946 §3.1.6), densified along the scene's edges, two parts when it crosses the
+    /// antimeridian (cut at ±180°, §3.1.9), one ring closed along the pole's latitude when it
+    /// contains a pole. Empty in markers from before it existed: readers then fall back to
+    /// `footprint_lonlat`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub footprint_parts: Vec<Vec<[f64; 2]>>,
     /// Tiles written (and sent before this marker): the scene is complete downstream once
     /// this many tile outcomes have arrived.
     pub tiles_written: u64,

@@ -28,7 +28,11 @@ pub struct TileTask {
     pub geotransform: GeoTransform,
     /// The scene's coordinate reference system.
     pub crs: Crs,
-    /// Closed lon/lat ring (EPSG:4326, x = longitude) of the tile's footprint.
+    /// The window's four corners in lon/lat (EPSG:4326, x = longitude): upper left, lower
+    /// left, lower right, upper right, then the first again. They key the tile to the globe
+    /// (georeferencing recovers the tile's content size from them); the polygon the tables
+    /// store is traced from them along the densified edges, counter-clockwise and cut at the
+    /// antimeridian (`operators::georef::TileGeoref::footprint`).
     pub footprint_lonlat: Vec<[f64; 2]>,
     /// Tasks to run.
     pub tasks: Vec<TaskSpec>,

@@ -111,6 +111,7 @@ fn every_message_round_trips_through_json() {
         dtype: "Byte".into(),
         crs_epsg: Some(31985),
         footprint_lonlat: vec![[-48.0, -22.0], [-47.9, -22.0], [-47.9, -21.9], [-48.0, -22.0]],
+        footprint_parts: vec![vec![[-48.0, -22.0], [-47.9, -22.0], [-47.9, -21.9], [-48.0, -22.0]]],
         tiles_written: 4,
         tiles_skipped_nodata: 0,
         tasks: vec![TaskSpec::Caption { prompt: None }],

@@ -70,6 +70,7 @@ impl Stage for TileStage {
             dtype: s.dtype,
             crs_epsg: s.crs_epsg,
             footprint_lonlat: s.footprint_lonlat,
+            footprint_parts: s.footprint_parts,
             tiles_written,
             tiles_skipped_nodata: s.tiles_skipped_nodata,
             tasks: request.tasks.clone(),

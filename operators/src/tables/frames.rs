@@ -168,6 +168,28 @@ pub fn polygon_points(wkb: &[u8]) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// The exterior rings of a WKB polygon or multipolygon (one per part; empty for anything
+/// else or bytes that are not WKB), with the geometry's type name as GeoParquet spells it.
+pub fn exterior_rings(wkb: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>) {
+    let Ok(geometry) = Geometry::from_wkb(wkb) else { return (None, Vec::new()) };
+    let ring_points = |ring: &Geometry| -> Vec<[f64; 2]> {
+        (0..ring.point_count())
+            .map(|i| {
+                let (x, y, _) = ring.get_point(i32::try_from(i).unwrap_or(i32::MAX));
+                [x, y]
+            })
+            .collect()
+    };
+    let exterior = |polygon: &Geometry| (polygon.geometry_count() > 0).then(|| ring_points(&polygon.get_geometry(0)));
+    match geometry.geometry_type() {
+        OGRwkbGeometryType::wkbPolygon => (Some("Polygon"), exterior(&geometry).into_iter().collect()),
+        OGRwkbGeometryType::wkbMultiPolygon => {
+            (Some("MultiPolygon"), (0..geometry.geometry_count()).filter_map(|i| exterior(&geometry.get_geometry(i))).collect())
+        }
+        _ => (None, Vec::new()),
+    }
+}
+
 /// Rows of the `dead_letter` table.
 ///
 /// # Errors

@@ -12,8 +12,11 @@ fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
     let primary = table.geometry_column?;
     let mut columns = serde_json::Map::new();
     for column in table.columns.iter().filter(|c| c.ty == ColumnType::GeometryWkb) {
-        let mut meta = serde_json::json!({ "encoding": "WKB", "geometry_types": ["Polygon"] });
-        if let Some(bbox) = bbox_of(frame, column.name) {
+        let (types, bbox) = column_summary(frame, column.name);
+        // Every polygon Strata writes is wound counter-clockwise (georef), so readers may rely
+        // on it (GeoParquet 1.1 `orientation`).
+        let mut meta = serde_json::json!({ "encoding": "WKB", "geometry_types": types, "orientation": "counterclockwise" });
+        if let Some(bbox) = bbox {
             meta["bbox"] = serde_json::json!(bbox);
         }
         columns.insert(column.name.to_owned(), meta);
@@ -21,16 +24,60 @@ fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
     Some(serde_json::json!({ "version": "1.1.0", "primary_column": primary, "columns": columns }).to_string())
 }
 
-/// The bounding box of a WKB polygon column, from its coordinates.
-fn bbox_of(frame: &DataFrame, column: &str) -> Option<[f64; 4]> {
-    let values = frame.column(column).ok()?.binary().ok()?.clone();
-    let mut bbox = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
-    for wkb in values.iter().flatten() {
-        for [x, y] in super::frames::polygon_points(wkb) {
-            bbox = [bbox[0].min(x), bbox[1].min(y), bbox[2].max(x), bbox[3].max(y)];
+/// The geometry types a WKB column holds (sorted, as GeoParquet lists them; `Polygon` for an
+/// empty column, which is what the tables hold) and its bounding box.
+fn column_summary(frame: &DataFrame, column: &str) -> (Vec<&'static str>, Option<[f64; 4]>) {
+    let mut types = std::collections::BTreeSet::new();
+    let mut rings = Vec::new();
+    if let Some(values) = frame.column(column).ok().and_then(|c| c.binary().ok().cloned()) {
+        for wkb in values.iter().flatten() {
+            let (kind, parts) = super::frames::exterior_rings(wkb);
+            types.extend(kind);
+            rings.extend(parts);
         }
     }
-    bbox[0].is_finite().then_some(bbox)
+    if types.is_empty() {
+        types.insert("Polygon");
+    }
+    (types.into_iter().collect(), bbox(&rings))
+}
+
+/// The bounding box `[xmin, ymin, xmax, ymax]` of lon/lat rings, as GeoParquet 1.1 and
+/// RFC 7946 §5.2 define it on the sphere. Each ring (each part of a footprint cut at the
+/// antimeridian) covers its own span of longitude; when the widest stretch of longitude that
+/// no ring covers lies between them rather than across ±180°, the box is the rest of the
+/// circle: it crosses the antimeridian and `xmin > xmax`, as GDAL's `OCTTransformBounds`
+/// gives. A ring touching ±180° from one side only keeps an ordinary box.
+pub(crate) fn bbox(rings: &[Vec<[f64; 2]>]) -> Option<[f64; 4]> {
+    let (mut south, mut north) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut spans: Vec<(f64, f64)> = Vec::with_capacity(rings.len());
+    for ring in rings.iter().filter(|r| !r.is_empty()) {
+        let (mut west, mut east) = (f64::INFINITY, f64::NEG_INFINITY);
+        for &[lon, lat] in ring {
+            (west, east) = (west.min(lon), east.max(lon));
+            (south, north) = (south.min(lat), north.max(lat));
+        }
+        spans.push((west, east));
+    }
+    if spans.is_empty() || !south.is_finite() {
+        return None;
+    }
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Merge overlapping spans, then find the widest uncovered gap between neighbours.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(spans.len());
+    for (west, east) in spans {
+        match merged.last_mut() {
+            Some(last) if west <= last.1 => last.1 = last.1.max(east),
+            _ => merged.push((west, east)),
+        }
+    }
+    let (west, east) = (merged[0].0, merged[merged.len() - 1].1);
+    let across = 360.0 - (east - west); // the gap that wraps round ±180°
+    let widest = merged.windows(2).map(|w| (w[1].0 - w[0].1, w[1].0, w[0].1)).max_by(|a, b| a.0.total_cmp(&b.0));
+    match widest {
+        Some((gap, xmin, xmax)) if gap > across => Some([xmin, south, xmax, north]),
+        _ => Some([west, south, east, north]),
+    }
 }
 
 /// Encodes a frame as one Parquet file, checking its columns against the table schema.
@@ -50,4 +97,41 @@ pub fn encode(table: &TableSchema, frame: &mut DataFrame) -> Result<Vec<u8>, Ope
         .finish(frame)
         .map_err(|source| OperatorError::Table { table: table.name.to_owned(), action: "encoding Parquet".to_owned(), source })?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bbox;
+
+    #[test]
+    fn a_box_across_the_antimeridian_has_xmin_above_xmax() {
+        // The two halves of a footprint cut at 180°.
+        let east = vec![[179.0, 64.0], [180.0, 64.0], [180.0, 65.0], [179.0, 65.0], [179.0, 64.0]];
+        let west = vec![[-180.0, 64.0], [-178.5, 64.0], [-178.5, 65.0], [-180.0, 65.0], [-180.0, 64.0]];
+        assert_eq!(bbox(&[east.clone(), west]), Some([179.0, 64.0, -178.5, 65.0]));
+        // Touching 180° from one side only is an ordinary box.
+        assert_eq!(bbox(&[east]), Some([179.0, 64.0, 180.0, 65.0]));
+    }
+
+    #[test]
+    fn geo_metadata_declares_counter_clockwise_rings() {
+        let frame = crate::tables::frame(&schemas::tables::SCENES, &[]).unwrap();
+        let geo: serde_json::Value = serde_json::from_str(&super::geo_metadata(&schemas::tables::SCENES, &frame).unwrap()).unwrap();
+        let column = &geo["columns"]["geometry"];
+        assert_eq!(column["orientation"], "counterclockwise");
+        assert_eq!(column["geometry_types"], serde_json::json!(["Polygon"]));
+        assert!(column.get("bbox").is_none(), "no rows, no bbox");
+    }
+
+    #[test]
+    fn ordinary_and_polar_boxes_are_plain() {
+        let ring = vec![[10.0, 1.0], [12.0, 1.0], [12.0, 2.0], [10.0, 1.0]];
+        assert_eq!(bbox(&[ring]), Some([10.0, 1.0, 12.0, 2.0]));
+        // Wide footprints on both sides of 0° are not mistaken for crossings of 180°.
+        let wide = vec![[-170.0, 0.0], [170.0, 0.0], [170.0, 1.0], [-170.0, 0.0]];
+        assert_eq!(bbox(&[wide]), Some([-170.0, 0.0, 170.0, 1.0]));
+        let cap = vec![[-180.0, -80.0], [0.0, -81.0], [180.0, -80.0], [180.0, -90.0], [-180.0, -90.0], [-180.0, -80.0]];
+        assert_eq!(bbox(&[cap]), Some([-180.0, -90.0, 180.0, -80.0]));
+        assert_eq!(bbox(&[]), None);
+    }
 }

@@ -159,9 +159,76 @@ fn geojson(frame: DataFrame) -> Result<String, OperatorError> {
                 .and_then(|bytes| Geometry::from_wkb(bytes).ok())
                 .and_then(|g| g.json().ok())
                 .and_then(|json: String| serde_json::from_str::<serde_json::Value>(&json).ok())
+                .map(|mut geometry| {
+                    rfc7946_winding(&mut geometry);
+                    geometry
+                })
                 .unwrap_or(serde_json::Value::Null);
             serde_json::json!({ "type": "Feature", "geometry": geometry, "properties": props })
         })
         .collect();
     Ok(serde_json::json!({ "type": "FeatureCollection", "features": features }).to_string())
+}
+
+/// Winds every polygon of a GeoJSON geometry as RFC 7946 §3.1.6 requires: exterior rings
+/// counter-clockwise, holes clockwise. The tables already store counter-clockwise rings; this
+/// keeps the promise for rows written before they did, or by other writers.
+fn rfc7946_winding(geometry: &mut serde_json::Value) {
+    fn twice_area(ring: &[serde_json::Value]) -> f64 {
+        let xy = |p: &serde_json::Value| (p[0].as_f64().unwrap_or(0.0), p[1].as_f64().unwrap_or(0.0));
+        ring.windows(2)
+            .map(|w| {
+                let ((x0, y0), (x1, y1)) = (xy(&w[0]), xy(&w[1]));
+                x0 * y1 - x1 * y0
+            })
+            .sum()
+    }
+    fn polygon(rings: &mut serde_json::Value) {
+        let Some(rings) = rings.as_array_mut() else { return };
+        for (i, ring) in rings.iter_mut().enumerate() {
+            let Some(points) = ring.as_array_mut() else { continue };
+            let area = twice_area(points);
+            if (i == 0 && area < 0.0) || (i > 0 && area > 0.0) {
+                points.reverse();
+            }
+        }
+    }
+    match geometry["type"].as_str() {
+        Some("Polygon") => polygon(&mut geometry["coordinates"]),
+        Some("MultiPolygon") => {
+            if let Some(polygons) = geometry["coordinates"].as_array_mut() {
+                polygons.iter_mut().for_each(polygon);
+            }
+        }
+        Some("GeometryCollection") => {
+            if let Some(members) = geometry["geometries"].as_array_mut() {
+                members.iter_mut().for_each(rfc7946_winding);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc7946_winding;
+
+    #[test]
+    fn geojson_polygons_are_wound_as_rfc7946_says() {
+        // A clockwise exterior with a counter-clockwise hole, and a clockwise multipolygon part.
+        let mut polygon = serde_json::json!({ "type": "Polygon", "coordinates": [
+            [[0.0, 0.0], [0.0, 4.0], [4.0, 4.0], [4.0, 0.0], [0.0, 0.0]],
+            [[1.0, 1.0], [2.0, 1.0], [2.0, 2.0], [1.0, 2.0], [1.0, 1.0]]
+        ]});
+        rfc7946_winding(&mut polygon);
+        assert_eq!(polygon["coordinates"][0][1], serde_json::json!([4.0, 0.0]), "exterior counter-clockwise");
+        assert_eq!(polygon["coordinates"][1][1], serde_json::json!([1.0, 2.0]), "hole clockwise");
+        let mut multi = serde_json::json!({ "type": "MultiPolygon", "coordinates": [
+            [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]],
+            [[[5.0, 5.0], [5.0, 6.0], [6.0, 6.0], [5.0, 5.0]]]
+        ]});
+        rfc7946_winding(&mut multi);
+        assert_eq!(multi["coordinates"][0][0][1], serde_json::json!([1.0, 0.0]), "already counter-clockwise: kept");
+        assert_eq!(multi["coordinates"][1][0][1], serde_json::json!([6.0, 6.0]), "clockwise part reversed");
+    }
 }

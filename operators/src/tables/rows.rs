@@ -5,11 +5,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use polars::prelude::DataFrame;
 use schemas::{
     tables::{self, TableSchema},
-    SceneResults, TaskAnswer, TaskOutput, TileMessage, TileTask,
+    SceneResults, SceneTiled, TaskAnswer, TaskOutput, TileMessage, TileTask,
 };
 
-use super::frames::{frame, polygon_wkb, Cell};
-use crate::{georef::LonLatGeometry, OperatorError};
+use super::frames::{frame, Cell};
+use crate::{
+    georef::{LonLatGeometry, TileGeoref},
+    OperatorError,
+};
 
 /// The partition date of a scene's rows: the day its request was made.
 pub fn scene_date(scene: &SceneResults) -> NaiveDate {
@@ -53,13 +56,47 @@ fn tile_rows(scene: &SceneResults, date: NaiveDate) -> Result<Vec<Vec<Cell>>, Op
             t.crs.wkt.as_str().into(),
             t.crs.epsg.into(),
             serde_json::to_string(&t.geotransform.0).map_err(|e| OperatorError::Internal { reason: e.to_string() })?.into(),
-            Cell::Geometry(polygon_wkb(&t.footprint_lonlat)?),
+            Cell::Geometry(tile_geometry(&t)),
             valid_fraction.into(),
             Cell::Time(created_at),
             Cell::Date(date),
         ]);
     }
     Ok(rows)
+}
+
+/// A tile's footprint as stored: traced along its densified edges, counter-clockwise and cut
+/// at the antimeridian ([`TileGeoref::footprint`]), the one rule every polygon follows. A
+/// task that cannot be georeferenced (it was validated when it was cut, so only a task from an
+/// older or foreign writer) keeps its corner ring, oriented counter-clockwise, with a warning.
+fn tile_geometry(task: &TileTask) -> Vec<u8> {
+    match TileGeoref::new(task).and_then(|georef| georef.footprint()) {
+        Ok(geometry) => geometry.to_wkb(),
+        Err(error) => {
+            tracing::warn!(scene_id = %task.scene_id, tile_id = %task.tile_id, %error, "Tile footprint stored as its corner ring.");
+            LonLatGeometry::Polygon(counter_clockwise(&task.footprint_lonlat)).to_wkb()
+        }
+    }
+}
+
+/// A scene's footprint as stored: the parts the tiler traced, or for markers from before
+/// they existed the corner ring, oriented counter-clockwise.
+fn scene_geometry(scene: &SceneTiled) -> Vec<u8> {
+    match scene.footprint_parts.as_slice() {
+        [] => LonLatGeometry::Polygon(counter_clockwise(&scene.footprint_lonlat)).to_wkb(),
+        [one] => LonLatGeometry::Polygon(one.clone()).to_wkb(),
+        parts => LonLatGeometry::MultiPolygon(parts.to_vec()).to_wkb(),
+    }
+}
+
+/// `ring` (closed) wound counter-clockwise (RFC 7946 §3.1.6).
+fn counter_clockwise(ring: &[[f64; 2]]) -> Vec<[f64; 2]> {
+    let twice_area: f64 = ring.windows(2).map(|w| w[0][0] * w[1][1] - w[1][0] * w[0][1]).sum();
+    let mut ring = ring.to_vec();
+    if twice_area < 0.0 {
+        ring.reverse();
+    }
+    ring
 }
 
 /// Frames of every scene table for one completed scene, in [`tables::SCENE_TABLES`] order;
@@ -156,7 +193,7 @@ pub fn scene_frames(scene: &SceneResults) -> Result<Vec<(&'static TableSchema, D
         Cell::F64(stats.infer_ms),
         Cell::F64(stats.retrieve_ms),
         Cell::F64(stats.merge_ms),
-        Cell::Geometry(polygon_wkb(&s.footprint_lonlat)?),
+        Cell::Geometry(scene_geometry(s)),
         Cell::Time(scene.merged_at),
         Cell::Date(date),
     ];

@@ -18,7 +18,6 @@ use std::sync::{
 
 use bytes::Bytes;
 use chrono::Utc;
-use gdal::raster::ResampleAlg;
 use object_store::{ObjectStoreExt, PutPayload};
 use schemas::{
     stac::RgbAssets, Crs, GeoTransform, ObjectRef, PixelWindow, RasterSize, SceneRequest, SceneSource, TileTask, SCHEMA_VERSION,
@@ -28,7 +27,7 @@ use tracing::Instrument as _;
 use self::{
     plan::{plan_windows, PlannedWindow},
     raster::{BandRef, Source},
-    stretch::BandStretch,
+    stretch::{BandStretch, ChannelMap},
 };
 use crate::{
     storage::{self, Location},
@@ -121,8 +120,12 @@ pub struct SceneSummary {
     pub dtype: String,
     /// EPSG code, when the CRS has one.
     pub crs_epsg: Option<u32>,
-    /// Lon/lat footprint of the whole scene.
+    /// The scene's corners in lon/lat (upper left, lower left, lower right, upper right, the
+    /// first again).
     pub footprint_lonlat: Vec<[f64; 2]>,
+    /// The scene footprint to draw: counter-clockwise rings, densified, cut at the
+    /// antimeridian ([`crate::georef::window_footprint`]).
+    pub footprint_parts: Vec<Vec<[f64; 2]>>,
     /// Tiles written.
     pub tiles_written: u64,
     /// Windows skipped for holding no data.
@@ -205,8 +208,11 @@ pub async fn tile_scene_streaming(
             }
             files.push(file);
         }
-        let sources: Vec<Source> =
-            files.iter().zip(&locations).map(|(f, l)| Source { vsi_path: f.path().to_owned(), uri: l.url() }).collect();
+        let sources: Vec<Source> = files
+            .iter()
+            .zip(&locations)
+            .map(|(f, l)| Source { vsi_path: f.path().to_owned(), uri: l.url(), nodata: request.tiling.nodata })
+            .collect();
 
         let sources_for_messages: Vec<(String, String)> = sources.iter().map(|s| (s.vsi_path.clone(), s.uri.clone())).collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Rendered>(config.threads.max(1) * 2);
@@ -302,18 +308,9 @@ fn source_locations(request: &SceneRequest) -> Result<(Vec<Location>, bool), Str
     }
 }
 
-/// Resolves a STAC asset href: absolute URLs and paths as they are, relative ones against the
-/// folder of the item's own location.
+/// Resolves a STAC asset href against the item's own location ([`storage::resolve_href`]).
 fn resolve_href(href: &str, base_uri: Option<&str>) -> Result<Location, String> {
-    if href.contains("://") || href.starts_with('/') {
-        return storage::resolve(href).map_err(|e| e.to_string());
-    }
-    let Some(base) = base_uri else {
-        return Err(format!("href `{href}` is relative and the item's own location is unknown"));
-    };
-    let folder = base.rsplit_once('/').map_or("", |(folder, _)| folder);
-    let joined = if folder.is_empty() { href.to_owned() } else { format!("{folder}/{href}") };
-    storage::resolve(&joined).map_err(|e| e.to_string())
+    storage::resolve_href(href, base_uri).map_err(|e| e.to_string())
 }
 
 struct Rendered {
@@ -356,7 +353,8 @@ struct CutJob {
 struct Plan {
     bands: Vec<BandRef>,
     nodata: Vec<Option<f64>>,
-    stretches: Vec<BandStretch>,
+    /// How each output channel is drawn: a stretch, or a palette lookup.
+    stretches: Vec<ChannelMap>,
     geotransform: GeoTransform,
     crs: Crs,
     scene_size: RasterSize,
@@ -390,19 +388,35 @@ impl CutJob {
             height: u32::try_from(info.height).unwrap_or(u32::MAX),
         };
         let scene_footprint = raster::footprint(&to_lonlat, &info.geotransform, &whole)?;
+        let scene_parts = crate::georef::window_footprint(&to_lonlat, &info.geotransform, &whole, raster::SCENE_SEGMENTS_PER_EDGE)
+            .map_err(|e| format!("cannot trace the scene footprint: {e}"))?
+            .parts()
+            .to_vec();
 
         let gdal_err = |action: String| move |source| CutFailure::Gdal { action, source };
         let mut nodata = Vec::new();
         let mut stretches = Vec::new();
-        for &(ds, index) in &bands {
+        // One paletted band shown on all three channels is drawn through its colour table.
+        let palette = match bands.as_slice() {
+            [(ds, index), rest @ ..] if bands.len() == 3 && rest.iter().all(|b| b == &bands[0]) => {
+                datasets[*ds].rasterband(*index).ok().as_ref().and_then(raster::palette)
+            }
+            _ => None,
+        };
+        for (slot, &(ds, index)) in bands.iter().enumerate() {
             let band = datasets[ds].rasterband(index).map_err(gdal_err(format!("opening band {index}")))?;
             let band_nodata = tiling.nodata.or_else(|| band.no_data_value());
-            let stretch = raster::measure_stretch(&band, band_nodata, self.config.stretch_sample_px)
-                .map_err(gdal_err(format!("measuring the contrast stretch of band {index}")))?
-                // A scene without a single valid pixel: every window is skipped anyway.
-                .unwrap_or(BandStretch { low: 0.0, high: 1.0 });
+            let map = match palette.as_ref().and_then(|p| p.get(slot)) {
+                Some(lookup) => lookup.clone(),
+                None => ChannelMap::Stretch(
+                    raster::measure_stretch(&band, band_nodata, self.config.stretch_sample_px)
+                        .map_err(gdal_err(format!("measuring the contrast stretch of band {index}")))?
+                        // A scene without a single valid pixel: every window is skipped anyway.
+                        .unwrap_or(BandStretch { low: 0.0, high: 1.0 }),
+                ),
+            };
             nodata.push(band_nodata);
-            stretches.push(stretch);
+            stretches.push(map);
         }
         drop(datasets);
 
@@ -449,6 +463,7 @@ impl CutJob {
             dtype: info.dtype,
             crs_epsg: info.crs_epsg,
             footprint_lonlat: scene_footprint,
+            footprint_parts: scene_parts,
             tiles_written,
             tiles_skipped_nodata: windows.len() as u64 - tiles_written,
             bytes_fetched: 0,
@@ -503,10 +518,12 @@ impl CutJob {
         let content_w = ((f64::from(window.width) * scale).round() as usize).clamp(1, out);
         let content_h = ((f64::from(window.height) * scale).round() as usize).clamp(1, out);
         let shape = (content_w, content_h);
-        let alg = if scale < 1.0 { ResampleAlg::Average } else { ResampleAlg::Bilinear };
+        let alg = raster::resampling(scale, plan.stretches.iter().any(ChannelMap::is_categorical));
         let pixels = content_w * content_h;
-        let mut valid = vec![true; pixels];
+        // A pixel is a hole only when every band is (GDAL's dataset mask; see `raster`).
+        let mut valid = vec![false; pixels];
         let mut channels: Vec<Vec<f32>> = Vec::with_capacity(3);
+        let mut channel_valid: Vec<Vec<bool>> = Vec::with_capacity(3);
         let tile_id = planned.tile_id();
         let gdal_err = |what: &str, index: usize| {
             let action = format!("reading {what} of band {index} in tile {tile_id}");
@@ -517,15 +534,14 @@ impl CutJob {
             if let Some(previous) = plan.bands[..slot].iter().position(|b| *b == (ds, index)) {
                 let copy = channels[previous].clone();
                 channels.push(copy);
+                channel_valid.push(channel_valid[previous].clone());
                 continue;
             }
             let band = datasets[ds].rasterband(index).map_err(gdal_err("the header", index))?;
             let values = raster::read_window(&band, &window, shape, alg).map_err(gdal_err("pixels", index))?;
-            if let Some(mask) = raster::read_mask(&band, &window, shape).map_err(gdal_err("the mask", index))? {
-                valid.iter_mut().zip(mask).for_each(|(v, m)| *v &= m);
-            }
+            let mask = raster::read_mask(&band, &window, shape, alg).map_err(gdal_err("the mask", index))?;
             let nodata = plan.nodata[slot].map(|v| v as f32);
-            valid.iter_mut().zip(&values).for_each(|(v, &x)| *v &= x.is_finite() && Some(x) != nodata);
+            channel_valid.push(raster::band_validity(&mut valid, &values, mask.as_deref(), nodata));
             channels.push(values);
         }
         let valid_count = valid.iter().filter(|&&v| v).count();
@@ -541,7 +557,8 @@ impl CutJob {
                 }
                 let o = (row * out + col) * 3;
                 for c in 0..3 {
-                    rgb[o + c] = plan.stretches[c].apply(channels[c][i]);
+                    // A band without data where the others have it is drawn black.
+                    rgb[o + c] = if channel_valid[c][i] { plan.stretches[c].apply(channels[c][i]) } else { 0 };
                 }
             }
         }

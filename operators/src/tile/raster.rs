@@ -1,14 +1,37 @@
 //! The GDAL side of tiling: opening and validating a scene, choosing bands, measuring the
 //! stretch, and rendering one window into an RGB tile with its georeference.
+//!
+//! Validity follows GDAL's mask semantics (RFC 15): each band's mask (nodata, alpha or a
+//! per-dataset mask) says which of its pixels hold data, and a tile pixel is a hole only when
+//! every band it shows is — the dataset mask rasterio's `dataset_mask()` and gdalwarp's
+//! `UNIFIED_SRC_NODATA` use — so water whose red band is 0 is not a hole. Resampled reads
+//! never average nodata into data: GDAL leaves masked pixels out of its averages, and a
+//! `--nodata` the file does not declare is declared to GDAL through a virtual dataset
+//! ([`open`]) so that it does the same.
+
+use std::sync::Arc;
 
 use gdal::{
-    raster::{GdalDataType, RasterBand, ResampleAlg},
+    cpl::CslStringList,
+    raster::{ColorEntry, ColorInterpretation, GdalDataType, RasterBand, ResampleAlg},
     spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef},
     Dataset, DatasetOptions, GdalOpenFlags,
 };
 use schemas::{GeoTransform, PixelWindow};
 
-use super::stretch::BandStretch;
+use super::stretch::{BandStretch, ChannelMap};
+
+/// Points per edge of a scene footprint: scenes are large, and their edges curve in lon/lat
+/// (GDAL's `OCTTransformBounds` uses 21; more costs nothing that matters).
+pub const SCENE_SEGMENTS_PER_EDGE: usize = 64;
+
+/// Fewer valid pixels than this in the reduced read, and the stretch is measured on every
+/// pixel instead: the read samples every n-th pixel and can miss a thin strip of data whole.
+pub const MIN_STRETCH_SAMPLES: usize = 4096;
+
+/// The most values a full-resolution stretch measurement keeps; beyond it every other value
+/// is dropped (percentiles barely move, memory stays bounded).
+const MAX_STRETCH_VALUES: usize = 1 << 24;
 
 /// What went wrong, before the scene id is attached.
 pub type Failure = String;
@@ -20,18 +43,120 @@ pub struct Source {
     pub vsi_path: String,
     /// The object's URL, for messages.
     pub uri: String,
+    /// A nodata value the user gave (`--nodata`), declared on every band in place of the
+    /// file's own.
+    pub nodata: Option<f64>,
 }
 
-/// Opens a source read-only as a raster.
+/// Opens a source read-only as a raster. With a user nodata value the file is wrapped in an
+/// in-memory VRT declaring it (`gdal_translate -of VRT -a_nodata`): GDAL then masks those
+/// pixels itself, so its averaging and bilinear reads leave them out instead of blending
+/// nodata into the neighbouring data.
 pub fn open(source: &Source) -> Result<Dataset, Failure> {
     let options = DatasetOptions {
         open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
         ..Default::default()
     };
-    Dataset::open_ex(&source.vsi_path, options).map_err(|e| {
+    let dataset = Dataset::open_ex(&source.vsi_path, options).map_err(|e| {
         let detail = e.to_string().replace(&source.vsi_path, &source.uri);
         format!("`{}` is not a raster GDAL can read ({detail})", source.uri)
-    })
+    })?;
+    match source.nodata {
+        None => Ok(dataset),
+        Some(nodata) => with_nodata(&dataset, nodata).map_err(|e| {
+            let detail = e.replace(&source.vsi_path, &source.uri);
+            format!("cannot declare nodata {nodata} on `{}`: {detail}", source.uri)
+        }),
+    }
+}
+
+/// A virtual (VRT) copy of `dataset` whose bands declare `nodata`. `gdal_translate` builds it;
+/// its XML is then opened on its own, so the copy reads the file through its own handles
+/// (the translated dataset points into `dataset`'s bands, which close with it).
+fn with_nodata(dataset: &Dataset, nodata: f64) -> Result<Dataset, Failure> {
+    use gdal::Metadata as _;
+    let mut args = CslStringList::new();
+    for arg in ["-of", "VRT", "-a_nodata", &nodata.to_string()] {
+        args.add_string(arg).map_err(|e| e.to_string())?;
+    }
+    // SAFETY: `args` outlives the options; GDAL copies what it keeps. The options are freed
+    // here, the source handle stays owned by `dataset`, and the returned handle (checked for
+    // null) is owned by the new `Dataset`, which closes it.
+    let translated = unsafe {
+        let options = gdal_sys::GDALTranslateOptionsNew(args.as_ptr(), std::ptr::null_mut());
+        if options.is_null() {
+            return Err("GDAL refused the translate options".to_owned());
+        }
+        let mut usage_error: std::ffi::c_int = 0;
+        let handle = gdal_sys::GDALTranslate(c"".as_ptr(), dataset.c_dataset(), options, &mut usage_error);
+        gdal_sys::GDALTranslateOptionsFree(options);
+        if handle.is_null() {
+            let message = gdal_sys::CPLGetLastErrorMsg();
+            return Err(if message.is_null() {
+                "GDAL could not build the virtual dataset".to_owned()
+            } else {
+                std::ffi::CStr::from_ptr(message).to_string_lossy().into_owned()
+            });
+        }
+        Dataset::from_c_dataset(handle)
+    };
+    let xml = translated.metadata_domain("xml:VRT").map(|lines| lines.concat()).filter(|xml| xml.starts_with("<VRTDataset"));
+    drop(translated);
+    let xml = xml.ok_or_else(|| "GDAL gave no VRT description".to_owned())?;
+    let options = DatasetOptions { open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY, ..Default::default() };
+    Dataset::open_ex(&xml, options).map_err(|e| e.to_string())
+}
+
+/// The colour table of a band GDAL says is paletted (`ColorInterp=Palette`), as one lookup per
+/// output channel (red, green, blue); `None` for other bands and for tables in a colour model
+/// other than RGB or grey.
+pub fn palette(band: &RasterBand<'_>) -> Option<[ChannelMap; 3]> {
+    if band.color_interpretation() != ColorInterpretation::PaletteIndex {
+        return None;
+    }
+    let table = band.color_table()?;
+    let component = |v: i16| u8::try_from(v.clamp(0, 255)).unwrap_or(0);
+    let mut channels: [Vec<u8>; 3] = Default::default();
+    for index in 0..table.entry_count() {
+        let rgb = match table.entry(index)? {
+            ColorEntry::Rgba(e) => [e.r, e.g, e.b],
+            ColorEntry::Gray(e) => [e.g; 3],
+            _ => return None,
+        };
+        for (channel, value) in channels.iter_mut().zip(rgb) {
+            channel.push(component(value));
+        }
+    }
+    let [r, g, b] = channels;
+    Some([ChannelMap::Lookup(Arc::from(r)), ChannelMap::Lookup(Arc::from(g)), ChannelMap::Lookup(Arc::from(b))])
+}
+
+/// The resampling of a tile's reads at `scale` (output pixels per scene pixel): area average
+/// when shrinking and bilinear when enlarging a measured quantity; for categories (palette
+/// indices) the most common value when shrinking and the nearest when enlarging, because an
+/// average of two classes is a third class that is not there.
+pub fn resampling(scale: f64, categorical: bool) -> ResampleAlg {
+    match (categorical, scale < 1.0) {
+        (false, true) => ResampleAlg::Average,
+        (false, false) => ResampleAlg::Bilinear,
+        (true, true) => ResampleAlg::Mode,
+        (true, false) => ResampleAlg::NearestNeighbour,
+    }
+}
+
+/// Adds one band to a tile's validity: `valid[i]` becomes true where this band holds data at
+/// pixel `i` (its GDAL mask says so, the value is finite and not `nodata`). Called for every
+/// band shown, starting from all false, it gives GDAL's dataset mask: a pixel is a hole only
+/// when every band is. Returns the band's own validity, so that a channel whose band has no
+/// data at a pixel others do can be drawn black.
+pub fn band_validity(valid: &mut [bool], values: &[f32], mask: Option<&[bool]>, nodata: Option<f32>) -> Vec<bool> {
+    let own: Vec<bool> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x.is_finite() && Some(x) != nodata && mask.is_none_or(|m| m.get(i).copied().unwrap_or(false)))
+        .collect();
+    valid.iter_mut().zip(&own).for_each(|(v, &o)| *v |= o);
+    own
 }
 
 /// Band data types that can be stretched to 8 bits.
@@ -190,8 +315,9 @@ pub fn transform_points(transform: &CoordTransform, points: &[[f64; 2]]) -> Resu
     Ok(out)
 }
 
-/// The closed lon/lat ring of a pixel rectangle, counter-clockwise (RFC 7946) for north-up
-/// rasters: top-left, bottom-left, bottom-right, top-right, top-left.
+/// The lon/lat corners of a pixel rectangle: top-left, bottom-left, bottom-right, top-right,
+/// top-left again (`gdalinfo`'s order). A key to the window, not a polygon to draw: the drawn
+/// footprint is traced by [`crate::georef::window_footprint`].
 pub fn footprint(transform: &CoordTransform, geotransform: &GeoTransform, window: &PixelWindow) -> Result<Vec<[f64; 2]>, Failure> {
     let (c0, r0) = (window.col_off as f64, window.row_off as f64);
     let (c1, r1) = (c0 + f64::from(window.width), r0 + f64::from(window.height));
@@ -219,33 +345,80 @@ pub fn read_window(band: &RasterBand<'_>, window: &PixelWindow, shape: (usize, u
 }
 
 /// Validity of each pixel of a resampled window from GDAL's mask band (nodata, alpha or
-/// per-dataset mask), or `None` when the band declares every pixel valid.
-pub fn read_mask(band: &RasterBand<'_>, window: &PixelWindow, shape: (usize, usize)) -> gdal::errors::Result<Option<Vec<bool>>> {
+/// per-dataset mask), or `None` when the band declares every pixel valid. The mask is
+/// resampled like the values (`alg`; the mode of categories reads as an average): an output
+/// pixel is valid when any scene pixel feeding it is, which is when GDAL's mask-aware average,
+/// mode and bilinear reads give it a value made of data alone. (A nearest-neighbour mask would
+/// drop pixels whose averaged value is good, and keep none of a fine checkerboard of data.)
+pub fn read_mask(
+    band: &RasterBand<'_>,
+    window: &PixelWindow,
+    shape: (usize, usize),
+    alg: ResampleAlg,
+) -> gdal::errors::Result<Option<Vec<bool>>> {
     if band.mask_flags()?.is_all_valid() {
         return Ok(None);
     }
+    let alg = if matches!(alg, ResampleAlg::Mode) { ResampleAlg::Average } else { alg };
     let mask = band.open_mask_band()?;
     let buffer = mask.read_as::<u8>(
         (window.col_off as isize, window.row_off as isize),
         (window.width as usize, window.height as usize),
         shape,
-        Some(ResampleAlg::NearestNeighbour),
+        Some(alg),
     )?;
     Ok(Some(buffer.into_shape_and_vec().1.into_iter().map(|m| m > 0).collect()))
 }
 
 /// Measures one band's stretch on a reduced-resolution read of the whole scene (GDAL uses
-/// overviews when the file has them, so this stays cheap on large COGs).
+/// overviews when the file has them, so this stays cheap on large COGs). When that read holds
+/// fewer than [`MIN_STRETCH_SAMPLES`] valid pixels — the data is a thin strip or a few fields
+/// in a mostly empty scene, and the read's sampling falls between them — every pixel is read
+/// instead, a strip of rows at a time, so the stretch always comes from the data itself.
 pub fn measure_stretch(band: &RasterBand<'_>, nodata: Option<f64>, sample_px: usize) -> gdal::errors::Result<Option<BandStretch>> {
     let (w, h) = band.size();
     let scale = (sample_px as f64 / w.max(h) as f64).min(1.0);
     let shape = (((w as f64) * scale).round().max(1.0) as usize, ((h as f64) * scale).round().max(1.0) as usize);
     let whole = PixelWindow { col_off: 0, row_off: 0, width: w as u32, height: h as u32 };
-    let values = read_window(band, &whole, shape, ResampleAlg::NearestNeighbour)?;
-    let mask = read_mask(band, &whole, shape)?;
     let nodata = nodata.map(|v| v as f32);
-    Ok(BandStretch::from_samples(values.iter().enumerate().filter_map(|(i, &v)| {
+    let mut samples = Vec::new();
+    valid_values(band, &whole, shape, nodata, &mut samples)?;
+    if samples.len() < MIN_STRETCH_SAMPLES && scale < 1.0 {
+        samples.clear();
+        let rows_per_read = (MAX_STRETCH_VALUES / 4 / w.max(1)).clamp(1, h.max(1));
+        let mut keep_every = 1usize;
+        for row in (0..h).step_by(rows_per_read) {
+            let rows = rows_per_read.min(h - row);
+            let strip = PixelWindow { col_off: 0, row_off: row as u64, width: w as u32, height: rows as u32 };
+            let before = samples.len();
+            valid_values(band, &strip, (w, rows), nodata, &mut samples)?;
+            if keep_every > 1 {
+                let kept: Vec<f32> = samples[before..].iter().step_by(keep_every).copied().collect();
+                samples.truncate(before);
+                samples.extend(kept);
+            }
+            if samples.len() > MAX_STRETCH_VALUES {
+                samples = samples.into_iter().step_by(2).collect();
+                keep_every *= 2;
+            }
+        }
+    }
+    Ok(BandStretch::from_samples(samples.into_iter()))
+}
+
+/// Appends the valid values of `window` read at `shape` (nearest neighbour) to `out`.
+fn valid_values(
+    band: &RasterBand<'_>,
+    window: &PixelWindow,
+    shape: (usize, usize),
+    nodata: Option<f32>,
+    out: &mut Vec<f32>,
+) -> gdal::errors::Result<()> {
+    let values = read_window(band, window, shape, ResampleAlg::NearestNeighbour)?;
+    let mask = read_mask(band, window, shape, ResampleAlg::NearestNeighbour)?;
+    out.extend(values.iter().enumerate().filter_map(|(i, &v)| {
         let masked = mask.as_ref().is_some_and(|m| !m[i]);
-        (!masked && Some(v) != nodata).then_some(v)
-    })))
+        (!masked && v.is_finite() && Some(v) != nodata).then_some(v)
+    }));
+    Ok(())
 }

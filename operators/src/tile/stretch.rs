@@ -1,6 +1,11 @@
 //! One contrast stretch per scene: the 2nd and 98th percentiles of each band's valid pixels,
-//! measured once on a reduced-resolution read of the whole scene and applied identically to
-//! every tile, so neighbouring tiles match and a tile's colours do not depend on its content.
+//! measured once on a reduced-resolution read of the whole scene (or on every pixel, when
+//! that read misses the data: a thin strip in an empty scene) and applied identically to every
+//! tile, so neighbouring tiles match and a tile's colours do not depend on its content.
+//! A paletted band is not stretched: its values are indices into its colour table, and each
+//! output channel looks its component up ([`ChannelMap::Lookup`]).
+
+use std::sync::Arc;
 
 /// Lower and upper percentiles of the stretch.
 pub const PERCENTILES: (f64, f64) = (0.02, 0.98);
@@ -44,9 +49,53 @@ impl BandStretch {
     }
 }
 
+/// How one output channel (R, G or B) is made from its band's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelMap {
+    /// A linear stretch of a measured quantity.
+    Stretch(BandStretch),
+    /// One component of a colour table, indexed by the band's value (GDAL's
+    /// `ColorInterp=Palette`, as `gdal_translate -expand rgb` renders it); values outside the
+    /// table are black.
+    Lookup(Arc<[u8]>),
+}
+
+impl ChannelMap {
+    /// Maps one value to 0–255.
+    #[inline]
+    pub fn apply(&self, value: f32) -> u8 {
+        match self {
+            Self::Stretch(stretch) => stretch.apply(value),
+            Self::Lookup(table) => {
+                // Indices are whole numbers; anything else (NaN, fractions from resampling
+                // that should not have happened) has no colour.
+                if value >= 0.0 && value.fract() == 0.0 {
+                    table.get(value as usize).copied().unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Whether the values are categories (palette indices), which must never be averaged or
+    /// interpolated when a tile is resampled.
+    pub fn is_categorical(&self) -> bool {
+        matches!(self, Self::Lookup(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_index_the_table_and_black_out_the_rest() {
+        let reds = ChannelMap::Lookup(Arc::from(vec![0u8, 10, 255]));
+        assert_eq!([0.0, 1.0, 2.0, 3.0, -1.0, 1.5, f32::NAN].map(|v| reds.apply(v)), [0, 10, 255, 0, 0, 0, 0]);
+        assert!(reds.is_categorical());
+        assert!(!ChannelMap::Stretch(BandStretch { low: 0.0, high: 1.0 }).is_categorical());
+    }
 
     #[test]
     fn percentiles_clip_outliers() {
