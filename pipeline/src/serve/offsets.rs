@@ -38,6 +38,9 @@ impl OffsetTracker {
             // Assigned again after a revocation: start afresh.
             *state = Partition::default();
         }
+        // The first offset read is where the group's committed position already is: storing
+        // it again would change nothing.
+        state.stored.get_or_insert(offset);
         state.in_flight.insert(offset);
         state.next = state.next.max(offset + 1);
     }
