@@ -182,8 +182,22 @@ pub struct KafkaArgs {
     pub group_prefix: String,
 
     /// Partitions of the topics Strata creates when they do not exist.
-    #[arg(long, env = "STRATA_PARTITIONS", default_value_t = 4)]
+    #[arg(long, env = "STRATA_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
+
+    /// A librdkafka property KEY=VALUE applied over Strata's own (repeatable): security
+    /// (security.protocol, sasl.mechanism, ...) or tuning. Against the tansu test broker add
+    /// batch.num.messages=1: tansu 0.6 returns nothing to a consumer that resumes in the
+    /// middle of a multi-record batch.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 impl KafkaArgs {
@@ -193,6 +207,7 @@ impl KafkaArgs {
         settings.topics = crate::serve::kafka::Topics::with_prefix(&self.topic_prefix);
         settings.group_prefix.clone_from(&self.group_prefix);
         settings.partitions = self.partitions;
+        settings.options.clone_from(&self.kafka_options);
         settings
     }
 }

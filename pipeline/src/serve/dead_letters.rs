@@ -118,9 +118,14 @@ pub async fn run(command: DeadLettersCommand) -> anyhow::Result<ExitCode> {
             (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
             _ => None,
         };
-        produce_until_delivered(&producer, &source.topic, key.as_deref(), &bytes).await;
-        sent += 1;
+        match produce_until_delivered(&producer, &source.topic, key.as_deref(), &bytes).await {
+            Ok(()) => sent += 1,
+            Err(error) => {
+                eprintln!("not replayed: {}: {error}", record.message);
+                skipped += 1;
+            }
+        }
     }
-    println!("replayed {sent} dead letter(s) to the topics they came from; {skipped} had no source topic");
+    println!("replayed {sent} dead letter(s) to the topics they came from; {skipped} had no source topic or could not be sent");
     Ok(ExitCode::SUCCESS)
 }

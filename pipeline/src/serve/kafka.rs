@@ -39,6 +39,7 @@ use rdkafka::{
     ClientContext, Message as _, Offset, TopicPartitionList,
 };
 use schemas::{DeadLetterRecord, DecodeLimits, ErrorKind, Message, OriginalPayload, SourcePosition, Stage as StageName, SCHEMA_VERSION};
+use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
 use super::offsets::{OffsetTracker, TopicPartition};
@@ -91,6 +92,8 @@ pub struct KafkaSettings {
     pub max_attempts: u32,
     /// Payloads larger than this are dead-lettered unparsed.
     pub max_message_bytes: usize,
+    /// librdkafka properties applied last, over Strata's own (security, tuning).
+    pub options: Vec<(String, String)>,
 }
 
 impl KafkaSettings {
@@ -105,13 +108,41 @@ impl KafkaSettings {
             drain_timeout: Duration::from_secs(30),
             max_attempts: 4,
             max_message_bytes: 1 << 20,
+            options: Vec::new(),
         }
     }
 
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers).set("client.id", "strata");
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
         config
+    }
+
+    /// Checks that a broker answers, so that a wrong address fails in seconds with a message
+    /// that says so, instead of as a timeout of whatever is tried first.
+    ///
+    /// # Errors
+    /// When no broker answers a metadata request within `timeout`.
+    pub async fn check_reachable(&self, timeout: Duration) -> anyhow::Result<()> {
+        if self.brokers.trim().is_empty() {
+            anyhow::bail!("no Kafka broker given: pass --brokers HOST:PORT (or set STRATA_BROKERS)");
+        }
+        let mut config = self.client();
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.set("log_level", "3").create().context("creating a Kafka client")?;
+            consumer.fetch_metadata(None, timeout).map(|_| ()).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot reach the Kafka broker at {brokers} within {} s ({error})\nhint: is it running, and is --brokers (STRATA_BROKERS) its host:port?",
+                    timeout.as_secs()
+                )
+            })
+        })
+        .await
+        .context("checking the broker")?
     }
 
     /// A producer that waits for every in-sync replica and never writes a message twice on
@@ -120,16 +151,21 @@ impl KafkaSettings {
     /// # Errors
     /// When librdkafka rejects the configuration.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        self.client()
+        let mut config = self.client();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "60000")
-            .set("message.max.bytes", (self.max_message_bytes + 4096).to_string())
-            .create()
+            .set("message.max.bytes", (self.max_message_bytes + 4096).to_string());
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config.create()
     }
 
     fn consumer(&self, group: &str, tracker: Arc<Mutex<OffsetTracker>>) -> Result<StreamConsumer<RoleContext>, KafkaError> {
-        self.client()
+        let mut config = self.client();
+        config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -138,7 +174,15 @@ impl KafkaSettings {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .create_with_context(RoleContext { tracker })
+            // Also the rebalance timeout: how long the group waits for a member that died
+            // before handing its partitions to the others (librdkafka's default is 5 min).
+            // Reading never stops for that long: at capacity the partitions are paused and
+            // polling goes on.
+            .set("max.poll.interval.ms", "60000");
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config.create_with_context(RoleContext { tracker })
     }
 
     /// Creates the topics that do not exist yet.
@@ -268,8 +312,25 @@ where
         }
     };
 
+    // At capacity the assigned partitions are paused rather than left unpolled: polling goes
+    // on (a consumer that stops polling is dropped from its group) and fetches nothing.
+    let mut paused = false;
+    let mut lonely = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(15), Duration::from_secs(15));
+    lonely.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let in_flight = tracker.lock().unwrap_or_else(PoisonError::into_inner).total_in_flight();
+        let full = in_flight >= settings.max_in_flight;
+        if full != paused {
+            let switched =
+                consumer.assignment().and_then(|assigned| if full { consumer.pause(&assigned) } else { consumer.resume(&assigned) });
+            match switched {
+                Ok(()) => {
+                    paused = full;
+                    tracing::debug!(role, in_flight, paused, "Reading paused or resumed.");
+                }
+                Err(error) => tracing::warn!(role, %error, "Cannot pause or resume reading."),
+            }
+        }
         tokio::select! {
             biased;
             changed = shutdown.changed() => {
@@ -278,7 +339,15 @@ where
                 }
             }
             Some(done) = done_rx.recv() => store(&mut report, done, false),
-            received = consumer.recv(), if in_flight < settings.max_in_flight => {
+            _ = lonely.tick() => {
+                // Say why nothing happens, instead of silence.
+                if consumer.assignment().is_ok_and(|assigned| assigned.count() == 0) {
+                    tracing::warn!(role, group = %group, topic = input_topic,
+                        "No partition assigned yet: the group is rebalancing (a member that died holds its partitions until the broker \
+                         expires it, up to a minute), or other members hold every partition.");
+                }
+            }
+            received = consumer.recv() => {
                 let message = match received {
                     Ok(message) => message,
                     Err(error) => {
@@ -371,8 +440,22 @@ where
     Ok(report)
 }
 
+/// Bytes of an undecodable payload kept in its dead-letter record.
+const MAX_KEPT_PAYLOAD_BYTES: usize = 64 * 1024;
+
 /// The dead-letter record of a message that is not a valid input.
 fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, position: SourcePosition) -> DeadLetterRecord {
+    // An oversized payload cannot travel on as it is (it would be refused again by the broker
+    // on the way to the dead letters): its first bytes and its digest are kept instead.
+    let (kept, cut) = if payload.len() > MAX_KEPT_PAYLOAD_BYTES {
+        let digest: String = sha2::Sha256::digest(payload).iter().map(|b| format!("{b:02x}")).collect();
+        (
+            &payload[..MAX_KEPT_PAYLOAD_BYTES],
+            format!("; original payload cut to its first {MAX_KEPT_PAYLOAD_BYTES} of {} bytes, sha256 {digest}", payload.len()),
+        )
+    } else {
+        (payload, String::new())
+    };
     // Ids are kept when the JSON is readable enough to name them, so the record can be found.
     let ids: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let id = |name: &str| ids.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
@@ -382,12 +465,12 @@ fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, positio
         schema_version: SCHEMA_VERSION,
         stage: StageName::Ingest,
         error_kind: ErrorKind::Permanent,
-        message: format!("{role} input at {}/{}@{}: {error}", position.topic, position.partition, position.offset),
+        message: format!("{role} input at {}/{}@{}: {error}{cut}", position.topic, position.partition, position.offset),
         request_id: id("request_id").or_else(|| nested("request_id")),
         scene_id: id("scene_id").or_else(|| nested("scene_id")),
         tile_id: id("tile_id").or_else(|| nested("tile_id")),
         source: Some(position),
-        original_payload: OriginalPayload::from_bytes(payload),
+        original_payload: OriginalPayload::from_bytes(kept),
         failed_at: Utc::now(),
     }
 }
@@ -421,8 +504,14 @@ pub async fn produce_outputs<T: Message + Payload>(
             async move {
                 let bytes = schemas::encode(&envelope.payload);
                 let key = scene_key(&envelope.payload.ids());
-                produce_until_delivered(&producer, &topic, key.as_deref(), &bytes).await;
-                envelope.ack.update(AckStatus::Delivered);
+                match produce_until_delivered(&producer, &topic, key.as_deref(), &bytes).await {
+                    Ok(()) => envelope.ack.update(AckStatus::Delivered),
+                    Err(error) => {
+                        // Its input stays unstored (errored) and the role exits 1, never silently.
+                        tracing::error!(%topic, %error, size = bytes.len(), "An output cannot be produced.");
+                        envelope.ack.update(AckStatus::Errored);
+                    }
+                }
             }
         })
         .await;
@@ -430,8 +519,12 @@ pub async fn produce_outputs<T: Message + Payload>(
 }
 
 /// Sends one record, retrying with exponential backoff and jitter (backon) until the broker
-/// acknowledges it.
-pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key: Option<&str>, bytes: &[u8]) {
+/// acknowledges it; only errors no retry can fix (a record larger than the broker accepts, an
+/// invalid record) end the retries.
+///
+/// # Errors
+/// Those permanent errors.
+pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key: Option<&str>, bytes: &[u8]) -> Result<(), KafkaError> {
     let mut delays = backon::BackoffBuilder::build(
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -445,12 +538,59 @@ pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key
             record = record.key(key);
         }
         match producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err((error, _)) if is_permanent(&error) => return Err(error),
             Err((error, _)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(%topic, %error, ?delay, "Producing failed; retrying.");
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64) -> SourcePosition {
+        SourcePosition { topic: "scenes".to_owned(), partition: 2, offset }
+    }
+
+    #[test]
+    fn an_oversized_payload_keeps_its_first_bytes_and_digest_so_its_dead_letter_can_travel() {
+        let payload = vec![b'x'; 3 << 20];
+        let error = schemas::decode::<schemas::SceneRequest>(&payload, &DecodeLimits::default()).unwrap_err();
+        let record = undecodable("tile", &payload, &error, at(7));
+        let kept = record.original_payload.to_bytes().unwrap();
+        assert_eq!(kept.len(), MAX_KEPT_PAYLOAD_BYTES);
+        assert!(record.message.contains("scenes/2@7"), "{}", record.message);
+        assert!(record.message.contains(&format!("of {} bytes, sha256 ", payload.len())), "{}", record.message);
+        // The record as it travels stays well under the broker's default limit.
+        assert!(schemas::encode(&record).len() < 1 << 20);
+    }
+
+    #[test]
+    fn an_undecodable_payload_keeps_whatever_ids_it_names_and_its_bytes() {
+        let payload = br#"{"schema_version": 99, "request_id": "r1", "scene_id": "s1"}"#;
+        let error = schemas::decode::<schemas::SceneRequest>(payload, &DecodeLimits::default()).unwrap_err();
+        let record = undecodable("tile", payload, &error, at(0));
+        assert_eq!((record.request_id.as_deref(), record.scene_id.as_deref()), (Some("r1"), Some("s1")));
+        assert_eq!(record.original_payload.to_bytes().unwrap(), payload.to_vec());
+        assert_eq!(record.stage, StageName::Ingest);
+        assert!(record.message.contains("version 99"), "{}", record.message);
     }
 }

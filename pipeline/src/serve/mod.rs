@@ -40,6 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = args.kafka.settings();
     settings.max_in_flight = args.max_in_flight.max(1);
     settings.drain_timeout = Duration::from_secs(args.drain_timeout);
+    settings.check_reachable(Duration::from_secs(10)).await?;
     settings.ensure_topics().await?;
     let producer = settings.producer().context("creating the Kafka producer")?;
     let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
@@ -188,7 +189,10 @@ async fn write_tables(
                     scene_id: record.scene_id.clone(),
                     tile_id: record.tile_id.clone(),
                 });
-                produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await;
+                // The record is in the `dead_letter` table already; the topic is a copy.
+                if let Err(error) = produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await {
+                    tracing::error!(%error, "A dead letter is in the table but cannot go to the dead-letter topic.");
+                }
             }
         }
         drop(envelope); // releases the ack: the offset may now be stored
@@ -239,6 +243,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let tiling = args.scene.tiling();
     tiling.validate("submit options").context("checking the tiling options")?;
     let tasks = crate::batch::tasks(&args.task)?;
+    if tasks.is_empty() {
+        eprintln!("strata submit: no tasks given (--caption, --classify, --vqa, --detect, --tasks): the scenes will only be tiled");
+    }
     let (found, missing) = crate::inputs::discover(&args.scenes).await;
     let request_id = match &args.request_id {
         Some(id) => id.clone(),
@@ -248,6 +255,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     for request in &requests {
         schemas::Message::validate(request).with_context(|| format!("checking the request for `{}`", request.scene_id))?;
     }
+    settings.check_reachable(Duration::from_secs(10)).await?;
     settings.ensure_topics().await?;
     let producer = settings.producer().context("creating the Kafka producer")?;
     let topic = settings.topics.scenes.clone();
@@ -258,7 +266,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         async move { tokio::time::timeout(Duration::from_secs(60), produce_until_delivered(producer, topic, Some(&key), &bytes)).await }
     });
     let sent = futures::future::join_all(sends).await;
-    let delivered = sent.iter().filter(|r| r.is_ok()).count();
+    for (request, outcome) in requests.iter().zip(&sent) {
+        if let Ok(Err(error)) = outcome {
+            println!("not sent: {}: {error}", request.scene_id);
+        }
+    }
+    let delivered = sent.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
     println!("request {request_id}: {delivered} scene(s) sent to `{topic}` on {}", settings.brokers);
     for failure in &failures {
         println!("not sent: {}: {}", failure.input, failure.error);
