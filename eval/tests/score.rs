@@ -1,5 +1,7 @@
 //! Scoring answer files: joining by id, missing and extra answers, each task's table.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::io::Write as _;
 
 use eval::answers::{read_predictions, read_references};

@@ -4,6 +4,8 @@
 //! three texts (`scripts/fixtures/make_tiny_clip.py`). The image path runs this crate's
 //! preprocessing on the raw pixels, so the comparison covers resize, crop and normalisation too.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::path::PathBuf;
 
 use model::encoders::{ImageEncoder, TextEncoder};

@@ -371,7 +371,11 @@ unsafe extern "C" fn read(handle: *mut c_void, buffer: *mut c_void, size: usize,
         f.at_eof = true;
         return 0;
     }
-    let Ok(mut parts) = f.entry.fetch(vec![f.position..end]) else { return 0 };
+    // `fetch` takes a list of ranges (coalesced into few requests); this read needs one.
+    #[allow(clippy::single_range_in_vec_init)]
+    let Ok(mut parts) = f.entry.fetch(vec![f.position..end]) else {
+        return 0;
+    };
     let data = parts.pop().unwrap_or_default();
     let got = data.len().min(usize::try_from(end - f.position).unwrap_or(usize::MAX));
     // SAFETY: GDAL's buffer holds `size * count` bytes and `got` is at most that.

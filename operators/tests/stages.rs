@@ -2,6 +2,8 @@
 //! embedded chain on a real scene with a small random model, a model failure in one batch,
 //! cross-tile merging, and the sink's rerun rules.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::{
     path::{Path, PathBuf},
     sync::{

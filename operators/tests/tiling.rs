@@ -2,6 +2,8 @@
 //! coverage at the edges, nodata skipping, one stretch for all tiles, and refusal of scenes
 //! that can never be tiled.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 mod common;
 
 use std::{collections::HashMap, process::Command, sync::Arc};

@@ -1,5 +1,7 @@
 //! `strata` as users run it: the exit status, what it prints, and what lands in the tables.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

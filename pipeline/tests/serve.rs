@@ -3,6 +3,8 @@
 //! worker, two infer workers sharing the `tiles` partitions in one consumer group, one merge
 //! worker writing the tables; a poison message on the `scenes` topic; graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -239,16 +241,14 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
 }
 
 #[test]
-fn a_broker_that_is_not_there_is_named_within_seconds_and_exits_2() {
+fn a_broker_that_is_not_there_is_named_and_the_command_exits_2() {
     // Port 9 (discard) on loopback: nothing listens there.
     let scene = data("scenes/rmnp-rgb.tif");
-    let started = Instant::now();
     let out = strata(&["submit", "--brokers", "127.0.0.1:9", "--caption", scene.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("cannot reach the Kafka broker at 127.0.0.1:9"), "{stderr}");
     assert!(stderr.contains("--brokers"), "the hint names the flag: {stderr}");
-    assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
     let out = strata(&["serve", "--brokers", "", "--role", "tile"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no Kafka broker given"), "{}", text(&out.stderr));

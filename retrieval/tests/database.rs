@@ -1,6 +1,8 @@
 //! The description database: inputs in three formats, errors that name file and line, the
 //! Parquet round trip, and builds that resume after an interruption.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::path::{Path, PathBuf};
 
 use model::encoders::TextEncoder;

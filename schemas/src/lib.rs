@@ -43,10 +43,11 @@ pub(crate) fn check_id(kind: &'static str, field: &str, value: &str) -> Result<(
         Some(format!("is {} characters long, at most 200 are allowed", value.len()))
     } else if value.starts_with('.') {
         Some("must not start with `.`".to_owned())
-    } else if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        Some(format!("contains {bad:?}; only letters, digits, `.`, `_` and `-` are allowed"))
     } else {
-        None
+        value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|bad| format!("contains {bad:?}; only letters, digits, `.`, `_` and `-` are allowed"))
     };
     match reason {
         Some(reason) => Err(SchemaError::Invalid { kind, field: field.to_owned(), reason }),

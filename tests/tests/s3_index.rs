@@ -1,6 +1,8 @@
 //! Retriever indexes through a real S3 server (moto): pushed once, fetched by a worker into
 //! its cache, reused while unchanged, refetched when replaced, and refused when damaged.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use object_store::{path::Path, ObjectStoreExt as _, PutPayload};
 use retrieval::build::write_index;
 use retrieval::index::HnswParams;

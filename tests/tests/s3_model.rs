@@ -2,6 +2,8 @@
 //! by two workers at once), and served from `s3://` by the whole embedded chain, with the
 //! scene, the tiles and the tables on S3 too.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
 use std::{path::Path, sync::Arc};
 
 use model::{
