@@ -2,22 +2,14 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
-fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data").join(path)
-}
-
-fn strata(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env_remove("STRATA_TABLES").env_remove("STRATA_TILES").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{data, random_model, strata, text};
 
 fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
     let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
@@ -600,28 +592,6 @@ fn index_built_with_a_clip_text_tower_is_searched_with_an_image() {
 }
 
 /// A small random model made with `strata model init --random`.
-fn random_model(dir: &Path, version: &str) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
-    let model = dir.join("model");
-    let out = strata(&[
-        "model",
-        "init",
-        "--config",
-        fixtures.join("tiny-model/config.json").to_str().unwrap(),
-        "--tokenizer",
-        fixtures.join("tokenizer/tokenizer.json").to_str().unwrap(),
-        "--random",
-        "--model-version",
-        version,
-        "--device",
-        "cpu",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    model
-}
-
 #[test]
 fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
     let work = tempfile::tempdir().unwrap();

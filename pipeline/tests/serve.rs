@@ -5,37 +5,21 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use common::{data, random_model, strata, strata_command, text};
 
 use rdkafka::{
     config::ClientConfig,
     producer::{FutureProducer, FutureRecord},
 };
 use strata_e2e::TansuBroker;
-
-fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data").join(path)
-}
-
-fn strata_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-    for var in ["STRATA_TABLES", "STRATA_TILES", "STRATA_BROKERS", "STRATA_MODEL", "STRATA_ROLE"] {
-        command.env_remove(var);
-    }
-    command
-}
-
-fn strata(args: &[&str]) -> Output {
-    strata_command().args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
     let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
@@ -47,30 +31,6 @@ fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
 
 fn count(tables: &Path, sql: &str) -> u64 {
     query_json(tables, sql).first().and_then(|row| row["n"].as_u64()).unwrap_or(0)
-}
-
-fn random_model(dir: &Path, version: &str) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
-    let model = dir.join("model");
-    let config = fixtures.join("tiny-model/config.json");
-    let tokenizer = fixtures.join("tokenizer/tokenizer.json");
-    let out = strata(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--random",
-        "--model-version",
-        version,
-        "--device",
-        "cpu",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    model
 }
 
 /// A `strata serve` process, stopped with SIGTERM (then killed) when dropped.

@@ -10,7 +10,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use operators::{
     runtime::{drive, SharedReceiver},
-    stage::Envelope,
+    stage::{Envelope, Payload, Stage},
     stages::{
         infer::TilesOnly,
         merge::{MergeConfig, MergeStage},
@@ -22,10 +22,10 @@ use operators::{
     tile::{TileEvent, TilerConfig},
 };
 use rdkafka::producer::FutureProducer;
-use schemas::SinkMessage;
+use schemas::{Message, SinkMessage};
 use tokio::sync::{mpsc, watch};
 
-use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, RoleReport};
+use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, RoleReport};
 use crate::cli::{Role, ServeArgs, SubmitArgs};
 
 /// Outputs produced to the broker at the same time, per role.
@@ -60,32 +60,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut roles = tokio::task::JoinSet::new();
     if runs_infer {
         // The model first: a wrong path fails before anything is read.
-        let topic = settings.topics.results.clone();
+        let (input, output) = (settings.topics.tiles.clone(), settings.topics.results.clone());
+        let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
         match &args.model {
             Some(location) => {
                 eprintln!("strata serve: loading the model {location}");
                 let stage = crate::batch::infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?;
-                let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
-                roles.spawn(async move {
-                    let input = settings.topics.tiles.clone();
-                    let report = serve_stage("infer", stage, &input, &settings, stop, move |rx| {
-                        produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY)
-                    })
-                    .await;
-                    ("infer", report)
-                });
+                roles.spawn(link.serve("infer", stage, input, output));
             }
             None => {
                 eprintln!("strata serve: no --model: infer workers pass tiles through unanswered");
-                let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
-                roles.spawn(async move {
-                    let input = settings.topics.tiles.clone();
-                    let report = serve_stage("infer", TilesOnly, &input, &settings, stop, move |rx| {
-                        produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY)
-                    })
-                    .await;
-                    ("infer", report)
-                });
+                roles.spawn(link.serve("infer", TilesOnly, input, output));
             }
         }
     }
@@ -97,14 +82,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..TilerConfig::default()
         };
         let stage = TileStage::new(tiles_root.clone(), tiler, progress);
-        let (settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
-        roles.spawn(async move {
-            let (input, topic) = (settings.topics.scenes.clone(), settings.topics.tiles.clone());
-            let report =
-                serve_stage("tile", stage, &input, &settings, stop, move |rx| produce_outputs(rx, producer, topic, PRODUCE_CONCURRENCY))
-                    .await;
-            ("tile", report)
-        });
+        let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
+        roles.spawn(link.serve("tile", stage, settings.topics.scenes.clone(), settings.topics.tiles.clone()));
     }
     if runs_merge {
         let stage = MergeStage::new(MergeConfig { iou_threshold: args.iou_threshold });
@@ -153,6 +132,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// What a role that produces to a topic needs.
+struct Link {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    stop: watch::Receiver<bool>,
+}
+
+impl Link {
+    /// Serves `stage` from `input` to `output` until stopped.
+    async fn serve<S>(self, role: &'static str, stage: S, input: String, output: String) -> (&'static str, anyhow::Result<RoleReport>)
+    where
+        S: Stage,
+        S::In: Message,
+        S::Out: Message + Payload,
+    {
+        let Self { settings, producer, stop } = self;
+        let report =
+            serve_stage(role, stage, &input, &settings, stop, move |rx| produce_outputs(rx, producer, output, PRODUCE_CONCURRENCY)).await;
+        (role, report)
+    }
 }
 
 fn report_role(role: &str, report: &RoleReport, failed: &mut bool) {

@@ -1,0 +1,58 @@
+//! Helpers shared by the `strata` binary's tests.
+
+#![allow(dead_code)] // each test file uses its own subset
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// A file under the repository's `data/`.
+pub fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data").join(path)
+}
+
+/// The `strata` binary, with none of the caller's `STRATA_*` settings leaking in.
+pub fn strata_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    for var in ["STRATA_TABLES", "STRATA_TILES", "STRATA_BROKERS", "STRATA_MODEL", "STRATA_ROLE"] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs `strata` to completion.
+pub fn strata(args: &[&str]) -> Output {
+    strata_command().args(args).output().unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A small random model saved as a real artifact by `strata model init`.
+pub fn random_model(dir: &Path, version: &str) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let model = dir.join("model");
+    let config = fixtures.join("tiny-model/config.json");
+    let tokenizer = fixtures.join("tokenizer/tokenizer.json");
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--random",
+        "--model-version",
+        version,
+        "--device",
+        "cpu",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    model
+}
