@@ -135,6 +135,20 @@ pub enum Command {
     ///   strata dead-letters replay --stage tile --request-id harbour-2026-11
     #[command(verbatim_doc_comment, subcommand)]
     DeadLetters(DeadLettersCommand),
+
+    /// How far behind each role is: per consumer group and topic, the messages done, the
+    /// messages in the topic and the lag; and how many dead letters there are. Read-only.
+    ///
+    /// Example: strata status --brokers 127.0.0.1:9092
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+}
+
+/// Arguments of `strata status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// `strata dead-letters` subcommands.

@@ -49,6 +49,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Serve(serve_args) => runtime.block_on(serve::run(serve_args)),
         cli::Command::Submit(submit_args) => runtime.block_on(serve::submit(submit_args)),
         cli::Command::DeadLetters(args) => runtime.block_on(serve::dead_letters::run(args)),
+        cli::Command::Status(args) => runtime.block_on(serve::status::run(args)),
     }
 }
 

@@ -193,7 +193,20 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
         logs(&workers)
     );
 
-    // Restarted, the workers find nothing left to do: every offset was committed.
+    // Every offset was committed: no group is behind.
+    let status = strata(&["status", "--brokers", &brokers]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let report = text(&status.stdout);
+    for (group, topic) in [("strata-tile", "scenes"), ("strata-infer", "tiles"), ("strata-merge", "results")] {
+        let line = report.lines().find(|l| l.starts_with(group)).unwrap_or_else(|| panic!("{group} missing:\n{report}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], topic, "{line}");
+        assert_eq!(fields[4], "0", "{group} lags:\n{report}");
+        assert_ne!(fields[3], "0", "{topic} has messages:\n{report}");
+    }
+    assert!(report.contains("dead letters: 1"), "{report}");
+
+    // Restarted, the workers find nothing left to do.
     let merge = Worker::start("merge-again", work.path(), &common("merge"));
     std::thread::sleep(Duration::from_secs(8));
     drop(merge);

@@ -4,6 +4,7 @@
 pub mod dead_letters;
 pub mod kafka;
 pub mod offsets;
+pub mod status;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
