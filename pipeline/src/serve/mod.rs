@@ -48,11 +48,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tiles_root = storage::resolve(&args.tiles).context("resolving --tiles")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = Arc::clone(&stop_tx);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Shutting down: draining in-flight work.");
         eprintln!("strata serve: shutting down (draining for at most the drain timeout)");
-        let _ = stop_tx.send(true);
+        let _ = on_signal.send(true);
     });
 
     let runs_tile = matches!(args.role, Role::Tile | Role::All);
@@ -120,6 +122,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let mut failed = false;
     while let Some(joined) = roles.join_next().await {
+        // One role ending (it failed, or a shutdown began) ends the others too, drained: a
+        // process that serves only part of its roles would look alive and do less.
+        let _ = stop_tx.send(true);
         match joined {
             Ok((role, Ok(report))) => report_role(role, &report, &mut failed),
             Ok((role, Err(error))) => {
