@@ -39,9 +39,11 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
         let found = ids.iter().position(|i| *i == id).map(|p| p + 1);
         assert!(found.is_some_and(|r| r <= rank), "`{query}`: `{id}` must be within the top {rank}, got {ids:?}");
         assert!(exact.windows(2).all(|w| w[0].score >= w[1].score), "scores must be sorted");
-        // The graph at its default ef agrees on the best hit and misses at most one of five.
+        // The graph at its default ef finds the best hit among its five and misses at most one
+        // of the exact five. (Not "the same first hit": USearch builds the graph on several
+        // threads, so two builds differ, and near-ties may swap.)
         let ann = index.search(&q, 5, SearchMode::Approximate { ef: retrieval::index::DEFAULT_EF }).unwrap().remove(0);
-        assert_eq!(ann[0].row, exact[0].row, "`{query}`");
+        assert!(ann.iter().any(|h| h.row == exact[0].row), "`{query}`: the graph missed the best hit");
         let shared = ann.iter().filter(|h| exact.iter().any(|e| e.row == h.row)).count();
         assert!(shared >= 4, "`{query}`: the graph found {shared} of the exact top 5");
     }

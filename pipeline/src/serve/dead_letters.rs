@@ -14,8 +14,10 @@ use super::kafka::{produce_until_delivered, KafkaSettings};
 use crate::cli::{DeadLettersArgs, DeadLettersCommand};
 
 /// Every record of the dead-letter topic, from the beginning to the end it has now (no
-/// consumer group: listing moves no offset). Records that are not dead-letter records are
-/// reported and skipped.
+/// consumer group: listing moves no offset), each failure once. The topic is written
+/// at-least-once (a rebalance or a restart can send a failure's record again; the
+/// `dead_letter` table holds it once), so copies — same stage, source position, ids and
+/// error — are dropped. Records that are not dead-letter records are reported and skipped.
 ///
 /// # Errors
 /// When the broker cannot be reached or the topic does not exist.
@@ -45,6 +47,7 @@ pub fn read_all(settings: &KafkaSettings, timeout: Duration) -> anyhow::Result<V
         }
     }
     let mut records = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     if remaining == 0 {
         return Ok(records);
     }
@@ -56,7 +59,19 @@ pub fn read_all(settings: &KafkaSettings, timeout: Duration) -> anyhow::Result<V
         let message = polled.context("reading the dead-letter topic")?;
         let partition = message.partition();
         match schemas::decode::<DeadLetterRecord>(message.payload().unwrap_or_default(), &limits) {
-            Ok(record) => records.push(record),
+            Ok(record) => {
+                let key = (
+                    record.stage,
+                    record.source.as_ref().map(|s| (s.topic.clone(), s.partition, s.offset)),
+                    record.request_id.clone(),
+                    record.scene_id.clone(),
+                    record.tile_id.clone(),
+                    record.message.clone(),
+                );
+                if seen.insert(key) {
+                    records.push(record);
+                }
+            }
             Err(error) => eprintln!("skipping {topic}/{partition}@{}: {error}", message.offset()),
         }
         if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {

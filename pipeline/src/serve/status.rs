@@ -94,7 +94,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     match dead {
-        Ok(dead) => println!("dead letters: {} (strata dead-letters list)", dead.end),
+        Ok(dead) => println!("dead-letter records: {} (copies included; `strata dead-letters list` shows each failure once)", dead.end),
         Err(error) => println!("dead letters: {error:#}"),
     }
     Ok(ExitCode::SUCCESS)
