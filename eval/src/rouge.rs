@@ -53,15 +53,7 @@ pub fn rouge_l(target: &[String], prediction: &[String]) -> Prf {
     if target.is_empty() || prediction.is_empty() {
         return Prf::default();
     }
-    let mut previous = vec![0usize; prediction.len() + 1];
-    let mut current = vec![0usize; prediction.len() + 1];
-    for t in target {
-        for (j, p) in prediction.iter().enumerate() {
-            current[j + 1] = if t == p { previous[j] + 1 } else { previous[j + 1].max(current[j]) };
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    let lcs = previous[prediction.len()] as f64;
+    let lcs = lcs_length(target, prediction) as f64;
     Prf::new(lcs / prediction.len() as f64, lcs / target.len() as f64)
 }
 
