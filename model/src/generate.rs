@@ -202,9 +202,40 @@ pub(crate) fn read_back<T: tch::kind::Element + Copy>(tensor: &Tensor, what: &st
     Vec::<T>::try_from(tensor).map_err(|source| ModelError::Torch { action: format!("reading {what} back from the device"), source })
 }
 
+/// Prompts whose rows begin with a shared part: the chat prefix and the image tokens, the
+/// same for every task asked of one tile. Row `i` is `prefixes[prefix_of[i]]` followed by
+/// `tails[i]`. Generation prefills each distinct prefix once and copies its KV-cache rows to
+/// the rows that share it (prefix caching, as vLLM's automatic prefix caching does for
+/// requests with a common start), so a tile with four tasks pays for its image tokens once.
+/// The answers are those of the concatenated prompts: RoPE positions continue from each
+/// prefix's length and padding (left in both parts) is masked out.
+#[derive(Debug)]
+pub struct SharedPrefixBatch {
+    /// `U` left-padded prefixes.
+    pub prefixes: PromptBatch,
+    /// `B` left-padded tails, one per row.
+    pub tails: PromptBatch,
+    /// `[B]`, which prefix each row starts with (indices into `prefixes`).
+    pub prefix_of: Vec<i64>,
+}
+
+impl SharedPrefixBatch {
+    /// Rows in the batch (tails).
+    pub fn len(&self) -> usize {
+        self.tails.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.tails.is_empty()
+    }
+}
+
 /// What one [`generate_with_stats`] call computed, for telemetry and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GenerationStats {
+    /// Rows in the shared-prefix forward ([`generate_shared_prefix`]; 0 without one).
+    pub prefix_rows: usize,
     /// Rows in the prefill forward (the batch size).
     pub prefill_rows: usize,
     /// Decode forwards run (one new token for every row still generating).
@@ -240,6 +271,102 @@ pub fn generate_with_stats(
     prompt: &PromptBatch,
     config: &GenerationConfig,
 ) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
+    run(llm, prompt.len(), config, |llm, stats| {
+        stats.prefill_rows = prompt.len();
+        let hidden = llm.forward_embeds(&DecoderInput {
+            embeds: &prompt.embeds,
+            positions: &prompt.positions,
+            roles: Some(&prompt.roles),
+            key_mask: Some(&prompt.key_mask),
+            train: false,
+        });
+        Ok(Prefilled {
+            logits: llm.logits(&hidden.select(1, -1)),
+            key_mask: prompt.key_mask.shallow_clone(),
+            next_positions: prompt.positions.select(1, -1) + 1,
+        })
+    })
+}
+
+/// Generates a continuation for every row of a [`SharedPrefixBatch`]: one forward over the
+/// distinct prefixes, their KV-cache rows copied to the rows sharing them, one forward over
+/// the tails, then decoding as [`generate_with_stats`] does. The answers equal those of
+/// [`generate_with_stats`] on the concatenated prompts (up to floating-point summation order).
+///
+/// # Errors
+/// [`ModelError::Request`] for an invalid configuration or a `prefix_of` that does not fit
+/// the batch; [`ModelError::Torch`] as [`generate_with_stats`].
+pub fn generate_shared_prefix(
+    llm: &mut Qwen2ForCausalLM,
+    prompt: &SharedPrefixBatch,
+    config: &GenerationConfig,
+) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
+    let prefixes = prompt.prefixes.len() as i64;
+    if prompt.prefix_of.len() != prompt.tails.len() || prompt.prefix_of.iter().any(|p| !(0..prefixes).contains(p)) {
+        return Err(ModelError::Request {
+            reason: format!(
+                "{} tails name prefixes {:?} of {prefixes}: every row must name one of the batch's prefixes",
+                prompt.tails.len(),
+                prompt.prefix_of
+            ),
+        });
+    }
+    run(llm, prompt.len(), config, |llm, stats| {
+        let (prefixes, tails) = (&prompt.prefixes, &prompt.tails);
+        let device = tails.embeds.device();
+        stats.prefix_rows = prefixes.len();
+        stats.prefill_rows = tails.len();
+        // Equal-length prefixes (the usual case: one system prompt, one image size) have no
+        // padding, and libtorch's fused causal kernel needs no mask tensor.
+        let padded = prefixes
+            .key_mask
+            .min()
+            .f_int64_value(&[])
+            .map_err(|source| ModelError::Torch { action: "reading the prefixes' key mask".into(), source })?
+            == 0;
+        // Only the cache matters here: no row's next token comes from a prefix.
+        let _ = llm.forward_embeds(&DecoderInput {
+            embeds: &prefixes.embeds,
+            positions: &prefixes.positions,
+            roles: Some(&prefixes.roles),
+            key_mask: padded.then_some(&prefixes.key_mask),
+            train: false,
+        });
+        let index = Tensor::from_slice(&prompt.prefix_of).to_device(device);
+        llm.select_rows(&index);
+        let prefix_mask = prefixes.key_mask.index_select(0, &index);
+        let key_mask = Tensor::cat(&[&prefix_mask, &tails.key_mask], 1);
+        // A tail's positions continue from its prefix's real length.
+        let positions = &tails.positions + prefix_mask.sum_dim_intlist(1, true, Kind::Int64);
+        let hidden = llm.forward_embeds(&DecoderInput {
+            embeds: &tails.embeds,
+            positions: &positions,
+            roles: Some(&tails.roles),
+            key_mask: Some(&key_mask),
+            train: false,
+        });
+        Ok(Prefilled { logits: llm.logits(&hidden.select(1, -1)), key_mask, next_positions: positions.select(1, -1) + 1 })
+    })
+}
+
+/// What a prefill leaves for decoding.
+struct Prefilled {
+    /// `[B, vocab]`, the next-token logits of every row.
+    logits: Tensor,
+    /// `[B, cached]`, which cached keys are real.
+    key_mask: Tensor,
+    /// `[B]`, the RoPE position of each row's next token.
+    next_positions: Tensor,
+}
+
+/// Validates the configuration, runs `prefill` then the decode loop without gradients, and
+/// clears the KV cache whatever happens.
+fn run(
+    llm: &mut Qwen2ForCausalLM,
+    batch: usize,
+    config: &GenerationConfig,
+    prefill: impl FnOnce(&mut Qwen2ForCausalLM, &mut GenerationStats) -> Result<Prefilled, ModelError>,
+) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
     if let Sampling::TopP { temperature, top_p } = config.sampling {
         if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ModelError::Request { reason: format!("temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]") });
@@ -249,42 +376,34 @@ pub fn generate_with_stats(
         .seed
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     let mut rng = SplitMix64(seed);
-    let batch = prompt.len();
     let mut outputs: Vec<Generation> =
         (0..batch).map(|_| Generation { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length }).collect();
     let mut stats = GenerationStats::default();
     if config.max_new_tokens <= 0 || batch == 0 {
         return Ok((outputs, stats));
     }
-    let result = tch::no_grad(|| decode(llm, prompt, config, &mut rng, &mut outputs, &mut stats));
+    let result = tch::no_grad(|| {
+        llm.clear_kv_cache();
+        let prefilled = prefill(llm, &mut stats)?;
+        decode(llm, prefilled, config, &mut rng, &mut outputs, &mut stats)
+    });
     // Also after a failure: the next call must not continue a half-built cache.
     llm.clear_kv_cache();
     result?;
     Ok((outputs, stats))
 }
 
-/// The prefill and decode loop of [`generate_with_stats`], writing into `outputs`.
+/// The decode loop after a prefill, writing into `outputs`.
 fn decode(
     llm: &mut Qwen2ForCausalLM,
-    prompt: &PromptBatch,
+    prefilled: Prefilled,
     config: &GenerationConfig,
     rng: &mut SplitMix64,
     outputs: &mut [Generation],
     stats: &mut GenerationStats,
 ) -> Result<(), ModelError> {
-    let device = prompt.embeds.device();
-    llm.clear_kv_cache();
-    let hidden = llm.forward_embeds(&DecoderInput {
-        embeds: &prompt.embeds,
-        positions: &prompt.positions,
-        roles: Some(&prompt.roles),
-        key_mask: Some(&prompt.key_mask),
-        train: false,
-    });
-    stats.prefill_rows = outputs.len();
-    let mut logits = llm.logits(&hidden.select(1, -1));
-    let mut key_mask = prompt.key_mask.shallow_clone();
-    let mut positions = prompt.positions.select(1, -1) + 1;
+    let Prefilled { mut logits, mut key_mask, next_positions: mut positions } = prefilled;
+    let device = logits.device();
     // `rows[i]`: which prompt row the i-th row of the shrinking batch is.
     let mut rows: Vec<usize> = (0..outputs.len()).collect();
     for step in 0..config.max_new_tokens {
@@ -310,7 +429,7 @@ fn decode(
         }
         if keep.len() < rows.len() {
             let index = Tensor::from_slice(&keep).to_device(device);
-            llm.retain_rows(&index);
+            llm.select_rows(&index);
             key_mask = key_mask.index_select(0, &index);
             positions = positions.index_select(0, &index);
             next = next.index_select(0, &index);

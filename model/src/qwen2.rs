@@ -362,12 +362,13 @@ impl Qwen2ForCausalLM {
         self.cached_len
     }
 
-    /// Drops the cached keys and values of every batch row not listed in `keep` (int64
-    /// indices), so finished sequences stop costing compute.
-    pub fn retain_rows(&mut self, keep: &Tensor) {
+    /// Rebuilds the cache's batch from the rows listed in `rows` (int64 indices `[B']`, in
+    /// order, repeats allowed): dropping finished sequences so they stop costing compute, or
+    /// copying a shared prefix to every sequence that continues it.
+    pub fn select_rows(&mut self, rows: &Tensor) {
         for layer in &mut self.layers {
             if let Some((k, v)) = layer.self_attn.cache.take() {
-                layer.self_attn.cache = Some((k.index_select(0, keep), v.index_select(0, keep)));
+                layer.self_attn.cache = Some((k.index_select(0, rows), v.index_select(0, rows)));
             }
         }
     }

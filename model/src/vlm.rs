@@ -15,7 +15,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 use crate::chat::{ChatTokenizer, EncodedRequest};
 use crate::config::StrataConfig;
 use crate::experts::TokenRole;
-use crate::generate::{self, GenerationConfig, PromptBatch};
+use crate::generate::{self, GenerationConfig, PromptBatch, SharedPrefixBatch};
 use crate::layers::ParamInit;
 use crate::preprocess::{ImageProcessor, RgbImage};
 use crate::projector::Projector;
@@ -54,6 +54,39 @@ pub struct Answer {
     /// `descriptions_used` (of at most `retrieval.top_k`), whole; the rest did not fit
     /// `retrieval.max_semantic_tokens`.
     pub descriptions_used: usize,
+}
+
+/// What the tower, the projector and the prompter made of a batch.
+struct Seen {
+    encoded: Vec<EncodedRequest>,
+    /// `[U, N_img, d]`, one row per distinct image.
+    image_tokens: Tensor,
+    /// Per request, its image's row in `image_tokens`.
+    image_of: Vec<usize>,
+    /// Per level, `[B, N_a, d]`.
+    semantic_tokens: Vec<Tensor>,
+}
+
+/// Groups requests by image: the first request of each distinct image, and each request's
+/// image index. Two requests show the same image when their pixel tensors are views of the
+/// same memory with the same shape, strides and kind (the tasks of one tile share one
+/// preprocessed tensor); equal pixels in separate tensors are simply encoded twice.
+fn distinct_images(requests: &[VlmRequest]) -> (Vec<usize>, Vec<usize>) {
+    let same = |a: &Tensor, b: &Tensor| {
+        a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride() && a.kind() == b.kind() && a.device() == b.device()
+    };
+    let mut firsts: Vec<usize> = Vec::new();
+    let image_of = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            firsts.iter().position(|&f| same(&requests[f].pixels, &r.pixels)).unwrap_or_else(|| {
+                firsts.push(i);
+                firsts.len() - 1
+            })
+        })
+        .collect();
+    (firsts, image_of)
 }
 
 struct Assembled {
@@ -217,7 +250,9 @@ impl StrataModel {
         (self.llm.embed(&ids), Tensor::from_slice(&mask).view(shape).to_device(device))
     }
 
-    fn assemble(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Assembled, ModelError> {
+    /// Runs the tower once per distinct image of the batch (the tasks of one tile share their
+    /// pixels), the projector, and the prompter once per request.
+    fn see(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Seen, ModelError> {
         if requests.is_empty() {
             return Err(ModelError::Request { reason: "empty batch".into() });
         }
@@ -229,10 +264,13 @@ impl StrataModel {
         }
         let encoded = self.encode(requests, responses)?;
         let (device, kind) = (self.device(), self.kind());
-        let pixels =
-            Tensor::stack(&requests.iter().map(|r| r.pixels.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device).to_kind(kind);
+        let (firsts, image_of) = distinct_images(requests);
+        let pixels = Tensor::stack(&firsts.iter().map(|&r| requests[r].pixels.shallow_clone()).collect::<Vec<_>>(), 0)
+            .to_device(device)
+            .to_kind(kind);
         let vision = self.vision.forward(&pixels);
-        let levels: Vec<Tensor> = self.levels.iter().map(|l| vision.hidden_states[*l as usize].shallow_clone()).collect();
+        let of = Tensor::from_slice(&image_of.iter().map(|&u| u as i64).collect::<Vec<_>>()).to_device(device);
+        let levels: Vec<Tensor> = self.levels.iter().map(|l| vision.hidden_states[*l as usize].index_select(0, &of)).collect();
         let image_tokens = self.projector.forward(&vision.hidden_states[self.config.vision.num_hidden_layers as usize]);
         let queries: Vec<&[i64]> = encoded.iter().map(|e| e.query.as_slice()).collect();
         let semantics: Vec<&[i64]> = encoded.iter().map(|e| e.semantic.as_slice()).collect();
@@ -245,39 +283,93 @@ impl StrataModel {
             semantic_mask: &semantic_mask,
             levels: &levels,
         });
+        Ok(Seen { encoded, image_tokens, image_of, semantic_tokens })
+    }
 
-        let role = |code: TokenRole, n: i64| Tensor::full([n], code.code(), (Kind::Int64, device));
-        let ids = |list: &[i64]| Tensor::from_slice(list).to_device(device);
+    fn role(&self, code: TokenRole, n: i64) -> Tensor {
+        Tensor::full([n], code.code(), (Kind::Int64, self.device()))
+    }
+
+    fn embed_ids(&self, list: &[i64]) -> Tensor {
+        self.llm.embed(&Tensor::from_slice(list).to_device(self.device()))
+    }
+
+    /// `[chat prefix] [X_img]` of request `b`: embeddings `[len, d]` and role codes `[len]`.
+    fn prefix_row(&self, seen: &Seen, b: usize) -> (Tensor, Tensor) {
+        let prefix = &seen.encoded[b].prefix;
+        let image = seen.image_tokens.get(seen.image_of[b] as i64);
+        let roles = [self.role(TokenRole::Text, prefix.len() as i64), self.role(TokenRole::Image, image.size()[0])];
+        (Tensor::cat(&[self.embed_ids(prefix), image], 0), Tensor::cat(&roles, 0))
+    }
+
+    /// `[T_1 … T_L] [query] [response]` of request `b`.
+    fn tail_row(&self, seen: &Seen, b: usize) -> (Tensor, Tensor) {
+        let e = &seen.encoded[b];
+        let (mut embeds, mut roles) = (Vec::new(), Vec::new());
+        for (l, level_tokens) in seen.semantic_tokens.iter().enumerate() {
+            embeds.push(level_tokens.get(b as i64));
+            roles.push(self.role(TokenRole::Semantic(l as i64), level_tokens.size()[1]));
+        }
+        let mut text_tail = e.suffix.clone();
+        if let Some(response) = &e.response {
+            text_tail.extend_from_slice(response);
+        }
+        embeds.push(self.embed_ids(&text_tail));
+        roles.push(self.role(TokenRole::Text, text_tail.len() as i64));
+        (Tensor::cat(&embeds, 0), Tensor::cat(&roles, 0))
+    }
+
+    /// Whole prompts, one row per request, with loss labels on the responses (training).
+    fn assemble(&self, requests: &[VlmRequest], responses: Option<&[String]>) -> Result<Assembled, ModelError> {
+        let seen = self.see(requests, responses)?;
         let mut rows = Vec::with_capacity(requests.len());
         let mut label_rows = Vec::with_capacity(requests.len());
-        for (b, e) in encoded.iter().enumerate() {
-            let b = b as i64;
-            let mut embeds = vec![self.llm.embed(&ids(&e.prefix)), image_tokens.get(b)];
-            let mut roles = vec![role(TokenRole::Text, e.prefix.len() as i64), role(TokenRole::Image, image_tokens.size()[1])];
-            for (l, level_tokens) in semantic_tokens.iter().enumerate() {
-                embeds.push(level_tokens.get(b));
-                roles.push(role(TokenRole::Semantic(l as i64), level_tokens.size()[1]));
-            }
-            let mut text_tail = e.suffix.clone();
-            let prompt_len: i64 = embeds.iter().map(|t| t.size()[0]).sum::<i64>() + e.suffix.len() as i64;
+        for (b, e) in seen.encoded.iter().enumerate() {
+            let (prefix, prefix_roles) = self.prefix_row(&seen, b);
+            let (tail, tail_roles) = self.tail_row(&seen, b);
             if let Some(response) = &e.response {
-                text_tail.extend_from_slice(response);
-                let mut labels = vec![-100i64; prompt_len as usize];
+                let prompt_len = (prefix.size()[0] + tail.size()[0]) as usize - response.len();
+                let mut labels = vec![-100i64; prompt_len];
                 labels.extend_from_slice(response);
                 label_rows.push(labels);
             }
-            embeds.push(self.llm.embed(&ids(&text_tail)));
-            roles.push(role(TokenRole::Text, text_tail.len() as i64));
-            rows.push((Tensor::cat(&embeds, 0), Tensor::cat(&roles, 0)));
+            rows.push((Tensor::cat(&[prefix, tail], 0), Tensor::cat(&[prefix_roles, tail_roles], 0)));
         }
         let prompt = PromptBatch::left_padded(&rows)?;
         let labels = responses.is_some().then(|| {
             let total = prompt.embeds.size()[1] as usize;
             let padded: Vec<i64> =
                 label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
-            Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(device)
+            Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(self.device())
         });
-        Ok(Assembled { prompt, labels, descriptions_used: encoded.iter().map(|e| e.descriptions_used).collect() })
+        Ok(Assembled { prompt, labels, descriptions_used: seen.encoded.iter().map(|e| e.descriptions_used).collect() })
+    }
+
+    /// Prompts for generation, split where the requests of one image stop sharing tokens:
+    /// `[chat prefix] [X_img]` once per distinct image, the rest once per request.
+    fn assemble_shared(&self, requests: &[VlmRequest]) -> Result<(SharedPrefixBatch, Vec<usize>), ModelError> {
+        let seen = self.see(requests, None)?;
+        // Rows share a prefix when they show the same image after the same chat prefix.
+        let mut keys: Vec<(usize, &[i64])> = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut prefix_of = Vec::with_capacity(requests.len());
+        let mut tails = Vec::with_capacity(requests.len());
+        for (b, e) in seen.encoded.iter().enumerate() {
+            let key = (seen.image_of[b], e.prefix.as_slice());
+            let shared = match keys.iter().position(|k| *k == key) {
+                Some(shared) => shared,
+                None => {
+                    keys.push(key);
+                    prefixes.push(self.prefix_row(&seen, b));
+                    keys.len() - 1
+                }
+            };
+            prefix_of.push(shared as i64);
+            tails.push(self.tail_row(&seen, b));
+        }
+        let batch =
+            SharedPrefixBatch { prefixes: PromptBatch::left_padded(&prefixes)?, tails: PromptBatch::left_padded(&tails)?, prefix_of };
+        Ok((batch, seen.encoded.iter().map(|e| e.descriptions_used).collect()))
     }
 
     /// Mean next-token cross-entropy over the response tokens (training mode: LoRA dropout on).
@@ -334,15 +426,15 @@ impl StrataModel {
     }
 
     fn generate_unguarded(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
-        let assembled = tch::no_grad(|| self.assemble(requests, None))?;
+        let (prompt, descriptions_used) = tch::no_grad(|| self.assemble_shared(requests))?;
         let mut config = config.clone();
         if config.stop_tokens.is_empty() {
             config.stop_tokens = self.tokenizer.stop_tokens();
         }
-        let generations = generate::generate(&mut self.llm, &assembled.prompt, &config)?;
+        let (generations, _) = generate::generate_shared_prefix(&mut self.llm, &prompt, &config)?;
         generations
             .into_iter()
-            .zip(assembled.descriptions_used)
+            .zip(descriptions_used)
             .map(|(g, descriptions_used)| {
                 Ok(Answer {
                     text: self.tokenizer.decode(&g.tokens)?.trim().to_owned(),
@@ -391,6 +483,67 @@ fn guarded<T>(action: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny_model() -> StrataModel {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let config = StrataConfig::from_json(&std::fs::read_to_string(dir.join("tiny-model/config.json")).unwrap()).unwrap();
+        let tokenizer = ChatTokenizer::from_file(&dir.join("tokenizer/tokenizer.json"), &config.system_prompt).unwrap();
+        tch::manual_seed(31);
+        let model = StrataModel::new(config, tokenizer, Device::Cpu, Kind::Float, ParamInit::Random).unwrap();
+        // LoRA `B` and the experts' up-projections start at zero; give them values so the
+        // semantic experts (which read each token's role) take part.
+        tch::no_grad(|| {
+            for (name, var) in model.var_store().variables() {
+                if name.ends_with("lora_b") || name.ends_with("up.weight") {
+                    let _ = var.shallow_clone().normal_(0.0, 0.2);
+                }
+            }
+        });
+        model
+    }
+
+    #[test]
+    fn tasks_sharing_an_image_answer_as_their_whole_prompts_do() {
+        let mut model = tiny_model();
+        let side = model.config().vision.image_size;
+        let image = |seed: i64| {
+            tch::manual_seed(seed);
+            Tensor::randn([3, side, side], (Kind::Float, Device::Cpu))
+        };
+        let (a, b) = (image(1), image(2));
+        let request = |pixels: &Tensor, query: &str, descriptions: &[&str]| VlmRequest {
+            pixels: pixels.shallow_clone(),
+            query: query.into(),
+            descriptions: descriptions.iter().map(|d| (*d).to_owned()).collect(),
+        };
+        // Two tiles with tasks of different lengths, and a third image asked once; one
+        // request repeats a tile's pixels in a separate tensor (encoded again, same answer).
+        let requests = vec![
+            request(&a, "Describe the image.", &["a harbour with ships"]),
+            request(&b, "What is the land use? Answer with one class.", &["farmland", "forest near a river"]),
+            request(&a, "Is there a river in the image?", &[]),
+            request(&b, "Describe the image.", &["farmland"]),
+            request(&a.copy(), "Where is the ship? Answer with boxes.", &["ships at a pier"]),
+        ];
+        let config = GenerationConfig { max_new_tokens: 6, ..GenerationConfig::default() };
+        let (shared, _) = model.assemble_shared(&requests).unwrap();
+        assert_eq!(shared.prefixes.len(), 3, "one prefix per distinct image tensor");
+        assert_eq!(shared.prefix_of, vec![0, 1, 0, 1, 2]);
+        let (by_prefix, stats) = generate::generate_shared_prefix(&mut model.llm, &shared, &config).unwrap();
+        assert_eq!((stats.prefix_rows, stats.prefill_rows), (3, 5));
+        let whole = model.assemble(&requests, None).unwrap();
+        let by_row = generate::generate(&mut model.llm, &whole.prompt, &config).unwrap();
+        for (row, (s, w)) in by_prefix.iter().zip(&by_row).enumerate() {
+            assert_eq!(s.tokens, w.tokens, "row {row}");
+            for (x, y) in s.logprobs.iter().zip(&w.logprobs) {
+                assert!((x - y).abs() < 1e-4, "row {row}: logprob {x} with a shared prefix vs {y} whole");
+            }
+        }
+        // The public entry point is the shared path.
+        let answers = model.generate(&requests, &config).unwrap();
+        let tokens: Vec<&Vec<i64>> = answers.iter().map(|a| &a.tokens).collect();
+        assert_eq!(tokens, by_prefix.iter().map(|g| &g.tokens).collect::<Vec<_>>());
+    }
 
     #[test]
     fn a_panic_inside_the_model_becomes_an_error_naming_the_action() {
