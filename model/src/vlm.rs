@@ -91,8 +91,6 @@ fn distinct_images(requests: &[VlmRequest]) -> (Vec<usize>, Vec<usize>) {
 
 struct Assembled {
     prompt: PromptBatch,
-    /// Per request, how many descriptions fit the semantic budget.
-    descriptions_used: Vec<usize>,
     /// `[B, T]` token ids where the loss applies, -100 elsewhere.
     labels: Option<Tensor>,
 }
@@ -342,7 +340,7 @@ impl StrataModel {
                 label_rows.iter().flat_map(|l| std::iter::repeat_n(-100, total - l.len()).chain(l.iter().copied())).collect();
             Tensor::from_slice(&padded).view([label_rows.len() as i64, total as i64]).to_device(self.device())
         });
-        Ok(Assembled { prompt, labels, descriptions_used: seen.encoded.iter().map(|e| e.descriptions_used).collect() })
+        Ok(Assembled { prompt, labels })
     }
 
     /// Prompts for generation, split where the requests of one image stop sharing tokens:

@@ -16,8 +16,21 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log lines on stderr as text, or as one JSON object per line (for log collectors).
+    #[arg(long, global = true, value_enum, env = "STRATA_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span fields (scene, tile) of each event.
+    Json,
 }
 
 /// Subcommands.
@@ -142,6 +155,55 @@ pub enum Command {
     /// Example: strata status --brokers 127.0.0.1:9092
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+
+    /// Check a configuration file, or list every key the serving commands read.
+    ///
+    /// `strata serve`, `submit`, `status` and `dead-letters` read their settings from, in
+    /// increasing precedence: built-in defaults, a TOML file (--config or STRATA_CONFIG), the
+    /// environment (STRATA_<KEY>, e.g. STRATA_BATCH_SIZE=8), and flags. A key is a flag's name
+    /// with `_` for `-`: `batch_size = 8` in the file is `--batch-size 8`.
+    ///
+    /// Examples:
+    ///   strata config check --config strata.toml
+    ///   strata config keys
+    ///   strata config keys --format json
+    #[command(verbatim_doc_comment, subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `strata config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration (file, environment) as `strata serve` would read it, without
+    /// connecting to anything; print every key's effective value and where it came from.
+    Check(ConfigCheckArgs),
+    /// Every key: its environment variable, default and meaning.
+    Keys(ConfigKeysArgs),
+}
+
+/// Arguments of `strata config check`.
+#[derive(Debug, Args)]
+pub struct ConfigCheckArgs {
+    /// The TOML file to check (default: only the environment and defaults).
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `strata config keys`.
+#[derive(Debug, Args)]
+pub struct ConfigKeysArgs {
+    /// A table for people, or JSON for tools (deploy checks).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: KeysFormat,
+}
+
+/// Output of `strata config keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeysFormat {
+    /// Aligned text.
+    Text,
+    /// A JSON list of {key, env, default, required, help}.
+    Json,
 }
 
 /// Arguments of `strata status`.
@@ -183,6 +245,11 @@ pub struct DeadLettersArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Kafka")]
 pub struct KafkaArgs {
+    /// A TOML file of settings: keys are flag names with `_` for `-` (see `strata config
+    /// keys`). Flags and STRATA_* variables override it.
+    #[arg(long = "config", env = "STRATA_CONFIG", value_name = "FILE")]
+    pub config_file: Option<std::path::PathBuf>,
+
     /// Kafka bootstrap servers, host:port[,host:port...].
     #[arg(long, env = "STRATA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -203,7 +270,9 @@ pub struct KafkaArgs {
     /// (security.protocol, sasl.mechanism, ...) or tuning. Against the tansu test broker add
     /// batch.num.messages=1: tansu 0.6 returns nothing to a consumer that resumes in the
     /// middle of a multi-record batch.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    /// In a config file: a table (`[kafka_options]`, `"batch.num.messages" = "1"`); in the
+    /// environment: comma-separated KEY=VALUE pairs.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "STRATA_KAFKA_OPTIONS", value_delimiter = ',')]
     pub kafka_options: Vec<(String, String)>,
 }
 
@@ -270,11 +339,11 @@ pub struct ServeArgs {
     pub batch_size: usize,
 
     /// Longest answer, in tokens.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = 64)]
     pub max_new_tokens: i64,
 
     /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = 0.5)]
     pub iou_threshold: f64,
 
     /// Device for the model: auto, cpu, cuda or cuda:N.
@@ -282,12 +351,17 @@ pub struct ServeArgs {
     pub device: model::device::DevicePreference,
 
     /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
-    #[arg(long, default_value_t = 4295)]
+    #[arg(long, env = "STRATA_MAX_SCENE_MEGAPIXELS", default_value_t = 4295)]
     pub max_scene_megapixels: u64,
 
     /// Worker threads per scene for tiling (default: one per CPU).
-    #[arg(long)]
+    #[arg(long, env = "STRATA_THREADS")]
     pub threads: Option<usize>,
+
+    /// Address of the HTTP endpoints /metrics (Prometheus), /healthz and /readyz; `off` for
+    /// none. Give each process on one host its own port.
+    #[arg(long, env = "STRATA_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: String,
 
     /// Messages read and not yet durable, per tile or infer role; reading pauses at this many.
     /// (The merge role holds every result of a scene until the scene is complete: no cap.)

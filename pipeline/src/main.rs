@@ -9,6 +9,7 @@ use clap::Parser;
 
 mod batch;
 mod cli;
+mod config;
 mod eval_cmd;
 mod images;
 mod index_cmd;
@@ -20,8 +21,16 @@ mod retriever;
 mod serve;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    init_tracing(args.verbose);
+    // Settings from --config and STRATA_* variables become flags before clap parses.
+    let layered = match config::layer(std::env::args_os().collect()) {
+        Ok(layered) => layered,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = cli::Cli::parse_from(layered.argv);
+    init_tracing(args.verbose, args.log_format);
     match run(args) {
         Ok(code) => code,
         Err(err) => {
@@ -50,10 +59,11 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Submit(submit_args) => runtime.block_on(serve::submit(submit_args)),
         cli::Command::DeadLetters(args) => runtime.block_on(serve::dead_letters::run(args)),
         cli::Command::Status(args) => runtime.block_on(serve::status::run(args)),
+        cli::Command::Config(command) => config::run(command),
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, format: cli::LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -61,5 +71,10 @@ fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => logs.init(),
+        // The current span's fields (scene, tile) on every line, for log collectors.
+        cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
 }

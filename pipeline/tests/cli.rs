@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use common::{data, random_model, strata, text};
+use common::{data, random_model, strata, strata_command, text};
 
 fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
     let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
@@ -763,4 +763,76 @@ fn footprints_in_tables_and_geojson_are_drawable_across_the_antimeridian_and_sou
     assert!(bbox.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-3), "bbox {bbox:?}, GDAL {want:?}");
     assert_eq!(column["geometry_types"], serde_json::json!(["MultiPolygon"]));
     assert_eq!(column["orientation"], "counterclockwise");
+}
+
+#[test]
+fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_override_it() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("strata.toml");
+    let path = config.to_str().unwrap();
+    let write = |body: &str| std::fs::write(&config, body).unwrap();
+
+    write("role = \"infer\"\nbatch_size = 16\nbrokers = \"kafka-0:9092,kafka-1:9092\"\nlisten = \"off\"\n[kafka_options]\n\"security.protocol\" = \"ssl\"\n");
+    let check =
+        |env: &[(&str, &str)]| strata_command().args(["config", "check", "--config", path]).envs(env.iter().copied()).output().unwrap();
+    let out = check(&[("STRATA_MAX_NEW_TOKENS", "96")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for line in [
+        "role = \"infer\"  # file",
+        "batch_size = \"16\"  # file",
+        "max_new_tokens = \"96\"  # env",
+        "iou_threshold = \"0.5\"  # default",
+        "kafka_options = [\"security.protocol=ssl\"]  # file",
+    ] {
+        assert!(shown.contains(line), "`{line}` missing:\n{shown}");
+    }
+
+    // The environment beats the file (and flags beat both: clap's own precedence).
+    let out = check(&[("STRATA_BATCH_SIZE", "2"), ("STRATA_ROLE", "tile")]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("batch_size = \"2\"  # env") && shown.contains("role = \"tile\"  # env"), "{shown}");
+    // `serve` reads the same file; `--brokers ""` stops it after the settings were accepted.
+    let out = strata(&["serve", "--config", path, "--brokers", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no Kafka broker given"), "{}", text(&out.stderr));
+
+    // A typo, a wrong type, a value the flag refuses, broken TOML: each named, exit 2.
+    for (body, expected) in [
+        ("bach_size = 8\n", "unknown key `bach_size` (did you mean `batch_size`?)"),
+        ("batch_size = \"eight\"\n", "`batch_size` = \"eight\": invalid value 'eight'"),
+        ("role = \"painter\"\n", "`role` = \"painter\""),
+        ("brokers = [\"a:1\", \"b:2\"]\n", "`brokers` takes a single value"),
+        ("listen = \"everywhere\"\n", "`listen` = \"everywhere\": not host:port"),
+        ("batch_size = \n", "is not valid TOML"),
+    ] {
+        write(body);
+        let out = strata(&["config", "check", "--config", path]);
+        assert_eq!(out.status.code(), Some(2), "{body}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{body}: expected `{expected}` in:\n{stderr}");
+        // The commands that serve refuse the same file the same way.
+        if !body.starts_with("listen") {
+            let out = strata(&["serve", "--config", path]);
+            assert_eq!(out.status.code(), Some(2), "{body}");
+        }
+    }
+    let out = strata_command().args(["config", "check"]).env("STRATA_PARTITIONS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("0 is not in 1.."), "{}", text(&out.stderr));
+}
+
+#[test]
+fn config_keys_lists_every_setting_with_its_variable_for_people_and_tools() {
+    let out = strata(&["config", "keys", "--format", "json"]);
+    assert!(out.status.success());
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |key: &str| keys.iter().find(|k| k["key"] == key).unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(find("batch_size")["env"], "STRATA_BATCH_SIZE");
+    assert_eq!(find("batch_size")["default"], "8");
+    assert_eq!(find("kafka_options")["repeatable"], true);
+    assert_eq!(find("listen")["flag"], "--listen");
+    assert!(find("drain_timeout")["help"].as_str().unwrap().contains("Seconds"));
+    let out = strata(&["config", "keys"]);
+    assert!(text(&out.stdout).contains("STRATA_BROKERS"));
 }

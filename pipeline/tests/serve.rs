@@ -65,6 +65,26 @@ impl Worker {
         }
         None
     }
+
+    /// The address of its /metrics, /healthz and /readyz endpoints (it listens on port 0).
+    fn endpoints(&self) -> Option<String> {
+        let log = self.log();
+        let at = log.find("metrics on http://")? + "metrics on http://".len();
+        log[at..].split('/').next().map(str::to_owned)
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
 }
 
 fn logs(workers: &[Worker]) -> String {
@@ -124,15 +144,38 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
         .unwrap();
 
     let common = |role: &'static str| {
-        vec!["--role", role, "--brokers", &brokers, "--tables", tables_arg, "--tiles", tiles_arg, "--drain-timeout", "20"]
+        vec![
+            "--role",
+            role,
+            "--brokers",
+            &brokers,
+            "--tables",
+            tables_arg,
+            "--tiles",
+            tiles_arg,
+            "--drain-timeout",
+            "20",
+            "--listen",
+            "127.0.0.1:0",
+        ]
     };
+    // The merge worker reads its settings from a file, as a deployment would.
+    let config = work.path().join("merge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"merge\"\nbrokers = {brokers:?}\ntables = {tables_arg:?}\ntiles = {tiles_arg:?}\ndrain_timeout = 20\nlisten = \"127.0.0.1:0\"\n\
+             log_format = \"json\"\n\n[kafka_options]\n\"client.id\" = \"strata-merge-e2e\"\n"
+        ),
+    )
+    .unwrap();
     let mut infer_args = common("infer");
     infer_args.extend(["--model", model_arg, "--device", "cpu", "--max-new-tokens", "4", "--batch-size", "4"]);
     let mut workers = vec![
         Worker::start("tile", work.path(), &common("tile")),
         Worker::start("infer-1", work.path(), &infer_args),
         Worker::start("infer-2", work.path(), &infer_args),
-        Worker::start("merge", work.path(), &common("merge")),
+        Worker::start("merge", work.path(), &["--config", config.to_str().unwrap()]),
     ];
 
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -192,6 +235,35 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     }
     assert!(assigned(&workers), "both infer workers were assigned partitions:\n{}", logs(&workers));
 
+    // Metrics and probes: each worker exports what it did; the infer workers their batches
+    // and the model version; readiness while serving.
+    let endpoint = |name: &str| workers.iter().find(|w| w.name == name).and_then(Worker::endpoints);
+    let merge = endpoint("merge").unwrap_or_else(|| panic!("the merge worker printed no endpoint:\n{}", logs(&workers)));
+    assert_eq!(http_get(&merge, "/healthz").0, 200);
+    assert_eq!(http_get(&merge, "/readyz").0, 200);
+    let (code, metrics) = http_get(&merge, "/metrics");
+    assert_eq!(code, 200);
+    let value = |metrics: &str, series: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    assert_eq!(value(&metrics, "strata_rows_total{table=\"scenes\"}"), 2.0, "{metrics}");
+    assert_eq!(value(&metrics, "strata_rows_total{table=\"tiles\"}"), tiles_n as f64, "{metrics}");
+    assert_eq!(value(&metrics, "strata_dead_letters_total{stage=\"ingest\"}"), 1.0, "{metrics}");
+    assert!(value(&metrics, "strata_messages_done_total{outcome=\"delivered\",role=\"merge\"}") >= tiles_n as f64, "{metrics}");
+    let infer_read: f64 = ["infer-1", "infer-2"]
+        .iter()
+        .map(|name| {
+            let (_, metrics) = http_get(&endpoint(name).unwrap(), "/metrics");
+            assert!(metrics.contains("strata_model_info{version=\"tiny-serve\"} 1"), "{metrics}");
+            value(&metrics, "strata_messages_read_total{role=\"infer\"}").max(0.0)
+        })
+        .sum();
+    assert!(infer_read >= tiles_n as f64, "the infer workers read every tile between them ({infer_read})");
+    // The file's log_format: one JSON object per line.
+    let merge_log = workers.iter().find(|w| w.name == "merge").unwrap().log();
+    let json_line = merge_log.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON log line:\n{merge_log}"));
+    assert!(serde_json::from_str::<serde_json::Value>(json_line).is_ok(), "{json_line}");
+
     // Graceful shutdown: every worker drains, commits and exits 0.
     for worker in &mut workers {
         let status = worker.terminate(Duration::from_secs(60));
@@ -212,7 +284,7 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     assert!(report.contains("dead-letter records: "), "{report}");
 
     // Restarted, the workers find nothing left to do.
-    let merge = Worker::start("merge-again", work.path(), &common("merge"));
+    let merge = Worker::start("merge-again", work.path(), &["--config", config.to_str().unwrap()]);
     std::thread::sleep(Duration::from_secs(8));
     drop(merge);
     assert_eq!(count(&tables, "SELECT count(*) AS n FROM scenes"), 2, "no scene written twice");

@@ -166,6 +166,11 @@ impl<M: TileModel> InferStage<M> {
         Self { engine: Arc::new(Mutex::new(Engine { model, retriever })), version, config, pending: Vec::new() }
     }
 
+    /// The version of the model answering (recorded on every result).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
     /// Runs the pending micro-batch and emits its results (or its tiles' dead letters).
     async fn run_pending(&mut self, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
         if self.pending.is_empty() {
@@ -192,6 +197,7 @@ impl<M: TileModel> InferStage<M> {
         let engine = Arc::clone(&self.engine);
         let config = self.config.clone();
         let version = self.version.clone();
+        let batch_started = Instant::now();
         // The model runs on a blocking thread; a panic there is caught by the runtime and
         // becomes an internal error of this batch, and the engine stays usable (its lock is
         // taken back from the poison: generation starts from a clean KV cache every call).
@@ -202,6 +208,9 @@ impl<M: TileModel> InferStage<M> {
         })
         .await
         .unwrap_or_else(|e| Err(format!("the inference worker failed: {e}")));
+        let metrics = batch_metrics();
+        metrics.tiles.observe(batch.len() as f64);
+        metrics.seconds.observe(batch_started.elapsed().as_secs_f64());
         let mut results: HashMap<usize, TileResult> = HashMap::new();
         let batch_error = match answered {
             Ok(done) => {
@@ -231,6 +240,34 @@ impl<M: TileModel> InferStage<M> {
         }
         Ok(())
     }
+}
+
+/// The stage's Prometheus metrics, in the default registry (a runtime that exports metrics
+/// gathers them with its own).
+struct BatchMetrics {
+    /// `strata_infer_batch_tiles`: tiles per micro-batch.
+    tiles: prometheus::Histogram,
+    /// `strata_infer_batch_seconds`: retrieval, generation and parsing of one micro-batch.
+    seconds: prometheus::Histogram,
+}
+
+#[allow(clippy::expect_used)] // fixed names and buckets, registered once: cannot fail
+fn batch_metrics() -> &'static BatchMetrics {
+    static METRICS: std::sync::OnceLock<BatchMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| BatchMetrics {
+        tiles: prometheus::register_histogram!(
+            "strata_infer_batch_tiles",
+            "Tiles per inference micro-batch.",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+        )
+        .expect("register"),
+        seconds: prometheus::register_histogram!(
+            "strata_infer_batch_seconds",
+            "Seconds to answer one micro-batch (retrieval, generation, parsing).",
+            prometheus::exponential_buckets(0.05, 2.0, 14).expect("buckets")
+        )
+        .expect("register"),
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

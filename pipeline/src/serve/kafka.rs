@@ -35,6 +35,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
     producer::{FutureProducer, FutureRecord},
+    statistics::Statistics,
     types::RDKafkaErrorCode,
     ClientContext, Message as _, Offset, TopicPartitionList,
 };
@@ -163,7 +164,12 @@ impl KafkaSettings {
         config.create()
     }
 
-    fn consumer(&self, group: &str, tracker: Arc<Mutex<OffsetTracker>>) -> Result<StreamConsumer<RoleContext>, KafkaError> {
+    fn consumer(
+        &self,
+        role: &'static str,
+        group: &str,
+        tracker: Arc<Mutex<OffsetTracker>>,
+    ) -> Result<StreamConsumer<RoleContext>, KafkaError> {
         let mut config = self.client();
         config
             .set("group.id", group)
@@ -178,11 +184,13 @@ impl KafkaSettings {
             // before handing its partitions to the others (librdkafka's default is 5 min).
             // Reading never stops for that long: at capacity the partitions are paused and
             // polling goes on.
-            .set("max.poll.interval.ms", "60000");
+            .set("max.poll.interval.ms", "60000")
+            // Statistics carry each partition's consumer lag, exported as a metric.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &self.options {
             config.set(key, value);
         }
-        config.create_with_context(RoleContext { tracker })
+        config.create_with_context(RoleContext { tracker, role })
     }
 
     /// Creates the topics that do not exist yet.
@@ -209,9 +217,22 @@ impl KafkaSettings {
 /// from a revoked partition must not store offsets the new owner will store itself.
 struct RoleContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    role: &'static str,
 }
 
-impl ClientContext for RoleContext {}
+impl ClientContext for RoleContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag = &super::observe::metrics().lag;
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // -1: not consuming this partition (unassigned, or the internal UA partition).
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lag.with_label_values(&[self.role, topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RoleContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -231,6 +252,15 @@ impl ConsumerContext for RoleContext {
             Rebalance::Error(error) => tracing::warn!(%error, "Rebalance failed."),
         }
     }
+}
+
+/// A message whose outputs are all done, as its ack reports it.
+struct Done {
+    partition: TopicPartition,
+    offset: i64,
+    status: AckStatus,
+    /// When it was read, for the latency metric.
+    read_at: std::time::Instant,
 }
 
 /// What one role did before it stopped.
@@ -271,21 +301,29 @@ where
 {
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let group = format!("{}{role}", settings.group_prefix);
-    let consumer = settings.consumer(&group, Arc::clone(&tracker)).context("creating the Kafka consumer")?;
+    let consumer = settings.consumer(role, &group, Arc::clone(&tracker)).context("creating the Kafka consumer")?;
+    let metrics = super::observe::metrics();
     consumer.subscribe(&[input_topic]).with_context(|| format!("subscribing to `{input_topic}`"))?;
     tracing::info!(role, group = %group, topic = input_topic, brokers = %settings.brokers, "Serving.");
 
     let capacity = settings.max_in_flight.clamp(1, 1024);
     let (in_tx, in_rx) = mpsc::channel::<Envelope<S::In>>(capacity);
     let (out_tx, out_rx) = mpsc::channel::<Envelope<S::Out>>(capacity);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(TopicPartition, i64, AckStatus)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let stage_task = tokio::spawn(drive(stage, SharedReceiver::new(in_rx), out_tx.clone(), settings.max_attempts));
     let output_task = tokio::spawn(output(out_rx));
     let limits = DecodeLimits { max_payload_bytes: settings.max_message_bytes };
 
     let mut report = RoleReport::default();
-    let store = |report: &mut RoleReport, done: (TopicPartition, i64, AckStatus), draining: bool| {
-        let ((topic, partition), offset, status) = done;
+    let store = |report: &mut RoleReport, done: Done, draining: bool| {
+        let Done { partition: (topic, partition), offset, status, read_at } = done;
+        let outcome = match status {
+            AckStatus::Delivered => "delivered",
+            AckStatus::Rejected => "rejected",
+            AckStatus::Errored => "errored",
+        };
+        metrics.done.with_label_values(&[role, outcome]).inc();
+        metrics.latency.with_label_values(&[role]).observe(read_at.elapsed().as_secs_f64());
         if status == AckStatus::Errored {
             // Not durable: the offset must not move past it. It is read again after a restart
             // (or by the partition's next owner). While draining that is expected of work the
@@ -319,6 +357,7 @@ where
     lonely.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let in_flight = tracker.lock().unwrap_or_else(PoisonError::into_inner).total_in_flight();
+        metrics.in_flight.with_label_values(&[role]).set(i64::try_from(in_flight).unwrap_or(i64::MAX));
         let full = in_flight >= settings.max_in_flight;
         if full != paused {
             let switched =
@@ -357,13 +396,15 @@ where
                     }
                 };
                 report.read += 1;
+                metrics.read.with_label_values(&[role]).inc();
+                let read_at = std::time::Instant::now();
                 let position = SourcePosition { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
                 let key: TopicPartition = (position.topic.clone(), position.partition);
                 tracker.lock().unwrap_or_else(PoisonError::into_inner).begin(&key, position.offset);
                 let done = done_tx.clone();
                 let offset = position.offset;
                 let ack = Ack::new(move |status| {
-                    let _ = done.send((key, offset, status));
+                    let _ = done.send(Done { partition: key, offset, status, read_at });
                 });
                 let payload = message.payload().unwrap_or_default();
                 match schemas::decode::<S::In>(payload, &limits) {

@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod kafka;
+pub mod observe;
 pub mod offsets;
 pub mod status;
 
@@ -38,6 +39,11 @@ const PRODUCE_CONCURRENCY: usize = 64;
 /// When the broker cannot be reached at start, the model or index cannot be loaded, or a
 /// stage fails as a whole.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // The endpoints first: liveness answers while the model loads, readiness once serving.
+    let health = Arc::new(observe::Health::default());
+    if let Some(addr) = observe::serve_http(&args.listen, Arc::clone(&health)).await? {
+        eprintln!("strata serve: metrics on http://{addr}/metrics, probes on /healthz and /readyz");
+    }
     let mut settings = args.kafka.settings();
     settings.max_in_flight = args.max_in_flight.max(1);
     settings.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -50,8 +56,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let on_signal = Arc::clone(&stop_tx);
+    let draining = Arc::clone(&health);
     tokio::spawn(async move {
         wait_for_signal().await;
+        draining.set_stopping();
         tracing::info!("Shutting down: draining in-flight work.");
         eprintln!("strata serve: shutting down (draining for at most the drain timeout)");
         let _ = on_signal.send(true);
@@ -69,6 +77,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(location) => {
                 eprintln!("strata serve: loading the model {location}");
                 let stage = crate::batch::infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?;
+                observe::metrics().model.with_label_values(&[stage.version()]).set(1);
                 roles.spawn(link.serve("infer", stage, input, output));
             }
             None => {
@@ -120,8 +129,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tiles_root.url()
     );
 
+    health.set_ready();
     let mut failed = false;
     while let Some(joined) = roles.join_next().await {
+        health.set_stopping();
         // One role ending (it failed, or a shutdown began) ends the others too, drained: a
         // process that serves only part of its roles would look alive and do less.
         let _ = stop_tx.send(true);
@@ -189,8 +200,13 @@ async fn write_tables(
         match &envelope.payload {
             SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, .. } => {
                 tracing::info!(%request_id, %scene_id, tiles, tiles_failed, detections, "Scene committed.");
+                let rows = &observe::metrics().rows;
+                rows.with_label_values(&["scenes"]).inc();
+                rows.with_label_values(&["tiles"]).inc_by(*tiles);
+                rows.with_label_values(&["detections"]).inc_by(*detections);
             }
             SinkOutcome::DeadLettered(record) => {
+                observe::metrics().dead_letters.with_label_values(&[record.stage.as_str()]).inc();
                 let key = kafka::scene_key(&operators::stage::PayloadIds {
                     request_id: record.request_id.clone(),
                     scene_id: record.scene_id.clone(),

@@ -16,8 +16,12 @@ pub fn data(path: &str) -> PathBuf {
 /// The `strata` binary, with none of the caller's `STRATA_*` settings leaking in.
 pub fn strata_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-    for var in ["STRATA_TABLES", "STRATA_TILES", "STRATA_BROKERS", "STRATA_MODEL", "STRATA_ROLE"] {
-        command.env_remove(var);
+    // Every setting (`strata config keys`) and the config file; the cache and log filter stay.
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy().into_owned();
+        if var.starts_with("STRATA_") && !["STRATA_CACHE", "STRATA_LOG", "STRATA_WORKSPACE_ROOT"].contains(&var.as_str()) {
+            command.env_remove(var);
+        }
     }
     command
 }
