@@ -69,24 +69,11 @@ pub async fn fetch_model_into(location: &Location, cache: &Path) -> Result<bool,
     let staging = parent.join(format!(".{name}.partial-{}-{fetch}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| io_err(&staging, "creating a download folder", e))?;
-    for name in manifest.files.keys() {
-        let relative = Path::new(name);
-        if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(OperatorError::InvalidLocation {
-                location: manifest_at.url(),
-                reason: format!("`{name}` is not a plain relative path"),
-            });
-        }
-        let source = location.join(name);
-        let target = staging.join(relative);
-        if let Some(folder) = target.parent() {
-            std::fs::create_dir_all(folder).map_err(|e| io_err(folder, "creating a folder", e))?;
-        }
-        let mut stream = source.store().get(source.path()).await.map_err(store_err(source.url()))?.into_stream();
-        let mut file = std::fs::File::create(&target).map_err(|e| io_err(&target, "creating", e))?;
-        while let Some(chunk) = stream.try_next().await.map_err(store_err(source.url()))? {
-            std::io::Write::write_all(&mut file, &chunk).map_err(|e| io_err(&target, "writing", e))?;
-        }
+    // Every file is checked against the manifest as it arrives: a damaged or replaced object
+    // must never enter the cache, where later fetches (same manifest) would reuse it.
+    if let Err(error) = download_files(location, &manifest, &manifest_at.url(), &staging).await {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
     }
     std::fs::write(staging.join("manifest.json"), &remote).map_err(|e| io_err(&staging, "writing the manifest", e))?;
     // Replace a stale copy; if another process renamed a complete copy into place first, keep
@@ -105,6 +92,48 @@ pub async fn fetch_model_into(location: &Location, cache: &Path) -> Result<bool,
         }
         Err(e) => Err(io_err(cache, "moving the downloaded model into the cache", e)),
     }
+}
+
+/// Downloads every file the manifest lists into `staging`, checking each one's sha256.
+async fn download_files(
+    location: &Location,
+    manifest: &model::artifact::Manifest,
+    manifest_url: &str,
+    staging: &Path,
+) -> Result<(), OperatorError> {
+    for (name, expected) in &manifest.files {
+        let relative = Path::new(name);
+        if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(OperatorError::InvalidLocation {
+                location: manifest_url.to_owned(),
+                reason: format!("`{name}` is not a plain relative path"),
+            });
+        }
+        let source = location.join(name);
+        let target = staging.join(relative);
+        if let Some(folder) = target.parent() {
+            std::fs::create_dir_all(folder).map_err(|e| io_err(folder, "creating a folder", e))?;
+        }
+        let mut stream = source.store().get(source.path()).await.map_err(store_err(source.url()))?.into_stream();
+        let mut file = std::fs::File::create(&target).map_err(|e| io_err(&target, "creating", e))?;
+        let mut digest = Sha256::new();
+        while let Some(chunk) = stream.try_next().await.map_err(store_err(source.url()))? {
+            digest.update(&chunk);
+            std::io::Write::write_all(&mut file, &chunk).map_err(|e| io_err(&target, "writing", e))?;
+        }
+        let actual: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if &actual != expected {
+            return Err(OperatorError::InvalidLocation {
+                location: source.url(),
+                reason: format!(
+                    "sha256 {}… does not match the manifest's {}…: the object is damaged or was replaced; nothing was cached",
+                    &actual[..12],
+                    &expected[..expected.len().min(12)]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Uploads the artifact directory `dir` to `location`, `manifest.json` last; returns the number

@@ -102,6 +102,15 @@ pub enum OperatorError {
         /// Why.
         reason: String,
     },
+    /// The model registry refused an operation (a version published twice with other
+    /// contents, a version it does not hold, nothing to roll back to).
+    #[error("model registry `{registry}`: {reason}")]
+    Registry {
+        /// The registry's URL.
+        registry: String,
+        /// Why.
+        reason: String,
+    },
     /// The model or its artifact failed.
     #[error("{action}: {source}")]
     Model {
@@ -127,7 +136,7 @@ impl OperatorError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Storage { source, .. } => ErrorClass::of_store_error(source),
-            Self::Georeference { .. } | Self::Model { .. } | Self::Retrieval { .. } => ErrorClass::Permanent,
+            Self::Georeference { .. } | Self::Model { .. } | Self::Retrieval { .. } | Self::Registry { .. } => ErrorClass::Permanent,
             Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Internal { .. } => {
                 ErrorClass::Permanent
             }

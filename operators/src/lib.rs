@@ -17,6 +17,7 @@ pub mod artifacts;
 mod error;
 pub mod georef;
 pub mod merge;
+pub mod registry;
 pub mod retrieve;
 pub mod runtime;
 pub mod stage;

@@ -13,7 +13,13 @@ use model::layers::ParamInit;
 use model::preprocess::RgbImage;
 use model::vlm::{StrataModel, VlmRequest};
 
-use crate::cli::{ModelAskArgs, ModelCommand, ModelInitArgs, ModelPushArgs, OutputStyle};
+use std::collections::BTreeMap;
+
+use operators::registry::{PublishOptions, Registry};
+
+use crate::cli::{
+    KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs, OutputStyle, RegistryArgs,
+};
 
 pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
@@ -22,7 +28,95 @@ pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::
         ModelCommand::Ask(args) => ask(&args, runtime),
         ModelCommand::Push(args) => push(&args, runtime),
         ModelCommand::Fetch { url } => fetch(&url, runtime),
+        ModelCommand::Publish(args) => runtime.block_on(publish(&args)),
+        ModelCommand::List(args) => runtime.block_on(list(&args)),
+        ModelCommand::Promote(args) => runtime.block_on(promote(&args)),
+        ModelCommand::Rollback(args) => runtime.block_on(rollback(&args)),
     }
+}
+
+fn registry(url: &str) -> anyhow::Result<Registry> {
+    Ok(Registry::new(operators::storage::resolve(url).with_context(|| format!("resolving the registry `{url}`"))?))
+}
+
+async fn publish(args: &ModelPublishArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry(&args.to)?;
+    let training_config = match &args.training_config {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading --training-config `{}`", path.display()))?;
+            // JSON stays JSON; TOML becomes JSON; anything else is kept as text.
+            Some(
+                serde_json::from_str(&text)
+                    .or_else(|_| {
+                        text.parse::<toml::Table>()
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| serde_json::to_value(t).map_err(|e| e.to_string()))
+                    })
+                    .unwrap_or(serde_json::Value::String(text)),
+            )
+        }
+    };
+    let metrics = match &args.metrics {
+        None => BTreeMap::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading --metrics `{}`", path.display()))?;
+            serde_json::from_str::<BTreeMap<String, f64>>(&text)
+                .with_context(|| format!("--metrics `{}` must be a JSON object of name -> number", path.display()))?
+        }
+    };
+    let options = PublishOptions { parent_version: args.parent.clone(), training_config, data_digest: args.data_digest.clone(), metrics };
+    let lineage = registry.publish(&args.model, options).await?;
+    println!("published `{}` to {} (manifest sha256 {})", lineage.version, registry.url(), &lineage.manifest_sha256[..12]);
+    if args.promote {
+        let serving = registry.promote(&lineage.version).await?;
+        println!("serving `{}`", serving.version);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry(&args.registry)?;
+    let (versions, serving) = (registry.list().await?, registry.serving().await?);
+    let serving_version = serving.as_ref().map(|s| s.version.as_str());
+    match args.format {
+        KeysFormat::Json => {
+            let listing = serde_json::json!({ "serving": serving, "versions": versions });
+            println!("{}", serde_json::to_string_pretty(&listing)?);
+        }
+        KeysFormat::Text => {
+            if versions.is_empty() {
+                println!("no versions published in {}", registry.url());
+            }
+            for lineage in &versions {
+                let mark = if Some(lineage.version.as_str()) == serving_version { "*" } else { " " };
+                let metrics: Vec<String> = lineage.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+                println!(
+                    "{mark} {}\tparent {}\tpublished {}\tmanifest {}\t{}",
+                    lineage.version,
+                    lineage.parent_version.as_deref().unwrap_or("-"),
+                    lineage.published_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    &lineage.manifest_sha256[..12],
+                    if metrics.is_empty() { "no metrics".to_owned() } else { metrics.join(" ") }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn promote(args: &ModelPromoteArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry(&args.registry.registry)?;
+    let serving = registry.promote(&args.model_version).await?;
+    println!("serving `{}` (before: {})", serving.version, serving.history.last().map_or("none", String::as_str));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rollback(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry(&args.registry)?;
+    let serving = registry.rollback().await?;
+    println!("serving `{}` again", serving.version);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn push(args: &ModelPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {

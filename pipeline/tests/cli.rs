@@ -836,3 +836,60 @@ fn config_keys_lists_every_setting_with_its_variable_for_people_and_tools() {
     let out = strata(&["config", "keys"]);
     assert!(text(&out.stdout).contains("STRATA_BROKERS"));
 }
+
+#[test]
+fn a_model_goes_through_the_registry_from_the_command_line() {
+    let work = tempfile::tempdir().unwrap();
+    let registry = work.path().join("registry");
+    let reg = registry.to_str().unwrap();
+    let first = random_model(&work.path().join("a"), "rs-1");
+    let second = random_model(&work.path().join("b"), "rs-2");
+    let metrics = work.path().join("eval.json");
+    std::fs::write(&metrics, r#"{"accuracy": 0.93, "cider": 1.25}"#).unwrap();
+    let train = work.path().join("train.toml");
+    std::fs::write(&train, "stage = \"instruct\"\nsteps = 400\n").unwrap();
+
+    let out = strata(&["model", "publish", first.to_str().unwrap(), "--to", reg, "--promote"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("serving `rs-1`"), "{}", text(&out.stdout));
+    let out = strata(&[
+        "model",
+        "publish",
+        second.to_str().unwrap(),
+        "--to",
+        reg,
+        "--parent",
+        "rs-1",
+        "--metrics",
+        metrics.to_str().unwrap(),
+        "--training-config",
+        train.to_str().unwrap(),
+        "--data-digest",
+        "sha256:feed",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = strata(&["model", "promote", "rs-2", "--registry", reg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("serving `rs-2` (before: rs-1)"), "{}", text(&out.stdout));
+
+    let out = strata(&["model", "list", "--registry", reg]);
+    let listing = text(&out.stdout);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(lines[0].starts_with("  rs-1") && lines[1].starts_with("* rs-2"), "{listing}");
+    assert!(lines[1].contains("parent rs-1") && lines[1].contains("accuracy=0.9300"), "{listing}");
+    let out = strata(&["model", "list", "--registry", reg, "--format", "json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["serving"]["version"], "rs-2");
+    assert_eq!(listing["versions"][1]["training_config"]["steps"], 400);
+    assert_eq!(listing["versions"][1]["data_digest"], "sha256:feed");
+
+    let out = strata(&["model", "rollback", "--registry", reg]);
+    assert!(text(&out.stdout).contains("serving `rs-1` again"), "{}", text(&out.stdout));
+    let out = strata(&["model", "rollback", "--registry", reg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nothing to roll back"), "{}", text(&out.stderr));
+    let out = strata(&["model", "promote", "rs-7", "--registry", reg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`rs-7` is not published"), "{}", text(&out.stderr));
+}
