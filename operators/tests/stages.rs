@@ -506,3 +506,60 @@ async fn a_stage_that_panics_fails_the_run_instead_of_being_swallowed() {
     assert!(summary.internal_errors.iter().any(|e| e.contains("merge") && e.contains("panic")), "{:?}", summary.internal_errors);
     assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Errored), "a scene lost to the panic reports errored, not delivered");
 }
+
+/// The real model, running a hook on its first call (to change things mid-stream).
+struct Hooked {
+    inner: LoadedModel,
+    on_first_call: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl TileModel for Hooked {
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+    fn top_k(&self) -> usize {
+        self.inner.top_k()
+    }
+    fn preprocess(&self, image: &RgbImage) -> Result<tch::Tensor, model::ModelError> {
+        self.inner.preprocess(image)
+    }
+    fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
+        if let Some(hook) = self.on_first_call.take() {
+            hook();
+        }
+        self.inner.answer(requests, config)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_model_takes_over_between_batches_and_each_row_names_its_version() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
+    let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+    let load = |version: &'static str| {
+        let dir = tiny_artifact(work.path(), version);
+        async move { LoadedModel::load(dir.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap() }
+    };
+    let (first, second) = (load("tiny-1").await, load("tiny-2").await);
+    let (updates, received) = tokio::sync::mpsc::channel(1);
+    // The new version arrives while the first batch runs.
+    let arrival = Hooked { inner: second, on_first_call: None };
+    let hook: Box<dyn FnOnce() + Send> = Box::new(move || updates.try_send(arrival).map_err(|_| "channel full").unwrap());
+    let model = Hooked { inner: first, on_first_call: Some(hook) };
+    let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 2, max_new_tokens: 3, ..InferConfig::default() })
+        .with_updates(received);
+    let summary =
+        run_chain(vec![request("rmnp", &scene_url("rmnp-rgb.tif"), vec![TaskSpec::Caption { prompt: None }])], infer, &tables, &tiles)
+            .await;
+    assert!(summary.all_ok(), "{summary:?}");
+    let versions = rows(&tables, "SELECT model_version, count(*) AS n FROM captions GROUP BY model_version ORDER BY model_version");
+    let tiled = rows(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
+    assert!(tiled >= 4, "{tiled}");
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(
+        (versions[0]["model_version"].as_str(), versions[0]["n"].as_u64()),
+        (Some("tiny-1"), Some(2)),
+        "the first batch: {versions:?}"
+    );
+    assert_eq!((versions[1]["model_version"].as_str(), versions[1]["n"].as_u64()), (Some("tiny-2"), Some(tiled - 2)), "{versions:?}");
+}

@@ -75,6 +75,19 @@ pub(crate) async fn infer_stage(
     max_new_tokens: i64,
 ) -> anyhow::Result<InferStage<LoadedModel>> {
     let model = LoadedModel::load(location, device).await.with_context(|| format!("loading --model `{location}`"))?;
+    infer_stage_with(model, retrieval, batch_size, max_new_tokens).await
+}
+
+/// The inference stage around a loaded model, with the index the retrieval flags name.
+///
+/// # Errors
+/// When the index cannot be opened.
+pub(crate) async fn infer_stage_with(
+    model: LoadedModel,
+    retrieval: &crate::cli::RetrievalArgs,
+    batch_size: usize,
+    max_new_tokens: i64,
+) -> anyhow::Result<InferStage<LoadedModel>> {
     let top_k = operators::stages::infer::TileModel::top_k(&model);
     let options = crate::retriever::options(retrieval);
     let retriever = operators::retrieve::Retriever::open(&options, top_k, model.device()).await.context("opening --index")?;

@@ -334,6 +334,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
 
+    /// Serve the version a model registry serves (see `strata model promote`), and switch
+    /// to each new serving version between batches, after verifying it. Instead of --model.
+    #[arg(long, env = "STRATA_MODEL_REGISTRY", value_name = "URL")]
+    pub model_registry: Option<String>,
+
+    /// Seconds between reads of the registry's serving version (announcements on the
+    /// `models` topic trigger a read at once).
+    #[arg(long, env = "STRATA_MODEL_POLL", default_value_t = 30)]
+    pub model_poll: u64,
+
     /// Tiles per inference micro-batch.
     #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = 8)]
     pub batch_size: usize,
@@ -734,6 +744,8 @@ pub struct RegistryArgs {
     /// The registry's URL: s3://bucket/prefix, file:///path or a folder.
     #[arg(long, env = "STRATA_MODEL_REGISTRY")]
     pub registry: String,
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
     /// Text for people, or JSON.
     #[arg(long, value_enum, default_value = "text")]
     pub format: KeysFormat,
@@ -772,6 +784,20 @@ pub struct ModelPublishArgs {
     /// Also make it the serving version.
     #[arg(long)]
     pub promote: bool,
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
+}
+
+/// Where to announce a new serving version (`promote`, `rollback`, `publish --promote`).
+#[derive(Debug, Args)]
+pub struct AnnounceArgs {
+    /// Announce the change on the `models` topic of these brokers, so infer workers switch at
+    /// once (they also poll the registry every --model-poll seconds).
+    #[arg(long, env = "STRATA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Prefix of the topic names, as the workers use.
+    #[arg(long, env = "STRATA_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
 }
 
 /// Arguments of `strata model push`.

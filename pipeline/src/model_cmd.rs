@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use operators::registry::{PublishOptions, Registry};
 
 use crate::cli::{
-    KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs, OutputStyle, RegistryArgs,
+    AnnounceArgs, KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs, OutputStyle,
+    RegistryArgs,
 };
 
 pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
@@ -71,8 +72,21 @@ async fn publish(args: &ModelPublishArgs) -> anyhow::Result<ExitCode> {
     if args.promote {
         let serving = registry.promote(&lineage.version).await?;
         println!("serving `{}`", serving.version);
+        announce(&args.announce, &registry).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Announces the serving version on the `models` topic when brokers are given; a failure
+/// is a warning (the pointer changed already, and workers poll it).
+async fn announce(args: &AnnounceArgs, registry: &Registry) {
+    let Some(brokers) = &args.brokers else { return };
+    let mut settings = crate::serve::kafka::KafkaSettings::new(brokers);
+    settings.topics = crate::serve::kafka::Topics::with_prefix(&args.topic_prefix);
+    match crate::serve::models::announce(&settings, registry).await {
+        Ok(()) => println!("announced on `{}` at {brokers}", settings.topics.models),
+        Err(error) => eprintln!("warning: not announced on {brokers} ({error:#}); workers see the change at their next poll"),
+    }
 }
 
 async fn list(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
@@ -109,6 +123,7 @@ async fn promote(args: &ModelPromoteArgs) -> anyhow::Result<ExitCode> {
     let registry = registry(&args.registry.registry)?;
     let serving = registry.promote(&args.model_version).await?;
     println!("serving `{}` (before: {})", serving.version, serving.history.last().map_or("none", String::as_str));
+    announce(&args.registry.announce, &registry).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,6 +131,7 @@ async fn rollback(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let registry = registry(&args.registry)?;
     let serving = registry.rollback().await?;
     println!("serving `{}` again", serving.version);
+    announce(&args.announce, &registry).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -248,7 +248,8 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     };
     assert_eq!(value(&metrics, "strata_rows_total{table=\"scenes\"}"), 2.0, "{metrics}");
     assert_eq!(value(&metrics, "strata_rows_total{table=\"tiles\"}"), tiles_n as f64, "{metrics}");
-    assert_eq!(value(&metrics, "strata_dead_letters_total{stage=\"ingest\"}"), 1.0, "{metrics}");
+    // At least once: a redelivery after a rebalance counts a record again (the table holds it once).
+    assert!(value(&metrics, "strata_dead_letters_total{stage=\"ingest\"}") >= 1.0, "{metrics}");
     assert!(value(&metrics, "strata_messages_done_total{outcome=\"delivered\",role=\"merge\"}") >= tiles_n as f64, "{metrics}");
     let infer_read: f64 = ["infer-1", "infer-2"]
         .iter()
@@ -302,4 +303,120 @@ fn a_broker_that_is_not_there_is_named_and_the_command_exits_2() {
     let out = strata(&["serve", "--brokers", "", "--role", "tile"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no Kafka broker given"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
+    let broker = TansuBroker::start().await.unwrap();
+    let brokers = broker.bootstrap_servers();
+    let work = tempfile::tempdir().unwrap();
+    let registry = work.path().join("registry");
+    let reg = registry.to_str().unwrap();
+    for version in ["rs-1", "rs-2", "rs-3"] {
+        let model = random_model(&work.path().join(version), version);
+        let mut publish = vec!["model", "publish", model.to_str().unwrap(), "--to", reg];
+        if version == "rs-1" {
+            publish.push("--promote");
+        }
+        let out = strata(&publish);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let tables = work.path().join("tables");
+    let tiles = work.path().join("tiles");
+    let (tables_arg, tiles_arg) = (tables.to_str().unwrap(), tiles.to_str().unwrap());
+    let mut worker = Worker::start(
+        "all",
+        work.path(),
+        &[
+            "--role",
+            "all",
+            "--brokers",
+            &brokers,
+            "--tables",
+            tables_arg,
+            "--tiles",
+            tiles_arg,
+            "--model-registry",
+            reg,
+            "--model-poll",
+            "2",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "20",
+        ],
+    );
+    let scene = data("scenes/rmnp-rgb.tif");
+    let submit = |request: &str| {
+        let out = strata(&[
+            "submit",
+            "--brokers",
+            &brokers,
+            "--request-id",
+            request,
+            "--tile-size",
+            "256",
+            "--overlap",
+            "32",
+            "--output-size",
+            "64",
+            "--caption",
+            scene.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "submit: {}", text(&out.stderr));
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&Worker) -> bool, worker: &mut Worker| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !done(worker) {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("the worker exited ({status}) waiting for {what}:\n{}", worker.log());
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", worker.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // Versions of a request's caption rows, and whether all its tiles are answered.
+    let versions = |request: &str| -> Option<Vec<String>> {
+        let tiled = count(&tables, &format!("SELECT count(*) AS n FROM tiles WHERE request_id = '{request}'"));
+        let rows = query_json(&tables, &format!("SELECT model_version FROM captions WHERE request_id = '{request}'"));
+        (tiled > 0 && rows.len() as u64 == tiled).then(|| rows.iter().map(|r| r["model_version"].as_str().unwrap().to_owned()).collect())
+    };
+
+    submit("before");
+    wait_for("the first request", &|_| versions("before").is_some(), &mut worker);
+    assert!(versions("before").unwrap().iter().all(|v| v == "rs-1"));
+
+    // Promote with an announcement: the worker loads rs-2 in the background and switches.
+    let out = strata(&["model", "promote", "rs-2", "--registry", reg, "--brokers", &brokers]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("announced on `models`"), "{}", text(&out.stdout));
+    wait_for("the switch to rs-2", &|w| w.log().contains("model `rs-2` verified and loaded"), &mut worker);
+    submit("after");
+    wait_for("the second request", &|_| versions("after").is_some(), &mut worker);
+    assert!(versions("after").unwrap().iter().all(|v| v == "rs-2"), "{:?}", versions("after"));
+    assert!(versions("before").unwrap().iter().all(|v| v == "rs-1"), "earlier rows keep the version that produced them");
+
+    // A corrupt artifact behind the pointer (changed by hand, as a broken tool might): refused,
+    // and rs-2 goes on serving.
+    let weights = registry.join("versions/rs-3/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    let pointer = serde_json::json!({"version": "rs-3", "history": ["rs-1", "rs-2"], "changed_at": "2026-11-30T12:00:00Z"});
+    std::fs::write(registry.join("serving.json"), pointer.to_string()).unwrap();
+    wait_for("the refusal of rs-3", &|w| w.log().contains("model `rs-3` refused"), &mut worker);
+    submit("refused");
+    wait_for("the third request", &|_| versions("refused").is_some(), &mut worker);
+    assert!(versions("refused").unwrap().iter().all(|v| v == "rs-2"), "{:?}", versions("refused"));
+    let (_, metrics) = http_get(&worker.endpoints().unwrap(), "/metrics");
+    assert!(metrics.contains("strata_model_refused_total 1"), "{metrics}");
+    assert!(metrics.contains("strata_model_info{version=\"rs-2\"} 1") && !metrics.contains("version=\"rs-1\""), "{metrics}");
+
+    let status = worker.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{}", worker.log());
 }

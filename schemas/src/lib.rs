@@ -28,7 +28,7 @@ mod tile;
 
 pub use dead_letter::{DeadLetterRecord, ErrorKind, OriginalPayload, SourcePosition, Stage};
 pub use envelope::{decode, encode, DecodeLimits, Message, SchemaError, SCHEMA_VERSION};
-pub use model::ModelPublished;
+pub use model::{ModelPublished, ModelServing};
 pub use result::{GridBox, RetrievedDescription, StageTimings, TaskAnswer, TaskOutput, TileResult};
 pub use scene::{SceneRequest, SceneSource, TaskKind, TaskSpec, TilingOptions};
 pub use stream::{ResultMessage, SceneDetection, SceneResults, SceneStats, SceneTiled, SinkMessage, TileMessage, TiledTile};

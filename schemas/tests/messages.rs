@@ -6,9 +6,10 @@ use chrono::{TimeZone, Utc};
 use schemas::{
     decode, encode,
     stac::{RgbAssets, StacItem},
-    Crs, DeadLetterRecord, DecodeLimits, ErrorKind, GeoTransform, GridBox, Message, ModelPublished, ObjectRef, OriginalPayload,
-    PixelWindow, RasterSize, ResultMessage, RetrievedDescription, SceneRequest, SceneSource, SceneTiled, SchemaError, SourcePosition,
-    Stage, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TileTask, TiledTile, TilingOptions, SCHEMA_VERSION,
+    Crs, DeadLetterRecord, DecodeLimits, ErrorKind, GeoTransform, GridBox, Message, ModelPublished, ModelServing, ObjectRef,
+    OriginalPayload, PixelWindow, RasterSize, ResultMessage, RetrievedDescription, SceneRequest, SceneSource, SceneTiled, SchemaError,
+    SourcePosition, Stage, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TileTask, TiledTile, TilingOptions,
+    SCHEMA_VERSION,
 };
 
 const S2_ITEM: &str = include_str!("fixtures/sentinel2-l2a-item.json");
@@ -140,6 +141,13 @@ fn every_message_round_trips_through_json() {
         manifest_sha256: "a".repeat(64),
         training_run: None,
         published_at: Utc::now(),
+    });
+    round_trip(&ModelServing {
+        schema_version: SCHEMA_VERSION,
+        registry_uri: "s3://models/registry".into(),
+        model_version: "rs-lvlm-0.3.1".into(),
+        manifest_sha256: "b".repeat(64),
+        changed_at: Utc::now(),
     });
 }
 

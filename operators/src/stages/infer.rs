@@ -152,6 +152,8 @@ pub struct InferStage<M: TileModel> {
     version: String,
     config: InferConfig,
     pending: Vec<Envelope<TiledTile>>,
+    /// New model versions, loaded and verified elsewhere, switched to between batches.
+    updates: Option<tokio::sync::mpsc::Receiver<M>>,
 }
 
 struct Engine<M> {
@@ -163,7 +165,32 @@ impl<M: TileModel> InferStage<M> {
     /// A stage answering with `model`, retrieving with `retriever` when given.
     pub fn new(model: M, retriever: Option<Retriever>, config: InferConfig) -> Self {
         let version = model.version().to_owned();
-        Self { engine: Arc::new(Mutex::new(Engine { model, retriever })), version, config, pending: Vec::new() }
+        Self { engine: Arc::new(Mutex::new(Engine { model, retriever })), version, config, pending: Vec::new(), updates: None }
+    }
+
+    /// Hot swap: models sent on `updates` (loaded and verified by the sender) replace the
+    /// serving one before the next micro-batch. A batch already running finishes on the model
+    /// it started with, so every result carries the version that produced it and no tile is
+    /// dropped; the old model is freed when the new one takes over.
+    #[must_use]
+    pub fn with_updates(mut self, updates: tokio::sync::mpsc::Receiver<M>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Switches to the newest model waiting on the updates channel, if any.
+    fn take_update(&mut self) {
+        let Some(updates) = self.updates.as_mut() else { return };
+        let mut newest = None;
+        while let Ok(model) = updates.try_recv() {
+            newest = Some(model);
+        }
+        if let Some(model) = newest {
+            let previous = std::mem::replace(&mut self.version, model.version().to_owned());
+            let mut engine = self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            engine.model = model;
+            tracing::info!(from = %previous, to = %self.version, "Now serving a new model version.");
+        }
     }
 
     /// The version of the model answering (recorded on every result).
@@ -176,6 +203,7 @@ impl<M: TileModel> InferStage<M> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.take_update();
         let batch = std::mem::take(&mut self.pending);
         let span = tracing::info_span!("infer_batch", tiles = batch.len(), model_version = %self.version);
         self.answer_and_emit(batch, out).instrument(span).await

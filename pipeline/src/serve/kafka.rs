@@ -56,6 +56,9 @@ pub struct Topics {
     pub results: String,
     /// Dead-letter records, after the sink wrote them to the `dead_letter` table.
     pub dead_letter: String,
+    /// Model announcements (compacted), keyed by registry: infer workers following a
+    /// registry switch versions when its serving pointer changes.
+    pub models: String,
 }
 
 impl Topics {
@@ -66,11 +69,12 @@ impl Topics {
             tiles: format!("{prefix}tiles"),
             results: format!("{prefix}results"),
             dead_letter: format!("{prefix}dead-letter"),
+            models: format!("{prefix}models"),
         }
     }
 
-    fn all(&self) -> [&str; 4] {
-        [&self.scenes, &self.tiles, &self.results, &self.dead_letter]
+    fn all(&self) -> [&str; 5] {
+        [&self.scenes, &self.tiles, &self.results, &self.dead_letter, &self.models]
     }
 }
 
@@ -199,8 +203,20 @@ impl KafkaSettings {
     /// When the broker cannot be reached or refuses to create a topic.
     pub async fn ensure_topics(&self) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.client().create().context("creating the Kafka admin client")?;
-        let wanted: Vec<NewTopic<'_>> =
-            self.topics.all().iter().map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(1))).collect();
+        let wanted: Vec<NewTopic<'_>> = self
+            .topics
+            .all()
+            .iter()
+            .map(|name| {
+                let topic = NewTopic::new(name, self.partitions, TopicReplication::Fixed(1));
+                // The models topic keeps the latest announcement per registry.
+                if *name == self.topics.models {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let created = admin.create_topics(&wanted, &options).await.with_context(|| format!("creating topics on {}", self.brokers))?;
         for result in created {

@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod kafka;
+pub mod models;
 pub mod observe;
 pub mod offsets;
 pub mod status;
@@ -73,14 +74,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // The model first: a wrong path fails before anything is read.
         let (input, output) = (settings.topics.tiles.clone(), settings.topics.results.clone());
         let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
-        match &args.model {
-            Some(location) => {
+        match (&args.model, &args.model_registry) {
+            (Some(_), Some(_)) => anyhow::bail!("give --model or --model-registry, not both"),
+            (None, Some(url)) => {
+                let registry = operators::registry::Registry::new(storage::resolve(url).context("resolving --model-registry")?);
+                eprintln!("strata serve: loading the version {} serves", registry.url());
+                let model = models::load_serving(&registry, args.device).await?;
+                let version = operators::stages::infer::TileModel::version(&model).to_owned();
+                let stage = crate::batch::infer_stage_with(model, &args.retrieval, args.batch_size, args.max_new_tokens).await?;
+                let (updates, received) = mpsc::channel(1);
+                let stage = stage.with_updates(received);
+                observe::metrics().model.with_label_values(&[&version]).set(1);
+                eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
+                let poll = Duration::from_secs(args.model_poll);
+                tokio::spawn(models::follow(registry, version, args.device, poll, settings.clone(), updates, stop_rx.clone()));
+                roles.spawn(link.serve("infer", stage, input, output));
+            }
+            (Some(location), None) => {
                 eprintln!("strata serve: loading the model {location}");
                 let stage = crate::batch::infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?;
                 observe::metrics().model.with_label_values(&[stage.version()]).set(1);
                 roles.spawn(link.serve("infer", stage, input, output));
             }
-            None => {
+            (None, None) => {
                 eprintln!("strata serve: no --model: infer workers pass tiles through unanswered");
                 roles.spawn(link.serve("infer", TilesOnly, input, output));
             }

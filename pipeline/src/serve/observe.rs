@@ -17,8 +17,8 @@ use std::{
 use anyhow::Context as _;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder as _, HistogramVec, IntCounterVec, IntGaugeVec,
-    TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Encoder as _, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, TextEncoder,
 };
 
 /// The runtime's metrics.
@@ -36,12 +36,16 @@ pub struct Metrics {
     /// `strata_consumer_lag_messages{role, topic, partition}`: the group's lag, from
     /// librdkafka's statistics.
     pub lag: IntGaugeVec,
-    /// `strata_dead_letters_total{stage}`: failure records written.
+    /// `strata_dead_letters_total{stage}`: failure records written (a record redelivered
+    /// after a rebalance counts again; the table and `dead-letters list` hold it once).
     pub dead_letters: IntCounterVec,
     /// `strata_rows_total{table}`: rows committed to the result tables.
     pub rows: IntCounterVec,
     /// `strata_model_info{version}`: 1 for the model version serving.
     pub model: IntGaugeVec,
+    /// `strata_model_refused_total`: new serving versions refused (corrupt, replaced, not
+    /// loadable) while the old one kept serving.
+    pub model_refused: IntCounter,
 }
 
 /// The metrics, registered on first use.
@@ -82,6 +86,11 @@ pub fn metrics() -> &'static Metrics {
                 .expect("register"),
             rows: register_int_counter_vec!("strata_rows_total", "Rows committed to the result tables.", &["table"]).expect("register"),
             model: register_int_gauge_vec!("strata_model_info", "The model version serving (value 1).", &["version"]).expect("register"),
+            model_refused: register_int_counter!(
+                "strata_model_refused_total",
+                "New serving versions refused (corrupt, replaced or not loadable); the old one kept serving."
+            )
+            .expect("register"),
         }
     })
 }
