@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
 
 use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore};
@@ -231,9 +232,21 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     if let Some(store) = stores.get(bucket) {
         return Ok(Arc::clone(store));
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).build()?);
+    let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(patient_retries()).build()?);
     stores.insert(bucket.to_owned(), Arc::clone(&store));
     Ok(store)
+}
+
+/// How S3 requests ride out an outage: object_store's default gives up after 10 quick
+/// retries (about 4 s when nothing answers), so a store restart or a network blip of a few
+/// seconds would fail scenes. These retries grow to 8 s apart and last up to 2 minutes;
+/// refused requests (not found, denied) are still not retried.
+fn patient_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig { init_backoff: Duration::from_millis(250), max_backoff: Duration::from_secs(8), base: 3.0 },
+        max_retries: 20,
+        retry_timeout: Duration::from_secs(120),
+    }
 }
 
 #[cfg(test)]

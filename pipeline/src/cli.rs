@@ -262,6 +262,14 @@ pub struct KafkaArgs {
     #[arg(long, env = "STRATA_GROUP_PREFIX", default_value = "strata-")]
     pub group_prefix: String,
 
+    /// Static group membership (Kafka KIP-345): a stable name for this process, such as a
+    /// StatefulSet pod name. A restarted process then takes its partitions back at once,
+    /// without waiting for the broker to expire its previous self (the session timeout) and
+    /// without a rebalance. Each consumer uses `<instance-id>-<role>`; no two running
+    /// processes may share one.
+    #[arg(long, env = "STRATA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// Partitions of the topics Strata creates when they do not exist.
     #[arg(long, env = "STRATA_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
@@ -290,6 +298,7 @@ impl KafkaArgs {
         settings.topics = crate::serve::kafka::Topics::with_prefix(&self.topic_prefix);
         settings.group_prefix.clone_from(&self.group_prefix);
         settings.partitions = self.partitions;
+        settings.instance_id.clone_from(&self.instance_id);
         settings.options.clone_from(&self.kafka_options);
         settings
     }

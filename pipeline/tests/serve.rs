@@ -7,96 +7,15 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{data, random_model, strata, strata_command, text};
+use common::{count, data, http_get, logs, query_json, random_model, strata, text, Worker};
 
 use rdkafka::{
     config::ClientConfig,
     producer::{FutureProducer, FutureRecord},
 };
 use strata_e2e::TansuBroker;
-
-fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
-    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
-    if !out.status.success() {
-        return Vec::new(); // no table yet
-    }
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
-}
-
-fn count(tables: &Path, sql: &str) -> u64 {
-    query_json(tables, sql).first().and_then(|row| row["n"].as_u64()).unwrap_or(0)
-}
-
-/// A `strata serve` process, stopped with SIGTERM (then killed) when dropped.
-struct Worker {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(name: &str, work: &Path, args: &[&str]) -> Self {
-        let log = work.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = strata_command().arg("serve").args(args).env("STRATA_LOG", "info").stdout(Stdio::null()).stderr(file).spawn().unwrap();
-        Self { name: name.to_owned(), child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status within `wait`.
-    fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-
-    /// The address of its /metrics, /healthz and /readyz endpoints (it listens on port 0).
-    fn endpoints(&self) -> Option<String> {
-        let log = self.log();
-        let at = log.find("metrics on http://")? + "metrics on http://".len();
-        log[at..].split('/').next().map(str::to_owned)
-    }
-}
-
-/// A plain HTTP/1.1 GET on loopback: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn logs(workers: &[Worker]) -> String {
-    workers.iter().map(|w| format!("--- {}\n{}", w.name, w.log())).collect::<Vec<_>>().join("\n")
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_infer_workers() {

@@ -157,6 +157,15 @@ impl TansuBroker {
     /// # Errors
     /// When tansu is not installed or does not become ready within 60 s.
     pub async fn start() -> Result<Self, ServiceError> {
+        Self::start_advertising(None).await
+    }
+
+    /// Starts a broker that tells clients to connect to `advertised` (a [`TcpProxy`] in front
+    /// of it, so that every connection goes through the proxy) instead of its own address.
+    ///
+    /// # Errors
+    /// As [`TansuBroker::start`].
+    pub async fn start_advertising(advertised: Option<SocketAddr>) -> Result<Self, ServiceError> {
         let default = tool_cache().join("tools/tansu-0.6.0/bin/tansu");
         let program = locate("tansu", "STRATA_TANSU_BIN", default)?;
         let port = free_port().map_err(|source| ServiceError::Spawn { service: "tansu", source })?;
@@ -167,7 +176,7 @@ impl TansuBroker {
             "--listener-url".to_owned(),
             url.clone(),
             "--advertised-listener-url".to_owned(),
-            url,
+            advertised.map_or(url, |a| format!("tcp://{a}")),
             "--storage-engine".to_owned(),
             "memory://tansu/".to_owned(),
         ];
@@ -185,6 +194,81 @@ impl TansuBroker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// The broker's own address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A TCP forwarder on a free loopback port in front of a service, to cut it off (an outage:
+/// connections reset, new ones refused) and bring it back, as a network partition would.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TcpProxy {
+    /// A proxy on a free port; it forwards nothing until [`TcpProxy::connect`].
+    ///
+    /// # Errors
+    /// When no port can be found.
+    pub fn new() -> Result<Self, ServiceError> {
+        let port = free_port().map_err(|source| ServiceError::Spawn { service: "proxy", source })?;
+        Ok(Self { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), task: std::sync::Mutex::new(None) })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts forwarding to `upstream` (again, after [`TcpProxy::cut`]).
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn connect(&self, upstream: SocketAddr) -> Result<(), ServiceError> {
+        let bind_err = |source| ServiceError::Spawn { service: "proxy", source };
+        // The port was just released by `cut`: retry the bind briefly.
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(bind_err(e)),
+            }
+        };
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        Ok(())
+    }
+
+    /// The outage: the port closes and every forwarded connection drops.
+    pub fn cut(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            // Aborting the accept loop drops the listener and the JoinSet, which aborts every
+            // connection task and closes its sockets.
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 

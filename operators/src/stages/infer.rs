@@ -215,7 +215,12 @@ impl<M: TileModel> InferStage<M> {
         let mut load_errors: HashMap<usize, OperatorError> = HashMap::new();
         for (i, envelope) in batch.iter().enumerate() {
             let started = Instant::now();
-            match load_tile_image(&envelope.payload).await {
+            // A store that is briefly away is waited for; a missing or corrupt image fails now.
+            let load = || load_tile_image(&envelope.payload);
+            let loaded = backon::Retryable::retry(load, crate::stage::retry_policy(4))
+                .when(|e: &OperatorError| e.class() == crate::ErrorClass::Retryable)
+                .await;
+            match loaded {
                 Ok(image) => jobs.push((i, envelope.payload.clone(), image, started.elapsed().as_secs_f64() * 1e3)),
                 Err(error) => {
                     load_errors.insert(i, error);

@@ -97,6 +97,8 @@ pub struct KafkaSettings {
     pub max_attempts: u32,
     /// Payloads larger than this are dead-lettered unparsed.
     pub max_message_bytes: usize,
+    /// Static membership: consumers use `group.instance.id` `{instance_id}-{role}`.
+    pub instance_id: Option<String>,
     /// librdkafka properties applied last, over Strata's own (security, tuning).
     pub options: Vec<(String, String)>,
 }
@@ -113,6 +115,7 @@ impl KafkaSettings {
             drain_timeout: Duration::from_secs(30),
             max_attempts: 4,
             max_message_bytes: 1 << 20,
+            instance_id: None,
             options: Vec::new(),
         }
     }
@@ -191,6 +194,9 @@ impl KafkaSettings {
             .set("max.poll.interval.ms", "60000")
             // Statistics carry each partition's consumer lag, exported as a metric.
             .set("statistics.interval.ms", "5000");
+        if let Some(instance) = &self.instance_id {
+            config.set("group.instance.id", format!("{instance}-{role}"));
+        }
         for (key, value) in &self.options {
             config.set(key, value);
         }

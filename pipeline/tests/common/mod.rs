@@ -5,7 +5,8 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 /// A file under the repository's `data/`.
@@ -59,4 +60,100 @@ pub fn random_model(dir: &Path, version: &str) -> PathBuf {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     model
+}
+
+pub fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
+    if !out.status.success() {
+        return Vec::new(); // no table yet
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+pub fn count(tables: &Path, sql: &str) -> u64 {
+    query_json(tables, sql).first().and_then(|row| row["n"].as_u64()).unwrap_or(0)
+}
+
+/// A `strata serve` process, stopped with SIGTERM (then killed) when dropped.
+pub struct Worker {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(name: &str, work: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(name, work, args, &[])
+    }
+
+    /// As [`Worker::start`], with extra environment variables.
+    pub fn start_with_env(name: &str, work: &Path, args: &[&str], env: &[(String, String)]) -> Self {
+        let log = work.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = strata_command()
+            .arg("serve")
+            .args(args)
+            .env("STRATA_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { name: name.to_owned(), child, log }
+    }
+
+    /// SIGKILL: no drain, no commit, no goodbye to the group.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status within `wait`.
+    pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// The address of its /metrics, /healthz and /readyz endpoints (it listens on port 0).
+    pub fn endpoints(&self) -> Option<String> {
+        let log = self.log();
+        let at = log.find("metrics on http://")? + "metrics on http://".len();
+        log[at..].split('/').next().map(str::to_owned)
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn logs(workers: &[Worker]) -> String {
+    workers.iter().map(|w| format!("--- {}\n{}", w.name, w.log())).collect::<Vec<_>>().join("\n")
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
