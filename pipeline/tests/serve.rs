@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{count, data, http_get, logs, query_json, random_model, strata, text, Worker};
 
+use schemas::{SceneRequest, SceneSource, TaskSpec};
+
 use rdkafka::{
     config::ClientConfig,
     producer::{FutureProducer, FutureRecord},
@@ -54,13 +56,35 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     assert!(out.status.success(), "submit: {}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).contains("2 scene(s) sent"), "{}", text(&out.stdout));
 
-    // A poison message: not JSON at all. It must become one dead letter and not stall.
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    producer
-        .send(FutureRecord::to("scenes").key("poison").payload(&b"{not json"[..]), Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    // Poison messages: each must become one dead letter, and the partition must keep flowing.
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("message.max.bytes", "4000000").create().unwrap();
+    let request = |scene_id: &str, uri: &str| {
+        let mut request = SceneRequest::new("serve-e2e", scene_id, SceneSource::Uri { uri: uri.to_owned() });
+        request.tasks = vec![TaskSpec::Caption { prompt: None }];
+        // Serialised directly: `schemas::encode` would refuse the invalid id.
+        serde_json::to_vec(&request).unwrap()
+    };
+    let corrupt = work.path().join("corrupt.tif");
+    std::fs::write(&corrupt, b"II*\0 this is not really a TIFF").unwrap();
+    let mut oversized = br#"{"schema_version": 1, "padding": ""#.to_vec();
+    oversized.extend(std::iter::repeat_n(b'x', 1_200_000));
+    oversized.extend(br#""}"#);
+    let poisons: Vec<(&str, Vec<u8>)> = vec![
+        ("not-json", b"{not json".to_vec()),
+        ("future", serde_json::json!({"schema_version": 99, "request_id": "serve-e2e", "scene_id": "future"}).to_string().into_bytes()),
+        ("oversized", oversized),
+        ("path-id", request("../../etc/passwd", scenes[0].to_str().unwrap())),
+        ("missing", request("missing", "/nonexistent/missing.tif")),
+        ("corrupt", request("corrupt", corrupt.to_str().unwrap())),
+    ];
+    for (key, payload) in &poisons {
+        producer
+            .send(FutureRecord::to("scenes").key(*key).payload(payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
 
     let common = |role: &'static str| {
         vec![
@@ -100,8 +124,8 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     let deadline = Instant::now() + Duration::from_secs(300);
     let done = loop {
         let scenes_done = count(&tables, "SELECT count(*) AS n FROM scenes");
-        let poison = count(&tables, "SELECT count(*) AS n FROM dead_letter WHERE stage = 'ingest'");
-        if scenes_done >= 2 && poison >= 1 {
+        let poison = count(&tables, "SELECT count(*) AS n FROM dead_letter");
+        if scenes_done >= 2 && poison >= 6 {
             break true;
         }
         if Instant::now() > deadline {
@@ -132,17 +156,28 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     let versions = query_json(&tables, "SELECT DISTINCT model_version FROM captions");
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0]["model_version"], "tiny-serve");
-    let poison = query_json(&tables, "SELECT stage, error_kind, message FROM dead_letter");
-    assert_eq!(poison.len(), 1, "only the poison message failed: {poison:?}");
-    assert!(poison[0]["message"].as_str().unwrap().contains("scenes/"), "{poison:?}");
+    let poison = query_json(&tables, "SELECT stage, error_kind, scene_id, message FROM dead_letter ORDER BY message");
+    assert_eq!(poison.len(), 6, "one record per poison message, nothing else failed: {poison:?}");
+    let said = |needle: &str, stage: &str| {
+        let found = poison.iter().filter(|r| r["message"].as_str().unwrap().contains(needle)).collect::<Vec<_>>();
+        assert_eq!(found.len(), 1, "`{needle}` once: {poison:?}");
+        assert_eq!(found[0]["stage"], stage, "{needle}: {poison:?}");
+        assert_eq!(found[0]["error_kind"], "permanent", "{needle}: {poison:?}");
+    };
+    said("payload is not a JSON object", "ingest");
+    said("version 99 is not supported", "ingest");
+    said("larger than the limit", "ingest");
+    said("field `scene_id`: must not start with `.`", "ingest");
+    said("missing.tif not found", "tile");
+    said("corrupt.tif` is not a raster", "tile");
 
-    // The same record is on the dead-letter topic, with where it was read from, listed once
-    // (a rebalance between the two infer workers may have sent it twice).
+    // The same records are on the dead-letter topic, with where they were read from, each
+    // listed once (a rebalance between the two infer workers may have sent one twice).
     let listed = strata(&["dead-letters", "list", "--brokers", &brokers]);
     assert!(listed.status.success(), "{}", text(&listed.stderr));
     let lines: Vec<String> = text(&listed.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("\tingest\tpermanent\t") && lines[0].contains("scenes/"), "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains("\tingest\tpermanent\t") && l.contains("scenes/")).count(), 4, "{lines:?}");
 
     // Both infer workers share the tiles topic: each is assigned partitions (the group may
     // still be settling when a small backlog is already done, so wait for it).
