@@ -79,11 +79,7 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
         ("corrupt", request("corrupt", corrupt.to_str().unwrap())),
     ];
     for (key, payload) in &poisons {
-        producer
-            .send(FutureRecord::to("scenes").key(*key).payload(payload), Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        producer.send(FutureRecord::to("scenes").key(*key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
     }
 
     let common = |role: &'static str| {

@@ -3,6 +3,8 @@
 
 pub mod dead_letters;
 pub mod kafka;
+#[cfg(test)]
+mod mock_tests;
 pub mod models;
 pub mod observe;
 pub mod offsets;

@@ -1,0 +1,149 @@
+//! Fault injection with librdkafka's in-process mock cluster: the broker down at start,
+//! produce and offset-commit request errors, and the group coordinator moving to another
+//! broker mid-stream. The role still reads every message, produces every output and commits
+//! every offset. (End-to-end behaviour against a real broker is in `tests/serve.rs` and
+//! `tests/faults.rs`.)
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+
+use std::{collections::BTreeSet, time::Duration};
+
+use chrono::Utc;
+use operators::stages::infer::TilesOnly;
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    mocking::{MockCluster, MockCoordinator},
+    producer::{FutureProducer, FutureRecord},
+    types::{RDKafkaApiKey, RDKafkaRespErr},
+    ClientConfig, Message as _, Offset, TopicPartitionList,
+};
+use schemas::{DeadLetterRecord, ErrorKind, OriginalPayload, ResultMessage, Stage, TileMessage, SCHEMA_VERSION};
+use tokio::sync::watch;
+
+use super::kafka::{produce_outputs, serve_stage, KafkaSettings};
+
+const MESSAGES: usize = 30;
+
+/// Input `i`: a tile failure the pass-through stage forwards unchanged.
+fn input(i: usize) -> TileMessage {
+    TileMessage::Failed(DeadLetterRecord {
+        schema_version: SCHEMA_VERSION,
+        stage: Stage::Tile,
+        error_kind: ErrorKind::Permanent,
+        message: format!("record {i}"),
+        request_id: Some("mock".into()),
+        scene_id: Some(format!("scene-{i}")),
+        tile_id: None,
+        source: None,
+        original_payload: OriginalPayload::from_bytes(b"{}"),
+        failed_at: Utc::now(),
+    })
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+/// The distinct inputs that reached `results` (at least once each is the contract).
+async fn outputs(bootstrap: &str, wanted: usize) -> BTreeSet<String> {
+    let consumer: StreamConsumer = client(bootstrap).set("group.id", "checker").set("auto.offset.reset", "earliest").create().unwrap();
+    consumer.subscribe(&["results"]).unwrap();
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < wanted {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => {
+                let decoded: ResultMessage = schemas::decode(message.payload().unwrap(), &schemas::DecodeLimits::default()).unwrap();
+                if let ResultMessage::Failed(record) = decoded {
+                    seen.insert(record.message);
+                }
+            }
+            Ok(Err(_)) => {}
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+/// Offsets the group has committed on `topic`, summed over its partitions.
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    // Not subscribed: reading a group's offsets does not join it.
+    let consumer: BaseConsumer = client(bootstrap).set("group.id", group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(5)).unwrap();
+    committed.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_offset_is_committed_through_a_down_broker_request_errors_and_a_coordinator_move() {
+    let mock = MockCluster::new(3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    for topic in ["tiles", "results"] {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    let producer: FutureProducer = client(&bootstrap).create().unwrap();
+    for i in 0..MESSAGES {
+        let payload = schemas::encode(&input(i));
+        let key = format!("scene-{i}");
+        producer.send(FutureRecord::to("tiles").key(&key).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    // A broker that does not answer is named within the timeout.
+    for broker in 1..=3 {
+        mock.broker_down(broker).unwrap();
+    }
+    let settings = KafkaSettings::new(&bootstrap);
+    let error = settings.check_reachable(Duration::from_secs(2)).await.unwrap_err();
+    assert!(format!("{error:#}").contains(&bootstrap), "{error:#}");
+
+    // The role starts while the brokers are still down, and waits them out.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let output_producer = settings.producer().unwrap();
+    let role = tokio::spawn(async move {
+        serve_stage("infer", TilesOnly, "tiles", &settings, stop_rx, move |rx| {
+            produce_outputs(rx, output_producer, "results".to_owned(), 8)
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Errors a broker returns while it is busy or moving leadership: retried, not fatal.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    for broker in 1..=3 {
+        mock.broker_up(broker).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The group's coordinator moves to another broker mid-stream.
+    mock.coordinator(MockCoordinator::Group("strata-infer".into()), 3).unwrap();
+
+    let seen = outputs(&bootstrap, MESSAGES).await;
+    assert_eq!(seen.len(), MESSAGES, "every input reached the output topic: {seen:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while committed(&bootstrap, "strata-infer", "tiles", 2) < MESSAGES as i64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(committed(&bootstrap, "strata-infer", "tiles", 2), MESSAGES as i64, "every offset committed");
+    stop_tx.send(true).unwrap();
+    let report = role.await.unwrap().unwrap();
+    assert!(report.read >= MESSAGES as u64, "{report:?}");
+    assert_eq!((report.left_in_flight, report.lost, report.undecodable), (0, 0, 0), "{report:?}");
+}
