@@ -30,13 +30,6 @@ WORK=${STRATA_BENCH_DIR:-${STRATA_CACHE:-$HOME/.cache/strata}/bench}/inference
 mkdir -p "$WORK"
 bash "$ROOT/scripts/setup.sh"
 
-# The peer's venv, shared with the generation benchmark.
-PEER="$ROOT/.venv-bench-llm"
-if [ ! -x "$PEER/bin/python" ] || ! "$PEER/bin/python" -c 'import torch, transformers' 2>/dev/null; then
-  python3 -m venv "$PEER"
-  "$PEER/bin/pip" install -q --disable-pip-version-check torch==2.11.0 transformers==4.57.1 safetensors numpy
-fi
-
 cd "$ROOT"
 cargo build -q --profile bench --locked -p pipeline --bin strata
 cargo build -q --profile bench --locked -p operators --bench inference
@@ -45,21 +38,8 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 STRATA=$TARGET/strata
 BENCH=$(ls -t "$TARGET"/deps/inference-* | grep -v '\.d$' | head -n 1)
 
-# The model: the Qwen2 checkpoint (also the peer's), a SigLIP, then a strata artifact of both.
-TOKENIZER=$ROOT/model/tests/fixtures/tokenizer/tokenizer.json
-STOP=$(python3 -c 'import json, sys
-ids = {t["content"]: t["id"] for t in json.load(open(sys.argv[1]))["added_tokens"]}
-print(",".join(str(ids[t]) for t in ("<|im_end|>", "<|endoftext|>") if t in ids))' "$TOKENIZER")
-QWEN=$WORK/qwen2-${LAYERS}l
-ART=$WORK/artifact-${LAYERS}l
-if [ ! -f "$ART/manifest.json" ]; then
-  rm -rf "$QWEN" "$ART" "$WORK/artifact-src"
-  "$PEER/bin/python" benches/generation/make_bench_model.py "$QWEN" --layers "$LAYERS" --never-emit "$STOP" >&2
-  "$PEER/bin/python" benches/inference/make_bench_artifact.py "$QWEN" "$WORK/artifact-src" >&2
-  "$STRATA" model init --config "$WORK/artifact-src/config.json" --tokenizer "$TOKENIZER" \
-    --checkpoint "$WORK/artifact-src/siglip/model.safetensors" --checkpoint "$QWEN/model.safetensors" \
-    --model-version bench --out "$ART" --device cpu >&2
-fi
+# The model (and the peer's venv): sets PEER, QWEN, ART, STOP, TOKENIZER.
+source "$ROOT/benches/inference/artifact.sh"
 
 # Scenes: the bundled GeoTIFFs in turn until at least TILES tiles.
 if [ ! -f "$WORK/tiles-per-scene.txt" ]; then

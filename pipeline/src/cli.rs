@@ -211,6 +211,11 @@ pub enum KeysFormat {
 pub struct StatusArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// Also show the version this model registry serves (what infer workers following it
+    /// run, or switch to between batches).
+    #[arg(long, env = "STRATA_MODEL_REGISTRY", value_name = "URL")]
+    pub model_registry: Option<String>,
 }
 
 /// `strata dead-letters` subcommands.

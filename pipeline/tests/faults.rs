@@ -1,7 +1,8 @@
 //! Faults `strata serve` must survive with no result row lost or duplicated, against the real
 //! tansu broker on 127.0.0.1: a worker of each role killed with SIGKILL at a random point
 //! mid-stream and restarted (three runs per role), and the broker cut off for several seconds
-//! (a TCP proxy between the workers and the broker closes every connection, then reopens).
+//! (a TCP proxy between the workers and the broker closes every connection, then reopens),
+//! and the broker process killed and restarted (its log kept on a moto S3 server).
 //! Workers use static group membership (`--instance-id`), as a StatefulSet deployment would.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
@@ -15,7 +16,7 @@ use std::{
 };
 
 use common::{count, data, random_model, strata, text, Worker};
-use strata_e2e::{TansuBroker, TcpProxy};
+use strata_e2e::{S3Server, TansuBroker, TcpProxy};
 
 /// tansu 0.6 returns nothing to a consumer that resumes in the middle of a multi-record batch
 /// (a restarted worker does exactly that): one record per batch avoids it.
@@ -226,4 +227,25 @@ async fn the_broker_cut_off_for_seconds_mid_stream_loses_and_duplicates_nothing(
         let status = worker.terminate(Duration::from_secs(30));
         assert!(status.is_some_and(|s| s.success()), "{role} did not stop cleanly: {status:?}\n{}", worker.log());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
+    // tansu keeps its log and the groups' offsets on S3 (moto), so it comes back with them.
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("tansu").await.unwrap();
+    let mut broker = TansuBroker::start_on_s3(&s3, "tansu").await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let tiles = expected_tiles(work.path());
+    let mut cluster = Cluster::new(work.path(), &broker.bootstrap_servers());
+
+    cluster.submit("before");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while files_under(&work.path().join("tiles")) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.start_again(Duration::from_secs(5)).await.unwrap();
+    cluster.expect_complete("before", tiles, Duration::from_secs(300));
+    cluster.submit("after");
+    cluster.expect_complete("after", tiles, Duration::from_secs(300));
 }

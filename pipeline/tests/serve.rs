@@ -345,6 +345,8 @@ async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("announced on `models`"), "{}", text(&out.stdout));
     wait_for("the switch to rs-2", &|w| w.log().contains("model `rs-2` verified and loaded"), &mut worker);
+    let status = strata(&["status", "--brokers", &brokers, "--model-registry", reg]);
+    assert!(text(&status.stdout).contains("registry serves model rs-2"), "{}", text(&status.stdout));
     submit("after");
     wait_for("the second request", &|_| versions("after").is_some(), &mut worker);
     assert!(versions("after").unwrap().iter().all(|v| v == "rs-2"), "{:?}", versions("after"));

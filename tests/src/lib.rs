@@ -102,6 +102,10 @@ struct ServiceProcess {
 
 impl ServiceProcess {
     fn spawn(service: &'static str, program: &Path, args: &[String]) -> Result<Self, ServiceError> {
+        Self::spawn_with_env(service, program, args, &[])
+    }
+
+    fn spawn_with_env(service: &'static str, program: &Path, args: &[String], env: &[(String, String)]) -> Result<Self, ServiceError> {
         let spawn_err = |source| ServiceError::Spawn { service, source };
         let log_dir = tempfile::tempdir().map_err(spawn_err)?;
         let log_path = log_dir.path().join(format!("{service}.log"));
@@ -109,6 +113,7 @@ impl ServiceProcess {
         let log_err = log.try_clone().map_err(spawn_err)?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -144,11 +149,14 @@ impl ServiceProcess {
     }
 }
 
-/// A tansu broker with in-memory storage.
+/// A tansu broker with in-memory storage, or with its log on an S3 server (then it can be
+/// restarted and keeps its topics, messages and committed offsets).
 pub struct TansuBroker {
     addr: SocketAddr,
     // Held for its Drop: the broker lives exactly as long as this value.
     _process: ServiceProcess,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TansuBroker {
@@ -166,6 +174,48 @@ impl TansuBroker {
     /// # Errors
     /// As [`TansuBroker::start`].
     pub async fn start_advertising(advertised: Option<SocketAddr>) -> Result<Self, ServiceError> {
+        Self::launch(advertised, "memory://tansu/", Vec::new()).await
+    }
+
+    /// Starts a broker storing everything in `bucket` on `s3` (which must exist), so that
+    /// [`TansuBroker::start_again`] brings it back with its data.
+    ///
+    /// # Errors
+    /// As [`TansuBroker::start`].
+    pub async fn start_on_s3(s3: &S3Server, bucket: &str) -> Result<Self, ServiceError> {
+        let env = [
+            ("AWS_ENDPOINT", s3.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+            ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+        ];
+        Self::launch(None, &format!("s3://{bucket}/"), env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).await
+    }
+
+    /// Stops the broker (SIGKILL), waits `down`, and starts it again on the same port with the
+    /// same storage.
+    ///
+    /// # Errors
+    /// When it does not come back within 60 s.
+    pub async fn start_again(&mut self, down: Duration) -> Result<(), ServiceError> {
+        let _ = self._process.child.kill().await;
+        tokio::time::sleep(down).await;
+        let default = tool_cache().join("tools/tansu-0.6.0/bin/tansu");
+        let program = locate("tansu", "STRATA_TANSU_BIN", default)?;
+        let mut process = ServiceProcess::spawn_with_env("tansu", &program, &self.args, &self.env)?;
+        let bootstrap = self.addr.to_string();
+        process
+            .wait_ready(self.addr, Duration::from_secs(60), || {
+                let bootstrap = bootstrap.clone();
+                async move { kafka_metadata_ok(&bootstrap).await }
+            })
+            .await?;
+        self._process = process;
+        Ok(())
+    }
+
+    async fn launch(advertised: Option<SocketAddr>, storage: &str, env: Vec<(String, String)>) -> Result<Self, ServiceError> {
         let default = tool_cache().join("tools/tansu-0.6.0/bin/tansu");
         let program = locate("tansu", "STRATA_TANSU_BIN", default)?;
         let port = free_port().map_err(|source| ServiceError::Spawn { service: "tansu", source })?;
@@ -178,9 +228,9 @@ impl TansuBroker {
             "--advertised-listener-url".to_owned(),
             advertised.map_or(url, |a| format!("tcp://{a}")),
             "--storage-engine".to_owned(),
-            "memory://tansu/".to_owned(),
+            storage.to_owned(),
         ];
-        let mut process = ServiceProcess::spawn("tansu", &program, &args)?;
+        let mut process = ServiceProcess::spawn_with_env("tansu", &program, &args, &env)?;
         let bootstrap = addr.to_string();
         process
             .wait_ready(addr, Duration::from_secs(60), || {
@@ -188,7 +238,7 @@ impl TansuBroker {
                 async move { kafka_metadata_ok(&bootstrap).await }
             })
             .await?;
-        Ok(Self { addr, _process: process })
+        Ok(Self { addr, _process: process, args: args.to_vec(), env })
     }
 
     /// `host:port` for `bootstrap.servers`.

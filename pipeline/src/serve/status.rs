@@ -1,5 +1,6 @@
-//! `strata status`: how far behind each role's consumer group is, per topic, and how many
-//! dead letters there are. Read-only: it joins no group and moves no offset.
+//! `strata status`: how far behind each role's consumer group is, per topic (the lag counts
+//! work read and not yet done as well as work not yet read), how many dead letters there are,
+//! and which model version a registry serves. Read-only: it joins no group and moves no offset.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -96,6 +97,19 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     match dead {
         Ok(dead) => println!("dead-letter records: {} (copies included; `strata dead-letters list` shows each failure once)", dead.end),
         Err(error) => println!("dead letters: {error:#}"),
+    }
+    if let Some(url) = &args.model_registry {
+        let registry = operators::registry::Registry::new(operators::storage::resolve(url).context("resolving --model-registry")?);
+        match registry.serving().await {
+            Ok(Some(serving)) => println!(
+                "registry serves model {} (since {}; {}); workers switch after verifying it",
+                serving.version,
+                serving.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                registry.url()
+            ),
+            Ok(None) => println!("registry serves no model yet: nothing promoted in {}", registry.url()),
+            Err(error) => println!("registry: {error}"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
