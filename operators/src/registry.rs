@@ -103,14 +103,15 @@ impl Registry {
     }
 
     /// Publishes the artifact in `dir` as its manifest's version: checks every file's sha256,
-    /// uploads it, then writes its lineage. Publishing the same artifact again returns the
-    /// existing lineage.
+    /// uploads it, then writes its lineage. Returns the lineage and whether it is new:
+    /// publishing the same artifact again returns the existing lineage, unchanged.
     ///
     /// # Errors
     /// [`OperatorError::Model`] when the artifact does not verify (a flipped byte);
-    /// [`OperatorError::Registry`] when the version exists with another manifest or has a
-    /// name unfit for a path; storage errors.
-    pub async fn publish(&self, dir: &Path, options: PublishOptions) -> Result<Lineage, OperatorError> {
+    /// [`OperatorError::Registry`] when the version exists with another manifest, or with
+    /// other lineage than `options` gives (lineage is immutable too), or has a name unfit for
+    /// a path; storage errors.
+    pub async fn publish(&self, dir: &Path, options: PublishOptions) -> Result<(Lineage, bool), OperatorError> {
         let owned = dir.to_owned();
         let artifact = crate::blocking(move || model::artifact::Artifact::open(&owned))
             .await?
@@ -126,7 +127,17 @@ impl Registry {
         let manifest_sha256 = hex_sha256(&manifest_bytes);
         if let Some(existing) = self.lineage(&version).await? {
             if existing.manifest_sha256 == manifest_sha256 {
-                return Ok(existing);
+                let differs = options.parent_version.as_ref().is_some_and(|p| existing.parent_version.as_ref() != Some(p))
+                    || options.training_config.as_ref().is_some_and(|c| existing.training_config.as_ref() != Some(c))
+                    || options.data_digest.as_ref().is_some_and(|d| existing.data_digest.as_ref() != Some(d))
+                    || (!options.metrics.is_empty() && options.metrics != existing.metrics);
+                if differs {
+                    return Err(self.refused(format!(
+                        "version `{version}` is already published with other lineage (parent, training config, data digest or \
+                         metrics); lineage is immutable: publish the artifact under a new version"
+                    )));
+                }
+                return Ok((existing, false));
             }
             return Err(self.refused(format!(
                 "version `{version}` is already published with other contents (manifest sha256 {} here, {} there); give the new \
@@ -147,7 +158,7 @@ impl Registry {
             metrics: options.metrics,
         };
         self.put_json(&location.join("lineage.json"), &lineage).await?;
-        Ok(lineage)
+        Ok((lineage, true))
     }
 
     /// A version's lineage, or `None` when it is not published.

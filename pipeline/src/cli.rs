@@ -202,7 +202,7 @@ pub struct ConfigKeysArgs {
 pub enum KeysFormat {
     /// Aligned text.
     Text,
-    /// A JSON list of {key, env, default, required, help}.
+    /// JSON, for tools.
     Json,
 }
 
@@ -289,6 +289,24 @@ pub struct KafkaArgs {
     pub kafka_options: Vec<(String, String)>,
 }
 
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number: {e}")),
+    }
+}
+
+/// A number in [0, 1] (an IoU, a fraction).
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Ok(x) => Err(format!("{x} is not between 0 and 1")),
+        Err(e) => Err(format!("`{s}` is not a number: {e}")),
+    }
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
@@ -355,19 +373,19 @@ pub struct ServeArgs {
 
     /// Seconds between reads of the registry's serving version (announcements on the
     /// `models` topic trigger a read at once).
-    #[arg(long, env = "STRATA_MODEL_POLL", default_value_t = 30)]
+    #[arg(long, env = "STRATA_MODEL_POLL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub model_poll: u64,
 
     /// Tiles per inference micro-batch.
-    #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = 8)]
+    #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = 8, value_parser = at_least_one)]
     pub batch_size: usize,
 
     /// Longest answer, in tokens.
-    #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = 64)]
+    #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_new_tokens: i64,
 
     /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
-    #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = 0.5)]
+    #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = 0.5, value_parser = fraction)]
     pub iou_threshold: f64,
 
     /// Device for the model: auto, cpu, cuda or cuda:N.
@@ -379,7 +397,7 @@ pub struct ServeArgs {
     pub max_scene_megapixels: u64,
 
     /// Worker threads per scene for tiling (default: one per CPU).
-    #[arg(long, env = "STRATA_THREADS")]
+    #[arg(long, env = "STRATA_THREADS", value_parser = at_least_one)]
     pub threads: Option<usize>,
 
     /// Address of the HTTP endpoints /metrics (Prometheus), /healthz and /readyz; `off` for
@@ -389,7 +407,7 @@ pub struct ServeArgs {
 
     /// Messages read and not yet durable, per tile or infer role; reading pauses at this many.
     /// (The merge role holds every result of a scene until the scene is complete: no cap.)
-    #[arg(long, env = "STRATA_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "STRATA_MAX_IN_FLIGHT", default_value_t = 256, value_parser = at_least_one)]
     pub max_in_flight: usize,
 
     /// Seconds a shutdown waits for in-flight work before leaving it to be replayed.
@@ -749,20 +767,28 @@ pub enum ModelCommand {
     ///
     /// Example: strata model rollback --registry s3://models/registry
     #[command(verbatim_doc_comment)]
-    Rollback(RegistryArgs),
+    Rollback(ModelRollbackArgs),
 }
 
-/// Which registry (`strata model list`, `rollback`).
+/// Which registry (`strata model list`).
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
     /// The registry's URL: s3://bucket/prefix, file:///path or a folder.
     #[arg(long, env = "STRATA_MODEL_REGISTRY")]
     pub registry: String,
-    #[command(flatten)]
-    pub announce: AnnounceArgs,
-    /// Text for people, or JSON.
+    /// Text for people, or JSON ({"serving": ..., "versions": [lineage...]}).
     #[arg(long, value_enum, default_value = "text")]
     pub format: KeysFormat,
+}
+
+/// Arguments of `strata model rollback`.
+#[derive(Debug, Args)]
+pub struct ModelRollbackArgs {
+    /// The registry's URL: s3://bucket/prefix, file:///path or a folder.
+    #[arg(long, env = "STRATA_MODEL_REGISTRY")]
+    pub registry: String,
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
 }
 
 /// Arguments of `strata model promote`.
@@ -771,8 +797,11 @@ pub struct ModelPromoteArgs {
     /// The version to serve.
     #[arg(value_name = "VERSION")]
     pub model_version: String,
+    /// The registry's URL: s3://bucket/prefix, file:///path or a folder.
+    #[arg(long, env = "STRATA_MODEL_REGISTRY")]
+    pub registry: String,
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub announce: AnnounceArgs,
 }
 
 /// Arguments of `strata model publish`.

@@ -162,8 +162,16 @@ pub fn layer(argv: Vec<OsString>) -> Result<Layered, ConfigError> {
     let unchanged = |argv| Ok(Layered { argv, sources: BTreeMap::new() });
     let mut cli = Cli::command();
     cli.build();
-    let Ok(matches) = cli.clone().try_get_matches_from(&argv) else {
-        return unchanged(argv);
+    let matches = match cli.clone().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(error) => {
+            // A STRATA_* variable that clap reads itself and refuses: name the variable, not a
+            // flag the user never typed.
+            if let Some(refused) = refused_variable(&error) {
+                return Err(refused);
+            }
+            return unchanged(argv);
+        }
     };
     // The innermost subcommand (`dead-letters list`) holds the arguments.
     let (mut command, mut found) = (&cli, &matches);
@@ -265,6 +273,26 @@ fn toml_values(key: &str, value: &toml::Value, repeatable: bool) -> Result<Vec<S
     }
 }
 
+/// The `STRATA_*` variable behind a clap error about a flag the command line did not give.
+fn refused_variable(error: &clap::Error) -> Option<ConfigError> {
+    let text = error.to_string();
+    let argv: Vec<String> = std::env::args().collect();
+    serve_command().get_arguments().filter(|arg| is_key(arg) && arg.get_env().is_some()).find_map(|arg| {
+        let long = format!("--{}", arg.get_long()?);
+        let env = arg.get_env()?.to_string_lossy().into_owned();
+        let value = std::env::var(&env).ok()?;
+        let named = text.contains(&format!("'{long}"));
+        let typed = argv.iter().any(|a| a == &long || a.starts_with(&format!("{long}=")));
+        let refused = check_value(arg, &value).err()?;
+        (named && !typed).then(|| ConfigError::Value {
+            origin: format!("environment variable {env}"),
+            key: arg.get_id().as_str().to_owned(),
+            value: format!("{value:?}"),
+            reason: clap_reason(&refused),
+        })
+    })
+}
+
 /// Parses `value` with the flag's own parser (a command holding only that flag).
 fn check_value(arg: &clap::Arg, value: &str) -> Result<(), clap::Error> {
     let long = arg.get_long().unwrap_or_default();
@@ -277,11 +305,15 @@ fn check_value(arg: &clap::Arg, value: &str) -> Result<(), clap::Error> {
     clap::Command::new("check").arg(probe).try_get_matches_from(args).map(|_| ())
 }
 
-/// clap's reason without its "error: " prefix and usage lines.
+/// clap's reason without its "error: " prefix and usage lines, with the possible values of
+/// an enum when clap lists them.
 fn clap_reason(error: &clap::Error) -> String {
     let text = error.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    first.trim_start_matches("error: ").to_owned()
+    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+    match text.lines().find(|l| l.contains("[possible values:")) {
+        Some(values) => format!("{first} {}", values.trim()),
+        None => first.to_owned(),
+    }
 }
 
 /// " (did you mean `x`?)" for the known key closest to a misspelt one.
@@ -374,6 +406,9 @@ fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
         if let Err(error) = operators::storage::resolve(location) {
             problems.push(format!("`{key}` = {location:?}: {error}"));
         }
+    }
+    if serve.model.is_some() && serve.model_registry.is_some() {
+        problems.push("`model` and `model_registry` are both set: give one (a fixed artifact, or the registry's serving version)".into());
     }
     if let Some(model) = &serve.model {
         let local = !model.contains("://");

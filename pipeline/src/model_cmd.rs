@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use operators::registry::{PublishOptions, Registry};
 
 use crate::cli::{
-    AnnounceArgs, KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs, OutputStyle,
-    RegistryArgs,
+    AnnounceArgs, KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs,
+    ModelRollbackArgs, OutputStyle, RegistryArgs,
 };
 
 pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
@@ -67,8 +67,9 @@ async fn publish(args: &ModelPublishArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let options = PublishOptions { parent_version: args.parent.clone(), training_config, data_digest: args.data_digest.clone(), metrics };
-    let lineage = registry.publish(&args.model, options).await?;
-    println!("published `{}` to {} (manifest sha256 {})", lineage.version, registry.url(), &lineage.manifest_sha256[..12]);
+    let (lineage, new) = registry.publish(&args.model, options).await?;
+    let what = if new { "published" } else { "already published, unchanged:" };
+    println!("{what} `{}` in {} (manifest sha256 {})", lineage.version, registry.url(), &lineage.manifest_sha256[..12]);
     if args.promote {
         let serving = registry.promote(&lineage.version).await?;
         println!("serving `{}`", serving.version);
@@ -120,14 +121,19 @@ async fn list(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn promote(args: &ModelPromoteArgs) -> anyhow::Result<ExitCode> {
-    let registry = registry(&args.registry.registry)?;
+    let registry = registry(&args.registry)?;
+    let before = registry.serving().await?.map(|s| s.version);
     let serving = registry.promote(&args.model_version).await?;
-    println!("serving `{}` (before: {})", serving.version, serving.history.last().map_or("none", String::as_str));
-    announce(&args.registry.announce, &registry).await;
+    if before.as_deref() == Some(serving.version.as_str()) {
+        println!("`{}` serves already; nothing changed", serving.version);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("serving `{}` (before: {})", serving.version, before.as_deref().unwrap_or("none"));
+    announce(&args.announce, &registry).await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+async fn rollback(args: &ModelRollbackArgs) -> anyhow::Result<ExitCode> {
     let registry = registry(&args.registry)?;
     let serving = registry.rollback().await?;
     println!("serving `{}` again", serving.version);

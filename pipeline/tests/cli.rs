@@ -801,7 +801,9 @@ fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_over
     for (body, expected) in [
         ("bach_size = 8\n", "unknown key `bach_size` (did you mean `batch_size`?)"),
         ("batch_size = \"eight\"\n", "`batch_size` = \"eight\": invalid value 'eight'"),
-        ("role = \"painter\"\n", "`role` = \"painter\""),
+        ("role = \"painter\"\n", "[possible values: tile, infer, merge, all]"),
+        ("batch_size = 0\n", "`batch_size` = \"0\": invalid value '0' for '--batch-size <BATCH_SIZE>': must be at least 1"),
+        ("iou_threshold = 7\n", "7 is not between 0 and 1"),
         ("brokers = [\"a:1\", \"b:2\"]\n", "`brokers` takes a single value"),
         ("listen = \"everywhere\"\n", "`listen` = \"everywhere\": not host:port"),
         ("batch_size = \n", "is not valid TOML"),
@@ -819,7 +821,8 @@ fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_over
     }
     let out = strata_command().args(["config", "check"]).env("STRATA_PARTITIONS", "0").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("0 is not in 1.."), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("environment variable STRATA_PARTITIONS") && stderr.contains("0 is not in 1.."), "{stderr}");
 }
 
 #[test]

@@ -66,20 +66,26 @@ async fn versions_are_published_promoted_and_rolled_back_and_corrupt_ones_are_re
     let first = registry
         .publish(&v1, PublishOptions { metrics: BTreeMap::from([("accuracy".to_owned(), 0.41)]), ..PublishOptions::default() })
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let options = PublishOptions {
         training_config: Some(serde_json::json!({"stage": "instruct", "steps": 400, "lr": 0.0002})),
         data_digest: Some("sha256:0123abcd".into()),
         metrics: BTreeMap::from([("accuracy".to_owned(), 0.93), ("cider".to_owned(), 1.2)]),
         ..PublishOptions::default()
     };
-    let second = registry.publish(&v2, options.clone()).await.unwrap();
+    let (second, new) = registry.publish(&v2, options.clone()).await.unwrap();
+    assert!(new);
     assert_eq!(second.parent_version.as_deref(), Some("rs-1"), "the parent comes from the manifest");
     assert_eq!(second.training_config, options.training_config);
     assert_eq!(registry.list().await.unwrap(), vec![first.clone(), second.clone()]);
 
-    // Publishing the same artifact again is a no-op; other contents under a version are refused.
-    assert_eq!(registry.publish(&v1, PublishOptions::default()).await.unwrap(), first);
+    // Publishing the same artifact again is a no-op; other contents, or other lineage, under a
+    // version are refused.
+    assert_eq!(registry.publish(&v1, PublishOptions::default()).await.unwrap(), (first.clone(), false));
+    let relabelled = PublishOptions { data_digest: Some("sha256:other".into()), ..PublishOptions::default() };
+    let err = registry.publish(&v1, relabelled).await.unwrap_err();
+    assert!(err.to_string().contains("other lineage"), "{err}");
     let impostor = tiny_artifact(work.path(), "rs-1", None, 99);
     let err = registry.publish(&impostor, PublishOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("already published with other contents"), "{err}");
