@@ -143,12 +143,14 @@ async fn the_tile_stage_hands_on_each_tile_as_it_is_written() {
     assert_eq!(ids.len(), written, "each tile once");
 }
 
-/// The real model, failing every call whose number (from 1) is listed.
+/// The real model, failing every call whose number (from 1) is listed, and running a hook
+/// on its first call (to change things mid-stream).
 struct FlakyModel {
     inner: LoadedModel,
     calls: Arc<AtomicUsize>,
     fail_on: Vec<usize>,
     panic: bool,
+    on_first_call: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl TileModel for FlakyModel {
@@ -162,6 +164,9 @@ impl TileModel for FlakyModel {
         self.inner.preprocess(image)
     }
     fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
+        if let Some(hook) = self.on_first_call.take() {
+            hook();
+        }
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_on.contains(&call) {
             if self.panic {
@@ -298,7 +303,7 @@ async fn a_model_failure_dead_letters_exactly_that_batch_and_the_rest_succeeds()
         let inner =
             LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let model = FlakyModel { inner, calls: Arc::clone(&calls), fail_on: vec![2], panic };
+        let model = FlakyModel { inner, calls: Arc::clone(&calls), fail_on: vec![2], panic, on_first_call: None };
         let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 2, max_new_tokens: 3, ..InferConfig::default() });
         let summary =
             run_chain(vec![request("rmnp", &scene_url("rmnp-rgb.tif"), vec![TaskSpec::Caption { prompt: None }])], infer, &tables, &tiles)
@@ -507,30 +512,6 @@ async fn a_stage_that_panics_fails_the_run_instead_of_being_swallowed() {
     assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Errored), "a scene lost to the panic reports errored, not delivered");
 }
 
-/// The real model, running a hook on its first call (to change things mid-stream).
-struct Hooked {
-    inner: LoadedModel,
-    on_first_call: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl TileModel for Hooked {
-    fn version(&self) -> &str {
-        self.inner.version()
-    }
-    fn top_k(&self) -> usize {
-        self.inner.top_k()
-    }
-    fn preprocess(&self, image: &RgbImage) -> Result<tch::Tensor, model::ModelError> {
-        self.inner.preprocess(image)
-    }
-    fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
-        if let Some(hook) = self.on_first_call.take() {
-            hook();
-        }
-        self.inner.answer(requests, config)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_model_takes_over_between_batches_and_each_row_names_its_version() {
     let work = tempfile::tempdir().unwrap();
@@ -543,9 +524,10 @@ async fn a_new_model_takes_over_between_batches_and_each_row_names_its_version()
     let (first, second) = (load("tiny-1").await, load("tiny-2").await);
     let (updates, received) = tokio::sync::mpsc::channel(1);
     // The new version arrives while the first batch runs.
-    let arrival = Hooked { inner: second, on_first_call: None };
+    let steady = |inner| FlakyModel { inner, calls: Arc::new(AtomicUsize::new(0)), fail_on: Vec::new(), panic: false, on_first_call: None };
+    let arrival = steady(second);
     let hook: Box<dyn FnOnce() + Send> = Box::new(move || updates.try_send(arrival).map_err(|_| "channel full").unwrap());
-    let model = Hooked { inner: first, on_first_call: Some(hook) };
+    let model = FlakyModel { on_first_call: Some(hook), ..steady(first) };
     let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 2, max_new_tokens: 3, ..InferConfig::default() })
         .with_updates(received);
     let summary =
