@@ -523,7 +523,7 @@ mod tests {
             request(&b, "Describe the image.", &["farmland"]),
             request(&a.copy(), "Where is the ship? Answer with boxes.", &["ships at a pier"]),
         ];
-        let config = GenerationConfig { max_new_tokens: 6, ..GenerationConfig::default() };
+        let config = GenerationConfig { max_new_tokens: 6, stop_tokens: model.tokenizer().stop_tokens(), ..GenerationConfig::default() };
         let (shared, _) = model.assemble_shared(&requests).unwrap();
         assert_eq!(shared.prefixes.len(), 3, "one prefix per distinct image tensor");
         assert_eq!(shared.prefix_of, vec![0, 1, 0, 1, 2]);
