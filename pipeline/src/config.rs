@@ -27,6 +27,26 @@ pub const ENV_PREFIX: &str = "STRATA_";
 /// Arguments that are not settings: the file itself, and the built-in ones.
 const NOT_KEYS: [&str; 4] = ["config_file", "help", "version", "verbose"];
 
+/// Keys whose defaults only work with everything on one machine (a broker on 127.0.0.1, tables
+/// and tiles in local folders that other processes cannot see): a deployment across machines
+/// must set them. The deploy manifests are checked against this list.
+const DEPLOY_REQUIRED: [&str; 3] = ["brokers", "tables", "tiles"];
+
+/// Environment variables the binary reads besides the keys, with what they mean. Object-store
+/// credentials and endpoints are read by `object_store` (`AmazonS3Builder::from_env`): any
+/// `AWS_*` variable it knows, such as `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`.
+pub const ENVIRONMENT: [(&str, &str); 8] = [
+    ("STRATA_CONFIG", "The TOML configuration file (`--config`)"),
+    ("STRATA_LOG", "Log filter, tracing-subscriber EnvFilter syntax (default: info, or debug with -v)"),
+    ("STRATA_CACHE", "Cache folder for downloaded models and indexes (default ~/.cache/strata)"),
+    ("STRATA_ASSETS", "Folder of the setup assets: the default text encoder, WordNet (default $STRATA_CACHE/assets)"),
+    ("STRATA_LIBTORCH_LIB", "Folder of libtorch_cuda.so, loaded at start-up for CUDA (default: beside libtorch_cpu.so)"),
+    ("ORT_DYLIB_PATH", "The ONNX Runtime library, libonnxruntime.so (default: the one setup installed)"),
+    ("GDAL_CACHEMAX", "GDAL's block cache; Strata sets a per-process default when it is unset"),
+    ("AWS_*", "S3 settings and credentials, as object_store reads them (AWS_ACCESS_KEY_ID, AWS_ENDPOINT, ...)"),
+];
+
 /// A configuration problem, naming the key and where its value came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -85,6 +105,9 @@ pub struct Key {
     pub required: bool,
     /// Whether it takes a list (a TOML array or table; comma-separated in the environment).
     pub repeatable: bool,
+    /// Whether a deployment across machines must set it: its default only works when the
+    /// broker, the tables and the tiles are on this machine.
+    pub deploy_required: bool,
     /// What it means (the flag's help).
     pub help: String,
 }
@@ -118,6 +141,7 @@ pub fn keys() -> Vec<Key> {
                 default: (!defaults.is_empty()).then(|| defaults.join(",")),
                 required: arg.is_required_set(),
                 repeatable: matches!(arg.get_action(), ArgAction::Append),
+                deploy_required: DEPLOY_REQUIRED.contains(&key.as_str()),
                 help: arg.get_help().map(|h| h.to_string().replace('\n', " ")).unwrap_or_default(),
                 key,
             }
@@ -357,14 +381,22 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
 fn print_keys(args: &ConfigKeysArgs) -> anyhow::Result<ExitCode> {
     let keys = keys();
     match args.format {
-        KeysFormat::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
+        KeysFormat::Json => {
+            let environment: Vec<_> = ENVIRONMENT.iter().map(|(env, help)| serde_json::json!({ "env": env, "help": help })).collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "keys": keys, "environment": environment }))?);
+        }
         KeysFormat::Text => {
             let width = keys.iter().map(|k| k.env.len()).max().unwrap_or(0);
             println!("{:<width$}  {:<width$}  DEFAULT / MEANING", "KEY", "ENVIRONMENT");
             for k in &keys {
                 let default = k.default.as_deref().map_or_else(|| "(none)".to_owned(), |d| format!("{d:?}"));
                 let list = if k.repeatable { " (list)" } else { "" };
-                println!("{:<width$}  {:<width$}  {default}{list}\n{:<w2$}{}", k.key, k.env, "", k.help, w2 = 2 * width + 4);
+                let deploy = if k.deploy_required { " (set it when deploying)" } else { "" };
+                println!("{:<width$}  {:<width$}  {default}{list}{deploy}\n{:<w2$}{}", k.key, k.env, "", k.help, w2 = 2 * width + 4);
+            }
+            println!("\nAlso read from the environment:");
+            for (env, help) in ENVIRONMENT {
+                println!("  {env:<width$}{help}");
             }
         }
     }

@@ -829,15 +829,20 @@ fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_over
 fn config_keys_lists_every_setting_with_its_variable_for_people_and_tools() {
     let out = strata(&["config", "keys", "--format", "json"]);
     assert!(out.status.success());
-    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = listing["keys"].as_array().unwrap();
     let find = |key: &str| keys.iter().find(|k| k["key"] == key).unwrap_or_else(|| panic!("{key} missing"));
     assert_eq!(find("batch_size")["env"], "STRATA_BATCH_SIZE");
     assert_eq!(find("batch_size")["default"], "8");
     assert_eq!(find("kafka_options")["repeatable"], true);
     assert_eq!(find("listen")["flag"], "--listen");
     assert!(find("drain_timeout")["help"].as_str().unwrap().contains("Seconds"));
+    assert_eq!(find("brokers")["deploy_required"], true, "the default broker is this machine's");
+    assert_eq!(find("batch_size")["deploy_required"], false);
+    let environment: Vec<&str> = listing["environment"].as_array().unwrap().iter().map(|e| e["env"].as_str().unwrap()).collect();
+    assert!(environment.contains(&"STRATA_LOG") && environment.contains(&"AWS_*"), "{environment:?}");
     let out = strata(&["config", "keys"]);
-    assert!(text(&out.stdout).contains("STRATA_BROKERS"));
+    assert!(text(&out.stdout).contains("STRATA_BROKERS") && text(&out.stdout).contains("Also read from the environment"));
 }
 
 #[test]
