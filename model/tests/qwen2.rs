@@ -68,3 +68,27 @@ fn inconsistent_configs_are_refused_with_the_fields_named() {
     let err = Qwen2Config::from_json(r#"{"vocab_size": 10}"#).unwrap_err();
     assert!(err.to_string().contains("hidden_size"), "{err}");
 }
+
+#[test]
+fn llama_configs_load_without_attention_biases_and_unsupported_variants_are_refused() {
+    let base = r#""vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2"#;
+    let with = |extra: &str| Qwen2Config::from_json(&format!("{{{base}{extra}}}"));
+    assert!(with("").unwrap().has_attention_bias(), "Qwen2 projections have biases");
+    let llama = with(r#", "model_type": "llama", "rope_scaling": null, "hidden_act": "silu", "head_dim": 8"#).unwrap();
+    assert!(!llama.has_attention_bias(), "Llama projections have none");
+    // The variable store of a Llama decoder has no bias to fill.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _llm = Qwen2ForCausalLM::new(&vs.root(), &llama);
+    assert!(vs.variables().keys().all(|name| !name.ends_with("q_proj.bias")), "{:?}", vs.variables().keys().collect::<Vec<_>>());
+    for (extra, named) in [
+        (r#", "model_type": "mistral""#, "mistral"),
+        (r#", "model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#, "rope_scaling"),
+        (r#", "model_type": "llama", "mlp_bias": true"#, "mlp_bias"),
+        (r#", "model_type": "llama", "hidden_act": "gelu""#, "gelu"),
+        (r#", "model_type": "llama", "head_dim": 16"#, "head_dim"),
+    ] {
+        let err = with(extra).unwrap_err();
+        assert!(err.to_string().contains(named), "{extra}: {err}");
+    }
+}

