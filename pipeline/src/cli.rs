@@ -74,6 +74,19 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Query(QueryArgs),
 
+    /// Draw the result tables on a map: one self-contained HTML file that opens from the local
+    /// disk with no network (Leaflet is inlined).
+    ///
+    /// Each tile image sits at its footprint, detections are boxes with label and score,
+    /// captions, classes and VQA answers show on click, and each task is a layer (with a
+    /// legend of labels). `--where` selects tiles; every layer shows what belongs to them.
+    ///
+    /// Examples:
+    ///   strata map --tables strata-out/tables --out map.html
+    ///   strata map --tables s3://bucket/tables --where "request_id = 'harbour-2026-11'" --out harbour.html
+    #[command(verbatim_doc_comment)]
+    Map(MapArgs),
+
     /// Show what this installation can do: devices, native libraries, schema version, tables.
     ///
     /// Example: strata info --device auto --tables
@@ -1118,6 +1131,28 @@ pub struct QueryArgs {
     /// Rows shown by the table format.
     #[arg(long, default_value_t = 50)]
     pub max_rows: usize,
+}
+
+/// Arguments of `strata map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Where the result tables are.
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
+
+    /// SQL condition on the `tiles` table selecting what is drawn, e.g. "scene_id = 'L7_ETMs'"
+    /// (default: every tile).
+    #[arg(long = "where", value_name = "SQL")]
+    pub filter: Option<String>,
+
+    /// The HTML file to write.
+    #[arg(long, default_value = "strata-map.html")]
+    pub out: std::path::PathBuf,
+
+    /// Tile images embedded at most; further tiles are drawn as outlines (each image adds its
+    /// PNG to the file).
+    #[arg(long, default_value_t = 300)]
+    pub max_images: usize,
 }
 
 /// Arguments of `strata info`.

@@ -15,6 +15,7 @@ mod images;
 mod index_cmd;
 mod info;
 mod inputs;
+mod map;
 mod model_cmd;
 mod query;
 mod retriever;
@@ -51,6 +52,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Batch(batch_args) => runtime.block_on(batch::run(batch_args)),
         cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
+        cli::Command::Map(map_args) => runtime.block_on(map::run(map_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
         cli::Command::Model(command) => model_cmd::run(command, &runtime),
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),

@@ -14,7 +14,7 @@
 //! (object stores publish whole objects; the local store writes a temporary file and renames
 //! it), so readers never see half a file.
 
-mod frames;
+pub mod frames;
 mod geoparquet;
 pub mod query;
 mod rows;
