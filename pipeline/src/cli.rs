@@ -897,6 +897,10 @@ pub struct ModelInitArgs {
     /// Device to build on: auto, cpu, cuda or cuda:N (bf16 on CUDA, f32 on CPU).
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+    /// Seed of the random initialisation (the new modules, or every weight with --random): the
+    /// same command makes the same artifact.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// How results are printed.

@@ -168,6 +168,9 @@ fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
     let config = StrataConfig::from_json(&text).with_context(|| format!("in `{}`", args.config.display()))?;
     let tokenizer = ChatTokenizer::from_file(&args.tokenizer, &config.system_prompt)?;
     let device = model::device::select(args.device)?;
+    // libtorch's global generator draws every initial weight: seeded, the artifact is
+    // reproducible. (A seed past i64::MAX wraps; it is only a seed.)
+    tch::manual_seed(args.seed as i64);
     let model = if args.checkpoint.is_empty() {
         if !args.random {
             bail!("no --checkpoint given\nhint: pass the SigLIP and Qwen2 `*.safetensors` files, or --random for an untrained model");

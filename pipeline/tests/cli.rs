@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use common::{data, random_model, strata, strata_command, text};
+use common::{batch_small, data, random_model, strata, strata_command, text};
 
 fn query_json(tables: &Path, sql: &str) -> Vec<serde_json::Value> {
     let out = strata(&["query", "--tables", tables.to_str().unwrap(), "--format", "json", sql]);
@@ -662,35 +662,9 @@ fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
     let model = random_model(work.path(), "tiny-1");
     let tables = work.path().join("tables");
     let (tiles, scenes) = (work.path().join("tiles"), data("scenes"));
-    let args = [
-        "batch",
-        "--no-progress",
-        "--tile-size",
-        "192",
-        "--overlap",
-        "32",
-        "--output-size",
-        "64",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--max-new-tokens",
-        "4",
-        "--caption",
-        "--classify",
-        "forest,water,urban",
-        "--vqa",
-        "Is there a road?",
-        "--detect",
-        "building",
-        "--tables",
-        tables.to_str().unwrap(),
-        "--tiles",
-        tiles.to_str().unwrap(),
-        scenes.to_str().unwrap(),
-    ];
-    let first = strata(&args);
+    let tasks = ["--caption", "--classify", "forest,water,urban", "--vqa", "Is there a road?", "--detect", "building"];
+    let run = || batch_small(&model, &tables, &tiles, &tasks, &[&scenes]);
+    let first = run();
     let stdout = text(&first.stdout);
     assert!(first.status.success(), "{stdout}\n{}", text(&first.stderr));
     assert!(stdout.contains("tiled 2 of 2 scene(s)") && stdout.contains("answer(s)"), "{stdout}");
@@ -720,7 +694,7 @@ fn batch_answers_every_task_on_every_tile_of_the_real_scenes() {
     };
     check();
     let files = parquet_files(&tables);
-    let second = strata(&args);
+    let second = run();
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert_eq!(parquet_files(&tables), files, "a rerun rewrites the same files");
     check();

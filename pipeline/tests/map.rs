@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use common::{data, query_json, random_model, strata, text};
+use common::{batch_small, data, query_json, random_model, strata, text};
 use operators::tables::{
     frames::{self, Cell},
     Tables,
@@ -94,32 +94,8 @@ async fn the_map_opens_from_disk_without_network_and_draws_every_layer() {
     let model = random_model(work.path(), "tiny-1");
     let (tables, tiles) = (work.path().join("tables"), work.path().join("tiles"));
     let scene = data("scenes/rmnp-rgb.tif");
-    let out = strata(&[
-        "batch",
-        "--no-progress",
-        "--tile-size",
-        "192",
-        "--overlap",
-        "32",
-        "--output-size",
-        "64",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--max-new-tokens",
-        "4",
-        "--caption",
-        "--classify",
-        "forest,water,urban",
-        "--vqa",
-        "Is there a road?",
-        "--tables",
-        tables.to_str().unwrap(),
-        "--tiles",
-        tiles.to_str().unwrap(),
-        scene.to_str().unwrap(),
-    ]);
+    let tasks = ["--caption", "--classify", "forest,water,urban", "--vqa", "Is there a road?"];
+    let out = batch_small(&model, &tables, &tiles, &tasks, &[&scene]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     add_detection(&tables, "rmnp-rgb").await;
     let n_tiles = query_json(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();

@@ -37,6 +37,16 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `strata batch` with a model, sized for tests: 192 px windows with 32 px overlap, 64 px tile
+/// images, CPU, answers of at most 4 tokens. `tasks` are task flags (`--caption`, `--vqa`, "Q").
+pub fn batch_small(model: &Path, tables: &Path, tiles: &Path, tasks: &[&str], inputs: &[&Path]) -> Output {
+    let mut command = strata_command();
+    command.args(["batch", "--no-progress", "--tile-size", "192", "--overlap", "32", "--output-size", "64"]);
+    command.arg("--model").arg(model).args(["--device", "cpu", "--max-new-tokens", "4"]).args(tasks);
+    command.arg("--tables").arg(tables).arg("--tiles").arg(tiles).args(inputs);
+    command.output().unwrap()
+}
+
 /// A small random model saved as a real artifact by `strata model init`.
 pub fn random_model(dir: &Path, version: &str) -> PathBuf {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
