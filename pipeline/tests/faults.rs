@@ -237,10 +237,20 @@ async fn the_broker_cut_off_for_seconds_mid_stream_loses_and_duplicates_nothing(
     }
 }
 
-// Ignored until understood: it passed alone, but beside the other fault tests a consumer
-// sometimes never resumes after tansu restarts on its S3 storage (no revocation, no new
-// assignment). Run it with `cargo test --test faults -- --ignored`.
-#[ignore = "flaky: after a tansu restart a consumer sometimes never resumes; under investigation"]
+// Once flaky (a scene never completed after the restart): not a consumer that failed to
+// resume, but a record tansu 0.6 lost. Its S3 storage takes a produce in three writes, the
+// producer's sequence number, then the partition's high watermark, then the batch itself; a
+// SIGKILL between them leaves the sequence advanced and no batch (seen on S3: `tiles`
+// watermark 12, batch 1 missing). The idempotent producer, never acknowledged, resends; tansu
+// answers DUPLICATE_SEQUENCE_NUMBER, which librdkafka takes for "already written" and reports
+// delivered, so the input's offset was stored and the tile was gone for good. Without
+// idempotence the resend is written again (a duplicate at worst, which the stages and the
+// sink absorb), so here the workers produce without it; a real Kafka broker keeps sequence
+// numbers and log together, and the runtime's default stays idempotent. Second cause, seen
+// once in seven runs after that fix: down 5 s plus start-up plus librdkafka's reconnect
+// backoff (up to 10 s) outlasted the 10 s session, the consumers rejoined, and tansu's group
+// coordinator sometimes never assigned the infer group again (revoked, then "no partition
+// assigned" for 5 minutes). So the sessions outlast the outage, as in the cut-off test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     // tansu keeps its log and the groups' offsets on S3 (moto), so it comes back with them.
@@ -249,7 +259,12 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_and_duplicates_nothing
     let mut broker = TansuBroker::start_on_s3(&s3, "tansu").await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let tiles = expected_tiles(work.path());
-    let mut cluster = Cluster::new(work.path(), &broker.bootstrap_servers(), &[]);
+    let options = [
+        ["--kafka-option", "enable.idempotence=false"],
+        ["--kafka-option", "session.timeout.ms=30000"],
+        ["--kafka-option", "reconnect.backoff.max.ms=1000"],
+    ];
+    let mut cluster = Cluster::new(work.path(), &broker.bootstrap_servers(), options.as_flattened());
 
     cluster.submit("before");
     let deadline = Instant::now() + Duration::from_secs(120);
