@@ -119,6 +119,10 @@ pub enum Command {
     #[command(subcommand)]
     Index(IndexCommand),
 
+    /// Make data sets: `strata data synth` renders a learnable one.
+    #[command(subcommand)]
+    Data(DataCommand),
+
     /// Run the chain on Kafka, forever: read scene requests, tiles or results from their
     /// topic, process them, and write the next topic or the tables.
     ///
@@ -449,6 +453,52 @@ pub struct SubmitArgs {
 
     #[command(flatten)]
     pub task: TaskArgs,
+}
+
+/// `strata data` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Render a learnable data set of aerial-like scenes with known answers: six scene classes
+    /// (farmland, forest, lake, residential, harbor, industrial), buildings, ships and storage
+    /// tanks with boxes, a caption and questions per scene. Deterministic per seed.
+    ///
+    /// Writes, under --out:
+    ///   images/<id>.png                 every scene
+    ///   annotations.jsonl               the ground truth of every scene (class, boxes, caption, QA)
+    ///   {train,test}/align.jsonl        image–caption pairs (LLaVA conversations), for `train align`
+    ///   {train,test}/instruct.jsonl     classify, caption, VQA and grounding turns, for `train instruct`
+    ///   {train,test}/retriever.jsonl    image–text pairs, for `train retriever`
+    ///   eval/aid, eval/ucm-captions, eval/rsvqa, eval/dior-rsvg   the test split in the layouts
+    ///                                   `strata eval --benchmark aid|ucm-captions|rsvqa-lr|dior-rsvg` reads
+    ///
+    /// Example:
+    ///   strata data synth --out data/synth --n 600 --seed 1
+    ///   strata eval --benchmark aid --data data/synth/eval/aid --model models/demo
+    #[command(verbatim_doc_comment)]
+    Synth(SynthArgs),
+}
+
+/// Arguments of `strata data synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output folder: new, empty, or an earlier data set (which is replaced whole).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Scenes to render (classes cycle, so a multiple of 6 balances them).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(6..))]
+    pub n: u64,
+    /// Seed: the same seed renders the same data set.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Side of each image, pixels.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(32..=2048))]
+    pub size: u32,
+    /// Share of scenes held out as the test split (whole groups of six, one per class).
+    #[arg(long, default_value_t = 0.2, value_parser = fraction)]
+    pub test_fraction: f64,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `strata index` subcommands.

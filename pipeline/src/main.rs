@@ -10,6 +10,7 @@ use clap::Parser;
 mod batch;
 mod cli;
 mod config;
+mod data_cmd;
 mod eval_cmd;
 mod images;
 mod index_cmd;
@@ -57,6 +58,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Model(command) => model_cmd::run(command, &runtime),
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),
         cli::Command::Index(command) => index_cmd::run(command, &runtime),
+        cli::Command::Data(command) => data_cmd::run(command),
         cli::Command::Serve(serve_args) => runtime.block_on(serve::run(serve_args)),
         cli::Command::Submit(submit_args) => runtime.block_on(serve::submit(submit_args)),
         cli::Command::DeadLetters(args) => runtime.block_on(serve::dead_letters::run(args)),

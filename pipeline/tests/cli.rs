@@ -939,3 +939,72 @@ fn a_model_goes_through_the_registry_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("`rs-7` is not published"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
+    let work = tempfile::tempdir().unwrap();
+    let synth = |dir: &Path| {
+        let out = strata(&["data", "synth", "--out", dir.to_str().unwrap(), "--n", "30", "--seed", "3", "--size", "64", "--no-progress"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let summary = synth(&a);
+    assert!(summary.contains("30 scenes") && summary.contains("24 train, 6 test"), "{summary}");
+    synth(&b);
+    // Deterministic per seed: the same text and the same pixels.
+    for file in ["annotations.jsonl", "train/instruct.jsonl", "test/align.jsonl", "images/synth-3-17.png", "eval/rsvqa/Images/29.tif"] {
+        assert_eq!(std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap(), "{file} differs between two runs");
+    }
+    // LLaVA-style records: an image that exists, a human turn with <image>, a gpt answer.
+    let instruct = std::fs::read_to_string(a.join("train/instruct.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = instruct.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= 24 * 4, "classify, caption and at least two questions per scene: {}", records.len());
+    for record in &records {
+        assert!(a.join(record["image"].as_str().unwrap()).exists());
+        let turns = record["conversations"].as_array().unwrap();
+        assert_eq!((turns[0]["from"].as_str(), turns[1]["from"].as_str()), (Some("human"), Some("gpt")));
+        assert!(turns[0]["value"].as_str().unwrap().starts_with("<image>\n"));
+    }
+    let grounding: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-ground")).collect();
+    assert!(!grounding.is_empty() && grounding.iter().all(|r| r["conversations"][1]["value"].as_str().unwrap().starts_with("<box>[")));
+    // Every benchmark layout is read by `strata eval`, with the test split's samples.
+    let model = random_model(work.path(), "tiny-1");
+    for (benchmark, folder, samples) in
+        [("aid", "aid", 6), ("ucm-captions", "ucm-captions", 6), ("rsvqa-lr", "rsvqa", 15), ("dior-rsvg", "dior-rsvg", 3)]
+    {
+        let report = work.path().join(format!("report-{benchmark}"));
+        let out = strata(&[
+            "eval",
+            "--benchmark",
+            benchmark,
+            "--data",
+            a.join("eval").join(folder).to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--no-bertscore",
+            "--out",
+            report.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{benchmark}: {}", text(&out.stderr));
+        let lines = std::fs::read_to_string(report.join("predictions.jsonl")).unwrap().lines().count();
+        assert_eq!(lines, samples, "{benchmark}: one prediction per test sample");
+    }
+    let out = strata(&["data", "synth", "--out", work.path().join("c").to_str().unwrap(), "--n", "5"]);
+    assert_eq!(out.status.code(), Some(2), "fewer scenes than classes are refused");
+    // A rerun with fewer scenes replaces the data set whole: no stale scene stays behind.
+    let out = strata(&["data", "synth", "--out", a.to_str().unwrap(), "--n", "12", "--seed", "3", "--size", "64", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(a.join("images")).unwrap().count(), 12);
+    assert_eq!(std::fs::read_to_string(a.join("annotations.jsonl")).unwrap().lines().count(), 12);
+    // A folder of other files is refused, not emptied.
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = strata(&["data", "synth", "--out", other.to_str().unwrap(), "--n", "6"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a `strata data synth` data set"), "{}", text(&out.stderr));
+    assert!(other.join("notes.txt").exists());
+}
