@@ -17,19 +17,23 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -d "$RUN/pids" ] || { echo "nothing to stop: no cluster state in $RUN" >&2; exit 0; }
+if ! ls "$RUN"/pids/*.pid >/dev/null 2>&1; then echo "nothing to stop: no process recorded in $RUN/pids" >&2; exit 0; fi
 
 stop() { # name, grace seconds
   local file=$RUN/pids/$1.pid pid
   [ -f "$file" ] || return 0
   pid=$(cat "$file")
+  if ! kill -0 "$pid" 2>/dev/null; then
+    rm -f "$file"
+    echo "$1 was not running" >&2
+    return 0
+  fi
+  # The whole process group: `env` and anything a service started.
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then
-    # The whole process group: `env` and anything a service started.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "$1 did not stop within $2 s: killing it" >&2
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
+    echo "$1 did not stop within $2 s: killing it" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$file"
   echo "stopped $1" >&2

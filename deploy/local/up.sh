@@ -12,7 +12,7 @@
 #
 # Then, in another shell:
 #   set -a; . strata-local/strata.env; set +a
-#   strata submit --caption data/scenes/rmnp-rgb.tif
+#   strata submit --caption data/scenes/rmnp-rgb.tif    (with --model; without one, no task flags)
 #   strata status
 #   strata query --tables "$STRATA_TABLES" "SELECT * FROM scenes"
 set -euo pipefail
@@ -101,7 +101,8 @@ wait_port "$BROKER_PORT" broker "$RUN/pids/broker.pid"
   if [ -n "$MODEL" ]; then echo "STRATA_MODEL=$MODEL"; fi
   echo "STRATA_DEVICE=cpu"
 } > "$RUN/strata.env"
-(set -a; . "$RUN/strata.env"; set +a; "$STRATA" config check >/dev/null) || {
+(set -a; . "$RUN/strata.env"; set +a; "$STRATA" config check >/dev/null 2>"$RUN/logs/config-check.log") || {
+  cat "$RUN/logs/config-check.log" >&2
   echo "error: the cluster's settings are refused; see above" >&2; exit 1; }
 
 ROLES=(tile infer-1 infer-2 merge)
@@ -125,13 +126,16 @@ for name in "${ROLES[@]}"; do
 done
 for name in "${ROLES[@]}"; do echo "METRICS_${name//-/_}=http://127.0.0.1:${METRICS[$name]}/metrics"; done > "$RUN/endpoints"
 
+# Without a model the infer workers answer nothing: tasks would only fail (dead letters).
+if [ -n "$MODEL" ]; then TASKS="--caption "; else TASKS=""; fi
 cat >&2 <<MSG
 
-The local cluster is up (state in $RUN; logs in $RUN/logs).
+The local cluster is up (state in $RUN; logs in $RUN/logs).$( [ -n "$MODEL" ] || printf '\nNo --model: tiles pass through unanswered (tiles and scenes tables only); restart with --model DIR for answers.')
+The S3 server keeps everything in memory: down.sh drops the tables with it.
   set -a; . $RUN/strata.env; set +a
-  $STRATA submit --caption $ROOT/data/scenes/rmnp-rgb.tif
+  $STRATA submit $TASKS$ROOT/data/scenes/rmnp-rgb.tif
   $STRATA status
   $STRATA query --tables s3://strata/tables "SELECT scene_id, tiles_written, model_version FROM scenes"
 Metrics: $(tr '\n' ' ' < "$RUN/endpoints")
-Stop it: bash deploy/local/down.sh$( [ "$RUN" = "$ROOT/strata-local" ] || echo " --dir $RUN")
+Stop it: bash $ROOT/deploy/local/down.sh$( [ "$RUN" = "$ROOT/strata-local" ] || echo " --dir $RUN")
 MSG

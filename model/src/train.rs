@@ -3,12 +3,11 @@
 //!
 //! Which variables train is decided by name: the base LLM (`model.*`, `lm_head.*`) never
 //! trains (LoRA adapts it); stage 1 trains the projector and prompter; stage 2 adds the
-//! experts, LoRA and the vision tower, the tower at its own, lower learning rate (optimiser
-//! group [`crate::vlm::VISION_GROUP`]).
+//! experts, LoRA and the vision tower, the tower at its own, lower learning rate.
 
-use tch::nn::{self, OptimizerConfig};
+use tch::Tensor;
 
-use crate::vlm::{StrataModel, VlmRequest, VISION_GROUP};
+use crate::vlm::{StrataModel, VlmRequest};
 use crate::ModelError;
 
 /// The two training stages.
@@ -89,9 +88,21 @@ pub struct StepOutcome {
     pub learning_rate: f64,
 }
 
-/// Trains a model in place.
+/// AdamW's moments of one trainable variable.
+struct Moments {
+    name: String,
+    variable: Tensor,
+    first: Tensor,
+    second: Tensor,
+    vision: bool,
+}
+
+/// Trains a model in place: AdamW (decoupled weight decay, as `torch.optim.AdamW`: β = (0.9,
+/// 0.999), ε = 1e-8) written out here rather than taken from libtorch, so that its state (the
+/// moments and the step count) can be saved in a checkpoint and a resumed run continues exactly
+/// as an uninterrupted one would.
 pub struct Trainer {
-    optimizer: nn::Optimizer,
+    moments: Vec<Moments>,
     config: TrainConfig,
     micro_steps: usize,
     optimizer_steps: usize,
@@ -103,23 +114,44 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+const BETAS: (f64, f64) = (0.9, 0.999);
+const EPSILON: f64 = 1e-8;
+
+/// What a checkpoint holds of the optimiser besides the moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainerState {
+    /// Micro-batches run.
+    pub micro_steps: usize,
+    /// Optimiser steps taken.
+    pub optimizer_steps: usize,
+}
+
 impl Trainer {
-    /// Freezes what the stage does not train and builds AdamW over the rest.
+    /// Freezes what the stage does not train and sets up AdamW over the rest.
     ///
     /// # Errors
-    /// [`ModelError::Torch`] when the optimiser cannot be built; [`ModelError::Request`] for
-    /// zero accumulation or total steps.
+    /// [`ModelError::Request`] for zero accumulation or total steps, or a stage that trains
+    /// nothing in this model.
     pub fn new(model: &StrataModel, config: TrainConfig) -> Result<Self, ModelError> {
         if config.grad_accumulation == 0 || config.total_steps == 0 {
             return Err(ModelError::Request { reason: "grad_accumulation and total_steps must be at least 1".into() });
         }
-        for (name, variable) in model.var_store().variables() {
-            let _ = variable.set_requires_grad(config.stage.trains(&name));
+        let mut moments = Vec::new();
+        let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, variable) in variables {
+            let trains = config.stage.trains(&name);
+            let variable = variable.set_requires_grad(trains);
+            if trains {
+                let (first, second) = (variable.zeros_like(), variable.zeros_like());
+                let vision = name.starts_with("vision_model.");
+                moments.push(Moments { name, variable, first, second, vision });
+            }
         }
-        let optimizer = nn::AdamW { wd: config.weight_decay, ..Default::default() }
-            .build(model.var_store(), config.learning_rate)
-            .map_err(|source| ModelError::Torch { action: "building AdamW".into(), source })?;
-        Ok(Self { optimizer, config, micro_steps: 0, optimizer_steps: 0 })
+        if moments.is_empty() {
+            return Err(ModelError::Request { reason: format!("the {:?} stage trains no variable of this model", config.stage) });
+        }
+        Ok(Self { moments, config, micro_steps: 0, optimizer_steps: 0 })
     }
 
     /// Names of the variables that train.
@@ -127,6 +159,44 @@ impl Trainer {
         let mut names: Vec<String> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, _)| n).collect();
         names.sort();
         names
+    }
+
+    /// Micro-batches and optimiser steps so far.
+    pub fn state(&self) -> TrainerState {
+        TrainerState { micro_steps: self.micro_steps, optimizer_steps: self.optimizer_steps }
+    }
+
+    /// The optimiser's moments, `<name>.exp_avg` and `<name>.exp_avg_sq`, for a checkpoint.
+    pub fn moments(&self) -> Vec<(String, Tensor)> {
+        self.moments
+            .iter()
+            .flat_map(|m| {
+                [(format!("{}.exp_avg", m.name), m.first.shallow_clone()), (format!("{}.exp_avg_sq", m.name), m.second.shallow_clone())]
+            })
+            .collect()
+    }
+
+    /// Restores what [`Trainer::state`] and [`Trainer::moments`] returned.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] when a moment is missing or has another shape (a checkpoint of
+    /// another model or stage).
+    pub fn restore(&mut self, state: TrainerState, moments: &std::collections::HashMap<String, Tensor>) -> Result<(), ModelError> {
+        for m in &mut self.moments {
+            for (suffix, target) in [("exp_avg", &mut m.first), ("exp_avg_sq", &mut m.second)] {
+                let key = format!("{}.{suffix}", m.name);
+                let saved = moments.get(&key).ok_or_else(|| ModelError::Request { reason: format!("the checkpoint has no `{key}`") })?;
+                if saved.size() != target.size() {
+                    return Err(ModelError::Request {
+                        reason: format!("`{key}` has shape {:?} in the checkpoint, {:?} in the model", saved.size(), target.size()),
+                    });
+                }
+                tch::no_grad(|| target.copy_(saved));
+            }
+        }
+        self.micro_steps = state.micro_steps;
+        self.optimizer_steps = state.optimizer_steps;
+        Ok(())
     }
 
     /// Runs one micro-batch: loss, backward, and an optimiser step at the end of each
@@ -142,16 +212,34 @@ impl Trainer {
         let learning_rate = self.config.learning_rate * scale;
         let updated = self.micro_steps.is_multiple_of(self.config.grad_accumulation);
         if updated {
-            self.optimizer.clip_grad_norm(self.config.max_grad_norm);
-            self.optimizer.set_lr_group(0, learning_rate);
-            if self.config.stage == Stage::InstructionTuning {
-                self.optimizer.set_lr_group(VISION_GROUP, self.config.vision_learning_rate * scale);
-            }
-            self.optimizer.step();
-            self.optimizer.zero_grad();
-            self.optimizer_steps += 1;
+            self.update(learning_rate, self.config.vision_learning_rate * scale);
         }
         Ok(StepOutcome { loss: loss.double_value(&[]), updated, learning_rate })
+    }
+
+    /// Clips the global gradient norm, takes one AdamW step and zeroes the gradients.
+    fn update(&mut self, learning_rate: f64, vision_learning_rate: f64) {
+        tch::no_grad(|| {
+            let grads: Vec<Option<Tensor>> = self.moments.iter().map(|m| Some(m.variable.grad()).filter(Tensor::defined)).collect();
+            let total: f64 =
+                grads.iter().flatten().map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+            let clip = (self.config.max_grad_norm / (total + 1e-6)).min(1.0);
+            self.optimizer_steps += 1;
+            let t = self.optimizer_steps as i32;
+            let (bias1, bias2) = (1.0 - BETAS.0.powi(t), 1.0 - BETAS.1.powi(t));
+            for (m, grad) in self.moments.iter_mut().zip(grads) {
+                let Some(grad) = grad else { continue };
+                let grad = &grad * clip;
+                let lr = if m.vision && self.config.stage == Stage::InstructionTuning { vision_learning_rate } else { learning_rate };
+                m.first.copy_(&(&m.first * BETAS.0 + &grad * (1.0 - BETAS.0)));
+                m.second.copy_(&(&m.second * BETAS.1 + grad.square() * (1.0 - BETAS.1)));
+                let denominator = (&m.second / bias2).sqrt() + EPSILON;
+                let update = (&m.first / bias1) / denominator;
+                let decayed = &m.variable * (1.0 - lr * self.config.weight_decay);
+                m.variable.copy_(&(decayed - update * lr));
+                let _ = m.variable.grad().zero_();
+            }
+        });
     }
 }
 

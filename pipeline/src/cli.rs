@@ -123,6 +123,11 @@ pub enum Command {
     #[command(subcommand)]
     Data(DataCommand),
 
+    /// Train a model: stage 1 (`align`, image–caption pairs: projector and prompter) and
+    /// stage 2 (`instruct`, instructions: prompter, projector, experts, LoRA, vision tower).
+    #[command(subcommand)]
+    Train(TrainCommand),
+
     /// Run the chain on Kafka, forever: read scene requests, tiles or results from their
     /// topic, process them, and write the next topic or the tables.
     ///
@@ -455,6 +460,59 @@ pub struct SubmitArgs {
     pub task: TaskArgs,
 }
 
+/// `strata train` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Stage 1: align the vision features to the language model on image–caption pairs.
+    ///
+    /// The training file (TOML; paths relative to it):
+    ///   model = "models/base"            # the artifact to start from (`strata model init`)
+    ///   data = "synth/train/align.jsonl" # LLaVA-style JSONL: id, image, conversations
+    ///   held_out = "synth/test/align.jsonl"
+    ///   out = "runs/align-1"              # checkpoints/, metrics.csv, model/
+    ///   steps = 300
+    ///   batch_size = 8                    # also: grad_accumulation, learning_rate,
+    ///                                     # vision_learning_rate, warmup_steps, max_grad_norm,
+    ///                                     # weight_decay, seed, checkpoint_every, eval_every,
+    ///                                     # eval_samples, image_root, model_version
+    ///
+    /// Example:
+    ///   strata train align --config align.toml
+    ///   strata train align --config align.toml --resume     # after an interruption
+    #[command(verbatim_doc_comment)]
+    Align(TrainArgs),
+    /// Stage 2: instruction tuning (classification, captions, VQA, grounding), from the stage-1
+    /// artifact. The training file has the same keys as `align`'s.
+    ///
+    /// Example:
+    ///   strata train instruct --config instruct.toml
+    #[command(verbatim_doc_comment)]
+    Instruct(TrainArgs),
+}
+
+/// Arguments of `strata train align|instruct`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The training file (TOML).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// Continue from the run folder's latest checkpoint (refused if another configuration
+    /// wrote it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Run about this many steps now (up to the end of the accumulation cycle), then
+    /// checkpoint and stop; continue later with --resume. A long run split into sessions, e.g.
+    /// on preemptible machines.
+    #[arg(long, value_parser = at_least_one)]
+    pub stop_after: Option<usize>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: model::device::DevicePreference,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
 /// `strata data` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -465,9 +523,10 @@ pub enum DataCommand {
     /// Writes, under --out:
     ///   images/<id>.png                 every scene
     ///   annotations.jsonl               the ground truth of every scene (class, boxes, caption, QA)
-    ///   {train,test}/align.jsonl        image–caption pairs (LLaVA conversations), for `train align`
-    ///   {train,test}/instruct.jsonl     classify, caption, VQA and grounding turns, for `train instruct`
-    ///   {train,test}/retriever.jsonl    image–text pairs, for `train retriever`
+    ///   {train,test}/align.jsonl        image–caption pairs (LLaVA conversations), for `strata train align`
+    ///   {train,test}/instruct.jsonl     classify, caption, VQA and grounding turns, for `strata train instruct`
+    ///   {train,test}/retriever.jsonl    image–text pairs, for a retriever
+    ///   manifest.json                   the settings and counts of the data set
     ///   eval/aid, eval/ucm-captions, eval/rsvqa, eval/dior-rsvg   the test split in the layouts
     ///                                   `strata eval --benchmark aid|ucm-captions|rsvqa-lr|dior-rsvg` reads
     ///
@@ -484,7 +543,7 @@ pub struct SynthArgs {
     /// Output folder: new, empty, or an earlier data set (which is replaced whole).
     #[arg(long)]
     pub out: std::path::PathBuf,
-    /// Scenes to render (classes cycle, so a multiple of 6 balances them).
+    /// Scenes to render, at least 6 (classes cycle, so a multiple of 6 balances them).
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(6..))]
     pub n: u64,
     /// Seed: the same seed renders the same data set.

@@ -209,6 +209,7 @@ pub fn layer(argv: Vec<OsString>) -> Result<Layered, ConfigError> {
     if command.get_arguments().all(|arg| arg.get_id() != "config_file") {
         return unchanged(argv);
     }
+    warn_misspelt_variables();
     let path = found.get_one::<PathBuf>("config_file").cloned();
     let file = match &path {
         Some(path) => read_file(path)?,
@@ -349,6 +350,29 @@ fn hint(key: &str) -> String {
         .min()
         .map(|(_, k)| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default()
+}
+
+/// `STRATA_*` variables that are no key but close to one (`STRATA_BATCHSIZE`): a warning, since
+/// the value is otherwise silently ignored. Variables far from every key (tooling such as
+/// `STRATA_CACHE`) stay quiet.
+fn warn_misspelt_variables() {
+    let known: Vec<String> = keys().into_iter().map(|k| k.env).chain(ENVIRONMENT.iter().map(|(env, _)| (*env).to_owned())).collect();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if known.iter().any(|k| *k == name) {
+            continue;
+        }
+        let rest = rest.to_lowercase();
+        // Two edits at most: a typo, not another tool's variable (`STRATA_BIN` is not `ef`).
+        let close = keys().into_iter().map(|k| (edit_distance(&rest, &k.key), k.key)).filter(|(d, _)| *d <= 2 && rest.len() >= 4).min();
+        if let Some((_, key)) = close {
+            eprintln!(
+                "warning: the environment variable {name} is not a setting and is ignored (did you mean {ENV_PREFIX}{}?)",
+                key.to_uppercase()
+            );
+        }
+    }
 }
 
 /// Levenshtein distance, for the hint only.

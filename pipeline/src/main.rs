@@ -21,6 +21,7 @@ mod model_cmd;
 mod query;
 mod retriever;
 mod serve;
+mod train_cmd;
 
 fn main() -> ExitCode {
     // Settings from --config and STRATA_* variables become flags before clap parses.
@@ -59,6 +60,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),
         cli::Command::Index(command) => index_cmd::run(command, &runtime),
         cli::Command::Data(command) => data_cmd::run(command),
+        cli::Command::Train(command) => train_cmd::run(command),
         cli::Command::Serve(serve_args) => runtime.block_on(serve::run(serve_args)),
         cli::Command::Submit(submit_args) => runtime.block_on(serve::submit(submit_args)),
         cli::Command::DeadLetters(args) => runtime.block_on(serve::dead_letters::run(args)),

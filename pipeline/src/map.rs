@@ -86,7 +86,17 @@ async fn data_uri(uri: &str) -> anyhow::Result<String> {
 /// from the assets, an unwritable output.
 pub async fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let (leaflet_js, leaflet_css) = leaflet()?;
-    let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
+    if let Some(folder) = args.out.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        anyhow::bail!("the folder of --out, `{}`, does not exist", folder.display());
+    }
+    let root = storage::resolve(&args.tables).context("resolving --tables")?;
+    if root.local_path().is_some_and(|p| !p.is_dir()) {
+        anyhow::bail!(
+            "`{}` does not exist\nhint: --tables is the folder (or URL) `strata batch` or `strata serve` wrote the tables to",
+            args.tables
+        );
+    }
+    let tables = Tables::new(root);
     let condition = args.filter.as_deref().map_or_else(String::new, |w| format!(" WHERE {w}"));
     let tiles_sql = format!(
         "SELECT request_id, scene_id, tile_id, tile_uri, valid_fraction, geometry FROM tiles{condition} ORDER BY request_id, scene_id, tile_id"
@@ -162,17 +172,18 @@ pub async fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&partial, html).with_context(|| format!("writing `{}`", partial.display()))?;
     std::fs::rename(&partial, &args.out).with_context(|| format!("writing `{}`", args.out.display()))?;
     let count = |v: &Value| v["features"].as_array().map_or(0, Vec::len);
+    let n = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
     println!(
-        "wrote {}: {} scenes, {} tiles ({} images{}), {} detections, {} captions, {} classifications, {} VQA answers",
+        "wrote {}: {}, {} ({}{}), {}, {}, {}, {}",
         args.out.display(),
-        count(&scenes),
-        tile_list.len(),
-        images.len(),
+        n(count(&scenes), "scene", "scenes"),
+        n(tile_list.len(), "tile", "tiles"),
+        n(images.len(), "image", "images"),
         if missing + left_out > 0 { format!(", {} left out", missing + left_out) } else { String::new() },
-        count(&detections),
-        captions.len(),
-        classifications.len(),
-        vqa.len()
+        n(count(&detections), "detection", "detections"),
+        n(captions.len(), "caption", "captions"),
+        n(classifications.len(), "classification", "classifications"),
+        n(vqa.len(), "VQA answer", "VQA answers")
     );
     eprintln!("open it in a browser: file://{}", std::fs::canonicalize(&args.out).unwrap_or(args.out).display());
     Ok(ExitCode::SUCCESS)

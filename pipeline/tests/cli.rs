@@ -1008,3 +1008,71 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
     assert!(text(&out.stderr).contains("not a `strata data synth` data set"), "{}", text(&out.stderr));
     assert!(other.join("notes.txt").exists());
 }
+
+#[test]
+fn a_misspelt_setting_variable_is_named_with_the_one_meant() {
+    let out = strata_command().args(["config", "check"]).env("STRATA_BATCHSIZE", "4").output().unwrap();
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("STRATA_BATCHSIZE is not a setting and is ignored (did you mean STRATA_BATCH_SIZE?)"), "{stderr}");
+    // Other tools' variables are not settings and not close to one: no noise.
+    let out = strata_command().args(["config", "check"]).env("STRATA_BIN", "/x").output().unwrap();
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+}
+
+/// `strata train`: a run interrupted and resumed from its checkpoint has the loss curve of an
+/// uninterrupted one, step for step; a checkpoint of another configuration is refused.
+#[test]
+fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let out = strata(&["data", "synth", "--out", data.to_str().unwrap(), "--n", "30", "--size", "32", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let base = random_model(work.path(), "base");
+    let config = |name: &str, seed: u64| {
+        let file = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "model = {base:?}\ndata = \"data/train/instruct.jsonl\"\nheld_out = \"data/test/instruct.jsonl\"\nout = \"runs/{name}\"\n\
+                 steps = 8\nbatch_size = 4\ngrad_accumulation = 2\ncheckpoint_every = 4\neval_every = 4\neval_samples = 8\n\
+                 learning_rate = 1e-3\nwarmup_steps = 1\nseed = {seed}\n"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let train = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "instruct", "--config", file.to_str().unwrap(), "--device", "cpu", "--no-progress"];
+        args.extend(extra);
+        strata(&args)
+    };
+    let losses = |name: &str| -> Vec<String> {
+        let metrics = std::fs::read_to_string(work.path().join("runs").join(name).join("metrics.csv")).unwrap();
+        metrics.lines().skip(1).map(|l| l.split(',').take(3).collect::<Vec<_>>().join(",")).collect()
+    };
+
+    let whole = config("whole", 5);
+    let out = train(&whole, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(work.path().join("runs/whole/model/manifest.json").exists(), "the trained artifact");
+
+    let split = config("split", 5);
+    let out = train(&split, &["--stop-after", "3"]);
+    assert!(out.status.success() && text(&out.stdout).contains("continue with --resume"), "{}", text(&out.stderr));
+    let out = train(&split, &[]);
+    assert_eq!(out.status.code(), Some(2), "a run folder with checkpoints needs --resume");
+    let out = train(&split, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resuming from"), "{}", text(&out.stderr));
+    let (a, b) = (losses("whole"), losses("split"));
+    assert_eq!(a.len(), 10, "8 steps and 2 held-out evaluations: {a:?}");
+    assert_eq!(a, b, "the resumed run's losses equal the uninterrupted run's");
+
+    // Another seed is another run: its checkpoint is refused by name.
+    let other = work.path().join("other.toml");
+    std::fs::write(&other, std::fs::read_to_string(&split).unwrap().replace("seed = 5", "seed = 6")).unwrap();
+    let out = train(&other, &["--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("written by another training configuration"), "{}", text(&out.stderr));
+}

@@ -105,7 +105,7 @@ async fn the_map_opens_from_disk_without_network_and_draws_every_layer() {
     let out = strata(&["map", "--tables", tables.to_str().unwrap(), "--out", page.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
-    assert!(summary.contains(&format!("1 scenes, {n_tiles} tiles ({n_tiles} images)")) && summary.contains("1 detections"), "{summary}");
+    assert!(summary.contains(&format!("1 scene, {n_tiles} tiles ({n_tiles} images)")) && summary.contains("1 detection,"), "{summary}");
     let html = std::fs::read_to_string(&page).unwrap();
     // Nothing to fetch: no remote script, image or stylesheet (Leaflet's attribution is a plain
     // link, not a load). The browser run below has no network and fails on any failed load.
@@ -143,6 +143,12 @@ fn a_map_of_nothing_is_refused_with_a_hint() {
         strata(&["map", "--tables", work.path().join("empty").to_str().unwrap(), "--out", work.path().join("m.html").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no tiles") && stderr.contains("hint:"), "{stderr}");
+    assert!(stderr.contains("does not exist") && stderr.contains("hint:"), "{stderr}");
     assert!(!work.path().join("m.html").exists());
+    // Tables that exist but hold no tile.
+    std::fs::create_dir_all(work.path().join("empty")).unwrap();
+    let out =
+        strata(&["map", "--tables", work.path().join("empty").to_str().unwrap(), "--out", work.path().join("m.html").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no tiles") && text(&out.stderr).contains("hint:"), "{}", text(&out.stderr));
 }

@@ -372,3 +372,62 @@ async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
     let status = worker.terminate(Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{}", worker.log());
 }
+
+/// Tiles that fail inside a scene (here: a caption asked of workers serving no model) are in
+/// the scene's `dead_letter` rows, and also on the dead-letter topic, in `strata status` and in
+/// `strata_dead_letters_total`, where operators look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_failing_inside_a_scene_reach_the_dead_letter_topic_and_metrics() {
+    let broker = TansuBroker::start().await.unwrap();
+    let brokers = broker.bootstrap_servers();
+    let work = tempfile::tempdir().unwrap();
+    let (tables, tiles) = (work.path().join("tables"), work.path().join("tiles"));
+    let scene = data("scenes/rmnp-rgb.tif");
+    let mut worker = Worker::start(
+        "all",
+        work.path(),
+        &["--role", "all", "--brokers", &brokers, "--tables", tables.to_str().unwrap(), "--tiles", tiles.to_str().unwrap()]
+            .into_iter()
+            .chain(["--listen", "127.0.0.1:0", "--kafka-option", "batch.num.messages=1"])
+            .collect::<Vec<_>>(),
+    );
+    let out = strata(&[
+        "submit",
+        "--brokers",
+        &brokers,
+        "--request-id",
+        "no-model",
+        "--caption",
+        "--tile-size",
+        "256",
+        "--output-size",
+        "64",
+        scene.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while count(&tables, "SELECT count(*) AS n FROM scenes") == 0 {
+        assert!(Instant::now() < deadline, "the scene did not commit:\n{}", worker.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let scene_row = &query_json(&tables, "SELECT tiles_written, tiles_failed FROM scenes")[0];
+    let failed = scene_row["tiles_failed"].as_u64().unwrap();
+    assert!(failed > 0 && failed == scene_row["tiles_written"].as_u64().unwrap(), "{scene_row}");
+    assert_eq!(count(&tables, "SELECT count(*) AS n FROM dead_letter WHERE stage = 'infer'"), failed);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = text(&strata(&["dead-letters", "list", "--brokers", &brokers]).stdout);
+        if listed.lines().filter(|l| l.contains("\tinfer\t")).count() as u64 >= failed || Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(listed.lines().filter(|l| l.contains("\tinfer\t") && l.contains("no model is loaded")).count() as u64, failed, "{listed}");
+    let status = text(&strata(&["status", "--brokers", &brokers]).stdout);
+    assert!(status.contains(&format!("dead-letter records: {failed}")), "{status}");
+    let (_, metrics) = http_get(&worker.endpoints().unwrap(), "/metrics");
+    assert!(metrics.contains(&format!("strata_dead_letters_total{{stage=\"infer\"}} {failed}")), "{metrics}");
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

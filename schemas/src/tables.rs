@@ -225,7 +225,11 @@ pub const DEAD_LETTER: TableSchema = TableSchema {
         opt("request_id", Utf8, "Request id, when known"),
         opt("scene_id", Utf8, "Scene id, when known"),
         opt("tile_id", Utf8, "Tile id, when known"),
-        col("original_payload", Utf8, "The input as received (JSON dead-letter payload)"),
+        col(
+            "original_payload",
+            Utf8,
+            "The whole dead-letter record as JSON, as on the dead-letter topic: stage, error, source topic/partition/offset, and the input as received under its own `original_payload`"
+        ),
         col("failed_at", TimestampMicros, "When the stage gave up (UTC)"),
         col("date", Date, "Partition date (UTC) of failed_at"),
     ],

@@ -43,6 +43,9 @@ pub enum SinkOutcome {
         tiles_skipped_nodata: u64,
         /// Detections after merging.
         detections: u64,
+        /// The scene's tiles that failed, now in the `dead_letter` table (a runtime with a
+        /// dead-letter topic copies them there).
+        dead_letters: Vec<DeadLetterRecord>,
     },
     /// A failure is in the `dead_letter` table.
     DeadLettered(DeadLetterRecord),
@@ -112,6 +115,7 @@ impl SinkStage {
             tiles_failed: scene.failed.len() as u64,
             tiles_skipped_nodata: scene.scene.tiles_skipped_nodata,
             detections: scene.detections.len() as u64,
+            dead_letters: scene.failed.clone(),
         };
         Ok(Staged { request_id: Some(request.clone()), scene_id: Some(scene_id.clone()), files, dead_letters, success: true, outcome, ack })
     }

@@ -27,7 +27,7 @@ use operators::{
     tile::{TileEvent, TilerConfig},
 };
 use rdkafka::producer::FutureProducer;
-use schemas::{Message, SinkMessage};
+use schemas::{DeadLetterRecord, Message, SinkMessage};
 use tokio::sync::{mpsc, watch};
 
 use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, RoleReport};
@@ -215,25 +215,28 @@ async fn write_tables(
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Envelope<SinkOutcome>>(64);
     let sink = tokio::spawn(drive(SinkStage::new(tables, 1), SharedReceiver::new(merged), outcome_tx, max_attempts));
     while let Some(envelope) = outcome_rx.recv().await {
-        match &envelope.payload {
-            SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, .. } => {
+        let records: &[DeadLetterRecord] = match &envelope.payload {
+            SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, dead_letters, .. } => {
                 tracing::info!(%request_id, %scene_id, tiles, tiles_failed, detections, "Scene committed.");
                 let rows = &observe::metrics().rows;
                 rows.with_label_values(&["scenes"]).inc();
                 rows.with_label_values(&["tiles"]).inc_by(*tiles);
                 rows.with_label_values(&["detections"]).inc_by(*detections);
+                dead_letters
             }
-            SinkOutcome::DeadLettered(record) => {
-                observe::metrics().dead_letters.with_label_values(&[record.stage.as_str()]).inc();
-                let key = kafka::scene_key(&operators::stage::PayloadIds {
-                    request_id: record.request_id.clone(),
-                    scene_id: record.scene_id.clone(),
-                    tile_id: record.tile_id.clone(),
-                });
-                // The record is in the `dead_letter` table already; the topic is a copy.
-                if let Err(error) = produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await {
-                    tracing::error!(%error, "A dead letter is in the table but cannot go to the dead-letter topic.");
-                }
+            SinkOutcome::DeadLettered(record) => std::slice::from_ref(record),
+        };
+        // The records are in the `dead_letter` table already (a scene's failed tiles with its
+        // rows); the topic and the metric get a copy of each.
+        for record in records {
+            observe::metrics().dead_letters.with_label_values(&[record.stage.as_str()]).inc();
+            let key = kafka::scene_key(&operators::stage::PayloadIds {
+                request_id: record.request_id.clone(),
+                scene_id: record.scene_id.clone(),
+                tile_id: record.tile_id.clone(),
+            });
+            if let Err(error) = produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await {
+                tracing::error!(%error, "A dead letter is in the table but cannot go to the dead-letter topic.");
             }
         }
         drop(envelope); // releases the ack: the offset may now be stored

@@ -1,0 +1,453 @@
+//! `strata train align|instruct --config FILE`: the paper's two training stages
+//! (MODEL_SPEC §5) as a job with checkpoints, resume, held-out evaluation, progress and a
+//! metrics table.
+//!
+//! Data is LLaVA-style JSONL (`id`, `image`, `conversations` of `{from: human|gpt, value}`);
+//! the first human/gpt pair of each record is one sample, `<image>` markers dropped. A resumed
+//! run continues exactly as an uninterrupted one: the data order is a function of the seed and
+//! the epoch, libtorch's generator is reseeded from the seed and the step before every step,
+//! and a checkpoint holds the trainable weights, AdamW's moments and step counts.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use model::{
+    artifact::{self, Artifact, Provenance},
+    train::{Stage, TrainConfig, Trainer, TrainerState},
+    vlm::{StrataModel, VlmRequest},
+};
+use rand::{seq::SliceRandom as _, SeedableRng as _};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tch::Tensor;
+
+use crate::cli::{TrainArgs, TrainCommand};
+
+const fn default_batch_size() -> usize {
+    8
+}
+const fn default_one() -> usize {
+    1
+}
+const fn default_learning_rate() -> f64 {
+    2e-4
+}
+const fn default_vision_learning_rate() -> f64 {
+    2e-6
+}
+const fn default_max_grad_norm() -> f64 {
+    1.0
+}
+const fn default_checkpoint_every() -> usize {
+    50
+}
+const fn default_eval_every() -> usize {
+    100
+}
+const fn default_eval_samples() -> usize {
+    64
+}
+
+/// The training file (TOML). Paths are relative to the file's folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    /// The model artifact training starts from (`strata model init`, or an earlier stage).
+    pub model: PathBuf,
+    /// Training samples, LLaVA-style JSONL.
+    pub data: PathBuf,
+    /// Held-out samples (same format), scored every `eval_every` steps.
+    #[serde(default)]
+    pub held_out: Option<PathBuf>,
+    /// Folder of the images the JSONL names (default: the JSONL's folder, or its parent when
+    /// the images are not there, as `strata data synth` lays them out).
+    #[serde(default)]
+    pub image_root: Option<PathBuf>,
+    /// The run folder: checkpoints, `metrics.csv`, and the trained artifact in `model/`.
+    pub out: PathBuf,
+    /// Micro-batches to run.
+    pub steps: usize,
+    /// Samples per micro-batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    #[serde(default = "default_one")]
+    pub grad_accumulation: usize,
+    /// Peak learning rate of the new modules (projector, prompter, experts, LoRA).
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Peak learning rate of the vision tower (instruct stage).
+    #[serde(default = "default_vision_learning_rate")]
+    pub vision_learning_rate: f64,
+    /// Optimiser steps of linear warm-up (default: 5 % of the optimiser steps).
+    #[serde(default)]
+    pub warmup_steps: Option<usize>,
+    /// Global gradient-norm clip.
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// AdamW's decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Seed of the data order and of dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Steps between checkpoints.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Steps between held-out evaluations.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// Held-out samples scored each time (the first ones of the file).
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+    /// Version of the trained artifact (default: `<start version>-<stage>`).
+    #[serde(default)]
+    pub model_version: Option<String>,
+}
+
+/// One training sample.
+#[derive(Debug, Clone)]
+struct Sample {
+    image: PathBuf,
+    query: String,
+    response: String,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    image: String,
+    conversations: Vec<Turn>,
+}
+
+#[derive(Deserialize)]
+struct Turn {
+    from: String,
+    value: String,
+}
+
+/// Reads LLaVA-style JSONL; errors name the file and line.
+fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut samples = Vec::new();
+    let mut root: Option<PathBuf> = image_root.map(Path::to_owned);
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("`{}` line {}", path.display(), number + 1);
+        let record: Record = serde_json::from_str(line).with_context(at)?;
+        let human = record.conversations.iter().position(|t| t.from == "human").with_context(|| format!("{}: no human turn", at()))?;
+        let gpt = record
+            .conversations
+            .get(human + 1)
+            .filter(|t| t.from == "gpt")
+            .with_context(|| format!("{}: no gpt turn after the human one", at()))?;
+        let query = record.conversations[human].value.replace("<image>\n", "").replace("<image>", "").trim().to_owned();
+        let root = root.get_or_insert_with(|| {
+            if folder.join(&record.image).exists() {
+                folder.to_owned()
+            } else {
+                folder.parent().unwrap_or(folder).to_owned()
+            }
+        });
+        let image = root.join(&record.image);
+        if !image.exists() {
+            bail!("{}: image `{}` does not exist\nhint: set image_root in the training file", at(), image.display());
+        }
+        samples.push(Sample { image, query, response: gpt.value.trim().to_owned() });
+    }
+    if samples.is_empty() {
+        bail!("`{}` holds no samples", path.display());
+    }
+    Ok(samples)
+}
+
+/// Preprocessed images, each read once.
+struct Pixels {
+    cache: HashMap<PathBuf, Tensor>,
+}
+
+impl Pixels {
+    fn request(&mut self, model: &StrataModel, sample: &Sample) -> anyhow::Result<VlmRequest> {
+        if !self.cache.contains_key(&sample.image) {
+            let (rgb, width, height) = crate::images::read_rgb(&sample.image)?;
+            let pixels = model.preprocess_rgb(&rgb, width, height)?;
+            self.cache.insert(sample.image.clone(), pixels);
+        }
+        let pixels = self.cache[&sample.image].shallow_clone();
+        Ok(VlmRequest { pixels, query: sample.query.clone(), descriptions: Vec::new() })
+    }
+}
+
+/// Sample indices of micro-batch `step`: epochs are seeded permutations, one after another.
+fn batch_indices(samples: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(batch);
+    let mut permutation: Option<(usize, Vec<usize>)> = None;
+    for slot in step * batch..(step + 1) * batch {
+        let (epoch, position) = (slot / samples, slot % samples);
+        if permutation.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..samples).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(epoch as u64);
+            order.shuffle(&mut rng);
+            permutation = Some((epoch, order));
+        }
+        out.push(permutation.as_ref().map_or(position, |(_, order)| order[position]));
+    }
+    out
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    micro_steps: usize,
+    optimizer_steps: usize,
+    config_digest: String,
+}
+
+/// Everything that shapes the loss curve: a checkpoint of another one is refused.
+fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String {
+    let identity = serde_json::json!({
+        "stage": format!("{stage:?}"), "start": start_version, "data": file.data, "batch_size": file.batch_size,
+        "grad_accumulation": file.grad_accumulation, "learning_rate": file.learning_rate, "vision_learning_rate": file.vision_learning_rate,
+        "warmup_steps": file.warmup_steps, "steps": file.steps, "max_grad_norm": file.max_grad_norm, "weight_decay": file.weight_decay, "seed": file.seed,
+    });
+    format!("{:x}", sha2::Sha256::digest(identity.to_string().as_bytes()))[..16].to_owned()
+}
+
+fn save_checkpoint(out: &Path, step: usize, model: &StrataModel, trainer: &Trainer, digest: &str) -> anyhow::Result<()> {
+    let dir = out.join("checkpoints").join(format!("step-{step:06}"));
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating `{}`", partial.display()))?;
+    let trainable: Vec<(String, Tensor)> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    Tensor::write_safetensors(&trainable, partial.join("weights.safetensors")).context("writing the checkpoint's weights")?;
+    Tensor::write_safetensors(&trainer.moments(), partial.join("optimizer.safetensors"))
+        .context("writing the checkpoint's optimiser state")?;
+    let state = trainer.state();
+    let state =
+        CheckpointState { step, micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps, config_digest: digest.to_owned() };
+    std::fs::write(partial.join("state.json"), serde_json::to_string_pretty(&state)?)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).with_context(|| format!("finishing `{}`", dir.display()))?;
+    Ok(())
+}
+
+fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.extension().is_none() && p.join("state.json").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `strata train ...`.
+///
+/// # Errors
+/// An unreadable or invalid training file or data, a checkpoint of another configuration,
+/// model errors.
+pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
+    let (stage, args) = match command {
+        TrainCommand::Align(args) => (Stage::Alignment, args),
+        TrainCommand::Instruct(args) => (Stage::InstructionTuning, args),
+    };
+    train(stage, &args)
+}
+
+fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading `{}`", args.config.display()))?;
+    let mut file: TrainFile = toml::from_str(&text).with_context(|| format!("in `{}`", args.config.display()))?;
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    for path in [&mut file.model, &mut file.data, &mut file.out] {
+        *path = base.join(&*path);
+    }
+    file.held_out = file.held_out.map(|p| base.join(p));
+    file.image_root = file.image_root.map(|p| base.join(p));
+    if file.steps == 0 || file.batch_size == 0 || file.grad_accumulation == 0 || file.checkpoint_every == 0 || file.eval_every == 0 {
+        bail!("`{}`: steps, batch_size, grad_accumulation, checkpoint_every and eval_every must be at least 1", args.config.display());
+    }
+    if !file.checkpoint_every.is_multiple_of(file.grad_accumulation) {
+        bail!(
+            "`{}`: checkpoint_every ({}) must be a multiple of grad_accumulation ({}): checkpoints are taken on optimiser steps",
+            args.config.display(),
+            file.checkpoint_every,
+            file.grad_accumulation
+        );
+    }
+    let samples = read_samples(&file.data, file.image_root.as_deref())?;
+    let held_out = file.held_out.as_deref().map(|p| read_samples(p, file.image_root.as_deref())).transpose()?;
+
+    let artifact = Artifact::open(&file.model)?;
+    let device = model::device::select(args.device)?;
+    let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", file.model.display()))?;
+    let optimizer_steps = file.steps.div_ceil(file.grad_accumulation);
+    let config = TrainConfig {
+        stage,
+        learning_rate: file.learning_rate,
+        vision_learning_rate: file.vision_learning_rate,
+        weight_decay: file.weight_decay,
+        warmup_steps: file.warmup_steps.unwrap_or(optimizer_steps / 20),
+        total_steps: optimizer_steps,
+        grad_accumulation: file.grad_accumulation,
+        max_grad_norm: file.max_grad_norm,
+    };
+    let mut trainer = Trainer::new(&model, config)?;
+    let digest = config_digest(stage, &file, &artifact.manifest.version);
+    std::fs::create_dir_all(&file.out).with_context(|| format!("creating `{}`", file.out.display()))?;
+
+    // Resume: the latest checkpoint of this very configuration.
+    let mut first_step = 0;
+    if let Some(checkpoint) = latest_checkpoint(&file.out) {
+        if !args.resume {
+            bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
+        }
+        let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
+        if state.config_digest != digest {
+            bail!(
+                "`{}` was written by another training configuration (digest {} ≠ {digest}): data, stage, schedule, batch or seed differ\nhint: resume with the configuration that made it, or give another `out`",
+                checkpoint.display(),
+                state.config_digest
+            );
+        }
+        let weights: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("weights.safetensors"))?.into_iter().collect();
+        let mut variables = model.var_store().variables();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, saved) in &weights {
+                let variable =
+                    variables.get_mut(name).with_context(|| format!("the checkpoint holds `{name}`, which the model does not"))?;
+                variable.copy_(saved);
+            }
+            Ok(())
+        })?;
+        let moments: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("optimizer.safetensors"))?.into_iter().collect();
+        trainer.restore(TrainerState { micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps }, &moments)?;
+        first_step = state.step;
+        eprintln!("resuming from {} (step {first_step})", checkpoint.display());
+    }
+
+    // metrics.csv keeps the rows up to the checkpoint resumed from.
+    let metrics_path = file.out.join("metrics.csv");
+    let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
+        .map(str::to_owned)
+        .collect();
+    let mut metrics = std::fs::File::create(&metrics_path).with_context(|| format!("writing `{}`", metrics_path.display()))?;
+    writeln!(metrics, "step,split,loss,learning_rate,samples_per_s,elapsed_s")?;
+    for line in kept {
+        writeln!(metrics, "{line}")?;
+    }
+
+    let mut pixels = Pixels { cache: HashMap::new() };
+    let bar = ProgressBar::with_draw_target(
+        Some(file.steps as u64),
+        if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {pos}/{len} steps, {msg}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("{stage:?}"));
+    bar.set_position(first_step as u64);
+    let started = Instant::now();
+    let mut last_loss = f64::NAN;
+    for step in first_step..file.steps {
+        // Dropout draws from libtorch's generator: reseeded per step, a resumed run draws alike.
+        tch::manual_seed(file.seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);
+        let indices = batch_indices(samples.len(), file.batch_size, file.seed, step);
+        let mut requests = Vec::with_capacity(indices.len());
+        let mut responses = Vec::with_capacity(indices.len());
+        for i in indices {
+            requests.push(pixels.request(&model, &samples[i])?);
+            responses.push(samples[i].response.clone());
+        }
+        let tick = Instant::now();
+        let outcome = trainer.step(&mut model, &requests, &responses)?;
+        let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
+        last_loss = outcome.loss;
+        writeln!(
+            metrics,
+            "{},train,{:.6},{:.3e},{rate:.3},{:.1}",
+            step + 1,
+            outcome.loss,
+            outcome.learning_rate,
+            started.elapsed().as_secs_f64()
+        )?;
+        bar.set_message(format!("loss {:.4}, {rate:.2} samples/s", outcome.loss));
+        bar.inc(1);
+        let done = step + 1;
+        if let Some(held_out) = held_out.as_ref().filter(|_| done.is_multiple_of(file.eval_every) || done == file.steps) {
+            let take = held_out.len().min(file.eval_samples);
+            let mut total = 0.0;
+            for chunk in held_out[..take].chunks(file.batch_size) {
+                let requests: Vec<VlmRequest> = chunk.iter().map(|s| pixels.request(&model, s)).collect::<anyhow::Result<_>>()?;
+                let responses: Vec<String> = chunk.iter().map(|s| s.response.clone()).collect();
+                total += tch::no_grad(|| model.loss(&requests, &responses))?.double_value(&[]) * chunk.len() as f64;
+            }
+            let loss = total / take as f64;
+            writeln!(metrics, "{done},held_out,{loss:.6},,,{:.1}", started.elapsed().as_secs_f64())?;
+            bar.println(format!("step {done}: held-out loss {loss:.4} ({take} samples)"));
+        }
+        // Checkpoints fall on optimiser steps: gradients half-accumulated are not saved.
+        let boundary = done.is_multiple_of(file.grad_accumulation);
+        let stopping = args.stop_after.is_some_and(|n| done - first_step >= n) && done < file.steps && boundary;
+        if done.is_multiple_of(file.checkpoint_every) || done == file.steps || stopping {
+            metrics.flush()?;
+            save_checkpoint(&file.out, done, &model, &trainer, &digest)?;
+        }
+        if stopping {
+            bar.finish_and_clear();
+            println!("stopped after step {done} of {}, checkpointed; continue with --resume", file.steps);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    bar.finish_and_clear();
+    metrics.flush()?;
+
+    let version = file
+        .model_version
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", artifact.manifest.version, if stage == Stage::Alignment { "align" } else { "instruct" }));
+    let provenance = Provenance {
+        version: version.clone(),
+        parent_version: Some(artifact.manifest.version.clone()),
+        training_run: Some(format!("{} ({digest})", file.out.display())),
+    };
+    let out_model = file.out.join("model");
+    artifact::save(&model, &artifact.dir.join("tokenizer.json"), &out_model, &provenance)?;
+    println!(
+        "trained `{version}` for {} steps ({stage:?}, last loss {last_loss:.4}) in {:.0} s: {}\nmetrics: {}",
+        file.steps,
+        started.elapsed().as_secs_f64(),
+        out_model.display(),
+        metrics_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_indices;
+
+    #[test]
+    fn batches_walk_seeded_epochs_without_repeats_within_one() {
+        let first_epoch: Vec<usize> = (0..5).flat_map(|step| batch_indices(10, 2, 7, step)).collect();
+        let mut sorted = first_epoch.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>(), "an epoch visits every sample once");
+        assert_ne!(first_epoch, (0..10).collect::<Vec<_>>(), "shuffled");
+        assert_eq!(batch_indices(10, 3, 7, 4), batch_indices(10, 3, 7, 4), "a function of (seed, step)");
+        assert_ne!(batch_indices(10, 2, 7, 5), batch_indices(10, 2, 7, 0), "the next epoch is another permutation");
+        assert_eq!(batch_indices(10, 3, 7, 3).len(), 3, "a batch may straddle two epochs");
+    }
+}
