@@ -287,7 +287,9 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     let artifact = Artifact::open(&file.model)?;
     let device = model::device::select(args.device)?;
-    let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", file.model.display()))?;
+    // Weights and AdamW's moments in f32 on every device: no pure-bf16 optimiser on CUDA.
+    // (bf16 autocast for the forward pass is not done yet: on CUDA this trains in f32.)
+    let mut model = artifact.load(device.device(), tch::Kind::Float).with_context(|| format!("loading `{}`", file.model.display()))?;
     let optimizer_steps = file.steps.div_ceil(file.grad_accumulation);
     let config = TrainConfig {
         stage,
