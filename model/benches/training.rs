@@ -3,7 +3,8 @@
 //! LoRA (rank R, α = 2R, no dropout) on every attention and MLP projection, AdamW over the
 //! adapters only, next-token cross-entropy over every position of fixed pseudo-random token
 //! rows (the same formula on both sides), `WARMUP` untimed steps then `STEPS` timed ones.
-//! Prints one JSON line. Run through `bash benches/training/compare.sh`.
+//! Prints one JSON line (with `STRATA_BENCH_PHASES` set, also forward/backward/optimiser
+//! seconds per step on stderr). Run through `bash benches/training/compare.sh`.
 //!
 //!     training DIR THREADS BATCH SEQ STEPS RANK
 
@@ -17,16 +18,10 @@ use model::weights::{self, LoadPolicy};
 use tch::nn::{self, OptimizerConfig as _};
 use tch::{Device, Kind, Tensor};
 
-const WARMUP: usize = 2;
+mod common;
+use common::peak_rss_mib;
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+const WARMUP: usize = 2;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
