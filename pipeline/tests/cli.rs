@@ -1067,7 +1067,18 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     assert!(text(&out.stderr).contains("resuming from"), "{}", text(&out.stderr));
     let (a, b) = (losses("whole"), losses("split"));
     assert_eq!(a.len(), 10, "8 steps and 2 held-out evaluations: {a:?}");
-    assert_eq!(a, b, "the resumed run's losses equal the uninterrupted run's");
+    // Same rows, same losses, up to float summation order: libtorch's multi-threaded
+    // reductions may differ in the last digits between two processes (seen once, 3e-5 under
+    // load); a resume that lost state differs by 1e-2 and more.
+    let key = |row: &String| row.rsplit_once(',').map(|(k, _)| k.to_owned()).unwrap();
+    let loss = |row: &String| row.rsplit_once(',').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap();
+    assert_eq!(a.iter().map(key).collect::<Vec<_>>(), b.iter().map(key).collect::<Vec<_>>());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (loss(x) - loss(y)).abs() <= 1e-4 * loss(x).abs(),
+            "the resumed run's losses equal the uninterrupted run's: {a:?} vs {b:?}"
+        );
+    }
 
     // Another seed is another run: its checkpoint is refused by name.
     let other = work.path().join("other.toml");
