@@ -1,21 +1,196 @@
 #!/usr/bin/env bash
-# The main job end to end on the embedded default (no broker, local object store): tile the
-# bundled real scenes (a Landsat 7 scene, a Landsat RGB composite, and a STAC item of
-# single-band assets) into georeferenced tiles and GeoParquet tables, then list the tiles with
-# their footprints. Outputs go to ./strata-out (or $STRATA_DEMO_OUT).
+# The main job end to end on the embedded default: no broker, a local object store (folders).
+#
+#   bash scripts/demo.sh [--quick] [--out DIR]
+#
+#   1. builds the starter semantic index (OpenStreetMap feature descriptions, from setup);
+#   2. renders a learnable data set (`strata data synth`) and georeferenced scenes from it;
+#   3. trains a small model with the project's own jobs (`strata train align`, then
+#      `strata train instruct`) and measures it on the held-out split (`strata eval`); the
+#      model and its numbers are cached, keyed by the digest of everything that shaped them,
+#      so a second run skips straight to step 4;
+#   4. publishes it to a model registry and makes it the serving version;
+#   5. runs the bundled real scenes and the generated ones through tiling -> retrieval ->
+#      model (scene class, caption, VQA, detection) -> GeoParquet tables, with the version
+#      the registry serves;
+#   6. prints a summary, example `strata query` results and where the map is (`strata map`).
+#
+#   --quick   a few training steps and one scene of each kind (the end-to-end test runs this)
+#   --out     where everything goes (default ./strata-out, or $STRATA_DEMO_OUT)
+#
+# The model is small (a 64-pixel vision tower, an 8-layer 64-wide language model) and trained
+# for minutes on generated data: it learns the generated classes, captions and questions, not
+# real imagery. README.md ("Real weights") shows how to run real checkpoints.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$ROOT/scripts/setup.sh"
-cd "$ROOT"
-cargo build --locked -q -p pipeline --bin strata
-STRATA=${CARGO_TARGET_DIR:-$ROOT/target}/debug/strata
 OUT=${STRATA_DEMO_OUT:-$ROOT/strata-out}
+QUICK=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1; shift ;;
+    --out) OUT=${2:?--out needs a value}; shift 2 ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument \`$1\`" >&2; echo "hint: bash scripts/demo.sh --help" >&2; exit 2 ;;
+  esac
+done
+step() { printf '\n\033[1m[%s/6] %s\033[0m\n' "$1" "$2" >&2; }
+started=$(date +%s)
 
-"$STRATA" batch --tile-size 192 --overlap 32 --tables "$OUT/tables" --tiles "$OUT/tiles" \
-  data/scenes data/stac/rmnp-bands-item.json
+# STRATA_BIN: a strata binary already built (the end-to-end test passes its own).
+STRATA=${STRATA_BIN:-}
+if [ -z "$STRATA" ]; then
+  bash "$ROOT/scripts/setup.sh"
+  printf '\033[1m==> building strata\033[0m\n' >&2
+  (cd "$ROOT" && cargo build --locked -q -p pipeline --bin strata)
+  STRATA=${CARGO_TARGET_DIR:-$ROOT/target}/debug/strata
+fi
+CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
+ASSETS=${STRATA_ASSETS:-$CACHE/assets}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+# The demo runs on the CPU unless told otherwise (STRATA_DEVICE=auto picks CUDA when present).
+DEVICE=${STRATA_DEVICE:-cpu}
+
+if [ "$QUICK" = 1 ]; then
+  N=60 SCENES=1 ALIGN_STEPS=20 INSTRUCT_STEPS=300 EVAL_LIMIT=6 REAL=(data/scenes/rmnp-rgb.tif)
+else
+  N=600 SCENES=2 ALIGN_STEPS=150 INSTRUCT_STEPS=1500 EVAL_LIMIT=120 REAL=(data/scenes data/stac/rmnp-bands-item.json)
+fi
+CLASSES=farmland,forest,lake,residential,harbor,industrial
+
+step 1 "the semantic index: OpenStreetMap feature descriptions, embedded with all-MiniLM-L6-v2"
+DESCRIPTIONS=$ASSETS/osm-presets/descriptions.jsonl
+INDEX=$CACHE/demo/index-$(sha256sum "$DESCRIPTIONS" | cut -c1-16)
+if [ -f "$INDEX/index.json" ]; then
+  echo "reusing $INDEX" >&2
+else
+  "$STRATA" index build --device cpu --out "$INDEX" "$DESCRIPTIONS"
+fi
+
+step 2 "a learnable data set: $N rendered scenes with classes, boxes, captions, questions; $SCENES georeferenced scene(s)"
+"$STRATA" data synth --out "$OUT/data" --n "$N" --seed 1 --size 64 --scenes "$SCENES"
+
+step 3 "a small model, trained by \`strata train align\` then \`strata train instruct\`, measured on held-out data"
+WORK=$OUT/training
+mkdir -p "$WORK"
+python3 - "$ROOT/model/tests/fixtures/tiny-model/config.json" "$WORK/config.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+# A 64-pixel tower (8 x 8 patches) for the 64-pixel renders.
+config["vision"] = {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 64, "patch_size": 8}
+json.dump(config, open(sys.argv[2], "w"), indent=1)
+PY
+cat > "$WORK/align.toml" <<TOML
+model = "base"
+data = "$OUT/data/train/align.jsonl"
+held_out = "$OUT/data/test/align.jsonl"
+out = "runs/align"
+steps = $ALIGN_STEPS
+batch_size = 16
+learning_rate = 2e-3
+checkpoint_every = 50
+eval_every = 50
+eval_samples = 32
+model_version = "demo-align"
+# The prompter sees the descriptions it will be given at inference (strata batch --index).
+index = "$INDEX"
+TOML
+cat > "$WORK/instruct.toml" <<TOML
+model = "runs/align/model"
+data = "$OUT/data/train/instruct.jsonl"
+held_out = "$OUT/data/test/instruct.jsonl"
+out = "runs/instruct"
+steps = $INSTRUCT_STEPS
+batch_size = 16
+learning_rate = 2e-3
+# The tower starts random here, so it learns at a rate close to the new modules'.
+vision_learning_rate = 5e-4
+checkpoint_every = 150
+eval_every = 300
+eval_samples = 64
+model_version = "demo-$N-$INSTRUCT_STEPS"
+index = "$INDEX"
+TOML
+# Everything that shapes the model: the configurations, the tokenizer, the training data.
+TOKENIZER=$ROOT/model/tests/fixtures/tokenizer/tokenizer.json
+DIGEST=$( (cat "$WORK/config.json" "$WORK/align.toml" "$WORK/instruct.toml" | sed -e "s|$OUT|OUT|g" -e "s|$CACHE|CACHE|g"
+  cat "$TOKENIZER" "$OUT/data/manifest.json" "$OUT/data/annotations.jsonl" "$OUT"/data/{train,test}/*.jsonl "$OUT"/data/images/*.png) | sha256sum | cut -c1-16)
+MODEL=$CACHE/demo/models/$DIGEST
+if [ -f "$MODEL/model/manifest.json" ] && [ -f "$MODEL/metrics.json" ] && "$STRATA" model verify "$MODEL/model" >/dev/null 2>&1; then
+  echo "reusing the model trained earlier with the same configuration: $MODEL (delete it to train again)" >&2
+else
+  # One run folder per digest: an interrupted run continues (--resume) only with its own settings.
+  RUN=$WORK/$DIGEST
+  mkdir -p "$RUN" && cp "$WORK/config.json" "$WORK/align.toml" "$WORK/instruct.toml" "$RUN/"
+  (
+    cd "$RUN"
+    t=$(date +%s)
+    [ -f base/manifest.json ] || "$STRATA" model init --config config.json --tokenizer "$TOKENIZER" --random --seed 0 \
+      --model-version demo-base --device cpu --out base >/dev/null
+    # --resume: a run interrupted earlier continues from its last checkpoint.
+    resume() { compgen -G "$1/checkpoints/*/state.json" >/dev/null && echo --resume || true; }
+    "$STRATA" train align --config align.toml --device "$DEVICE" $(resume runs/align)
+    "$STRATA" train instruct --config instruct.toml --device "$DEVICE" $(resume runs/instruct)
+    echo "trained in $(( $(date +%s) - t )) s" >&2
+  )
+  rm -rf "$MODEL.tmp" && mkdir -p "$MODEL.tmp/eval"
+  cp -r "$RUN/runs/instruct/model" "$MODEL.tmp/model"
+  # Held-out numbers: scene classes (AID layout), grounding (DIOR-RSVG), captions (UCM), VQA (RSVQA).
+  for benchmark in aid:aid dior-rsvg:dior-rsvg ucm-captions:ucm-captions rsvqa-lr:rsvqa; do
+    "$STRATA" eval --benchmark "${benchmark%%:*}" --data "$OUT/data/eval/${benchmark#*:}" --model "$MODEL.tmp/model" \
+      --index "$INDEX" --device "$DEVICE" --limit "$EVAL_LIMIT" --no-bertscore --out "$MODEL.tmp/eval/${benchmark%%:*}" \
+      | tee "$MODEL.tmp/eval/${benchmark%%:*}.txt" | sed -n '1,12p' >&2
+  done
+  python3 - "$MODEL.tmp/eval" > "$MODEL.tmp/metrics.json" <<'PY'
+import json, os, sys
+metrics = {}
+for name in sorted(os.listdir(sys.argv[1])):
+    path = os.path.join(sys.argv[1], name, "report.json")
+    if os.path.isfile(path):
+        for metric in json.load(open(path))["report"]["metrics"]:
+            metrics[f"{name} {metric['name']}"] = metric["value"]
+print(json.dumps(metrics, indent=1, sort_keys=True))
+PY
+  cp "$WORK/instruct.toml" "$MODEL.tmp/instruct.toml"
+  rm -rf "$MODEL" && mv "$MODEL.tmp" "$MODEL"
+fi
+
+step 4 "publish it to the model registry and serve it"
+REGISTRY=$OUT/registry
+"$STRATA" model publish "$MODEL/model" --to "$REGISTRY" --training-config "$MODEL/instruct.toml" \
+  --data-digest "sha256:$(sha256sum "$OUT/data/manifest.json" | cut -d' ' -f1)" --metrics "$MODEL/metrics.json" --promote
+"$STRATA" model list --registry "$REGISTRY"
+
+step 5 "scenes -> tiles -> retrieval -> model (class, caption, VQA, detection) -> tables"
+TABLES=$OUT/tables TILES=$OUT/tiles
+TASKS=(--classify "$CLASSES" --caption --vqa "Is there water in the image?" --vqa "How many ships are there?" --detect ship --detect "storage tank")
+cd "$ROOT"
+echo "the bundled real scenes (Landsat): 192-pixel windows, 32 overlapping, resized to the model's 64" >&2
+"$STRATA" batch --model-registry "$REGISTRY" --index "$INDEX" --device "$DEVICE" "${TASKS[@]}" \
+  --tile-size 192 --overlap 32 --output-size 64 --tables "$TABLES" --tiles "$TILES" "${REAL[@]}"
+echo "the generated scenes: 64-pixel windows, one render each, colours as rendered (--stretch none)" >&2
+"$STRATA" batch --model-registry "$REGISTRY" --index "$INDEX" --device "$DEVICE" "${TASKS[@]}" \
+  --tile-size 64 --overlap 0 --output-size 64 --stretch none --tables "$TABLES" --tiles "$TILES" "$OUT"/data/scenes/*.tif
+
+step 6 "results"
+q() { echo "\$ strata query \"$1\"" >&2; "$STRATA" query --tables "$TABLES" --max-rows "${2:-10}" "$1"; echo; }
+q "SELECT scene_id, tiles_written, tiles_failed, majority_class, class_histogram, detections_per_label FROM scenes ORDER BY scene_id"
+q "SELECT task, count(*) AS answers FROM (SELECT 'classify' AS task FROM classifications UNION ALL SELECT 'caption' FROM captions UNION ALL SELECT 'vqa' FROM vqa UNION ALL SELECT 'detect' FROM detections) GROUP BY task ORDER BY task"
+q "SELECT c.scene_id, c.tile_id, c.label AS class, round(c.score, 2) AS score, k.caption FROM classifications c JOIN captions k ON c.scene_id = k.scene_id AND c.tile_id = k.tile_id WHERE c.scene_id LIKE 'synth-scene%' ORDER BY c.scene_id, c.tile_id" 9
+q "SELECT scene_id, label, round(score, 2) AS score, geometry FROM detections ORDER BY score DESC" 5
+# How the generated scenes' classes compare with what was drawn (scenes/truth.jsonl).
+"$STRATA" query --tables "$TABLES" --format json \
+  "SELECT c.scene_id, t.col_off, t.row_off, c.label FROM classifications c JOIN tiles t ON c.scene_id = t.scene_id AND c.tile_id = t.tile_id WHERE c.scene_id LIKE 'synth-scene%'" \
+  | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+truth = {(t["scene"], t["col_off"], t["row_off"]): t["class"] for t in map(json.loads, open(sys.argv[1]))}
+right = sum(truth.get((r["scene_id"], r["col_off"], r["row_off"])) == r["label"] for r in rows)
+print(f"generated scenes: {right} of {len(rows)} tiles given the scene class that was drawn")' "$OUT/data/scenes/truth.jsonl"
+echo >&2
+echo "held-out evaluation of this model ($MODEL/metrics.json):" >&2
+python3 -c 'import json, sys; [print(f"  {k:<40} {v:.3f}") for k, v in json.load(open(sys.argv[1])).items()]' "$MODEL/metrics.json"
+"$STRATA" map --tables "$TABLES" --out "$OUT/map.html"
 echo
-"$STRATA" query --tables "$OUT/tables" \
-  "SELECT scene_id, tile_id, col_off, row_off, width, height, round(valid_fraction, 3) AS valid, geometry
-   FROM tiles ORDER BY scene_id, tile_id"
-echo
-echo "tile images: $OUT/tiles    more: $STRATA query --tables $OUT/tables --format geojson \"SELECT * FROM tiles\"" >&2
+echo "done in $(( $(date +%s) - started )) s. The map: $OUT/map.html (opens from disk, no network)"
+echo "more: $STRATA query --tables $TABLES \"SELECT * FROM vqa\"    (tables: $STRATA info --tables)"

@@ -108,22 +108,32 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         schemas::Message::validate(&probe).context("checking --request-id")?;
     }
     let tasks = tasks(&args.task)?;
-    if !tasks.is_empty() && args.model.is_none() {
-        bail!("{} task(s) given but no model\nhint: pass --model DIR|URL (a model artifact, see `strata model init`)", tasks.len());
+    let has_model = args.model.is_some() || args.model_registry.is_some();
+    if !tasks.is_empty() && !has_model {
+        bail!(
+            "{} task(s) given but no model\nhint: pass --model DIR|URL (a model artifact, see `strata model init`) or --model-registry URL",
+            tasks.len()
+        );
     }
-    if args.model.is_none() && args.retrieval.index.is_some() {
+    if !has_model && args.retrieval.index.is_some() {
         bail!("--index needs --model: retrieval feeds the model's prompter");
     }
     let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
     let tiles_root = storage::resolve(&args.tiles).context("resolving --tiles")?;
 
     // The model and index first: a wrong path should fail before any scene is read.
-    let infer = match &args.model {
-        Some(location) => {
+    let infer = match (&args.model, &args.model_registry) {
+        (Some(location), _) => {
             eprintln!("strata batch: loading the model {location}");
             Some(infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?)
         }
-        None => None,
+        (None, Some(url)) => {
+            let registry = operators::registry::Registry::new(storage::resolve(url).context("resolving --model-registry")?);
+            let model = crate::serve::models::load_serving(&registry, args.device).await?;
+            eprintln!("strata batch: loaded version {} served by the registry {url}", operators::stages::infer::TileModel::version(&model));
+            Some(infer_stage_with(model, &args.retrieval, args.batch_size, args.max_new_tokens).await?)
+        }
+        (None, None) => None,
     };
 
     let (found, missing) = inputs::discover(&args.scenes).await;

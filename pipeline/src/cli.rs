@@ -524,9 +524,10 @@ pub enum DataCommand {
     ///   images/<id>.png                 every scene
     ///   annotations.jsonl               the ground truth of every scene (class, boxes, caption, QA)
     ///   {train,test}/align.jsonl        image–caption pairs (LLaVA conversations), for `strata train align`
-    ///   {train,test}/instruct.jsonl     classify, caption, VQA and grounding turns, for `strata train instruct`
+    ///   {train,test}/instruct.jsonl     classify, caption, VQA, grounding and detection turns, for `strata train instruct`
     ///   {train,test}/retriever.jsonl    image–text pairs, for a retriever
     ///   manifest.json                   the settings and counts of the data set
+    ///   scenes/*.tif, scenes/truth.jsonl  with --scenes: georeferenced mosaics for `strata batch`
     ///   eval/aid, eval/ucm-captions, eval/rsvqa, eval/dior-rsvg   the test split in the layouts
     ///                                   `strata eval --benchmark aid|ucm-captions|rsvqa-lr|dior-rsvg` reads
     ///
@@ -555,6 +556,15 @@ pub struct SynthArgs {
     /// Share of scenes held out as the test split (whole groups of six, one per class).
     #[arg(long, default_value_t = 0.2, value_parser = fraction)]
     pub test_fraction: f64,
+    /// Also write this many georeferenced scenes (GeoTIFF, UTM 33N, 10 m pixels) under
+    /// `scenes/` for `strata batch`: each a mosaic of --scene-grid² renders that are in neither
+    /// split, with their classes, captions and boxes in `scenes/truth.jsonl`. Tile them with
+    /// `--tile-size` equal to --size and no overlap to give the model one render per tile.
+    #[arg(long, default_value_t = 0)]
+    pub scenes: u32,
+    /// Renders per side of each generated scene.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub scene_grid: u32,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -1114,6 +1124,13 @@ pub struct SceneOptions {
     /// STAC asset keys to read: one visual asset, or three band assets in R,G,B order.
     #[arg(long, value_parser = parse_list::<String>)]
     pub assets: Option<Vec<String>>,
+
+    /// How band values become tile colours: `percentile` (default) stretches each band between
+    /// its 2nd and 98th percentile over the scene, for sensor values of any bit depth; `none`
+    /// writes them as they are (clamped to 0–255), for 8-bit RGB that is display-ready already
+    /// (orthophotos, `strata data synth --scenes`), so tiles keep the colours a model saw.
+    #[arg(long, value_name = "percentile|none")]
+    pub stretch: Option<schemas::Stretch>,
 }
 
 impl SceneOptions {
@@ -1126,6 +1143,7 @@ impl SceneOptions {
             bands: self.bands.clone(),
             nodata: self.nodata,
             stac_assets: self.assets.clone(),
+            stretch: self.stretch,
         }
     }
 }
@@ -1196,9 +1214,15 @@ pub struct BatchArgs {
     pub scene_concurrency: usize,
 
     /// The model artifact: a directory, or the URL it was pushed to (s3://bucket/models/rs-2;
-    /// fetched once into ~/.cache/strata/models). Without it scenes are only tiled.
-    #[arg(long)]
+    /// fetched once into ~/.cache/strata/models). Without it (or --model-registry) scenes are
+    /// only tiled.
+    #[arg(long, conflicts_with = "model_registry")]
     pub model: Option<String>,
+
+    /// Run the version this model registry serves (`strata model promote`), fetched and
+    /// verified against its published hashes; rows record that version.
+    #[arg(long, value_name = "URL")]
+    pub model_registry: Option<String>,
 
     #[command(flatten)]
     pub retrieval: RetrievalArgs,

@@ -51,15 +51,31 @@ fn line(out: &mut BufWriter<File>, value: &Value) -> anyhow::Result<()> {
 
 /// Writes an RGB image with GDAL's `driver` (PNG, GTiff, JPEG).
 fn write_image(scene: &Scene, driver: &str, path: &Path) -> anyhow::Result<()> {
+    let size = scene.size as usize;
+    write_rgb(&scene.rgb, (size, size), None, driver, path)
+}
+
+/// Writes interleaved 8-bit RGB of `(width, height)` pixels with GDAL's `driver`, georeferenced
+/// when `georef` gives a geotransform and a CRS as WKT.
+fn write_rgb(
+    rgb: &[u8],
+    (width, height): (usize, usize),
+    georef: Option<([f64; 6], String)>,
+    driver: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
     }
-    let size = scene.size as usize;
     let mem = DriverManager::get_driver_by_name("MEM")?;
-    let dataset = mem.create_with_band_type::<u8, _>("", size, size, 3)?;
+    let mut dataset = mem.create_with_band_type::<u8, _>("", width, height, 3)?;
     for band in 0..3 {
-        let plane: Vec<u8> = scene.rgb.iter().skip(band).step_by(3).copied().collect();
-        dataset.rasterband(band + 1)?.write((0, 0), (size, size), &mut Buffer::new((size, size), plane))?;
+        let plane: Vec<u8> = rgb.iter().skip(band).step_by(3).copied().collect();
+        dataset.rasterband(band + 1)?.write((0, 0), (width, height), &mut Buffer::new((width, height), plane))?;
+    }
+    if let Some((geotransform, wkt)) = georef {
+        dataset.set_geo_transform(&geotransform)?;
+        dataset.set_projection(&wkt)?;
     }
     let target = DriverManager::get_driver_by_name(driver)?;
     dataset
@@ -68,6 +84,70 @@ fn write_image(scene: &Scene, driver: &str, path: &Path) -> anyhow::Result<()> {
     // GDAL leaves a sidecar with statistics next to some formats; the layouts do not want it.
     let _ = std::fs::remove_file(path.with_extension(format!("{}.aux.xml", path.extension().and_then(|e| e.to_str()).unwrap_or_default())));
     Ok(())
+}
+
+/// The CRS of the generated scenes: WGS 84 / UTM zone 33N.
+const MOSAIC_EPSG: u32 = 32633;
+/// Ground sampling distance of the generated scenes, metres per pixel.
+const MOSAIC_GSD: f64 = 10.0;
+
+/// Writes `--scenes` georeferenced scenes under `scenes/`, for `strata batch`: each a
+/// `--scene-grid`² mosaic of renders of `--size` pixels, so that tiles of `--size` pixels without
+/// overlap fall exactly on one render each. The renders are indices `n` onwards, never part of
+/// the training or test splits. `scenes/truth.jsonl` holds, per render, its place in the
+/// mosaic (pixels), scene class, caption and object boxes (mosaic pixels). Returns the file
+/// names.
+///
+/// The scenes lie side by side in UTM zone 33N at 10 m per pixel (an arbitrary place, so they
+/// show on a map).
+///
+/// # Errors
+/// When a file cannot be written or GDAL cannot build the CRS.
+fn write_mosaics(args: &SynthArgs, out: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = out.join("scenes");
+    if args.scenes == 0 {
+        return Ok(Vec::new());
+    }
+    let wkt = gdal::spatial_ref::SpatialRef::from_epsg(MOSAIC_EPSG)
+        .and_then(|srs| srs.to_wkt())
+        .with_context(|| format!("building EPSG:{MOSAIC_EPSG}"))?;
+    let (grid, size) = (args.scene_grid as usize, args.size as usize);
+    let side = grid * size;
+    let mut truth = writer(&dir.join("truth.jsonl"))?;
+    let mut names = Vec::new();
+    for k in 0..u64::from(args.scenes) {
+        let name = format!("synth-scene-{}-{k}", args.seed);
+        let mut rgb = vec![0u8; side * side * 3];
+        for cell in 0..grid * grid {
+            let (col, row) = (cell % grid, cell / grid);
+            let index = args.n + k * (grid * grid) as u64 + cell as u64;
+            let scene = synth::scene(args.seed, index, args.size);
+            for y in 0..size {
+                let from = y * size * 3;
+                let to = ((row * size + y) * side + col * size) * 3;
+                rgb[to..to + size * 3].copy_from_slice(&scene.rgb[from..from + size * 3]);
+            }
+            let (dx, dy) = ((col * size) as u32, (row * size) as u32);
+            let objects: Vec<Value> = scene
+                .objects
+                .iter()
+                .map(|o| json!({"label": o.label, "bbox": [o.bbox[0] + dx, o.bbox[1] + dy, o.bbox[2] + dx, o.bbox[3] + dy]}))
+                .collect();
+            line(
+                &mut truth,
+                &json!({"scene": name, "render": scene.id, "col_off": dx, "row_off": dy, "size": args.size, "class": scene.class,
+                    "caption": scene.caption, "objects": objects}),
+            )?;
+        }
+        // Side by side, 1 km apart, north of the equator in zone 33N.
+        let x0 = 500_000.0 + k as f64 * (side as f64 * MOSAIC_GSD + 1_000.0);
+        let geotransform = [x0, MOSAIC_GSD, 0.0, 6_100_000.0, 0.0, -MOSAIC_GSD];
+        let file = format!("{name}.tif");
+        write_rgb(&rgb, (side, side), Some((geotransform, wkt.clone())), "GTiff", &dir.join(&file))?;
+        names.push(file);
+    }
+    truth.flush()?;
+    Ok(names)
 }
 
 /// A box in pixels as the model answers it: `<box>[x1, y1, x2, y2]</box>` on the 0–1000 grid.
@@ -91,7 +171,7 @@ fn folder(class: &str) -> String {
 }
 
 /// What `synth` writes at the top of its folder.
-const OUTPUTS: [&str; 6] = ["images", "train", "test", "eval", "annotations.jsonl", "manifest.json"];
+const OUTPUTS: [&str; 7] = ["images", "train", "test", "eval", "scenes", "annotations.jsonl", "manifest.json"];
 
 /// Removes an earlier data set from `out`, so a rerun with other settings leaves no stale
 /// scene behind (an image or a benchmark sample of the old run would join the new one). A
@@ -173,6 +253,12 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
             if let Some((expression, bbox)) = &scene.grounding {
                 line(w, &conversation(format!("{}-ground", scene.id), &image, &detect_prompt(expression), &grid_box(*bbox, scene.size)))?;
             }
+            // Detection as `strata batch --detect LABEL` asks it: every object of the label.
+            if let Some(label) = scene.objects.first().map(|o| o.label) {
+                let boxes: Vec<String> =
+                    scene.objects.iter().filter(|o| o.label == label).map(|o| grid_box(o.bbox, scene.size)).collect();
+                line(w, &conversation(format!("{}-detect", scene.id), &image, &detect_prompt(label), &boxes.join(" ")))?;
+            }
         }
 
         // The benchmark layouts (captions and grounding keep both splits, as the originals do).
@@ -230,7 +316,8 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(eval.join("rsvqa/synth_split_test_answers.json"), json!({"answers": rsvqa_answers}).to_string())?;
     std::fs::write(eval.join("dior-rsvg/train.txt"), dior_train.join("\n") + "\n")?;
     std::fs::write(eval.join("dior-rsvg/test.txt"), dior_test.join("\n") + "\n")?;
-    let manifest = json!({"generator": "strata data synth", "seed": args.seed, "n": args.n, "size": args.size,
+    let mosaics = write_mosaics(args, out)?;
+    let manifest = json!({"generator": "strata data synth", "seed": args.seed, "n": args.n, "size": args.size, "scenes": mosaics,
         "test_fraction": args.test_fraction, "train_scenes": counts[0], "test_scenes": counts[1], "classes": CLASSES});
     std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
     println!(

@@ -20,9 +20,11 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{
     artifact::{self, Artifact, Provenance},
+    preprocess::RgbImage,
     train::{Stage, TrainConfig, Trainer, TrainerState},
     vlm::{StrataModel, VlmRequest},
 };
+use operators::retrieve::Retriever;
 use rand::{seq::SliceRandom as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -110,6 +112,17 @@ pub struct TrainFile {
     /// Version of the trained artifact (default: `<start version>-<stage>`).
     #[serde(default)]
     pub model_version: Option<String>,
+    /// Retrieve descriptions for every sample from this index (a directory, or the URL it was
+    /// pushed to), as `strata batch --index` does at inference, so the prompter learns from the
+    /// descriptions it will be given (MODEL_SPEC section 5: both stages see them). Default: none.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Encoder that queries the index (as `--retrieval-encoder`; default all-MiniLM-L6-v2).
+    #[serde(default)]
+    pub retrieval_encoder: Option<PathBuf>,
+    /// Descriptions per sample (default: the model's `top_k`).
+    #[serde(default)]
+    pub retrieve_k: Option<usize>,
 }
 
 /// One training sample.
@@ -167,20 +180,35 @@ fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sa
     Ok(samples)
 }
 
-/// Preprocessed images, each read once.
-struct Pixels {
-    cache: HashMap<PathBuf, Tensor>,
+/// The model inputs of samples: each image read and preprocessed once, and, with an index,
+/// each (image, query) pair's retrieved descriptions looked up once.
+struct Inputs {
+    pixels: HashMap<PathBuf, Tensor>,
+    retriever: Option<Retriever>,
+    descriptions: HashMap<(PathBuf, String), Vec<String>>,
 }
 
-impl Pixels {
+impl Inputs {
     fn request(&mut self, model: &StrataModel, sample: &Sample) -> anyhow::Result<VlmRequest> {
-        if !self.cache.contains_key(&sample.image) {
-            let (rgb, width, height) = crate::images::read_rgb(&sample.image)?;
-            let pixels = model.preprocess_rgb(&rgb, width, height)?;
-            self.cache.insert(sample.image.clone(), pixels);
+        let key = (sample.image.clone(), sample.query.clone());
+        let need_descriptions = self.retriever.is_some() && !self.descriptions.contains_key(&key);
+        if need_descriptions || !self.pixels.contains_key(&sample.image) {
+            let (rgb, width, height) =
+                crate::images::read_rgb(&sample.image).with_context(|| format!("reading `{}`", sample.image.display()))?;
+            if !self.pixels.contains_key(&sample.image) {
+                self.pixels.insert(sample.image.clone(), model.preprocess_rgb(&rgb, width, height)?);
+            }
+            if let Some(retriever) = self.retriever.as_mut().filter(|_| need_descriptions) {
+                let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
+                let found = retriever
+                    .descriptions(&image, &sample.query)
+                    .with_context(|| format!("retrieving descriptions for `{}`", sample.image.display()))?;
+                self.descriptions.insert(key.clone(), found);
+            }
         }
-        let pixels = self.cache[&sample.image].shallow_clone();
-        Ok(VlmRequest { pixels, query: sample.query.clone(), descriptions: Vec::new() })
+        let pixels = self.pixels[&sample.image].shallow_clone();
+        let descriptions = self.descriptions.get(&key).cloned().unwrap_or_default();
+        Ok(VlmRequest { pixels, query: sample.query.clone(), descriptions })
     }
 }
 
@@ -216,6 +244,7 @@ fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String 
         "stage": format!("{stage:?}"), "start": start_version, "data": file.data, "batch_size": file.batch_size,
         "grad_accumulation": file.grad_accumulation, "learning_rate": file.learning_rate, "vision_learning_rate": file.vision_learning_rate,
         "warmup_steps": file.warmup_steps, "steps": file.steps, "max_grad_norm": file.max_grad_norm, "weight_decay": file.weight_decay, "seed": file.seed,
+        "index": file.index, "retrieval_encoder": file.retrieval_encoder, "retrieve_k": file.retrieve_k,
     });
     format!("{:x}", sha2::Sha256::digest(identity.to_string().as_bytes()))[..16].to_owned()
 }
@@ -271,6 +300,9 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     }
     file.held_out = file.held_out.map(|p| base.join(p));
     file.image_root = file.image_root.map(|p| base.join(p));
+    file.retrieval_encoder = file.retrieval_encoder.map(|p| base.join(p));
+    // An index path is relative to the file too; a URL (s3://, file://) is taken as it is.
+    file.index = file.index.map(|index| if index.contains("://") { index } else { base.join(index).to_string_lossy().into_owned() });
     if file.steps == 0 || file.batch_size == 0 || file.grad_accumulation == 0 || file.checkpoint_every == 0 || file.eval_every == 0 {
         bail!("`{}`: steps, batch_size, grad_accumulation, checkpoint_every and eval_every must be at least 1", args.config.display());
     }
@@ -350,7 +382,22 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         writeln!(metrics, "{line}")?;
     }
 
-    let mut pixels = Pixels { cache: HashMap::new() };
+    // The index may live in an object store: its reads run on this runtime, kept for the run.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the I/O runtime")?;
+    let retriever = match &file.index {
+        Some(index) => {
+            let retrieval = crate::cli::RetrievalArgs {
+                index: Some(index.clone()),
+                retrieval_encoder: file.retrieval_encoder.clone(),
+                retrieve_k: file.retrieve_k,
+                ef: None,
+            };
+            crate::retriever::open(&retrieval, model.config().retrieval.top_k, device.device(), &runtime)
+                .with_context(|| format!("opening the index `{index}`"))?
+        }
+        None => None,
+    };
+    let mut pixels = Inputs { pixels: HashMap::new(), retriever, descriptions: HashMap::new() };
     let bar = ProgressBar::with_draw_target(
         Some(file.steps as u64),
         if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },

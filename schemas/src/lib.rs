@@ -30,7 +30,7 @@ pub use dead_letter::{DeadLetterRecord, ErrorKind, OriginalPayload, SourcePositi
 pub use envelope::{decode, encode, DecodeLimits, Message, SchemaError, SCHEMA_VERSION};
 pub use model::{ModelPublished, ModelServing};
 pub use result::{GridBox, RetrievedDescription, StageTimings, TaskAnswer, TaskOutput, TileResult};
-pub use scene::{SceneRequest, SceneSource, TaskKind, TaskSpec, TilingOptions};
+pub use scene::{SceneRequest, SceneSource, Stretch, TaskKind, TaskSpec, TilingOptions};
 pub use stream::{ResultMessage, SceneDetection, SceneResults, SceneStats, SceneTiled, SinkMessage, TileMessage, TiledTile};
 pub use tile::{Crs, GeoTransform, ObjectRef, PixelWindow, RasterSize, TileTask};
 

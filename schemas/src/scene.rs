@@ -182,6 +182,33 @@ pub struct TilingOptions {
     /// STAC asset keys to read (one visual asset, or three band assets in R, G, B order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stac_assets: Option<Vec<String>>,
+    /// How band values become 8-bit colours; `None` is [`Stretch::Percentile`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stretch: Option<Stretch>,
+}
+
+/// How band values become the 8-bit colours of tile images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stretch {
+    /// A linear stretch between the 2nd and 98th percentiles of each band, measured once per
+    /// scene: for sensor values (reflectance, digital numbers of any bit depth).
+    Percentile,
+    /// Values are display colours already (8-bit RGB, as an orthophoto or a rendered scene
+    /// stores them) and are written as they are, clamped to 0–255.
+    None,
+}
+
+impl std::str::FromStr for Stretch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "percentile" => Ok(Self::Percentile),
+            "none" => Ok(Self::None),
+            other => Err(format!("`{other}` is not a stretch; use `percentile` or `none`")),
+        }
+    }
 }
 
 impl Default for TilingOptions {
@@ -193,6 +220,7 @@ impl Default for TilingOptions {
             bands: None,
             nodata: None,
             stac_assets: None,
+            stretch: None,
         }
     }
 }

@@ -408,6 +408,8 @@ impl CutJob {
             let band_nodata = tiling.nodata.or_else(|| band.no_data_value());
             let map = match palette.as_ref().and_then(|p| p.get(slot)) {
                 Some(lookup) => lookup.clone(),
+                // Display colours already: the identity map on 0–255.
+                None if tiling.stretch == Some(schemas::Stretch::None) => ChannelMap::Stretch(BandStretch { low: 0.0, high: 255.0 }),
                 None => ChannelMap::Stretch(
                     raster::measure_stretch(&band, band_nodata, self.config.stretch_sample_px)
                         .map_err(gdal_err(format!("measuring the contrast stretch of band {index}")))?
