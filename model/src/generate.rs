@@ -10,6 +10,7 @@
 use tch::{Kind, Tensor};
 
 use crate::experts::TokenRole;
+use crate::tasks::grammar::{BoxState, BoxVocabulary};
 use crate::qwen2::{DecoderInput, Qwen2ForCausalLM};
 use crate::ModelError;
 
@@ -271,7 +272,7 @@ pub fn generate_with_stats(
     prompt: &PromptBatch,
     config: &GenerationConfig,
 ) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
-    run(llm, prompt.len(), config, |llm, stats| {
+    run(llm, prompt.len(), config, None, |llm, stats| {
         stats.prefill_rows = prompt.len();
         let hidden = llm.forward_embeds(&DecoderInput {
             embeds: &prompt.embeds,
@@ -301,6 +302,37 @@ pub fn generate_shared_prefix(
     prompt: &SharedPrefixBatch,
     config: &GenerationConfig,
 ) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
+    generate_shared_prefix_constrained(llm, prompt, config, None)
+}
+
+/// Rows whose answers must follow the box grammar ([`crate::tasks::grammar`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BoxConstraint<'a> {
+    /// The tokens that can write a box answer.
+    pub vocabulary: &'a BoxVocabulary,
+    /// One flag per prompt row: constrained or free text.
+    pub rows: &'a [bool],
+}
+
+/// As [`generate_shared_prefix`], with the rows `constraint` flags generated under the box
+/// grammar: at every step their tokens that would leave the grammar are masked out before
+/// the choice, and stopping is allowed only between boxes. The log-probabilities recorded are
+/// the model's own (unmasked), so an answer's score still says how sure the model was.
+///
+/// # Errors
+/// As [`generate_shared_prefix`], and [`ModelError::Request`] when `constraint.rows` does
+/// not have one flag per row.
+pub fn generate_shared_prefix_constrained(
+    llm: &mut Qwen2ForCausalLM,
+    prompt: &SharedPrefixBatch,
+    config: &GenerationConfig,
+    constraint: Option<BoxConstraint<'_>>,
+) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
+    if let Some(constraint) = constraint.filter(|c| c.rows.len() != prompt.len()) {
+        return Err(ModelError::Request {
+            reason: format!("{} constraint flags for {} rows: give one per row", constraint.rows.len(), prompt.len()),
+        });
+    }
     let prefixes = prompt.prefixes.len() as i64;
     if prompt.prefix_of.len() != prompt.tails.len() || prompt.prefix_of.iter().any(|p| !(0..prefixes).contains(p)) {
         return Err(ModelError::Request {
@@ -311,7 +343,7 @@ pub fn generate_shared_prefix(
             ),
         });
     }
-    run(llm, prompt.len(), config, |llm, stats| {
+    run(llm, prompt.len(), config, constraint, |llm, stats| {
         let (prefixes, tails) = (&prompt.prefixes, &prompt.tails);
         let device = tails.embeds.device();
         stats.prefix_rows = prefixes.len();
@@ -365,6 +397,7 @@ fn run(
     llm: &mut Qwen2ForCausalLM,
     batch: usize,
     config: &GenerationConfig,
+    constraint: Option<BoxConstraint<'_>>,
     prefill: impl FnOnce(&mut Qwen2ForCausalLM, &mut GenerationStats) -> Result<Prefilled, ModelError>,
 ) -> Result<(Vec<Generation>, GenerationStats), ModelError> {
     if let Sampling::TopP { temperature, top_p } = config.sampling {
@@ -385,7 +418,7 @@ fn run(
     let result = tch::no_grad(|| {
         llm.clear_kv_cache();
         let prefilled = prefill(llm, &mut stats)?;
-        decode(llm, prefilled, config, &mut rng, &mut outputs, &mut stats)
+        decode(llm, prefilled, config, constraint, &mut rng, &mut outputs, &mut stats)
     });
     // Also after a failure: the next call must not continue a half-built cache.
     llm.clear_kv_cache();
@@ -398,6 +431,7 @@ fn decode(
     llm: &mut Qwen2ForCausalLM,
     prefilled: Prefilled,
     config: &GenerationConfig,
+    constraint: Option<BoxConstraint<'_>>,
     rng: &mut SplitMix64,
     outputs: &mut [Generation],
     stats: &mut GenerationStats,
@@ -406,9 +440,19 @@ fn decode(
     let device = logits.device();
     // `rows[i]`: which prompt row the i-th row of the shrinking batch is.
     let mut rows: Vec<usize> = (0..outputs.len()).collect();
+    // The grammar state of each constrained prompt row.
+    let mut grammar: Vec<Option<BoxState>> = (0..outputs.len())
+        .map(|row| constraint.filter(|c| c.rows[row] && !c.vocabulary.is_empty()).map(|_| BoxState::START))
+        .collect();
     for step in 0..config.max_new_tokens {
         let logits32 = logits.to_kind(Kind::Float);
-        let mut next = choose(&logits32, config.sampling, rng)?;
+        let masked = match constraint {
+            Some(constraint) if rows.iter().any(|&row| grammar[row].is_some()) => {
+                &logits32 + grammar_mask(constraint.vocabulary, &rows, &grammar, &config.stop_tokens, &logits32)?
+            }
+            _ => logits32.shallow_clone(),
+        };
+        let mut next = choose(&masked, config.sampling, rng)?;
         let chosen = logits32.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
         let next_ids = read_back::<i64>(&next.to_device(tch::Device::Cpu), "the chosen token ids")?;
         let chosen = read_back::<f64>(&chosen.to_kind(Kind::Double).to_device(tch::Device::Cpu), "the chosen tokens' log-probabilities")?;
@@ -422,6 +466,10 @@ fn decode(
             } else {
                 output.tokens.push(*token);
                 keep.push(i as i64);
+                if let (Some(state), Some(constraint)) = (grammar[row], constraint) {
+                    // Off the grammar only when the mask was lifted (no token could continue).
+                    grammar[row] = constraint.vocabulary.text(*token).and_then(|text| state.advance_str(text));
+                }
             }
         }
         if keep.is_empty() || step + 1 == config.max_new_tokens {
@@ -450,6 +498,40 @@ fn decode(
         positions += 1;
     }
     Ok(())
+}
+
+/// `[rows, vocab]`: 0 where a row may choose the token, −∞ where the grammar forbids it (rows
+/// without a grammar: 0 everywhere). A constrained row for which no token could continue is
+/// left free rather than forced onto a forbidden one.
+fn grammar_mask(
+    vocabulary: &BoxVocabulary,
+    rows: &[usize],
+    grammar: &[Option<BoxState>],
+    stop_tokens: &[i64],
+    logits: &Tensor,
+) -> Result<Tensor, ModelError> {
+    let vocab = usize::try_from(logits.size().last().copied().unwrap_or(0)).unwrap_or(0);
+    let mut mask = vec![0f32; rows.len() * vocab];
+    for (i, &row) in rows.iter().enumerate() {
+        let Some(state) = grammar[row] else { continue };
+        let (mut allowed, may_stop) = vocabulary.allowed(state);
+        if may_stop {
+            allowed.extend_from_slice(stop_tokens);
+        }
+        allowed.retain(|&id| usize::try_from(id).is_ok_and(|id| id < vocab));
+        if allowed.is_empty() {
+            continue;
+        }
+        let line = &mut mask[i * vocab..(i + 1) * vocab];
+        line.fill(f32::NEG_INFINITY);
+        for id in allowed {
+            line[id as usize] = 0.0;
+        }
+    }
+    Tensor::f_from_slice(&mask)
+        .and_then(|t| t.f_view([rows.len() as i64, vocab as i64]))
+        .and_then(|t| t.f_to_device(logits.device()))
+        .map_err(|source| ModelError::Torch { action: "building the box grammar's token mask".into(), source })
 }
 
 #[cfg(test)]

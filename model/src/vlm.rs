@@ -22,6 +22,7 @@ use crate::projector::Projector;
 use crate::prompter::{MultiLevelPrompter, PrompterInput};
 use crate::qwen2::{DecoderInput, Qwen2Extensions, Qwen2ForCausalLM};
 use crate::siglip::SiglipVisionModel;
+use crate::tasks::grammar::BoxVocabulary;
 use crate::weights::{self, LoadPolicy};
 use crate::ModelError;
 
@@ -106,6 +107,8 @@ pub struct StrataModel {
     llm: Qwen2ForCausalLM,
     levels: Vec<i64>,
     vs: nn::VarStore,
+    /// The tokens of box answers, found on the first detection request.
+    box_vocabulary: std::sync::OnceLock<BoxVocabulary>,
 }
 
 impl StrataModel {
@@ -138,7 +141,7 @@ impl StrataModel {
         let projector = Projector::new(&(&strata / "projector"), d_v, d);
         let prompter =
             MultiLevelPrompter::new(&(&strata / "prompter"), &config.prompter, d, d_v, levels.len() as i64, config.llm.num_attention_heads);
-        Ok(Self { config, tokenizer, vision, projector, prompter, llm, levels, vs })
+        Ok(Self { config, tokenizer, vision, projector, prompter, llm, levels, vs, box_vocabulary: std::sync::OnceLock::new() })
     }
 
     /// Builds the model from Hugging Face base checkpoints: a SigLIP (vision or full) and a
@@ -429,7 +432,18 @@ impl StrataModel {
         if config.stop_tokens.is_empty() {
             config.stop_tokens = self.tokenizer.stop_tokens();
         }
-        let (generations, _) = generate::generate_shared_prefix(&mut self.llm, &prompt, &config)?;
+        // Detection and grounding queries are answered under the box grammar.
+        let boxed: Vec<bool> = requests.iter().map(|r| crate::tasks::expects_boxes(&r.query)).collect();
+        let constraint = if boxed.contains(&true) {
+            let tokenizer = &self.tokenizer;
+            let vocabulary = self.box_vocabulary.get_or_init(|| {
+                BoxVocabulary::new((0..tokenizer.id_bound()).filter_map(|id| Some((id, tokenizer.decode(&[id]).ok()?))))
+            });
+            Some(generate::BoxConstraint { vocabulary, rows: &boxed })
+        } else {
+            None
+        };
+        let (generations, _) = generate::generate_shared_prefix_constrained(&mut self.llm, &prompt, &config, constraint)?;
         generations
             .into_iter()
             .zip(descriptions_used)

@@ -262,3 +262,35 @@ fn the_model_runs_in_bf16_the_gpu_dtype_with_masked_attention() {
     assert_eq!(answers.len(), 3);
     assert!(answers.iter().all(|a| a.score.is_finite() && a.score > 0.0));
 }
+
+#[test]
+fn locate_queries_are_answered_in_the_box_grammar_beside_free_text_rows() {
+    // Random weights: left alone they never write a box. Under the grammar every answer to a
+    // `Locate:` query is boxes that parse, coordinates ordered, on the grid, in the same batch
+    // as rows that answer freely.
+    let mut model = tiny_model(4);
+    randomise_new_modules(&model);
+    let mut batch = requests(&model);
+    for (seed, colour) in [(5, [90, 90, 90]), (6, [20, 120, 200]), (7, [200, 200, 90]), (8, [60, 160, 60])] {
+        batch.push(request(colour_image(&model, colour, seed), &model::tasks::detect_prompt("ship"), &[]));
+    }
+    let free = model.generate(&requests(&model), &greedy(40)).unwrap();
+    let answers = model.generate(&batch, &greedy(40)).unwrap();
+    for (i, answer) in answers.iter().enumerate().take(3) {
+        assert_eq!(answer.tokens, free[i].tokens, "row {i} is free text, untouched by its neighbours' grammar");
+    }
+    let mut boxes = 0;
+    for answer in &answers[3..] {
+        let parsed = model::tasks::parse_boxes(&answer.text);
+        // Stopping at once ("nothing there") is the model's choice the grammar leaves open.
+        assert!(!parsed.boxes.is_empty() || (answer.text.is_empty() && answer.complete), "{:?}", answer.text);
+        boxes += parsed.boxes.len();
+        // A box cut by the token limit is the only possible error, and only at the end.
+        assert!(parsed.errors.len() <= usize::from(!answer.complete), "{:?}: {:?}", answer.text, parsed.errors);
+        for b in &parsed.boxes {
+            assert!(b.x1 < b.x2 && b.y1 < b.y2 && b.x2 <= 1000 && b.y2 <= 1000, "{b:?} in {:?}", answer.text);
+        }
+        assert!(answer.score > 0.0 && answer.score <= 1.0, "the score is the model's own probability: {}", answer.score);
+    }
+    assert!(boxes > 0, "no row wrote a box: {answers:?}");
+}

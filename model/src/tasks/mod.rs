@@ -4,6 +4,7 @@
 
 mod answers;
 mod boxes;
+pub mod grammar;
 
 pub use answers::{match_class, normalize_answer};
 pub use boxes::{parse_boxes, GridBox, ParsedBoxes, GRID_MAX};
@@ -23,9 +24,18 @@ pub fn vqa_prompt(question: &str) -> String {
     format!("{} Answer with a single word or phrase.", question.trim())
 }
 
+/// What starts every grounding / detection query.
+const DETECT_PREFIX: &str = "Locate:";
+
 /// The query text for grounding / detection; the model answers with `<box>` tags.
 pub fn detect_prompt(target: &str) -> String {
-    format!("Locate: {}", target.trim())
+    format!("{DETECT_PREFIX} {}", target.trim())
+}
+
+/// Whether `query` asks for boxes (it was made by [`detect_prompt`]): such answers are
+/// generated under the box grammar ([`grammar`]).
+pub fn expects_boxes(query: &str) -> bool {
+    query.trim_start().starts_with(DETECT_PREFIX)
 }
 
 #[cfg(test)]
