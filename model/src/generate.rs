@@ -10,8 +10,8 @@
 use tch::{Kind, Tensor};
 
 use crate::experts::TokenRole;
-use crate::tasks::grammar::{BoxState, BoxVocabulary};
 use crate::qwen2::{DecoderInput, Qwen2ForCausalLM};
+use crate::tasks::grammar::{BoxState, BoxVocabulary};
 use crate::ModelError;
 
 /// How the next token is chosen.
@@ -441,9 +441,8 @@ fn decode(
     // `rows[i]`: which prompt row the i-th row of the shrinking batch is.
     let mut rows: Vec<usize> = (0..outputs.len()).collect();
     // The grammar state of each constrained prompt row.
-    let mut grammar: Vec<Option<BoxState>> = (0..outputs.len())
-        .map(|row| constraint.filter(|c| c.rows[row] && !c.vocabulary.is_empty()).map(|_| BoxState::START))
-        .collect();
+    let mut grammar: Vec<Option<BoxState>> =
+        (0..outputs.len()).map(|row| constraint.filter(|c| c.rows[row] && !c.vocabulary.is_empty()).map(|_| BoxState::START)).collect();
     for step in 0..config.max_new_tokens {
         let logits32 = logits.to_kind(Kind::Float);
         let masked = match constraint {

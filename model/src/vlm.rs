@@ -436,9 +436,9 @@ impl StrataModel {
         let boxed: Vec<bool> = requests.iter().map(|r| crate::tasks::expects_boxes(&r.query)).collect();
         let constraint = if boxed.contains(&true) {
             let tokenizer = &self.tokenizer;
-            let vocabulary = self.box_vocabulary.get_or_init(|| {
-                BoxVocabulary::new((0..tokenizer.id_bound()).filter_map(|id| Some((id, tokenizer.decode(&[id]).ok()?))))
-            });
+            let vocabulary = self
+                .box_vocabulary
+                .get_or_init(|| BoxVocabulary::new((0..tokenizer.id_bound()).filter_map(|id| Some((id, tokenizer.decode(&[id]).ok()?)))));
             Some(generate::BoxConstraint { vocabulary, rows: &boxed })
         } else {
             None

@@ -255,8 +255,7 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
             }
             // Detection as `strata batch --detect LABEL` asks it: every object of the label.
             if let Some(label) = scene.objects.first().map(|o| o.label) {
-                let boxes: Vec<String> =
-                    scene.objects.iter().filter(|o| o.label == label).map(|o| grid_box(o.bbox, scene.size)).collect();
+                let boxes: Vec<String> = scene.objects.iter().filter(|o| o.label == label).map(|o| grid_box(o.bbox, scene.size)).collect();
                 line(w, &conversation(format!("{}-detect", scene.id), &image, &detect_prompt(label), &boxes.join(" ")))?;
             }
         }

@@ -968,6 +968,22 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
     }
     let grounding: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-ground")).collect();
     assert!(!grounding.is_empty() && grounding.iter().all(|r| r["conversations"][1]["value"].as_str().unwrap().starts_with("<box>[")));
+    // Detection turns as `strata batch --detect LABEL` asks: every object of the label, each a
+    // box the parser reads.
+    let annotations: Vec<serde_json::Value> =
+        std::fs::read_to_string(a.join("annotations.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let detections: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-detect")).collect();
+    assert!(!detections.is_empty());
+    for record in detections {
+        let scene = record["id"].as_str().unwrap().trim_end_matches("-detect");
+        let truth = annotations.iter().find(|a| a["scene"]["id"] == scene).unwrap();
+        let objects = truth["scene"]["objects"].as_array().unwrap();
+        let label = objects[0]["label"].as_str().unwrap();
+        assert!(record["conversations"][0]["value"].as_str().unwrap().ends_with(&format!("Locate: {label}")), "{record}");
+        let parsed = model::tasks::parse_boxes(record["conversations"][1]["value"].as_str().unwrap());
+        assert!(parsed.errors.is_empty(), "{record}");
+        assert_eq!(parsed.boxes.len(), objects.iter().filter(|o| o["label"] == label).count(), "{record}");
+    }
     // Every benchmark layout is read by `strata eval`, with the test split's samples.
     let model = random_model(work.path(), "tiny-1");
     for (benchmark, folder, samples) in
@@ -1086,4 +1102,72 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     let out = train(&other, &["--resume"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("written by another training configuration"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn generated_scenes_are_georeferenced_and_tile_into_their_renders_with_stretch_none() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let args = ["--n", "6", "--size", "32", "--scenes", "1", "--scene-grid", "2", "--no-progress"];
+    let out = strata(&[&["data", "synth", "--out", data.to_str().unwrap()][..], &args].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let scene = data.join("scenes/synth-scene-1-0.tif");
+    let truth: Vec<serde_json::Value> =
+        std::fs::read_to_string(data.join("scenes/truth.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(truth.len(), 4, "a 2 x 2 mosaic");
+    // The renders are none of the data set's scenes (indices 6 onwards), one class each.
+    assert_eq!(
+        truth.iter().map(|t| t["render"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["synth-1-6", "synth-1-7", "synth-1-8", "synth-1-9"]
+    );
+    for t in &truth {
+        for o in t["objects"].as_array().unwrap() {
+            let b: Vec<u64> = o["bbox"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let (x, y) = (t["col_off"].as_u64().unwrap(), t["row_off"].as_u64().unwrap());
+            assert!(b[0] >= x && b[2] <= x + 32 && b[1] >= y && b[3] <= y + 32, "boxes in mosaic pixels, inside their render: {t}");
+        }
+    }
+
+    let tile = |stretch: Option<&str>| {
+        let dir = work.path().join(format!("out-{}", stretch.unwrap_or("default")));
+        let mut command = strata_command();
+        command.args(["batch", "--no-progress", "--tile-size", "32", "--overlap", "0", "--output-size", "32"]);
+        if let Some(stretch) = stretch {
+            command.args(["--stretch", stretch]);
+        }
+        let out = command.arg("--tables").arg(dir.join("tables")).arg("--tiles").arg(dir.join("tiles")).arg(&scene).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        dir
+    };
+    let read = |path: &Path, window: (isize, isize)| -> Vec<u8> {
+        let dataset = gdal::Dataset::open(path).unwrap();
+        (1..=3)
+            .flat_map(|band| dataset.rasterband(band).unwrap().read_as::<u8>(window, (32, 32), (32, 32), None).unwrap().data().to_vec())
+            .collect()
+    };
+    let (plain, stretched) = (tile(Some("none")), tile(None));
+    let rows = query_json(&plain.join("tables"), "SELECT tile_id, col_off, row_off, tile_uri, geometry FROM tiles ORDER BY tile_id");
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        let window = (row["col_off"].as_i64().unwrap() as isize, row["row_off"].as_i64().unwrap() as isize);
+        let file = files_with_extension(&plain.join("tiles"), "png")
+            .into_iter()
+            .find(|f| f.file_stem().unwrap() == row["tile_id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(read(&file, (0, 0)), read(&scene, window), "{row}: with --stretch none a tile is its render, pixel for pixel");
+        // UTM zone 33N east of its central meridian, at 55° N.
+        let wkt = row["geometry"].as_str().unwrap();
+        assert!(wkt.starts_with("POLYGON ((15.0") && wkt.contains(" 55.0"), "{wkt}");
+    }
+    // The default stretch remaps the colours (2nd..98th percentile to 0..255): not the renders.
+    let stretched_tile = files_with_extension(&stretched.join("tiles"), "png").into_iter().next().unwrap();
+    let stretched_row = query_json(
+        &stretched.join("tables"),
+        &format!("SELECT col_off, row_off FROM tiles WHERE tile_id = '{}'", stretched_tile.file_stem().unwrap().to_str().unwrap()),
+    );
+    let window = (stretched_row[0]["col_off"].as_i64().unwrap() as isize, stretched_row[0]["row_off"].as_i64().unwrap() as isize);
+    assert_ne!(read(&stretched_tile, (0, 0)), read(&scene, window));
+    let out = strata(&["batch", "--stretch", "gamma", scene.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("use `percentile` or `none`"), "{}", text(&out.stderr));
 }

@@ -61,7 +61,7 @@ fn the_quick_demo_fills_every_table_through_the_registry_served_model() {
     let listed = strata(&["model", "list", "--registry", out.join("registry").to_str().unwrap(), "--format", "json"]);
     assert!(listed.status.success(), "{}", text(&listed.stderr));
     let registry: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let serving = registry["serving"].as_str().unwrap().to_owned();
+    let serving = registry["serving"]["version"].as_str().unwrap().to_owned();
     let lineage = &registry["versions"][0];
     assert_eq!(lineage["version"], serving.as_str());
     assert!(lineage["metrics"].as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("aid "))), "{lineage}");
@@ -98,8 +98,8 @@ fn the_quick_demo_fills_every_table_through_the_registry_served_model() {
         let score = detection["score"].as_f64().unwrap();
         assert!(score > 0.0 && score <= 1.0, "{detection}");
         let points = ring(detection["geometry"].as_str().unwrap());
-        assert_eq!(points.len(), 5, "a box is a closed ring of five points: {detection}");
-        assert_eq!(points[0], points[4], "{detection}");
+        // A box's edges are densified (it is a curved quadrilateral in lon/lat), and closed.
+        assert!(points.len() >= 5 && points.first() == points.last(), "not a closed ring: {detection}");
         let [x1, y1, x2, y2] = bounds(&points);
         assert!(x2 > x1 && y2 > y1, "an empty box: {detection}");
         let [fx1, fy1, fx2, fy2] = bounds(&ring(detection["footprint"].as_str().unwrap()));

@@ -112,9 +112,7 @@ impl BoxState {
                 b']' if digits > 0 && index == 3 && self.number_ok() => Some(Self::Close { at: 1 }),
                 _ => None,
             },
-            Self::Comma { next, corner } => {
-                (c == b' ').then_some(Self::Number { index: next, value: 0, digits: 0, corner })
-            }
+            Self::Comma { next, corner } => (c == b' ').then_some(Self::Number { index: next, value: 0, digits: 0, corner }),
             Self::Close { at } => {
                 if c != CLOSE[usize::from(at)] {
                     return None;
@@ -225,11 +223,11 @@ mod tests {
     #[test]
     fn every_malformed_box_is_refused_where_it_goes_wrong() {
         for bad in [
-            "<box>[1001",         // off the grid
-            "<box>[05",           // leading zero
-            "<box>[10, 20, 10",   // x2 must exceed x1: 10 cannot grow into 11..=1000? it can: 100
-            "<box>[10,20",        // ", " is the separator
-            "<box>[1, 2, 3]",     // three coordinates
+            "<box>[1001",                   // off the grid
+            "<box>[05",                     // leading zero
+            "<box>[10, 20, 10",             // x2 must exceed x1: 10 cannot grow into 11..=1000? it can: 100
+            "<box>[10,20",                  // ", " is the separator
+            "<box>[1, 2, 3]",               // three coordinates
             "<box>[1, 2, 3, 4]</box><box>", // boxes are separated by one space
             "box",
             " <box>",
