@@ -106,7 +106,7 @@ learning_rate = 2e-3
 # The tower starts random here, so it learns at a rate close to the new modules'.
 vision_learning_rate = 5e-4
 checkpoint_every = 150
-eval_every = 300
+eval_every = 500
 eval_samples = 64
 model_version = "demo-$N-$INSTRUCT_STEPS"
 index = "$INDEX"

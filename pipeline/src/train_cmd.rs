@@ -57,6 +57,10 @@ const fn default_eval_samples() -> usize {
     64
 }
 
+const fn default_eval_max_new_tokens() -> i64 {
+    64
+}
+
 /// The training file (TOML). Paths are relative to the file's folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,9 +110,13 @@ pub struct TrainFile {
     /// Steps between held-out evaluations.
     #[serde(default = "default_eval_every")]
     pub eval_every: usize,
-    /// Held-out samples scored each time (the first ones of the file).
+    /// Held-out samples scored each time (the first ones of the file): their loss, and the
+    /// task metrics of their generated answers (`eval.csv`).
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
+    /// Longest generated answer in those evaluations, tokens.
+    #[serde(default = "default_eval_max_new_tokens")]
+    pub eval_max_new_tokens: i64,
     /// Version of the trained artifact (default: `<start version>-<stage>`).
     #[serde(default)]
     pub model_version: Option<String>,
@@ -184,6 +192,8 @@ fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sa
 /// each (image, query) pair's retrieved descriptions looked up once.
 struct Inputs {
     pixels: HashMap<PathBuf, Tensor>,
+    /// `[width, height]` of each image read, pixels (grounding references are in pixels).
+    sizes: HashMap<PathBuf, [u32; 2]>,
     retriever: Option<Retriever>,
     descriptions: HashMap<(PathBuf, String), Vec<String>>,
 }
@@ -197,6 +207,7 @@ impl Inputs {
                 crate::images::read_rgb(&sample.image).with_context(|| format!("reading `{}`", sample.image.display()))?;
             if !self.pixels.contains_key(&sample.image) {
                 self.pixels.insert(sample.image.clone(), model.preprocess_rgb(&rgb, width, height)?);
+                self.sizes.insert(sample.image.clone(), [u32::try_from(width)?, u32::try_from(height)?]);
             }
             if let Some(retriever) = self.retriever.as_mut().filter(|_| need_descriptions) {
                 let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
@@ -210,6 +221,91 @@ impl Inputs {
         let descriptions = self.descriptions.get(&key).cloned().unwrap_or_default();
         Ok(VlmRequest { pixels, query: sample.query.clone(), descriptions })
     }
+}
+
+/// The metrics printed with each held-out evaluation (all of them go to `eval.csv`).
+const HEADLINE_METRICS: [&str; 5] = ["accuracy", "BLEU-4", "CIDEr-D", "overall accuracy", "Acc@0.5"];
+
+/// The task a held-out query asks, from the prompt that made it (`model::tasks`): grounding
+/// (`Locate: ...`), classification (the classify prompt), VQA (the short-answer suffix), or a
+/// caption (anything else).
+fn task_of(query: &str) -> eval::score::Task {
+    use eval::score::Task;
+    if model::tasks::expects_boxes(query) {
+        Task::Ground
+    } else if query.starts_with(model::tasks::CLASSIFY_PROMPT) {
+        Task::Classify
+    } else if query.trim_end().ends_with("Answer with a single word or phrase.") {
+        Task::Vqa
+    } else {
+        Task::Caption
+    }
+}
+
+/// Generates greedy answers for held-out `samples` and scores them per task with the `eval`
+/// crate, as `strata eval` would: classification and VQA accuracy, BLEU/ROUGE-L/CIDEr-D for
+/// captions (no BERTScore or METEOR: their assets are not needed to train), grounding
+/// Acc@0.5 and mean IoU. Returns `(task, metric, value, samples)` rows.
+///
+/// # Errors
+/// When an image cannot be read or generation fails.
+fn held_out_scores(
+    model: &mut StrataModel,
+    inputs: &mut Inputs,
+    samples: &[Sample],
+    batch_size: usize,
+    max_new_tokens: i64,
+) -> anyhow::Result<Vec<(String, String, f64, usize)>> {
+    use eval::{
+        answers::{Prediction, Reference},
+        score::{score, CaptionScorers, Task},
+    };
+    let generation = model::generate::GenerationConfig { max_new_tokens, ..Default::default() };
+    let mut by_task: Vec<(Task, Vec<Prediction>, Vec<Reference>)> = Vec::new();
+    for (chunk_index, chunk) in samples.chunks(batch_size.max(1)).enumerate() {
+        let requests: Vec<VlmRequest> = chunk.iter().map(|s| inputs.request(model, s)).collect::<anyhow::Result<_>>()?;
+        let answers = model.generate(&requests, &generation)?;
+        for (i, (sample, answer)) in chunk.iter().zip(answers).enumerate() {
+            let task = task_of(&sample.query);
+            let id = format!("{}", chunk_index * batch_size.max(1) + i);
+            let image_size = inputs.sizes.get(&sample.image).copied();
+            let references = match task {
+                // The response's first box, from the 0–1000 grid to pixels of the image.
+                Task::Ground => {
+                    let Some((b, [w, h])) = model::tasks::parse_boxes(&sample.response).boxes.first().copied().zip(image_size) else {
+                        continue; // a grounding sample without a box answer cannot be scored
+                    };
+                    vec![serde_json::json!(b.to_pixels(w, h))]
+                }
+                _ => vec![serde_json::Value::String(sample.response.clone())],
+            };
+            let classes = (task == Task::Classify).then(|| {
+                sample.query[model::tasks::CLASSIFY_PROMPT.len()..]
+                    .trim()
+                    .trim_end_matches('.')
+                    .split(',')
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            });
+            let reference = Reference { id: id.clone(), references, kind: None, classes, image_size, image: None, query: None };
+            let prediction = Prediction { id, answer: serde_json::Value::String(answer.text), score: Some(answer.score) };
+            match by_task.iter_mut().find(|(t, _, _)| *t == task) {
+                Some((_, predictions, references)) => {
+                    predictions.push(prediction);
+                    references.push(reference);
+                }
+                None => by_task.push((task, vec![prediction], vec![reference])),
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (task, predictions, references) in by_task {
+        let report = score(task, &predictions, &references, CaptionScorers::default())?;
+        let name = format!("{task:?}").to_lowercase();
+        rows.extend(report.metrics.into_iter().map(|m| (name.clone(), m.name, m.value, m.count)));
+    }
+    Ok(rows)
 }
 
 /// Sample indices of micro-batch `step`: epochs are seeded permutations, one after another.
@@ -397,7 +493,22 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut pixels = Inputs { pixels: HashMap::new(), retriever, descriptions: HashMap::new() };
+    // eval.csv: the task metrics of the held-out answers, kept up to the checkpoint as well.
+    let eval_path = file.out.join("eval.csv");
+    let kept_eval: Vec<String> = std::fs::read_to_string(&eval_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
+        .map(str::to_owned)
+        .collect();
+    let mut eval_csv = std::fs::File::create(&eval_path).with_context(|| format!("writing `{}`", eval_path.display()))?;
+    writeln!(eval_csv, "step,task,metric,value,samples")?;
+    for line in kept_eval {
+        writeln!(eval_csv, "{line}")?;
+    }
+
+    let mut pixels = Inputs { pixels: HashMap::new(), sizes: HashMap::new(), retriever, descriptions: HashMap::new() };
     let bar = ProgressBar::with_draw_target(
         Some(file.steps as u64),
         if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
@@ -445,7 +556,17 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let loss = total / take as f64;
             writeln!(metrics, "{done},held_out,{loss:.6},,,{:.1}", started.elapsed().as_secs_f64())?;
-            bar.println(format!("step {done}: held-out loss {loss:.4} ({take} samples)"));
+            let scores = held_out_scores(&mut model, &mut pixels, &held_out[..take], file.batch_size, file.eval_max_new_tokens)?;
+            for (task, metric, value, n) in &scores {
+                writeln!(eval_csv, "{done},{task},{metric},{value:.6},{n}")?;
+            }
+            eval_csv.flush()?;
+            let headline: Vec<String> = scores
+                .iter()
+                .filter(|(_, metric, _, _)| HEADLINE_METRICS.contains(&metric.as_str()))
+                .map(|(task, metric, value, _)| format!("{task} {metric} {value:.3}"))
+                .collect();
+            bar.println(format!("step {done}: held-out loss {loss:.4} ({take} samples); {}", headline.join(", ")));
         }
         // Checkpoints fall on optimiser steps: gradients half-accumulated are not saved.
         let boundary = done.is_multiple_of(file.grad_accumulation);

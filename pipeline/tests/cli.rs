@@ -1051,7 +1051,7 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
             &file,
             format!(
                 "model = {base:?}\ndata = \"data/train/instruct.jsonl\"\nheld_out = \"data/test/instruct.jsonl\"\nout = \"runs/{name}\"\n\
-                 steps = 8\nbatch_size = 4\ngrad_accumulation = 2\ncheckpoint_every = 4\neval_every = 4\neval_samples = 8\n\
+                 steps = 8\nbatch_size = 4\ngrad_accumulation = 2\ncheckpoint_every = 4\neval_every = 4\neval_samples = 40\neval_max_new_tokens = 4\n\
                  learning_rate = 1e-3\nwarmup_steps = 1\nseed = {seed}\n"
             ),
         )
@@ -1095,6 +1095,25 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
             "the resumed run's losses equal the uninterrupted run's: {a:?} vs {b:?}"
         );
     }
+
+    // Each held-out evaluation also scores generated answers per task with the eval crate.
+    let evaluations = |name: &str| -> Vec<String> {
+        let table = std::fs::read_to_string(work.path().join("runs").join(name).join("eval.csv")).unwrap();
+        assert!(table.starts_with("step,task,metric,value,samples\n"), "{table}");
+        // step, task, metric and samples: the values of a random model are not the point.
+        table
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 3).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    let (whole_eval, split_eval) = (evaluations("whole"), evaluations("split"));
+    for step in ["4", "8"] {
+        for row in ["classify,accuracy", "caption,BLEU-4", "caption,CIDEr-D", "vqa,overall accuracy", "ground,Acc@0.5"] {
+            assert!(whole_eval.iter().any(|r| r.starts_with(&format!("{step},{row},"))), "{step},{row} missing: {whole_eval:?}");
+        }
+    }
+    assert_eq!(whole_eval, split_eval, "the resumed run evaluates at the same steps, the same samples");
 
     // Another seed is another run: its checkpoint is refused by name.
     let other = work.path().join("other.toml");
