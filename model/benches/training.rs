@@ -1,7 +1,8 @@
 //! LoRA training throughput of the decoder on a Hugging Face checkpoint, measured the way
 //! `benches/training/peft_train.py` measures its peer (transformers + peft): the base frozen,
 //! LoRA (rank R, α = 2R, no dropout) on every attention and MLP projection, AdamW over the
-//! adapters only, next-token cross-entropy over every position of fixed pseudo-random token
+//! adapters only (Strata's side: `model::train::AdamW`, the optimiser `strata train` steps),
+//! next-token cross-entropy over every position of fixed pseudo-random token
 //! rows (the same formula on both sides), `WARMUP` untimed steps then `STEPS` timed ones.
 //! Prints one JSON line (with `STRATA_BENCH_PHASES` set, also forward/backward/optimiser
 //! seconds per step on stderr). Run through `bash benches/training/compare.sh`.
@@ -14,8 +15,9 @@ use std::time::Instant;
 use model::layers::ParamInit;
 use model::lora::LoraConfig;
 use model::qwen2::{DecoderInput, Qwen2Config, Qwen2Extensions, Qwen2ForCausalLM};
+use model::train::AdamW;
 use model::weights::{self, LoadPolicy};
-use tch::nn::{self, OptimizerConfig as _};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -40,14 +42,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut llm = Qwen2ForCausalLM::build(&vs.root(), &(vs.root() / "strata" / "llm"), &config, &extensions);
     weights::load(&vs, &[dir.join("model.safetensors")], LoadPolicy::Required(&["model."]))?;
     let mut trainable = 0;
-    for (name, variable) in vs.variables() {
+    let mut adapters = Vec::new();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, variable) in variables {
         let adapter = name.starts_with("strata.");
-        let _ = variable.set_requires_grad(adapter);
+        let variable = variable.set_requires_grad(adapter);
         if adapter {
             trainable += variable.numel();
+            adapters.push((name, variable, 0));
         }
     }
-    let mut optimizer = nn::AdamW::default().build(&vs, 1e-4)?;
+    // The training job's own optimiser (`strata train`), at torch.optim.AdamW's defaults as
+    // the peer uses them: lr 1e-4, weight decay 0.01, no clipping.
+    let mut optimizer = AdamW::new(adapters);
 
     // Row b, position t: (b·7919 + t·104729 + 17) mod vocab, as the peer builds it.
     let ids: Vec<i64> =
@@ -65,10 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let vocab = logits.size()[2];
         let loss = logits.narrow(1, 0, seq - 1).reshape([-1, vocab]).cross_entropy_for_logits(&ids.narrow(1, 1, seq - 1).reshape([-1]));
         let forward = start.elapsed().as_secs_f64();
-        optimizer.zero_grad();
         loss.backward();
         let backward = start.elapsed().as_secs_f64() - forward;
-        optimizer.step();
+        // Steps and zeroes the gradients, as the peer's zero_grad + step.
+        optimizer.step(&[1e-4], 0.01, 1.0);
         if std::env::var_os("STRATA_BENCH_PHASES").is_some() {
             eprintln!(
                 "step {step}: forward {forward:.2}s backward {backward:.2}s optimizer {:.2}s",

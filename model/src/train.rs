@@ -94,79 +94,96 @@ struct Moments {
     variable: Tensor,
     first: Tensor,
     second: Tensor,
-    vision: bool,
-}
-
-/// Trains a model in place: AdamW (decoupled weight decay, as `torch.optim.AdamW`: β = (0.9,
-/// 0.999), ε = 1e-8) written out here rather than taken from libtorch, so that its state (the
-/// moments and the step count) can be saved in a checkpoint and a resumed run continues exactly
-/// as an uninterrupted one would.
-pub struct Trainer {
-    moments: Vec<Moments>,
-    config: TrainConfig,
-    micro_steps: usize,
-    optimizer_steps: usize,
-}
-
-impl std::fmt::Debug for Trainer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("config", &self.config).field("optimizer_steps", &self.optimizer_steps).finish_non_exhaustive()
-    }
+    /// Which learning rate applies (an index into [`AdamW::step`]'s rates).
+    group: usize,
 }
 
 const BETAS: (f64, f64) = (0.9, 0.999);
 const EPSILON: f64 = 1e-8;
 
-/// What a checkpoint holds of the optimiser besides the moments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrainerState {
-    /// Micro-batches run.
-    pub micro_steps: usize,
-    /// Optimiser steps taken.
-    pub optimizer_steps: usize,
+/// AdamW with decoupled weight decay, as `torch.optim.AdamW` computes it (β = (0.9, 0.999),
+/// ε = 1e-8, bias-corrected moments), written out here rather than taken from libtorch so that
+/// its state (the moments and the step count) can be saved in a checkpoint and a resumed run
+/// continues exactly as an uninterrupted one. Parameters come in groups, each with its own
+/// learning rate (the paper's instruct stage trains the vision tower at a lower one).
+pub struct AdamW {
+    moments: Vec<Moments>,
+    steps: usize,
 }
 
-impl Trainer {
-    /// Freezes what the stage does not train and sets up AdamW over the rest.
-    ///
-    /// # Errors
-    /// [`ModelError::Request`] for zero accumulation or total steps, or a stage that trains
-    /// nothing in this model.
-    pub fn new(model: &StrataModel, config: TrainConfig) -> Result<Self, ModelError> {
-        if config.grad_accumulation == 0 || config.total_steps == 0 {
-            return Err(ModelError::Request { reason: "grad_accumulation and total_steps must be at least 1".into() });
-        }
-        let mut moments = Vec::new();
-        let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, variable) in variables {
-            let trains = config.stage.trains(&name);
-            let variable = variable.set_requires_grad(trains);
-            if trains {
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW").field("parameters", &self.moments.len()).field("steps", &self.steps).finish()
+    }
+}
+
+impl AdamW {
+    /// Optimises `(name, variable, group)` parameters (the variables must require gradients).
+    pub fn new(parameters: impl IntoIterator<Item = (String, Tensor, usize)>) -> Self {
+        let moments = parameters
+            .into_iter()
+            .map(|(name, variable, group)| {
                 let (first, second) = (variable.zeros_like(), variable.zeros_like());
-                let vision = name.starts_with("vision_model.");
-                moments.push(Moments { name, variable, first, second, vision });
+                Moments { name, variable, first, second, group }
+            })
+            .collect();
+        Self { moments, steps: 0 }
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Whether it optimises nothing.
+    pub fn is_empty(&self) -> bool {
+        self.moments.is_empty()
+    }
+
+    /// The global L2 norm of the gradients present (0 before any backward pass).
+    pub fn grad_norm(&self) -> f64 {
+        tch::no_grad(|| {
+            self.moments
+                .iter()
+                .map(|m| m.variable.grad())
+                .filter(Tensor::defined)
+                .map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Double).double_value(&[]))
+                .sum::<f64>()
+                .sqrt()
+        })
+    }
+
+    /// One step: each gradient times `grad_scale` (global-norm clipping), the learning rate of
+    /// its group from `learning_rates`, then the gradients are zeroed. Parameters without a
+    /// gradient (unused this step) are left alone, as torch does.
+    ///
+    /// # Panics
+    /// Never for groups given to [`AdamW::new`] that `learning_rates` covers; a group past its
+    /// end takes the last rate.
+    pub fn step(&mut self, learning_rates: &[f64], weight_decay: f64, grad_scale: f64) {
+        self.steps += 1;
+        let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
+        let (bias1, bias2) = (1.0 - BETAS.0.powi(t), 1.0 - BETAS.1.powi(t));
+        tch::no_grad(|| {
+            for m in &mut self.moments {
+                let grad = m.variable.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = if grad_scale == 1.0 { grad } else { &grad * grad_scale };
+                let lr = learning_rates.get(m.group).or(learning_rates.last()).copied().unwrap_or(0.0);
+                m.first.copy_(&(&m.first * BETAS.0 + &grad * (1.0 - BETAS.0)));
+                m.second.copy_(&(&m.second * BETAS.1 + grad.square() * (1.0 - BETAS.1)));
+                let denominator = (&m.second / bias2).sqrt() + EPSILON;
+                let update = (&m.first / bias1) / denominator;
+                let decayed = &m.variable * (1.0 - lr * weight_decay);
+                m.variable.copy_(&(decayed - update * lr));
+                let _ = m.variable.grad().zero_();
             }
-        }
-        if moments.is_empty() {
-            return Err(ModelError::Request { reason: format!("the {:?} stage trains no variable of this model", config.stage) });
-        }
-        Ok(Self { moments, config, micro_steps: 0, optimizer_steps: 0 })
+        });
     }
 
-    /// Names of the variables that train.
-    pub fn trainable(model: &StrataModel) -> Vec<String> {
-        let mut names: Vec<String> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, _)| n).collect();
-        names.sort();
-        names
-    }
-
-    /// Micro-batches and optimiser steps so far.
-    pub fn state(&self) -> TrainerState {
-        TrainerState { micro_steps: self.micro_steps, optimizer_steps: self.optimizer_steps }
-    }
-
-    /// The optimiser's moments, `<name>.exp_avg` and `<name>.exp_avg_sq`, for a checkpoint.
+    /// The moments, `<name>.exp_avg` and `<name>.exp_avg_sq`, for a checkpoint.
     pub fn moments(&self) -> Vec<(String, Tensor)> {
         self.moments
             .iter()
@@ -176,12 +193,12 @@ impl Trainer {
             .collect()
     }
 
-    /// Restores what [`Trainer::state`] and [`Trainer::moments`] returned.
+    /// Restores the step count and what [`AdamW::moments`] returned.
     ///
     /// # Errors
     /// [`ModelError::Request`] when a moment is missing or has another shape (a checkpoint of
     /// another model or stage).
-    pub fn restore(&mut self, state: TrainerState, moments: &std::collections::HashMap<String, Tensor>) -> Result<(), ModelError> {
+    pub fn restore(&mut self, steps: usize, moments: &std::collections::HashMap<String, Tensor>) -> Result<(), ModelError> {
         for m in &mut self.moments {
             for (suffix, target) in [("exp_avg", &mut m.first), ("exp_avg_sq", &mut m.second)] {
                 let key = format!("{}.{suffix}", m.name);
@@ -194,8 +211,91 @@ impl Trainer {
                 tch::no_grad(|| target.copy_(saved));
             }
         }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Trains a model in place: freezes what the stage does not train, runs micro-batches with
+/// gradient accumulation, clips the global gradient norm, follows the warm-up + cosine
+/// schedule and steps [`AdamW`] (the vision tower in its own group).
+pub struct Trainer {
+    optimizer: AdamW,
+    config: TrainConfig,
+    micro_steps: usize,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("config", &self.config).field("optimizer", &self.optimizer).finish_non_exhaustive()
+    }
+}
+
+/// What a checkpoint holds of the optimiser besides the moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainerState {
+    /// Micro-batches run.
+    pub micro_steps: usize,
+    /// Optimiser steps taken.
+    pub optimizer_steps: usize,
+}
+
+/// The parameter group of the vision tower's variables.
+const VISION_GROUP: usize = 1;
+
+impl Trainer {
+    /// Freezes what the stage does not train and sets up AdamW over the rest.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for zero accumulation or total steps, or a stage that trains
+    /// nothing in this model.
+    pub fn new(model: &StrataModel, config: TrainConfig) -> Result<Self, ModelError> {
+        if config.grad_accumulation == 0 || config.total_steps == 0 {
+            return Err(ModelError::Request { reason: "grad_accumulation and total_steps must be at least 1".into() });
+        }
+        let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut parameters = Vec::new();
+        for (name, variable) in variables {
+            let trains = config.stage.trains(&name);
+            let variable = variable.set_requires_grad(trains);
+            if trains {
+                let group = if name.starts_with("vision_model.") { VISION_GROUP } else { 0 };
+                parameters.push((name, variable, group));
+            }
+        }
+        let optimizer = AdamW::new(parameters);
+        if optimizer.is_empty() {
+            return Err(ModelError::Request { reason: format!("the {:?} stage trains no variable of this model", config.stage) });
+        }
+        Ok(Self { optimizer, config, micro_steps: 0 })
+    }
+
+    /// Names of the variables that train.
+    pub fn trainable(model: &StrataModel) -> Vec<String> {
+        let mut names: Vec<String> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, _)| n).collect();
+        names.sort();
+        names
+    }
+
+    /// Micro-batches and optimiser steps so far.
+    pub fn state(&self) -> TrainerState {
+        TrainerState { micro_steps: self.micro_steps, optimizer_steps: self.optimizer.steps() }
+    }
+
+    /// The optimiser's moments, `<name>.exp_avg` and `<name>.exp_avg_sq`, for a checkpoint.
+    pub fn moments(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.moments()
+    }
+
+    /// Restores what [`Trainer::state`] and [`Trainer::moments`] returned.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] when a moment is missing or has another shape (a checkpoint of
+    /// another model or stage).
+    pub fn restore(&mut self, state: TrainerState, moments: &std::collections::HashMap<String, Tensor>) -> Result<(), ModelError> {
+        self.optimizer.restore(state.optimizer_steps, moments)?;
         self.micro_steps = state.micro_steps;
-        self.optimizer_steps = state.optimizer_steps;
         Ok(())
     }
 
@@ -208,38 +308,17 @@ impl Trainer {
         let loss = model.loss(requests, responses)?;
         (&loss / self.config.grad_accumulation as f64).backward();
         self.micro_steps += 1;
-        let scale = self.config.schedule(self.optimizer_steps);
+        let scale = self.config.schedule(self.optimizer.steps());
         let learning_rate = self.config.learning_rate * scale;
         let updated = self.micro_steps.is_multiple_of(self.config.grad_accumulation);
         if updated {
-            self.update(learning_rate, self.config.vision_learning_rate * scale);
+            // The vision tower trains (at its own rate) in the instruct stage only.
+            let vision =
+                if self.config.stage == Stage::InstructionTuning { self.config.vision_learning_rate * scale } else { learning_rate };
+            let clip = (self.config.max_grad_norm / (self.optimizer.grad_norm() + 1e-6)).min(1.0);
+            self.optimizer.step(&[learning_rate, vision], self.config.weight_decay, clip);
         }
         Ok(StepOutcome { loss: loss.double_value(&[]), updated, learning_rate })
-    }
-
-    /// Clips the global gradient norm, takes one AdamW step and zeroes the gradients.
-    fn update(&mut self, learning_rate: f64, vision_learning_rate: f64) {
-        tch::no_grad(|| {
-            let grads: Vec<Option<Tensor>> = self.moments.iter().map(|m| Some(m.variable.grad()).filter(Tensor::defined)).collect();
-            let total: f64 =
-                grads.iter().flatten().map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-            let clip = (self.config.max_grad_norm / (total + 1e-6)).min(1.0);
-            self.optimizer_steps += 1;
-            let t = self.optimizer_steps as i32;
-            let (bias1, bias2) = (1.0 - BETAS.0.powi(t), 1.0 - BETAS.1.powi(t));
-            for (m, grad) in self.moments.iter_mut().zip(grads) {
-                let Some(grad) = grad else { continue };
-                let grad = &grad * clip;
-                let lr = if m.vision && self.config.stage == Stage::InstructionTuning { vision_learning_rate } else { learning_rate };
-                m.first.copy_(&(&m.first * BETAS.0 + &grad * (1.0 - BETAS.0)));
-                m.second.copy_(&(&m.second * BETAS.1 + grad.square() * (1.0 - BETAS.1)));
-                let denominator = (&m.second / bias2).sqrt() + EPSILON;
-                let update = (&m.first / bias1) / denominator;
-                let decayed = &m.variable * (1.0 - lr * self.config.weight_decay);
-                m.variable.copy_(&(decayed - update * lr));
-                let _ = m.variable.grad().zero_();
-            }
-        });
     }
 }
 
