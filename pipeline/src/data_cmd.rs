@@ -204,7 +204,18 @@ fn clear_previous(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest side of a generated scene, pixels (its RGB is built in memory: 192 MiB).
+const MAX_SCENE_SIDE: u32 = 8192;
+
 fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
+    let side = u64::from(args.scene_grid) * u64::from(args.size);
+    if args.scenes > 0 && side > u64::from(MAX_SCENE_SIDE) {
+        anyhow::bail!(
+            "--scene-grid {} × --size {} makes scenes {side} pixels a side, more than {MAX_SCENE_SIDE}\nhint: fewer renders per side, or smaller ones",
+            args.scene_grid,
+            args.size
+        );
+    }
     let out = &args.out;
     clear_previous(out)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating `{}`", out.display()))?;
