@@ -460,6 +460,16 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let moments: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("optimizer.safetensors"))?.into_iter().collect();
         trainer.restore(TrainerState { micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps }, &moments)?;
         first_step = state.step;
+        let out_model = file.out.join("model");
+        if first_step >= file.steps && out_model.join("manifest.json").is_file() {
+            println!(
+                "`{}` finished all {} steps already: its model is {} (nothing to do)",
+                file.out.display(),
+                file.steps,
+                out_model.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         eprintln!("resuming from {} (step {first_step})", checkpoint.display());
     }
 
@@ -472,6 +482,15 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
         .map(str::to_owned)
         .collect();
+    // The loss reported at the end, should no step remain (a run stopped after its last checkpoint).
+    let resumed_loss = kept
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            (fields.get(1) == Some(&"train")).then(|| fields.get(2).and_then(|v| v.parse::<f64>().ok())).flatten()
+        })
+        .unwrap_or(f64::NAN);
     let mut metrics = std::fs::File::create(&metrics_path).with_context(|| format!("writing `{}`", metrics_path.display()))?;
     writeln!(metrics, "step,split,loss,learning_rate,samples_per_s,elapsed_s")?;
     for line in kept {
@@ -520,7 +539,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     bar.set_prefix(format!("{stage:?}"));
     bar.set_position(first_step as u64);
     let started = Instant::now();
-    let mut last_loss = f64::NAN;
+    let mut last_loss = resumed_loss;
     for step in first_step..file.steps {
         // Dropout draws from libtorch's generator: reseeded per step, a resumed run draws alike.
         tch::manual_seed(file.seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);

@@ -1081,6 +1081,11 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     let out = train(&split, &["--resume"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("resuming from"), "{}", text(&out.stderr));
+    // Resuming a finished run (a script rerun after a kill) changes nothing.
+    let manifest = std::fs::read(work.path().join("runs/split/model/manifest.json")).unwrap();
+    let out = train(&split, &["--resume"]);
+    assert!(out.status.success() && text(&out.stdout).contains("finished all 8 steps already"), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read(work.path().join("runs/split/model/manifest.json")).unwrap(), manifest);
     let (a, b) = (losses("whole"), losses("split"));
     assert_eq!(a.len(), 10, "8 steps and 2 held-out evaluations: {a:?}");
     // Same rows, same losses, up to float summation order: libtorch's multi-threaded
