@@ -16,7 +16,7 @@
 #   6. prints a summary, example `strata query` results and where the map is (`strata map`).
 #
 #   --quick   a few training steps and one scene of each kind (the end-to-end test runs this)
-#   --out     where everything goes (default ./strata-out, or $STRATA_DEMO_OUT)
+#   --out     where everything goes (default strata-out/ in the repository, or $STRATA_DEMO_OUT)
 #
 # The model is small (a 64-pixel vision tower, an 8-layer 64-wide language model) and trained
 # for minutes on generated data: it learns the generated classes, captions and questions, not
@@ -28,11 +28,17 @@ QUICK=0
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
-    --out) OUT=${2:?--out needs a value}; shift 2 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --out) [ $# -ge 2 ] || { echo "error: --out needs a folder" >&2; exit 2; }; OUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument \`$1\`" >&2; echo "hint: bash scripts/demo.sh --help" >&2; exit 2 ;;
   esac
 done
+# The output folder first: a wrong one should fail before minutes of setup and build.
+if ! mkdir -p "$OUT" 2>/dev/null || [ ! -w "$OUT" ]; then
+  echo "error: cannot write to \`$OUT\` (--out): not a folder this user can write" >&2
+  exit 2
+fi
+OUT=$(cd "$OUT" && pwd)
 step() { printf '\n\033[1m[%s/6] %s\033[0m\n' "$1" "$2" >&2; }
 started=$(date +%s)
 
@@ -46,8 +52,6 @@ if [ -z "$STRATA" ]; then
 fi
 CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
 ASSETS=${STRATA_ASSETS:-$CACHE/assets}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 # The demo runs on the CPU unless told otherwise (STRATA_DEVICE=auto picks CUDA when present).
 DEVICE=${STRATA_DEVICE:-cpu}
 

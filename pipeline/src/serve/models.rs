@@ -25,10 +25,22 @@ use super::kafka::KafkaSettings;
 /// # Errors
 /// When no version serves yet, or the serving one does not verify or load.
 pub async fn load_serving(registry: &Registry, device: model::device::DevicePreference) -> anyhow::Result<LoadedModel> {
-    let serving = registry
-        .serving()
-        .await?
-        .with_context(|| format!("no version serves in the registry {} yet: `strata model promote VERSION` first", registry.url()))?;
+    let Some(serving) = registry.serving().await? else {
+        // A mistyped URL and an empty registry read alike: say which it is.
+        if registry.list().await?.is_empty() {
+            anyhow::bail!(
+                "the registry {} holds no published version (is the URL right?)\nhint: strata model publish DIR --to {} --promote",
+                registry.url(),
+                registry.url()
+            );
+        }
+        anyhow::bail!(
+            "no version serves in the registry {} yet\nhint: strata model promote VERSION --registry {} (`strata model list --registry {}` shows the versions)",
+            registry.url(),
+            registry.url(),
+            registry.url()
+        );
+    };
     load_version(registry, &serving.version, device).await
 }
 
