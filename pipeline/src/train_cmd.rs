@@ -223,6 +223,28 @@ impl Inputs {
     }
 }
 
+/// Rewrites the per-step CSV table at `path` with `header` and the rows of steps up to
+/// `first_step` (those before the checkpoint a run resumes from; none for a fresh run), and
+/// returns it open for the next rows, with the rows kept.
+///
+/// # Errors
+/// When the file cannot be written.
+fn restart_table(path: &Path, header: &str, first_step: usize) -> anyhow::Result<(std::fs::File, Vec<String>)> {
+    let kept: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
+        .map(str::to_owned)
+        .collect();
+    let mut file = std::fs::File::create(path).with_context(|| format!("writing `{}`", path.display()))?;
+    writeln!(file, "{header}")?;
+    for line in &kept {
+        writeln!(file, "{line}")?;
+    }
+    Ok((file, kept))
+}
+
 /// The metrics printed with each held-out evaluation (all of them go to `eval.csv`).
 const HEADLINE_METRICS: [&str; 5] = ["accuracy", "BLEU-4", "CIDEr-D", "overall accuracy", "Acc@0.5"];
 
@@ -475,13 +497,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     // metrics.csv keeps the rows up to the checkpoint resumed from.
     let metrics_path = file.out.join("metrics.csv");
-    let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
-        .map(str::to_owned)
-        .collect();
+    let (mut metrics, kept) = restart_table(&metrics_path, "step,split,loss,learning_rate,samples_per_s,elapsed_s", first_step)?;
     // The loss reported at the end, should no step remain (a run stopped after its last checkpoint).
     let resumed_loss = kept
         .iter()
@@ -491,11 +507,6 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             (fields.get(1) == Some(&"train")).then(|| fields.get(2).and_then(|v| v.parse::<f64>().ok())).flatten()
         })
         .unwrap_or(f64::NAN);
-    let mut metrics = std::fs::File::create(&metrics_path).with_context(|| format!("writing `{}`", metrics_path.display()))?;
-    writeln!(metrics, "step,split,loss,learning_rate,samples_per_s,elapsed_s")?;
-    for line in kept {
-        writeln!(metrics, "{line}")?;
-    }
 
     // The index may live in an object store: its reads run on this runtime, kept for the run.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the I/O runtime")?;
@@ -513,19 +524,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     // eval.csv: the task metrics of the held-out answers, kept up to the checkpoint as well.
-    let eval_path = file.out.join("eval.csv");
-    let kept_eval: Vec<String> = std::fs::read_to_string(&eval_path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= first_step))
-        .map(str::to_owned)
-        .collect();
-    let mut eval_csv = std::fs::File::create(&eval_path).with_context(|| format!("writing `{}`", eval_path.display()))?;
-    writeln!(eval_csv, "step,task,metric,value,samples")?;
-    for line in kept_eval {
-        writeln!(eval_csv, "{line}")?;
-    }
+    let (mut eval_csv, _) = restart_table(&file.out.join("eval.csv"), "step,task,metric,value,samples", first_step)?;
 
     let mut pixels = Inputs { pixels: HashMap::new(), sizes: HashMap::new(), retriever, descriptions: HashMap::new() };
     let bar = ProgressBar::with_draw_target(
