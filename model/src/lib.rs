@@ -9,6 +9,7 @@
 //! ```
 
 pub mod artifact;
+pub mod autocast;
 pub mod bert;
 pub mod chat;
 pub mod config;

@@ -7,6 +7,7 @@
 
 use tch::Tensor;
 
+pub use crate::autocast::Precision;
 use crate::vlm::{StrataModel, VlmRequest};
 use crate::ModelError;
 
@@ -48,6 +49,8 @@ pub struct TrainConfig {
     pub grad_accumulation: usize,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
+    /// Forward passes in f32 or under bf16 autocast; weights and moments are f32 either way.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +64,7 @@ impl Default for TrainConfig {
             total_steps: 1000,
             grad_accumulation: 1,
             max_grad_norm: 1.0,
+            precision: Precision::Auto,
         }
     }
 }
@@ -305,7 +309,12 @@ impl Trainer {
     /// # Errors
     /// As [`StrataModel::loss`].
     pub fn step(&mut self, model: &mut StrataModel, requests: &[VlmRequest], responses: &[String]) -> Result<StepOutcome, ModelError> {
-        let loss = model.loss(requests, responses)?;
+        let loss = {
+            // Autocast covers the forward pass only; backward runs each operator in the dtype
+            // its forward used, and the gradients land on the f32 weights.
+            let _autocast = self.config.precision.scope(model.device());
+            model.loss(requests, responses)?.to_kind(tch::Kind::Float)
+        };
         (&loss / self.config.grad_accumulation as f64).backward();
         self.micro_steps += 1;
         let scale = self.config.schedule(self.optimizer.steps());

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use common::*;
 use model::generate::{GenerationConfig, Sampling};
-use model::train::{Stage, TrainConfig, Trainer};
+use model::train::{Precision, Stage, TrainConfig, Trainer};
 use model::vlm::{StrataModel, VlmRequest};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 const COLOURS: [(&str, [u8; 3]); 4] =
     [("red", [220, 20, 20]), ("green", [20, 220, 20]), ("blue", [20, 20, 220]), ("yellow", [230, 230, 20])];
@@ -42,7 +42,33 @@ fn snapshot(model: &StrataModel, groups: &[&str]) -> BTreeMap<String, Tensor> {
 
 #[test]
 fn a_tiny_model_learns_image_colours_through_prompter_experts_and_lora() {
-    let mut model = tiny_model(21);
+    learn_colours(tiny_model(21), Precision::F32);
+}
+
+/// bf16 autocast over f32 master weights (the CUDA default), here on the device `Auto` picks:
+/// the CPU in CI, the GPU where there is one. The same task is learnt, and nothing the
+/// optimiser keeps is stored in bf16.
+#[test]
+fn bf16_autocast_training_learns_the_same_task_over_f32_weights_and_moments() {
+    let device = model::device::select(model::device::DevicePreference::Auto).unwrap().device();
+    eprintln!("training on {device:?}");
+    let mut model = tiny_model_on(21, device);
+    // The forward pass does run in bf16: the loss moves by rounding, not by more.
+    let (requests, answers) = batch(&model, 0);
+    let exact = tch::no_grad(|| model.loss(&requests, &answers)).unwrap().double_value(&[]);
+    let mixed = {
+        let _autocast = Precision::Bf16Autocast.scope(device);
+        tch::no_grad(|| model.loss(&requests, &answers)).unwrap().to_kind(Kind::Float).double_value(&[])
+    };
+    assert!(mixed != exact && (mixed - exact).abs() < 0.02 * exact, "f32 loss {exact}, bf16 autocast loss {mixed}");
+    let trainer = learn_colours(model, Precision::Bf16Autocast);
+    for (name, moment) in trainer.moments() {
+        assert_eq!(moment.kind(), Kind::Float, "{name}");
+    }
+}
+
+#[allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
+fn learn_colours(mut model: StrataModel, precision: Precision) -> Trainer {
     let config = TrainConfig {
         stage: Stage::InstructionTuning,
         learning_rate: 3e-3,
@@ -52,6 +78,7 @@ fn a_tiny_model_learns_image_colours_through_prompter_experts_and_lora() {
         total_steps: 150,
         grad_accumulation: 2,
         max_grad_norm: 1.0,
+        precision,
     };
     let groups = [
         "strata.prompter.",
@@ -104,4 +131,8 @@ fn a_tiny_model_learns_image_colours_through_prompter_experts_and_lora() {
     let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
     assert_eq!(texts, COLOURS.iter().map(|(name, _)| *name).collect::<Vec<_>>(), "answers: {answers:?}");
     assert!(answers.iter().all(|a| a.complete && a.score > 0.5), "{answers:?}");
+    for (name, variable) in model.var_store().variables() {
+        assert_eq!(variable.kind(), Kind::Float, "{name} is a master weight: f32 whatever the precision");
+    }
+    trainer
 }

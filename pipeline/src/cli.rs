@@ -474,7 +474,10 @@ pub enum TrainCommand {
     ///   batch_size = 8                    # also: grad_accumulation, learning_rate,
     ///                                     # vision_learning_rate, warmup_steps, max_grad_norm,
     ///                                     # weight_decay, seed, checkpoint_every, eval_every,
-    ///                                     # eval_samples, image_root, model_version
+    ///                                     # eval_samples, eval_max_new_tokens, image_root,
+    ///                                     # model_version, index, retrieval_encoder, retrieve_k
+    ///   precision = "auto"                # bf16 autocast over f32 weights on CUDA, f32 on CPU;
+    ///                                     # "f32" or "bf16" (autocast on any device) to choose
     ///
     /// Example:
     ///   strata train align --config align.toml

@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Instant,
@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{
     artifact::{self, Artifact, Provenance},
     preprocess::RgbImage,
-    train::{Stage, TrainConfig, Trainer, TrainerState},
+    train::{Precision, Stage, TrainConfig, Trainer, TrainerState},
     vlm::{StrataModel, VlmRequest},
 };
 use operators::retrieve::Retriever;
@@ -131,6 +131,15 @@ pub struct TrainFile {
     /// Descriptions per sample (default: the model's `top_k`).
     #[serde(default)]
     pub retrieve_k: Option<usize>,
+    /// Numeric precision of the forward passes: `auto` (bf16 autocast on CUDA, f32 on CPU),
+    /// `f32`, or `bf16` (autocast on any device). Weights and AdamW's moments are f32 in every
+    /// case. Not part of the configuration digest: a run may resume on another device.
+    #[serde(default = "default_precision")]
+    pub precision: String,
+}
+
+fn default_precision() -> String {
+    "auto".to_owned()
 }
 
 /// One training sample.
@@ -435,10 +444,11 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let samples = read_samples(&file.data, file.image_root.as_deref())?;
     let held_out = file.held_out.as_deref().map(|p| read_samples(p, file.image_root.as_deref())).transpose()?;
 
+    let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let artifact = Artifact::open(&file.model)?;
     let device = model::device::select(args.device)?;
-    // Weights and AdamW's moments in f32 on every device: no pure-bf16 optimiser on CUDA.
-    // (bf16 autocast for the forward pass is not done yet: on CUDA this trains in f32.)
+    // Weights and AdamW's moments in f32 on every device (no pure-bf16 optimiser); on CUDA the
+    // forward passes run under bf16 autocast unless the file says `precision = "f32"`.
     let mut model = artifact.load(device.device(), tch::Kind::Float).with_context(|| format!("loading `{}`", file.model.display()))?;
     let optimizer_steps = file.steps.div_ceil(file.grad_accumulation);
     let config = TrainConfig {
@@ -450,6 +460,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         total_steps: optimizer_steps,
         grad_accumulation: file.grad_accumulation,
         max_grad_norm: file.max_grad_norm,
+        precision,
     };
     let mut trainer = Trainer::new(&model, config)?;
     let digest = config_digest(stage, &file, &artifact.manifest.version);
@@ -536,6 +547,15 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(format!("{stage:?}"));
+    eprintln!(
+        "training {stage:?} on {} ({}), {} steps of {} samples",
+        device.describe(),
+        if precision.autocasts(device.device()) { "bf16 autocast over f32 weights" } else { "f32" },
+        file.steps,
+        file.batch_size
+    );
+    // Without a terminal (a log file, CI) the bar is hidden: a plain line every 5 % instead.
+    let plain_every = (!args.no_progress && !std::io::stderr().is_terminal()).then(|| (file.steps / 20).max(1));
     bar.set_position(first_step as u64);
     let started = Instant::now();
     let mut last_loss = resumed_loss;
@@ -564,13 +584,24 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         bar.set_message(format!("loss {:.4}, {rate:.2} samples/s", outcome.loss));
         bar.inc(1);
         let done = step + 1;
+        if plain_every.is_some_and(|every| done.is_multiple_of(every) || done == file.steps) {
+            let per_step = started.elapsed().as_secs_f64() / (done - first_step) as f64;
+            eprintln!(
+                "{stage:?} step {done}/{}: loss {:.4}, {rate:.2} samples/s, eta {:.0} s",
+                file.steps,
+                outcome.loss,
+                per_step * (file.steps - done) as f64
+            );
+        }
         if let Some(held_out) = held_out.as_ref().filter(|_| done.is_multiple_of(file.eval_every) || done == file.steps) {
             let take = held_out.len().min(file.eval_samples);
             let mut total = 0.0;
             for chunk in held_out[..take].chunks(file.batch_size) {
                 let requests: Vec<VlmRequest> = chunk.iter().map(|s| pixels.request(&model, s)).collect::<anyhow::Result<_>>()?;
                 let responses: Vec<String> = chunk.iter().map(|s| s.response.clone()).collect();
-                total += tch::no_grad(|| model.loss(&requests, &responses))?.double_value(&[]) * chunk.len() as f64;
+                let _autocast = precision.scope(device.device());
+                total +=
+                    tch::no_grad(|| model.loss(&requests, &responses))?.to_kind(tch::Kind::Float).double_value(&[]) * chunk.len() as f64;
             }
             let loss = total / take as f64;
             writeln!(metrics, "{done},held_out,{loss:.6},,,{:.1}", started.elapsed().as_secs_f64())?;

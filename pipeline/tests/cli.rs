@@ -1126,6 +1126,23 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     let out = train(&other, &["--resume"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("written by another training configuration"), "{}", text(&out.stderr));
+
+    // bf16 autocast runs on the CPU too when asked for; without a terminal, progress comes as
+    // plain lines.
+    let whole_text = std::fs::read_to_string(&whole).unwrap();
+    let bf16 = work.path().join("bf16.toml");
+    std::fs::write(&bf16, whole_text.replace("runs/whole", "runs/bf16").replace("steps = 8", "steps = 4") + "precision = \"bf16\"\n")
+        .unwrap();
+    let out = strata(&["train", "instruct", "--config", bf16.to_str().unwrap(), "--device", "cpu"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("(bf16 autocast over f32 weights)") && stderr.contains("step 4/4: loss"), "{stderr}");
+    assert!(losses("bf16").iter().all(|row| loss(row).is_finite()), "{:?}", losses("bf16"));
+    let fp16 = work.path().join("fp16.toml");
+    std::fs::write(&fp16, whole_text.replace("runs/whole", "runs/fp16") + "precision = \"fp16\"\n").unwrap();
+    let out = train(&fp16, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown precision `fp16`: expected `auto`, `f32` or `bf16`"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -20,10 +20,14 @@ pub fn tiny_config() -> StrataConfig {
 }
 
 pub fn tiny_model(seed: i64) -> StrataModel {
+    tiny_model_on(seed, Device::Cpu)
+}
+
+pub fn tiny_model_on(seed: i64, device: Device) -> StrataModel {
     tch::manual_seed(seed);
     let config = tiny_config();
     let tokenizer = ChatTokenizer::from_file(&tokenizer_path(), &config.system_prompt).expect("tokenizer");
-    StrataModel::new(config, tokenizer, Device::Cpu, Kind::Float, ParamInit::Random).expect("model")
+    StrataModel::new(config, tokenizer, device, Kind::Float, ParamInit::Random).expect("model")
 }
 
 /// Gives the zero-initialised parts (LoRA `B`, expert up-projections) random values, so a test
