@@ -31,6 +31,7 @@ pub mod porter;
 pub mod protocol;
 pub mod ptb;
 pub mod readers;
+pub mod retrieval;
 pub mod rouge;
 pub mod score;
 pub mod text;

@@ -5,7 +5,9 @@
 //!   all-MiniLM-L6-v2, or the text tower of a CLIP model.
 //! - [`ImageEncoder`]: `image_model.onnx` (input `pixel_values [batch, 3, H, W]`; output
 //!   `image_embeds`) with its `preprocessor_config.json` — the image tower of a CLIP model
-//!   (`scripts/export/clip_to_onnx.py` writes both towers into one directory).
+//!   (`scripts/export/clip_to_onnx.py` writes both towers into one directory); or a tower
+//!   trained by `strata train retriever` ([`crate::image_tower`], run through tch), which
+//!   queries an index of its locked text encoder.
 //!
 //! Batches are padded to their longest sentence; outputs come back L2-normalised so cosine
 //! similarity is a dot product. Both run on CUDA when the loaded ONNX Runtime has the CUDA
@@ -19,7 +21,10 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
+use tch::Tensor;
+
 use crate::device::DevicePreference;
+use crate::image_tower::ImageTower;
 use crate::onnx::OrtTarget;
 use crate::preprocess::{ImageProcessor, RgbImage};
 use crate::ModelError;
@@ -163,10 +168,19 @@ fn push_normalised_rows(embeddings: &ndarray::ArrayViewD<'_, f32>, out: &mut Vec
     }
 }
 
-/// An image encoder session and the preprocessing its training used.
+/// What runs an image encoder.
+#[derive(Debug)]
+enum ImageBackend {
+    /// A CLIP image tower exported to ONNX.
+    Onnx(Session),
+    /// A tower trained by `strata train retriever`.
+    Torch(Box<ImageTower>),
+}
+
+/// An image encoder and the preprocessing its training used.
 #[derive(Debug)]
 pub struct ImageEncoder {
-    session: Session,
+    backend: ImageBackend,
     target: OrtTarget,
     processor: ImageProcessor,
     dim: usize,
@@ -174,7 +188,8 @@ pub struct ImageEncoder {
 }
 
 impl ImageEncoder {
-    /// Loads `image_model.onnx` and `preprocessor_config.json` from `dir`.
+    /// Loads `image_model.onnx` and `preprocessor_config.json` from `dir`, or the tower
+    /// `strata train retriever` wrote there (`retriever.json`, see [`crate::image_tower`]).
     ///
     /// # Errors
     /// [`ModelError::Artifact`] for missing files or a model whose input is not
@@ -191,6 +206,17 @@ impl ImageEncoder {
     /// As [`Self::load`]; [`ModelError::CudaUnavailable`] when CUDA is required and ONNX
     /// Runtime cannot use it.
     pub fn load_on(dir: &Path, threads: usize, preference: DevicePreference) -> Result<Self, ModelError> {
+        if ImageTower::is_dir(dir) {
+            let device = crate::device::select(preference)?.device();
+            let tower = ImageTower::load(dir, device)?;
+            let target = match device {
+                tch::Device::Cuda(index) => OrtTarget::Cuda(index),
+                _ => OrtTarget::Cpu,
+            };
+            let processor = tower.processor();
+            let dim = tower.config().embed_dim as usize;
+            return Ok(Self { backend: ImageBackend::Torch(Box::new(tower)), target, processor, dim, name: dir.display().to_string() });
+        }
         let model_path = dir.join("image_model.onnx");
         let bytes = std::fs::read(&model_path).map_err(|e| ModelError::Artifact {
             path: model_path.clone(),
@@ -218,7 +244,7 @@ impl ImageEncoder {
                 session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
             )));
         }
-        let mut encoder = Self { session, target, processor, dim: 0, name: dir.display().to_string() };
+        let mut encoder = Self { backend: ImageBackend::Onnx(session), target, processor, dim: 0, name: dir.display().to_string() };
         let probe = RgbImage::new(width, height, vec![127; width * height * 3])?;
         encoder.dim = encoder.encode(&[probe])?.first().map_or(0, Vec::len);
         Ok(encoder)
@@ -262,10 +288,21 @@ impl ImageEncoder {
                 }
                 pixels.extend(self.processor.apply(image)?);
             }
+            let session = match &mut self.backend {
+                ImageBackend::Onnx(session) => session,
+                ImageBackend::Torch(tower) => {
+                    let shape = [batch.len() as i64, 3, height as i64, width as i64];
+                    let input = Tensor::from_slice(&pixels).view(shape).to_device(tower.device());
+                    let embeddings = tower.embed(&input).to_device(tch::Device::Cpu).contiguous();
+                    let flat = Vec::<f32>::try_from(embeddings.view([-1]))
+                        .map_err(|e| ModelError::Request { reason: format!("reading the image embeddings: {e}") })?;
+                    out.extend(flat.chunks(self.dim.max(1)).map(<[f32]>::to_vec));
+                    continue;
+                }
+            };
             let input = ndarray::Array4::from_shape_vec((batch.len(), 3, height, width), pixels)
                 .map_err(|e| ModelError::Request { reason: e.to_string() })?;
-            let outputs = self
-                .session
+            let outputs = session
                 .run(ort::inputs!["pixel_values" => TensorRef::from_array_view(&input).map_err(onnx("preparing pixel_values"))?])
                 .map_err(onnx("running the image encoder"))?;
             let embeddings = outputs["image_embeds"].try_extract_array::<f32>().map_err(onnx("reading image_embeds"))?;

@@ -18,6 +18,7 @@ pub mod encoders;
 mod error;
 pub mod experts;
 pub mod generate;
+pub mod image_tower;
 pub mod layers;
 pub mod lora;
 pub mod onnx;

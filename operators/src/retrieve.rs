@@ -134,7 +134,8 @@ impl Retriever {
     ) -> Result<Self, OperatorError> {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let preference = encoder_device(device);
-        let (encoder, dim, target) = if dir.join("image_model.onnx").is_file() {
+        let image_tower = dir.join("image_model.onnx").is_file() || model::image_tower::ImageTower::is_dir(dir);
+        let (encoder, dim, target) = if image_tower {
             let encoder = ImageEncoder::load_on(dir, threads, preference)
                 .map_err(model_err(format!("loading the image encoder `{}`", dir.display())))?;
             let (dim, target) = (encoder.dim(), encoder.target());

@@ -491,6 +491,28 @@ pub enum TrainCommand {
     ///   strata train instruct --config instruct.toml
     #[command(verbatim_doc_comment)]
     Instruct(TrainArgs),
+    /// Train the retriever's image tower contrastively on image–text pairs, against the locked
+    /// text encoder the index is built with, so tiles retrieve the descriptions of what they
+    /// show. Reports held-out image → text recall@1/5/10 before training and at every
+    /// evaluation (eval.csv).
+    ///
+    /// The training file (TOML; paths relative to it):
+    ///   start = "models/base"             # a model artifact (its SigLIP tower starts the image
+    ///                                     # tower) or a tower from an earlier run
+    ///   data = "synth/train/align.jsonl"  # image–text pairs, LLaVA-style JSONL
+    ///   held_out = "synth/test/align.jsonl"
+    ///   out = "runs/retriever-1"          # checkpoints/, metrics.csv, eval.csv, retriever/
+    ///   steps = 300
+    ///   batch_size = 32                   # also: text_encoder (default all-MiniLM-L6-v2),
+    ///                                     # learning_rate, vision_learning_rate, warmup_steps,
+    ///                                     # max_grad_norm, weight_decay, seed, checkpoint_every,
+    ///                                     # eval_every, image_root, precision
+    ///
+    /// Example:
+    ///   strata train retriever --config retriever.toml
+    ///   strata batch --input scenes/ --out tables/ --index INDEX --retrieval-encoder runs/retriever-1/retriever ...
+    #[command(verbatim_doc_comment)]
+    Retriever(TrainArgs),
 }
 
 /// Arguments of `strata train align|instruct`.
@@ -1078,8 +1100,9 @@ pub struct RetrievalArgs {
     /// pushed to). Without it the prompter gets no descriptions.
     #[arg(long)]
     pub index: Option<String>,
-    /// Encoder that queries the index: a CLIP-style directory with image_model.onnx retrieves by
-    /// image; a text encoder retrieves by the question. Default: all-MiniLM-L6-v2 from setup.
+    /// Encoder that queries the index: a CLIP-style directory with image_model.onnx, or a tower
+    /// from `strata train retriever`, retrieves by image; a text encoder retrieves by the
+    /// question. Default: all-MiniLM-L6-v2 from setup.
     #[arg(long)]
     pub retrieval_encoder: Option<std::path::PathBuf>,
     /// Descriptions per image (default: the model's top_k).

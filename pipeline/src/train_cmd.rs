@@ -25,6 +25,8 @@ use model::{
     vlm::{StrataModel, VlmRequest},
 };
 use operators::retrieve::Retriever;
+
+mod retriever;
 use rand::{seq::SliceRandom as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -377,21 +379,58 @@ fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String 
 }
 
 fn save_checkpoint(out: &Path, step: usize, model: &StrataModel, trainer: &Trainer, digest: &str) -> anyhow::Result<()> {
-    let dir = out.join("checkpoints").join(format!("step-{step:06}"));
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial).with_context(|| format!("creating `{}`", partial.display()))?;
     let trainable: Vec<(String, Tensor)> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-    Tensor::write_safetensors(&trainable, partial.join("weights.safetensors")).context("writing the checkpoint's weights")?;
-    Tensor::write_safetensors(&trainer.moments(), partial.join("optimizer.safetensors"))
-        .context("writing the checkpoint's optimiser state")?;
     let state = trainer.state();
     let state =
         CheckpointState { step, micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps, config_digest: digest.to_owned() };
-    std::fs::write(partial.join("state.json"), serde_json::to_string_pretty(&state)?)?;
+    write_checkpoint(out, &state, &trainable, &trainer.moments())
+}
+
+/// Writes `checkpoints/step-N/` (weights, optimiser moments, state) through a `.partial`
+/// folder renamed at the end, so a kill mid-write leaves the previous checkpoint the latest.
+fn write_checkpoint(out: &Path, state: &CheckpointState, weights: &[(String, Tensor)], moments: &[(String, Tensor)]) -> anyhow::Result<()> {
+    let dir = out.join("checkpoints").join(format!("step-{:06}", state.step));
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating `{}`", partial.display()))?;
+    Tensor::write_safetensors(weights, partial.join("weights.safetensors")).context("writing the checkpoint's weights")?;
+    Tensor::write_safetensors(moments, partial.join("optimizer.safetensors")).context("writing the checkpoint's optimiser state")?;
+    std::fs::write(partial.join("state.json"), serde_json::to_string_pretty(state)?)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&partial, &dir).with_context(|| format!("finishing `{}`", dir.display()))?;
     Ok(())
+}
+
+/// Reads a checkpoint of the configuration `digest` into `variables` and returns its state
+/// and the optimiser's moments.
+///
+/// # Errors
+/// A checkpoint of another configuration, one holding a variable that is not in
+/// `variables`, or unreadable files.
+fn restore_checkpoint(
+    checkpoint: &Path,
+    digest: &str,
+    variables: &HashMap<String, Tensor>,
+) -> anyhow::Result<(CheckpointState, HashMap<String, Tensor>)> {
+    let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
+    if state.config_digest != digest {
+        bail!(
+            "`{}` was written by another training configuration (digest {} ≠ {digest}): start, data, stage, schedule, batch or seed differ\nhint: resume with the configuration that made it, or give another `out`",
+            checkpoint.display(),
+            state.config_digest
+        );
+    }
+    let weights: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("weights.safetensors"))?.into_iter().collect();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, saved) in &weights {
+            let mut variable =
+                variables.get(name).with_context(|| format!("the checkpoint holds `{name}`, which is not trained here"))?.shallow_clone();
+            variable.copy_(saved);
+        }
+        Ok(())
+    })?;
+    let moments: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("optimizer.safetensors"))?.into_iter().collect();
+    Ok((state, moments))
 }
 
 fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
@@ -414,6 +453,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     let (stage, args) = match command {
         TrainCommand::Align(args) => (Stage::Alignment, args),
         TrainCommand::Instruct(args) => (Stage::InstructionTuning, args),
+        TrainCommand::Retriever(args) => return retriever::train(&args),
     };
     train(stage, &args)
 }
@@ -472,25 +512,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         if !args.resume {
             bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
         }
-        let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
-        if state.config_digest != digest {
-            bail!(
-                "`{}` was written by another training configuration (digest {} ≠ {digest}): data, stage, schedule, batch or seed differ\nhint: resume with the configuration that made it, or give another `out`",
-                checkpoint.display(),
-                state.config_digest
-            );
-        }
-        let weights: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("weights.safetensors"))?.into_iter().collect();
-        let mut variables = model.var_store().variables();
-        tch::no_grad(|| -> anyhow::Result<()> {
-            for (name, saved) in &weights {
-                let variable =
-                    variables.get_mut(name).with_context(|| format!("the checkpoint holds `{name}`, which the model does not"))?;
-                variable.copy_(saved);
-            }
-            Ok(())
-        })?;
-        let moments: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("optimizer.safetensors"))?.into_iter().collect();
+        let (state, moments) = restore_checkpoint(&checkpoint, &digest, &model.var_store().variables())?;
         trainer.restore(TrainerState { micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps }, &moments)?;
         first_step = state.step;
         let out_model = file.out.join("model");

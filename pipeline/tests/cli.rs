@@ -1212,3 +1212,118 @@ fn generated_scenes_are_georeferenced_and_tile_into_their_renders_with_stretch_n
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("use `percentile` or `none`"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn the_retriever_tower_trains_against_the_locked_text_encoder_and_then_queries_its_index_by_image() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let out = strata(&["data", "synth", "--out", data.to_str().unwrap(), "--n", "120", "--size", "32", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let base = random_model(work.path(), "base");
+    let config = |name: &str, extra: &str| {
+        let file = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "start = {base:?}\ndata = \"data/train/align.jsonl\"\nheld_out = \"data/test/align.jsonl\"\nout = \"runs/{name}\"\n\
+                 steps = 60\nbatch_size = 16\neval_every = 30\ncheckpoint_every = 30\nseed = 3\n{extra}"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let train = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "retriever", "--config", file.to_str().unwrap(), "--device", "cpu", "--no-progress"];
+        args.extend(extra);
+        strata(&args)
+    };
+    let recall = |name: &str| -> std::collections::BTreeMap<(usize, String), f64> {
+        let table = std::fs::read_to_string(work.path().join("runs").join(name).join("eval.csv")).unwrap();
+        table
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                assert_eq!((f[1], f[4]), ("retrieval", "24"), "{l}");
+                ((f[0].parse().unwrap(), f[2].to_owned()), f[3].parse().unwrap())
+            })
+            .collect()
+    };
+
+    let whole = config("whole", "");
+    let out = train(&whole, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("held-out image → text: before R@1"), "{}", text(&out.stdout));
+    let whole_recall = recall("whole");
+    assert_eq!(whole_recall.len(), 9, "recall@1/5/10 before training, at step 30 and at step 60: {whole_recall:?}");
+    let (before, after) = (whole_recall[&(0, "recall@5".into())], whole_recall[&(60, "recall@5".into())]);
+    assert!(after >= before + 0.2 && after >= 0.75, "held-out recall@5 went from {before} to {after}");
+
+    // Interrupted and resumed: the same loss curve and the same recall.
+    let split = config("split", "");
+    let out = train(&split, &["--stop-after", "20"]);
+    assert!(out.status.success() && text(&out.stdout).contains("continue with --resume"), "{}", text(&out.stderr));
+    let out = train(&split, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let losses = |name: &str| -> Vec<(String, f64)> {
+        let metrics = std::fs::read_to_string(work.path().join("runs").join(name).join("metrics.csv")).unwrap();
+        metrics.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).map(|f| (f[0].to_owned(), f[2].parse().unwrap())).collect()
+    };
+    let (a, b) = (losses("whole"), losses("split"));
+    assert_eq!(a.len(), 60);
+    assert_eq!(a.iter().map(|r| &r.0).collect::<Vec<_>>(), b.iter().map(|r| &r.0).collect::<Vec<_>>());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {step}: {x} uninterrupted, {y} resumed");
+    }
+    for (key, value) in &whole_recall {
+        assert!((value - recall("split")[key]).abs() < 1e-9, "{key:?}");
+    }
+
+    // The trained tower queries an index built by its locked text encoder, by image.
+    let captions: std::collections::BTreeSet<String> = std::fs::read_to_string(data.join("train/align.jsonl"))
+        .unwrap()
+        .lines()
+        .chain(std::fs::read_to_string(data.join("test/align.jsonl")).unwrap().lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["conversations"][1]["value"].as_str().unwrap().to_owned())
+        .collect();
+    let list = work.path().join("captions.txt");
+    std::fs::write(&list, captions.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap();
+    let index = work.path().join("index");
+    let out = strata(&["index", "build", "--out", index.to_str().unwrap(), "--no-hnsw", list.to_str().unwrap(), "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(data.join("test/align.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let tower = work.path().join("runs/whole/retriever");
+    let image = data.join(first["image"].as_str().unwrap());
+    let out = strata(&[
+        "index",
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--encoder",
+        tower.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "-k",
+        "10",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(hits.len(), 10, "{}", text(&out.stdout));
+    let truth = first["conversations"][1]["value"].as_str().unwrap();
+    assert!(hits.iter().any(|h| h["text"] == truth), "`{truth}` not among the image's 10 nearest: {hits:?}");
+
+    // A start that is neither a tower nor a model, and a batch without negatives, are refused.
+    let nowhere = config("nowhere", "").to_str().unwrap().to_owned();
+    std::fs::write(&nowhere, std::fs::read_to_string(&nowhere).unwrap().replace(&format!("start = {base:?}"), "start = \"data\"")).unwrap();
+    let out = train(Path::new(&nowhere), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("neither a retriever tower (retriever.json) nor a Strata model artifact"), "{}", text(&out.stderr));
+    let single = config("single", "").to_str().unwrap().to_owned();
+    std::fs::write(&single, std::fs::read_to_string(&single).unwrap().replace("batch_size = 16", "batch_size = 1")).unwrap();
+    let out = train(Path::new(&single), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("batch_size at least 2"), "{}", text(&out.stderr));
+}
