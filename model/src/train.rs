@@ -51,6 +51,10 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Forward passes in f32 or under bf16 autocast; weights and moments are f32 either way.
     pub precision: Precision,
+    /// Also train the base LLM (`model.*`, `lm_head.*`), at the learning rate of the new
+    /// modules. Off in the paper's recipe, whose base is pretrained; a base trained from
+    /// scratch (a small model on synthetic data) has nothing to preserve.
+    pub train_base_llm: bool,
 }
 
 impl Default for TrainConfig {
@@ -65,6 +69,7 @@ impl Default for TrainConfig {
             grad_accumulation: 1,
             max_grad_norm: 1.0,
             precision: Precision::Auto,
+            train_base_llm: false,
         }
     }
 }
@@ -261,7 +266,8 @@ impl Trainer {
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let mut parameters = Vec::new();
         for (name, variable) in variables {
-            let trains = config.stage.trains(&name);
+            let base = name.starts_with("model.") || name.starts_with("lm_head.");
+            let trains = config.stage.trains(&name) || (config.train_base_llm && base);
             let variable = variable.set_requires_grad(trains);
             if trains {
                 let group = if name.starts_with("vision_model.") { VISION_GROUP } else { 0 };

@@ -79,6 +79,7 @@ fn learn_colours(mut model: StrataModel, precision: Precision) -> Trainer {
         grad_accumulation: 2,
         max_grad_norm: 1.0,
         precision,
+        train_base_llm: false,
     };
     let groups = [
         "strata.prompter.",

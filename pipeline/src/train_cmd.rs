@@ -26,6 +26,7 @@ use model::{
 };
 use operators::retrieve::Retriever;
 
+mod remote;
 mod retriever;
 use rand::{seq::SliceRandom as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
@@ -138,6 +139,11 @@ pub struct TrainFile {
     /// case. Not part of the configuration digest: a run may resume on another device.
     #[serde(default = "default_precision")]
     pub precision: String,
+    /// Also train the base LLM's own weights (`model.*`, `lm_head.*`), not only LoRA, at
+    /// `learning_rate`. Off by default, as in the paper, whose base is pretrained; for a base
+    /// trained from scratch (`strata model init --random`).
+    #[serde(default)]
+    pub train_base_llm: bool,
 }
 
 fn default_precision() -> String {
@@ -162,6 +168,39 @@ struct Record {
 struct Turn {
     from: String,
     value: String,
+}
+
+/// Joins a path of a training file to the file's folder; object-store URLs stay as they are.
+fn beside(base: &Path, path: &Path) -> PathBuf {
+    if remote::is_remote(path) {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Reads the training and held-out samples. Object-store locations (`s3://…`) are mirrored
+/// locally first, with the images they name (see [`remote`]).
+///
+/// # Errors
+/// As [`read_samples`] and [`remote::stage`]; a local JSONL with images in an object store.
+fn read_data(data: &Path, held_out: Option<&Path>, image_root: Option<&Path>) -> anyhow::Result<(Vec<Sample>, Option<Vec<Sample>>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the I/O runtime")?;
+    let read = |path: &Path| -> anyhow::Result<Vec<Sample>> {
+        if remote::is_remote(path) {
+            let (local, root) = remote::stage(&runtime, path, image_root)?;
+            read_samples(&local, root.as_deref())
+        } else if let Some(root) = image_root.filter(|r| remote::is_remote(r)) {
+            bail!(
+                "`{}` is a local file but image_root `{}` is in an object store\nhint: put the JSONL in the store too, and name it by its URL",
+                path.display(),
+                root.display()
+            )
+        } else {
+            read_samples(path, image_root)
+        }
+    };
+    Ok((read(data)?, held_out.map(read).transpose()?))
 }
 
 /// Reads LLaVA-style JSONL; errors name the file and line.
@@ -369,12 +408,16 @@ struct CheckpointState {
 
 /// Everything that shapes the loss curve: a checkpoint of another one is refused.
 fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String {
-    let identity = serde_json::json!({
+    let mut identity = serde_json::json!({
         "stage": format!("{stage:?}"), "start": start_version, "data": file.data, "batch_size": file.batch_size,
         "grad_accumulation": file.grad_accumulation, "learning_rate": file.learning_rate, "vision_learning_rate": file.vision_learning_rate,
         "warmup_steps": file.warmup_steps, "steps": file.steps, "max_grad_norm": file.max_grad_norm, "weight_decay": file.weight_decay, "seed": file.seed,
         "index": file.index, "retrieval_encoder": file.retrieval_encoder, "retrieve_k": file.retrieve_k,
     });
+    // Only when on, so that the digests of runs from before this key stay as they were.
+    if file.train_base_llm {
+        identity["train_base_llm"] = serde_json::Value::Bool(true);
+    }
     format!("{:x}", sha2::Sha256::digest(identity.to_string().as_bytes()))[..16].to_owned()
 }
 
@@ -462,11 +505,12 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading `{}`", args.config.display()))?;
     let mut file: TrainFile = toml::from_str(&text).with_context(|| format!("in `{}`", args.config.display()))?;
     let base = args.config.parent().unwrap_or(Path::new("."));
-    for path in [&mut file.model, &mut file.data, &mut file.out] {
+    for path in [&mut file.model, &mut file.out] {
         *path = base.join(&*path);
     }
-    file.held_out = file.held_out.map(|p| base.join(p));
-    file.image_root = file.image_root.map(|p| base.join(p));
+    file.data = beside(base, &file.data);
+    file.held_out = file.held_out.map(|p| beside(base, &p));
+    file.image_root = file.image_root.map(|p| beside(base, &p));
     file.retrieval_encoder = file.retrieval_encoder.map(|p| base.join(p));
     // An index path is relative to the file too; a URL (s3://, file://) is taken as it is.
     file.index = file.index.map(|index| if index.contains("://") { index } else { base.join(index).to_string_lossy().into_owned() });
@@ -481,8 +525,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             file.grad_accumulation
         );
     }
-    let samples = read_samples(&file.data, file.image_root.as_deref())?;
-    let held_out = file.held_out.as_deref().map(|p| read_samples(p, file.image_root.as_deref())).transpose()?;
+    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref())?;
 
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let artifact = Artifact::open(&file.model)?;
@@ -501,6 +544,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         grad_accumulation: file.grad_accumulation,
         max_grad_norm: file.max_grad_norm,
         precision,
+        train_base_llm: file.train_base_llm,
     };
     let mut trainer = Trainer::new(&model, config)?;
     let digest = config_digest(stage, &file, &artifact.manifest.version);

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tch::{Kind, Tensor};
 
-use super::{batch_indices, latest_checkpoint, read_samples, restart_table, restore_checkpoint, write_checkpoint, CheckpointState, Sample};
+use super::{
+    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, CheckpointState, Sample,
+};
 use crate::cli::TrainArgs;
 
 const fn default_batch_size() -> usize {
@@ -263,11 +265,12 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading `{}`", args.config.display()))?;
     let mut file: RetrieverFile = toml::from_str(&text).with_context(|| format!("in `{}`", args.config.display()))?;
     let base = args.config.parent().unwrap_or(Path::new("."));
-    for path in [&mut file.start, &mut file.data, &mut file.out] {
+    for path in [&mut file.start, &mut file.out] {
         *path = base.join(&*path);
     }
-    file.held_out = file.held_out.map(|p| base.join(p));
-    file.image_root = file.image_root.map(|p| base.join(p));
+    file.data = beside(base, &file.data);
+    file.held_out = file.held_out.map(|p| beside(base, &p));
+    file.image_root = file.image_root.map(|p| beside(base, &p));
     file.text_encoder = file.text_encoder.map(|p| base.join(p));
     if file.steps == 0 || file.batch_size < 2 || file.checkpoint_every == 0 || file.eval_every == 0 {
         bail!(
@@ -276,8 +279,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
-    let samples = read_samples(&file.data, file.image_root.as_deref())?;
-    let held_out = file.held_out.as_deref().map(|p| read_samples(p, file.image_root.as_deref())).transpose()?;
+    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref())?;
     let (train_pairs, held_out_pairs) = (Pairs::new(&samples), held_out.as_deref().map(Pairs::new));
 
     let device = model::device::select(args.device)?;
@@ -319,6 +321,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         grad_accumulation: 1,
         max_grad_norm: file.max_grad_norm,
         precision,
+        train_base_llm: false,
     };
 
     let mut first_step = 0;
