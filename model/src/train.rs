@@ -75,6 +75,13 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether variable `name` trains: the stage's choice, and the base LLM's own weights too
+    /// with [`TrainConfig::train_base_llm`].
+    pub fn trains(&self, name: &str) -> bool {
+        let base = name.starts_with("model.") || name.starts_with("lm_head.");
+        self.stage.trains(name) || (self.train_base_llm && base)
+    }
+
     /// Learning-rate multiplier at optimiser step `step`: linear warm-up, then cosine to 0.
     pub fn schedule(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
@@ -266,8 +273,7 @@ impl Trainer {
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let mut parameters = Vec::new();
         for (name, variable) in variables {
-            let base = name.starts_with("model.") || name.starts_with("lm_head.");
-            let trains = config.stage.trains(&name) || (config.train_base_llm && base);
+            let trains = config.trains(&name);
             let variable = variable.set_requires_grad(trains);
             if trains {
                 let group = if name.starts_with("vision_model.") { VISION_GROUP } else { 0 };
@@ -364,6 +370,10 @@ mod tests {
         for stage in [Stage::Alignment, Stage::InstructionTuning] {
             assert!(!stage.trains("model.layers.0.self_attn.q_proj.weight"));
             assert!(!stage.trains("lm_head.weight"));
+            // A base trained from scratch may train as well, when asked.
+            let config = TrainConfig { stage, train_base_llm: true, ..TrainConfig::default() };
+            assert!(config.trains("model.layers.0.self_attn.q_proj.weight") && config.trains("lm_head.weight"));
+            assert!(!TrainConfig { stage, ..TrainConfig::default() }.trains("lm_head.weight"));
         }
     }
 }

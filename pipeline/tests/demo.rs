@@ -65,6 +65,10 @@ fn the_quick_demo_fills_every_table_through_the_registry_served_model() {
     let lineage = &registry["versions"][0];
     assert_eq!(lineage["version"], serving.as_str());
     assert!(lineage["metrics"].as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("aid "))), "{lineage}");
+    // The retriever's tower was trained first, and its held-out recall@5 did not fall.
+    let recall = |when: &str| lineage["metrics"][format!("retriever recall@5 ({when} training)")].as_f64();
+    assert!(recall("after").unwrap() >= recall("before").unwrap(), "{lineage}");
+    assert!(out.join("retriever/retriever.json").is_file(), "the tower the batch retrieved with");
 
     // Both scenes, every tile answered by that version, none failed.
     let tables = out.join("tables");
