@@ -25,15 +25,15 @@ use model::{
     vlm::{StrataModel, VlmRequest},
 };
 use operators::retrieve::Retriever;
-
-mod remote;
-mod retriever;
 use rand::{seq::SliceRandom as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tch::Tensor;
 
 use crate::cli::{TrainArgs, TrainCommand};
+
+mod remote;
+mod retriever;
 
 const fn default_batch_size() -> usize {
     8
@@ -468,7 +468,7 @@ fn restore_checkpoint(
         for (name, saved) in &weights {
             let mut variable =
                 variables.get(name).with_context(|| format!("the checkpoint holds `{name}`, which is not trained here"))?.shallow_clone();
-            variable.copy_(saved);
+            variable.f_copy_(saved).with_context(|| format!("the checkpoint's `{name}` does not fit the variable of that name"))?;
         }
         Ok(())
     })?;
@@ -525,9 +525,9 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             file.grad_accumulation
         );
     }
+    let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref())?;
 
-    let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let artifact = Artifact::open(&file.model)?;
     let device = model::device::select(args.device)?;
     // Weights and AdamW's moments in f32 on every device (no pure-bf16 optimiser); on CUDA the
