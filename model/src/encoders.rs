@@ -260,6 +260,16 @@ impl ImageEncoder {
         &self.name
     }
 
+    /// For a tower from `strata train retriever`, the locked text encoder it was trained
+    /// against (the index it queries must hold that encoder's embeddings); `None` for a CLIP
+    /// tower, whose own text tower goes with it.
+    pub fn paired_text_encoder(&self) -> Option<&str> {
+        match &self.backend {
+            ImageBackend::Torch(tower) => Some(&tower.config().text_encoder),
+            ImageBackend::Onnx(_) => None,
+        }
+    }
+
     /// Where it runs.
     pub fn target(&self) -> OrtTarget {
         self.target

@@ -46,6 +46,13 @@ pub struct ImageTowerConfig {
     pub text_encoder: String,
 }
 
+/// Whether two text-encoder locations name the same encoder: the same folder name, so that a
+/// tower trained on one machine matches the index built on another.
+pub fn same_text_encoder(a: &str, b: &str) -> bool {
+    let name = |path: &str| Path::new(path.trim_end_matches('/')).file_name().map(|n| n.to_owned());
+    name(a) == name(b)
+}
+
 /// The tower: `[batch, 3, side, side]` normalised pixels → `[batch, embed_dim]` unit vectors.
 #[derive(Debug)]
 pub struct ImageTower {

@@ -138,6 +138,16 @@ impl Retriever {
         let (encoder, dim, target) = if image_tower {
             let encoder = ImageEncoder::load_on(dir, threads, preference)
                 .map_err(model_err(format!("loading the image encoder `{}`", dir.display())))?;
+            if let Some(text) =
+                encoder.paired_text_encoder().filter(|t| !model::image_tower::same_text_encoder(t, &index.manifest().encoder))
+            {
+                tracing::warn!(
+                    tower = %dir.display(),
+                    trained_against = text,
+                    index_built_with = %index.manifest().encoder,
+                    "The retrieval tower was trained against another text encoder than the index was built with: its results will not mean much."
+                );
+            }
             let (dim, target) = (encoder.dim(), encoder.target());
             (QueryEncoder::Image(encoder), dim, target)
         } else {

@@ -475,7 +475,8 @@ pub enum TrainCommand {
     ///                                     # vision_learning_rate, warmup_steps, max_grad_norm,
     ///                                     # weight_decay, seed, checkpoint_every, eval_every,
     ///                                     # eval_samples, eval_max_new_tokens, image_root,
-    ///                                     # model_version, index, retrieval_encoder, retrieve_k
+    ///                                     # model_version, index, retrieval_encoder, retrieve_k,
+    ///                                     # train_base_llm (also train a from-scratch base LLM)
     ///   precision = "auto"                # bf16 autocast over f32 weights on CUDA, f32 on CPU;
     ///                                     # "f32" or "bf16" (autocast on any device) to choose
     ///
@@ -499,8 +500,9 @@ pub enum TrainCommand {
     /// The training file (TOML; paths relative to it):
     ///   start = "models/base"             # a model artifact (its SigLIP tower starts the image
     ///                                     # tower) or a tower from an earlier run
-    ///   data = "synth/train/align.jsonl"  # image–text pairs, LLaVA-style JSONL
-    ///   held_out = "synth/test/align.jsonl"
+    ///   data = "synth/train/retriever.jsonl"  # image–text pairs: {"image", "text"} lines,
+    ///                                     # or LLaVA-style JSONL (the first answer is the text)
+    ///   held_out = "synth/test/retriever.jsonl"
     ///   out = "runs/retriever-1"          # checkpoints/, metrics.csv, eval.csv, retriever/
     ///   steps = 300
     ///   batch_size = 32                   # also: text_encoder (default all-MiniLM-L6-v2),

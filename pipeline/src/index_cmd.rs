@@ -95,13 +95,20 @@ fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
     let (query, encoder_dir, dim) = if let Some(path) = &args.image {
         let Some(dir) = &args.encoder else {
             bail!(
-                "image queries need a CLIP-style encoder directory (image_model.onnx, model.onnx, tokenizer.json, preprocessor_config.json)\n\
+                "image queries need a CLIP-style encoder directory (image_model.onnx, model.onnx, tokenizer.json, preprocessor_config.json), or a tower from `strata train retriever`\n\
                  hint: export one with `python scripts/export/clip_to_onnx.py CLIP_DIR OUT`, build the index with `--encoder OUT`, then search with `--encoder OUT --image FILE`"
             );
         };
         let mut encoder = ImageEncoder::load_on(dir, threads, encoder_device(device.device()))
             .with_context(|| format!("loading the image encoder from `{}`", dir.display()))?;
         tracing::info!(encoder = %dir.display(), on = %encoder.target(), "image encoder loaded");
+        if let Some(text) = encoder.paired_text_encoder().filter(|t| !model::image_tower::same_text_encoder(t, &index.manifest().encoder)) {
+            eprintln!(
+                "warning: the tower `{}` was trained against the text encoder `{text}`, but this index was built with `{}`: its hits will not mean much\nhint: build the index with `--encoder {text}`, or train a tower against the index's encoder",
+                dir.display(),
+                index.manifest().encoder
+            );
+        }
         let (rgb, width, height) = crate::images::read_rgb(path)?;
         let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
         (encoder.encode(&[image])?, dir.display().to_string(), encoder.dim())

@@ -156,12 +156,27 @@ struct Sample {
     image: PathBuf,
     query: String,
     response: String,
+    /// The file and line it came from, for errors found later (an unreadable image).
+    origin: String,
 }
 
+/// A JSONL record: a LLaVA conversation, or (for the retriever) a plain image–text pair.
 #[derive(Deserialize)]
 struct Record {
     image: String,
-    conversations: Vec<Turn>,
+    #[serde(default)]
+    conversations: Option<Vec<Turn>>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Which records a job takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// LLaVA conversations only (`train align`, `train instruct`).
+    Conversations,
+    /// Conversations (the first answer is the text) or `{"image", "text"}` pairs.
+    Pairs,
 }
 
 #[derive(Deserialize)]
@@ -184,12 +199,17 @@ fn beside(base: &Path, path: &Path) -> PathBuf {
 ///
 /// # Errors
 /// As [`read_samples`] and [`remote::stage`]; a local JSONL with images in an object store.
-fn read_data(data: &Path, held_out: Option<&Path>, image_root: Option<&Path>) -> anyhow::Result<(Vec<Sample>, Option<Vec<Sample>>)> {
+fn read_data(
+    data: &Path,
+    held_out: Option<&Path>,
+    image_root: Option<&Path>,
+    records: Records,
+) -> anyhow::Result<(Vec<Sample>, Option<Vec<Sample>>)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the I/O runtime")?;
     let read = |path: &Path| -> anyhow::Result<Vec<Sample>> {
         if remote::is_remote(path) {
             let (local, root) = remote::stage(&runtime, path, image_root)?;
-            read_samples(&local, root.as_deref())
+            read_samples(&local, root.as_deref(), records)
         } else if let Some(root) = image_root.filter(|r| remote::is_remote(r)) {
             bail!(
                 "`{}` is a local file but image_root `{}` is in an object store\nhint: put the JSONL in the store too, and name it by its URL",
@@ -197,14 +217,14 @@ fn read_data(data: &Path, held_out: Option<&Path>, image_root: Option<&Path>) ->
                 root.display()
             )
         } else {
-            read_samples(path, image_root)
+            read_samples(path, image_root, records)
         }
     };
     Ok((read(data)?, held_out.map(read).transpose()?))
 }
 
 /// Reads LLaVA-style JSONL; errors name the file and line.
-fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sample>> {
+fn read_samples(path: &Path, image_root: Option<&Path>, records: Records) -> anyhow::Result<Vec<Sample>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
     let folder = path.parent().unwrap_or(Path::new("."));
     let mut samples = Vec::new();
@@ -212,13 +232,21 @@ fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sa
     for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = || format!("`{}` line {}", path.display(), number + 1);
         let record: Record = serde_json::from_str(line).with_context(at)?;
-        let human = record.conversations.iter().position(|t| t.from == "human").with_context(|| format!("{}: no human turn", at()))?;
-        let gpt = record
-            .conversations
-            .get(human + 1)
-            .filter(|t| t.from == "gpt")
-            .with_context(|| format!("{}: no gpt turn after the human one", at()))?;
-        let query = record.conversations[human].value.replace("<image>\n", "").replace("<image>", "").trim().to_owned();
+        let (query, response) = match (&record.conversations, &record.text, records) {
+            (Some(turns), _, _) => {
+                let human = turns.iter().position(|t| t.from == "human").with_context(|| format!("{}: no human turn", at()))?;
+                let gpt = turns
+                    .get(human + 1)
+                    .filter(|t| t.from == "gpt")
+                    .with_context(|| format!("{}: no gpt turn after the human one", at()))?;
+                (turns[human].value.replace("<image>\n", "").replace("<image>", "").trim().to_owned(), gpt.value.trim().to_owned())
+            }
+            (None, Some(text), Records::Pairs) => (String::new(), text.trim().to_owned()),
+            (None, Some(_), Records::Conversations) => {
+                bail!("{}: an image–text pair (`text`), which `strata train retriever` takes; this stage needs `conversations`", at())
+            }
+            (None, None, _) => bail!("{}: neither `conversations` nor `text`", at()),
+        };
         let root = root.get_or_insert_with(|| {
             if folder.join(&record.image).exists() {
                 folder.to_owned()
@@ -230,7 +258,7 @@ fn read_samples(path: &Path, image_root: Option<&Path>) -> anyhow::Result<Vec<Sa
         if !image.exists() {
             bail!("{}: image `{}` does not exist\nhint: set image_root in the training file", at(), image.display());
         }
-        samples.push(Sample { image, query, response: gpt.value.trim().to_owned() });
+        samples.push(Sample { image, query, response, origin: at() });
     }
     if samples.is_empty() {
         bail!("`{}` holds no samples", path.display());
@@ -253,8 +281,8 @@ impl Inputs {
         let key = (sample.image.clone(), sample.query.clone());
         let need_descriptions = self.retriever.is_some() && !self.descriptions.contains_key(&key);
         if need_descriptions || !self.pixels.contains_key(&sample.image) {
-            let (rgb, width, height) =
-                crate::images::read_rgb(&sample.image).with_context(|| format!("reading `{}`", sample.image.display()))?;
+            let (rgb, width, height) = crate::images::read_rgb(&sample.image)
+                .with_context(|| format!("reading `{}` (named by {})", sample.image.display(), sample.origin))?;
             if !self.pixels.contains_key(&sample.image) {
                 self.pixels.insert(sample.image.clone(), model.preprocess_rgb(&rgb, width, height)?);
                 self.sizes.insert(sample.image.clone(), [u32::try_from(width)?, u32::try_from(height)?]);
@@ -526,7 +554,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
-    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref())?;
+    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Conversations)?;
 
     let artifact = Artifact::open(&file.model)?;
     let device = model::device::select(args.device)?;

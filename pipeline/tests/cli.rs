@@ -1321,6 +1321,42 @@ fn the_retriever_tower_trains_against_the_locked_text_encoder_and_then_queries_i
     let out = train(Path::new(&nowhere), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("neither a retriever tower (retriever.json) nor a Strata model artifact"), "{}", text(&out.stderr));
+    // The pairs `data synth` writes for a retriever train one as they are; an unreadable image
+    // among them stops the run before its first step, named with its line; and a tower is not
+    // continued against another text encoder.
+    let pairs = config("pairs", "").to_str().unwrap().to_owned();
+    let pairs_file = std::fs::read_to_string(&pairs).unwrap().replace("align.jsonl", "retriever.jsonl").replace("steps = 60", "steps = 2");
+    std::fs::write(&pairs, pairs_file).unwrap();
+    let out = train(Path::new(&pairs), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let broken = data.join("train/broken.jsonl");
+    let mut lines = std::fs::read_to_string(data.join("train/retriever.jsonl")).unwrap();
+    std::fs::write(data.join("images/broken.png"), b"not a png").unwrap();
+    lines.push_str("{\"id\":\"broken\",\"image\":\"images/broken.png\",\"text\":\"nothing\"}\n");
+    let line = lines.lines().count();
+    std::fs::write(&broken, lines).unwrap();
+    let unreadable = config("unreadable", "").to_str().unwrap().to_owned();
+    std::fs::write(&unreadable, std::fs::read_to_string(&unreadable).unwrap().replace("train/align.jsonl", "train/broken.jsonl")).unwrap();
+    let out = train(Path::new(&unreadable), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(&format!("broken.jsonl` line {line})")), "{}", text(&out.stderr));
+    let metrics = std::fs::read_to_string(work.path().join("runs/unreadable/metrics.csv")).unwrap_or_default();
+    assert!(metrics.lines().count() <= 1, "no step ran: {metrics}");
+    let encoder = work.path().join("other-encoder");
+    std::fs::create_dir_all(&encoder).unwrap();
+    for entry in std::fs::read_dir(model::assets_dir().join("all-minilm-l6-v2")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), encoder.join(entry.file_name())).unwrap();
+    }
+    let onward = config("onward", &format!("text_encoder = {encoder:?}\n")).to_str().unwrap().to_owned();
+    std::fs::write(
+        &onward,
+        std::fs::read_to_string(&onward).unwrap().replace(&format!("start = {base:?}"), "start = \"runs/whole/retriever\""),
+    )
+    .unwrap();
+    let out = train(Path::new(&onward), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("was trained against the text encoder"), "{}", text(&out.stderr));
     let single = config("single", "").to_str().unwrap().to_owned();
     std::fs::write(&single, std::fs::read_to_string(&single).unwrap().replace("batch_size = 16", "batch_size = 1")).unwrap();
     let out = train(Path::new(&single), &[]);

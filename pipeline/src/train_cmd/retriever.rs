@@ -28,7 +28,8 @@ use sha2::Digest as _;
 use tch::{Kind, Tensor};
 
 use super::{
-    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, CheckpointState, Sample,
+    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, CheckpointState, Records,
+    Sample,
 };
 use crate::cli::TrainArgs;
 
@@ -148,6 +149,8 @@ impl Pairs {
 /// Normalised pixels of each image, read once.
 struct PixelCache {
     pixels: HashMap<PathBuf, Tensor>,
+    /// The JSONL line that first names each image, for errors.
+    origins: HashMap<PathBuf, String>,
 }
 
 impl PixelCache {
@@ -155,7 +158,9 @@ impl PixelCache {
         if let Some(pixels) = self.pixels.get(image) {
             return Ok(pixels.shallow_clone());
         }
-        let (rgb, width, height) = crate::images::read_rgb(image).with_context(|| format!("reading `{}`", image.display()))?;
+        let origin = self.origins.get(image).map_or("the data", String::as_str);
+        let (rgb, width, height) =
+            crate::images::read_rgb(image).with_context(|| format!("reading `{}` (named by {origin})", image.display()))?;
         let rgb = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
         let side = tower.config().vision.image_size;
         let pixels = Tensor::from_slice(&tower.processor().apply(&rgb)?).view([3, side, side]);
@@ -237,6 +242,14 @@ fn save_checkpoint(out: &Path, step: usize, tower: &ImageTower, optimizer: &Adam
 fn start_tower(start: &Path, text_encoder: &TextEncoder, device: tch::Device) -> anyhow::Result<(ImageTower, String)> {
     if ImageTower::is_dir(start) {
         let tower = ImageTower::load(start, device).with_context(|| format!("loading the tower `{}`", start.display()))?;
+        if !model::image_tower::same_text_encoder(&tower.config().text_encoder, text_encoder.name()) {
+            bail!(
+                "the tower `{}` was trained against the text encoder `{}`, not `{}` (text_encoder)\nhint: keep the encoder a tower was trained against, or start from a model artifact",
+                start.display(),
+                tower.config().text_encoder,
+                text_encoder.name()
+            );
+        }
         let id = model::artifact::sha256_file(&start.join(model::image_tower::WEIGHTS_FILE))?;
         return Ok((tower, id));
     }
@@ -279,12 +292,14 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
-    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref())?;
+    let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Pairs)?;
     let (train_pairs, held_out_pairs) = (Pairs::new(&samples), held_out.as_deref().map(Pairs::new));
 
     let device = model::device::select(args.device)?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    // Absolute, as the tower records it: the path must mean the same from any folder.
     let text_dir = file.text_encoder.clone().unwrap_or_else(TextEncoder::default_dir);
+    let text_dir = std::path::absolute(&text_dir).unwrap_or(text_dir);
     let mut text_encoder = TextEncoder::load_on(&text_dir, 256, threads, operators::retrieve::encoder_device(device.device()))
         .with_context(|| format!("loading the text encoder `{}`", text_dir.display()))?;
     // The projection starts random: from the seed, so a rerun or a resume starts alike.
@@ -350,7 +365,16 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     let text_embeddings = embed_texts(&mut text_encoder, &train_pairs.texts, device.device())?;
     let gallery = held_out_pairs.as_ref().map(|p| embed_texts(&mut text_encoder, &p.texts, device.device())).transpose()?;
-    let mut cache = PixelCache { pixels: HashMap::new() };
+    let mut origins = HashMap::new();
+    for sample in samples.iter().chain(held_out.iter().flatten()) {
+        origins.entry(sample.image.clone()).or_insert_with(|| sample.origin.clone());
+    }
+    let mut cache = PixelCache { pixels: HashMap::new(), origins };
+    // Every image is decoded before the first step: an unreadable one stops the run now, not
+    // hours in (the cache keeps them all anyway).
+    for image in train_pairs.images.iter().chain(held_out_pairs.iter().flat_map(|p| p.images.iter())) {
+        let _pixels = cache.get(&tower, image)?;
+    }
     eprintln!(
         "training the retriever's image tower on {} ({}), {} steps of {} pairs; {} images, {} distinct texts, text encoder `{}` locked",
         device.describe(),
