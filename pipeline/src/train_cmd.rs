@@ -432,10 +432,45 @@ struct CheckpointState {
     micro_steps: usize,
     optimizer_steps: usize,
     config_digest: String,
+    /// The settings the digest covers, to name the ones that differ (absent in checkpoints
+    /// written before they were kept).
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+}
+
+/// What a run is: the settings that shape its loss curve, and their digest.
+struct RunIdentity {
+    digest: String,
+    config: serde_json::Value,
+}
+
+impl RunIdentity {
+    fn new(config: serde_json::Value) -> Self {
+        let digest = format!("{:x}", sha2::Sha256::digest(config.to_string().as_bytes()))[..16].to_owned();
+        Self { digest, config }
+    }
+
+    /// The state a checkpoint of this run holds.
+    fn state(&self, step: usize, micro_steps: usize, optimizer_steps: usize) -> CheckpointState {
+        CheckpointState { step, micro_steps, optimizer_steps, config_digest: self.digest.clone(), config: Some(self.config.clone()) }
+    }
+
+    /// `key (saved → now)` for each setting that differs from `saved`.
+    fn differences(&self, saved: &serde_json::Value) -> Vec<String> {
+        let (Some(now), Some(then)) = (self.config.as_object(), saved.as_object()) else { return Vec::new() };
+        let mut keys: Vec<&String> = now.keys().chain(then.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let shown = |v: Option<&serde_json::Value>| v.map_or_else(|| "unset".to_owned(), ToString::to_string);
+        keys.into_iter()
+            .filter(|k| now.get(*k) != then.get(*k))
+            .map(|k| format!("{k} ({} → {})", shown(then.get(k)), shown(now.get(k))))
+            .collect()
+    }
 }
 
 /// Everything that shapes the loss curve: a checkpoint of another one is refused.
-fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String {
+fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> RunIdentity {
     let mut identity = serde_json::json!({
         "stage": format!("{stage:?}"), "start": start_version, "data": file.data, "batch_size": file.batch_size,
         "grad_accumulation": file.grad_accumulation, "learning_rate": file.learning_rate, "vision_learning_rate": file.vision_learning_rate,
@@ -446,14 +481,13 @@ fn config_digest(stage: Stage, file: &TrainFile, start_version: &str) -> String 
     if file.train_base_llm {
         identity["train_base_llm"] = serde_json::Value::Bool(true);
     }
-    format!("{:x}", sha2::Sha256::digest(identity.to_string().as_bytes()))[..16].to_owned()
+    RunIdentity::new(identity)
 }
 
-fn save_checkpoint(out: &Path, step: usize, model: &StrataModel, trainer: &Trainer, digest: &str) -> anyhow::Result<()> {
+fn save_checkpoint(out: &Path, step: usize, model: &StrataModel, trainer: &Trainer, identity: &RunIdentity) -> anyhow::Result<()> {
     let trainable: Vec<(String, Tensor)> = model.var_store().variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     let state = trainer.state();
-    let state =
-        CheckpointState { step, micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps, config_digest: digest.to_owned() };
+    let state = identity.state(step, state.micro_steps, state.optimizer_steps);
     write_checkpoint(out, &state, &trainable, &trainer.moments())
 }
 
@@ -472,23 +506,30 @@ fn write_checkpoint(out: &Path, state: &CheckpointState, weights: &[(String, Ten
     Ok(())
 }
 
-/// Reads a checkpoint of the configuration `digest` into `variables` and returns its state
-/// and the optimiser's moments.
+/// Reads a checkpoint of the run `identity` into `variables` and returns its state and the
+/// optimiser's moments.
 ///
 /// # Errors
 /// A checkpoint of another configuration, one holding a variable that is not in
 /// `variables`, or unreadable files.
 fn restore_checkpoint(
     checkpoint: &Path,
-    digest: &str,
+    identity: &RunIdentity,
     variables: &HashMap<String, Tensor>,
 ) -> anyhow::Result<(CheckpointState, HashMap<String, Tensor>)> {
     let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)?;
-    if state.config_digest != digest {
+    if state.config_digest != identity.digest {
+        let differences = state.config.as_ref().map(|saved| identity.differences(saved)).unwrap_or_default();
+        let what = if differences.is_empty() {
+            "start, data, stage, schedule, batch or seed differ".to_owned()
+        } else {
+            format!("it differs in {}", differences.join(", "))
+        };
         bail!(
-            "`{}` was written by another training configuration (digest {} ≠ {digest}): start, data, stage, schedule, batch or seed differ\nhint: resume with the configuration that made it, or give another `out`",
+            "`{}` was written by another training configuration (digest {} ≠ {}): {what}\nhint: resume with the configuration that made it, or give another `out`",
             checkpoint.display(),
-            state.config_digest
+            state.config_digest,
+            identity.digest
         );
     }
     let weights: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("weights.safetensors"))?.into_iter().collect();
@@ -575,7 +616,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         train_base_llm: file.train_base_llm,
     };
     let mut trainer = Trainer::new(&model, config)?;
-    let digest = config_digest(stage, &file, &artifact.manifest.version);
+    let identity = config_digest(stage, &file, &artifact.manifest.version);
     std::fs::create_dir_all(&file.out).with_context(|| format!("creating `{}`", file.out.display()))?;
 
     // Resume: the latest checkpoint of this very configuration.
@@ -584,7 +625,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         if !args.resume {
             bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
         }
-        let (state, moments) = restore_checkpoint(&checkpoint, &digest, &model.var_store().variables())?;
+        let (state, moments) = restore_checkpoint(&checkpoint, &identity, &model.var_store().variables())?;
         trainer.restore(TrainerState { micro_steps: state.micro_steps, optimizer_steps: state.optimizer_steps }, &moments)?;
         first_step = state.step;
         let out_model = file.out.join("model");
@@ -716,7 +757,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let stopping = args.stop_after.is_some_and(|n| done - first_step >= n) && done < file.steps && boundary;
         if done.is_multiple_of(file.checkpoint_every) || done == file.steps || stopping {
             metrics.flush()?;
-            save_checkpoint(&file.out, done, &model, &trainer, &digest)?;
+            save_checkpoint(&file.out, done, &model, &trainer, &identity)?;
         }
         if stopping {
             bar.finish_and_clear();
@@ -734,7 +775,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let provenance = Provenance {
         version: version.clone(),
         parent_version: Some(artifact.manifest.version.clone()),
-        training_run: Some(format!("{} ({digest})", file.out.display())),
+        training_run: Some(format!("{} ({})", file.out.display(), identity.digest)),
     };
     let out_model = file.out.join("model");
     artifact::save(&model, &artifact.dir.join("tokenizer.json"), &out_model, &provenance)?;

@@ -1126,6 +1126,7 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     let out = train(&other, &["--resume"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("written by another training configuration"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("it differs in seed (5 → 6)"), "the setting that changed is named: {}", text(&out.stderr));
 
     // bf16 autocast runs on the CPU too when asked for; without a terminal, progress comes as
     // plain lines.

@@ -24,12 +24,10 @@ use model::{
     train::{AdamW, Precision, Stage, TrainConfig},
 };
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use tch::{Kind, Tensor};
 
 use super::{
-    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, CheckpointState, Records,
-    Sample,
+    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, Records, RunIdentity, Sample,
 };
 use crate::cli::TrainArgs;
 
@@ -222,19 +220,19 @@ fn record_recall(
 }
 
 /// Everything that shapes the loss curve: a checkpoint of another one is refused.
-fn config_digest(file: &RetrieverFile, start: &str, text_encoder: &Path) -> String {
+fn config_digest(file: &RetrieverFile, start: &str, text_encoder: &Path) -> RunIdentity {
     let identity = serde_json::json!({
         "stage": "retriever", "start": start, "text_encoder": text_encoder, "data": file.data, "batch_size": file.batch_size,
         "learning_rate": file.learning_rate, "vision_learning_rate": file.vision_learning_rate, "warmup_steps": file.warmup_steps,
         "steps": file.steps, "max_grad_norm": file.max_grad_norm, "weight_decay": file.weight_decay, "seed": file.seed,
     });
-    format!("{:x}", sha2::Sha256::digest(identity.to_string().as_bytes()))[..16].to_owned()
+    RunIdentity::new(identity)
 }
 
-fn save_checkpoint(out: &Path, step: usize, tower: &ImageTower, optimizer: &AdamW, digest: &str) -> anyhow::Result<()> {
+fn save_checkpoint(out: &Path, step: usize, tower: &ImageTower, optimizer: &AdamW, identity: &RunIdentity) -> anyhow::Result<()> {
     let variables: Vec<(String, Tensor)> = tower.var_store().variables().into_iter().collect();
     // One optimiser step per micro-batch here: no accumulation.
-    let state = CheckpointState { step, micro_steps: step, optimizer_steps: optimizer.steps(), config_digest: digest.to_owned() };
+    let state = identity.state(step, step, optimizer.steps());
     write_checkpoint(out, &state, &variables, &optimizer.moments())
 }
 
@@ -315,7 +313,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             tower.config().text_encoder
         );
     }
-    let digest = config_digest(&file, &start_id, &text_dir);
+    let identity = config_digest(&file, &start_id, &text_dir);
     std::fs::create_dir_all(&file.out).with_context(|| format!("creating `{}`", file.out.display()))?;
 
     // Every variable trains: the vision transformer in its own, lower-rate group.
@@ -344,7 +342,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         if !args.resume {
             bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
         }
-        let (state, moments) = restore_checkpoint(&checkpoint, &digest, &tower.var_store().variables())?;
+        let (state, moments) = restore_checkpoint(&checkpoint, &identity, &tower.var_store().variables())?;
         optimizer.restore(state.optimizer_steps, &moments)?;
         first_step = state.step;
         let out_tower = file.out.join("retriever");
@@ -472,7 +470,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let stopping = args.stop_after.is_some_and(|n| done - first_step >= n) && done < file.steps;
         if done.is_multiple_of(file.checkpoint_every) || done == file.steps || stopping {
             metrics.flush()?;
-            save_checkpoint(&file.out, done, &tower, &optimizer, &digest)?;
+            save_checkpoint(&file.out, done, &tower, &optimizer, &identity)?;
         }
         if stopping {
             bar.finish_and_clear();
