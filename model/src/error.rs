@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     /// A CUDA device was required but none can be used.
-    #[error("CUDA was requested but is not usable: {reason}")]
+    #[error("CUDA was requested but is not usable: {reason}\nhint: --device cpu, or --device auto to fall back to the CPU when no GPU can be used")]
     CudaUnavailable {
         /// Why not (library missing, no device).
         reason: String,
