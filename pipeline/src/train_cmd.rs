@@ -185,6 +185,57 @@ struct Turn {
     value: String,
 }
 
+/// Progress of a training loop: a bar on a terminal; without one (a log file, CI) the bar is
+/// hidden and a plain line is printed every 5 % of the steps.
+struct StepProgress {
+    bar: ProgressBar,
+    plain_every: Option<usize>,
+    label: String,
+    unit: &'static str,
+    steps: usize,
+    first_step: usize,
+    started: Instant,
+}
+
+impl StepProgress {
+    /// `label` prefixes the bar and the lines; `unit` names what a step's samples are.
+    fn new(label: String, unit: &'static str, steps: usize, first_step: usize, hidden: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(steps as u64),
+            if hidden { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {pos}/{len} steps, {msg}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(label.clone());
+        bar.set_position(first_step as u64);
+        let plain_every = (!hidden && !std::io::stderr().is_terminal()).then(|| (steps / 20).max(1));
+        Self { bar, plain_every, label, unit, steps, first_step, started: Instant::now() }
+    }
+
+    /// Records step `done` (1-based): its loss and samples per second.
+    fn step(&self, done: usize, loss: f64, rate: f64) {
+        self.bar.set_message(format!("loss {loss:.4}, {rate:.2} {}/s", self.unit));
+        self.bar.inc(1);
+        if self.plain_every.is_some_and(|every| done.is_multiple_of(every) || done == self.steps) {
+            let per_step = self.started.elapsed().as_secs_f64() / (done - self.first_step) as f64;
+            eprintln!(
+                "{} step {done}/{}: loss {loss:.4}, {rate:.2} {}/s, eta {:.0} s",
+                self.label,
+                self.steps,
+                self.unit,
+                per_step * (self.steps - done) as f64
+            );
+        }
+    }
+
+    /// Seconds since the loop started.
+    fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// Joins a path of a training file to the file's folder; object-store URLs stay as they are.
 fn beside(base: &Path, path: &Path) -> PathBuf {
     if remote::is_remote(path) {
@@ -673,15 +724,6 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let (mut eval_csv, _) = restart_table(&file.out.join("eval.csv"), "step,task,metric,value,samples", first_step)?;
 
     let mut pixels = Inputs { pixels: HashMap::new(), sizes: HashMap::new(), retriever, descriptions: HashMap::new() };
-    let bar = ProgressBar::with_draw_target(
-        Some(file.steps as u64),
-        if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {pos}/{len} steps, {msg}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(format!("{stage:?}"));
     eprintln!(
         "training {stage:?} on {} ({}), {} steps of {} samples",
         device.describe(),
@@ -689,10 +731,8 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         file.steps,
         file.batch_size
     );
-    // Without a terminal (a log file, CI) the bar is hidden: a plain line every 5 % instead.
-    let plain_every = (!args.no_progress && !std::io::stderr().is_terminal()).then(|| (file.steps / 20).max(1));
-    bar.set_position(first_step as u64);
-    let started = Instant::now();
+    let progress = StepProgress::new(format!("{stage:?}"), "samples", file.steps, first_step, args.no_progress);
+    let bar = &progress.bar;
     let mut last_loss = resumed_loss;
     for step in first_step..file.steps {
         // Dropout draws from libtorch's generator: reseeded per step, a resumed run draws alike.
@@ -708,26 +748,9 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let outcome = trainer.step(&mut model, &requests, &responses)?;
         let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
         last_loss = outcome.loss;
-        writeln!(
-            metrics,
-            "{},train,{:.6},{:.3e},{rate:.3},{:.1}",
-            step + 1,
-            outcome.loss,
-            outcome.learning_rate,
-            started.elapsed().as_secs_f64()
-        )?;
-        bar.set_message(format!("loss {:.4}, {rate:.2} samples/s", outcome.loss));
-        bar.inc(1);
+        writeln!(metrics, "{},train,{:.6},{:.3e},{rate:.3},{:.1}", step + 1, outcome.loss, outcome.learning_rate, progress.elapsed())?;
         let done = step + 1;
-        if plain_every.is_some_and(|every| done.is_multiple_of(every) || done == file.steps) {
-            let per_step = started.elapsed().as_secs_f64() / (done - first_step) as f64;
-            eprintln!(
-                "{stage:?} step {done}/{}: loss {:.4}, {rate:.2} samples/s, eta {:.0} s",
-                file.steps,
-                outcome.loss,
-                per_step * (file.steps - done) as f64
-            );
-        }
+        progress.step(done, outcome.loss, rate);
         if let Some(held_out) = held_out.as_ref().filter(|_| done.is_multiple_of(file.eval_every) || done == file.steps) {
             let take = held_out.len().min(file.eval_samples);
             let mut total = 0.0;
@@ -739,7 +762,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
                     tch::no_grad(|| model.loss(&requests, &responses))?.to_kind(tch::Kind::Float).double_value(&[]) * chunk.len() as f64;
             }
             let loss = total / take as f64;
-            writeln!(metrics, "{done},held_out,{loss:.6},,,{:.1}", started.elapsed().as_secs_f64())?;
+            writeln!(metrics, "{done},held_out,{loss:.6},,,{:.1}", progress.elapsed())?;
             let scores = held_out_scores(&mut model, &mut pixels, &held_out[..take], file.batch_size, file.eval_max_new_tokens)?;
             for (task, metric, value, n) in &scores {
                 writeln!(eval_csv, "{done},{task},{metric},{value:.6},{n}")?;
@@ -782,7 +805,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     println!(
         "trained `{version}` for {} steps ({stage:?}, last loss {last_loss:.4}) in {:.0} s: {}\nmetrics: {}",
         file.steps,
-        started.elapsed().as_secs_f64(),
+        progress.elapsed(),
         out_model.display(),
         metrics_path.display()
     );

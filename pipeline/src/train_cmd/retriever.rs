@@ -8,14 +8,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{IsTerminal as _, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Instant,
 };
 
 use anyhow::{bail, Context as _};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{
     artifact::Artifact,
     encoders::TextEncoder,
@@ -28,6 +27,7 @@ use tch::{Kind, Tensor};
 
 use super::{
     batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, Records, RunIdentity, Sample,
+    StepProgress,
 };
 use crate::cli::TrainArgs;
 
@@ -402,17 +402,8 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         eprintln!("held-out image → text recall before training: {}", describe(recall));
     }
 
-    let bar = ProgressBar::with_draw_target(
-        Some(file.steps as u64),
-        if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("retriever {bar:30.cyan/blue} {pos}/{len} steps, {msg}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(first_step as u64);
-    let plain_every = (!args.no_progress && !std::io::stderr().is_terminal()).then(|| (file.steps / 20).max(1));
-    let started = Instant::now();
+    let progress = StepProgress::new("retriever".to_owned(), "pairs", file.steps, first_step, args.no_progress);
+    let bar = &progress.bar;
     let mut last = (f64::NAN, starting.clone());
     for step in first_step..file.steps {
         tch::manual_seed(file.seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);
@@ -447,18 +438,9 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let loss = loss.double_value(&[]);
         let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
         let done = step + 1;
-        writeln!(metrics, "{done},train,{loss:.6},{:.3e},{rate:.3},{:.1}", rates[0], started.elapsed().as_secs_f64())?;
-        bar.set_message(format!("loss {loss:.4}, {rate:.1} pairs/s"));
-        bar.inc(1);
+        writeln!(metrics, "{done},train,{loss:.6},{:.3e},{rate:.3},{:.1}", rates[0], progress.elapsed())?;
+        progress.step(done, loss, rate);
         last.0 = loss;
-        if plain_every.is_some_and(|every| done.is_multiple_of(every) || done == file.steps) {
-            let per_step = started.elapsed().as_secs_f64() / (done - first_step) as f64;
-            eprintln!(
-                "retriever step {done}/{}: loss {loss:.4}, {rate:.1} pairs/s, eta {:.0} s",
-                file.steps,
-                per_step * (file.steps - done) as f64
-            );
-        }
         if done.is_multiple_of(file.eval_every) || done == file.steps {
             if let Some(recall) =
                 record_recall(done, &tower, &mut cache, held_out_pairs.as_ref().zip(gallery.as_ref()), precision, &mut eval_csv)?
@@ -486,7 +468,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         "trained the retriever's image tower for {} steps (last loss {:.4}) in {:.0} s: {}",
         file.steps,
         last.0,
-        started.elapsed().as_secs_f64(),
+        progress.elapsed(),
         out_tower.display()
     );
     if let (Some(before), Some(after)) = (&starting, &last.1) {
