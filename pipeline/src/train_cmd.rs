@@ -274,6 +274,17 @@ fn read_data(
     Ok((read(data)?, held_out.map(read).transpose()?))
 }
 
+/// Says so when a batch is larger than the training set: [`batch_indices`] then repeats samples
+/// within a batch, which a user who meant a larger data set should hear before minutes of work.
+fn warn_small_data(samples: usize, batch_size: usize, data: &Path) {
+    if samples < batch_size {
+        eprintln!(
+            "warning: batch_size {batch_size} is larger than the {samples} training samples in `{}`; every batch repeats samples\nhint: lower batch_size, or check that `data` names the whole training set",
+            data.display()
+        );
+    }
+}
+
 /// Reads LLaVA-style JSONL; errors name the file and line.
 fn read_samples(path: &Path, image_root: Option<&Path>, records: Records) -> anyhow::Result<Vec<Sample>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
@@ -647,6 +658,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Conversations)?;
+    warn_small_data(samples.len(), file.batch_size, &file.data);
 
     let artifact = Artifact::open(&file.model)?;
     let device = model::device::select(args.device)?;

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{
-    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, write_checkpoint, Records, RunIdentity, Sample,
-    StepProgress,
+    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data, write_checkpoint, Records,
+    RunIdentity, Sample, StepProgress,
 };
 use crate::cli::TrainArgs;
 
@@ -291,6 +291,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Pairs)?;
+    warn_small_data(samples.len(), file.batch_size, &file.data);
     let (train_pairs, held_out_pairs) = (Pairs::new(&samples), held_out.as_deref().map(Pairs::new));
 
     let device = model::device::select(args.device)?;
