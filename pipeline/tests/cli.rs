@@ -1363,4 +1363,15 @@ fn the_retriever_tower_trains_against_the_locked_text_encoder_and_then_queries_i
     let out = train(Path::new(&single), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("batch_size at least 2"), "{}", text(&out.stderr));
+    // A batch larger than the data set is said before any work (here the start then fails).
+    let oversized = config("oversized", "").to_str().unwrap().to_owned();
+    let oversized_text = std::fs::read_to_string(&oversized).unwrap();
+    std::fs::write(
+        &oversized,
+        oversized_text.replace("batch_size = 16", "batch_size = 100000").replace(&format!("start = {base:?}"), "start = \"nowhere\""),
+    )
+    .unwrap();
+    let out = train(Path::new(&oversized), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("warning: batch_size 100000 is larger than the"), "{}", text(&out.stderr));
 }
