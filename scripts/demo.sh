@@ -59,7 +59,7 @@ DEVICE=${STRATA_DEVICE:-cpu}
 if [ "$QUICK" = 1 ]; then
   N=60 SCENES=1 RETRIEVER_STEPS=20 ALIGN_STEPS=20 INSTRUCT_STEPS=300 EVAL_LIMIT=6 REAL=(data/scenes/rmnp-rgb.tif)
 else
-  N=600 SCENES=2 RETRIEVER_STEPS=200 ALIGN_STEPS=150 INSTRUCT_STEPS=1500 EVAL_LIMIT=120 REAL=(data/scenes data/stac/rmnp-bands-item.json)
+  N=1800 SCENES=2 RETRIEVER_STEPS=200 ALIGN_STEPS=150 INSTRUCT_STEPS=2400 EVAL_LIMIT=120 REAL=(data/scenes data/stac/rmnp-bands-item.json)
 fi
 CLASSES=farmland,forest,lake,residential,harbor,industrial
 

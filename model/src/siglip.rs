@@ -149,6 +149,33 @@ pub struct VisionOutput {
     pub last_hidden_state: Tensor,
 }
 
+/// A 2-D sine–cosine position table as MAE initialises its ViT (He et al. 2021; reference:
+/// `get_2d_sincos_pos_embed` in facebookresearch/mae `util/pos_embed.py`): `[grid², dim]` f32,
+/// patches row-major; the first half of each vector encodes the patch's row, the second its
+/// column, each as `dim / 4` sines then
+/// `dim / 4` cosines at frequencies `1 / 10000^(i / (dim / 4))`.
+///
+/// `None` when `dim` is not a multiple of 4 (the halves would not split evenly).
+pub fn sincos_positions(grid: i64, dim: i64) -> Option<Tensor> {
+    if dim % 4 != 0 || grid <= 0 {
+        return None;
+    }
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10_000f64.powf(i as f64 / quarter as f64)).collect();
+    let axis = |at: i64| -> Vec<f32> {
+        let angles: Vec<f64> = omega.iter().map(|w| at as f64 * w).collect();
+        angles.iter().map(|a| a.sin() as f32).chain(angles.iter().map(|a| a.cos() as f32)).collect()
+    };
+    let mut table = Vec::with_capacity((grid * grid * dim) as usize);
+    for row in 0..grid {
+        for column in 0..grid {
+            table.extend(axis(row));
+            table.extend(axis(column));
+        }
+    }
+    Some(Tensor::from_slice(&table).view([grid * grid, dim]))
+}
+
 /// SigLIP vision transformer.
 #[derive(Debug)]
 pub struct SiglipVisionModel {
@@ -165,9 +192,34 @@ impl SiglipVisionModel {
         let root = p / "vision_model";
         let embeddings = &root / "embeddings";
         let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
+        let mut position_embedding =
+            nn::embedding(&embeddings / "position_embedding", cfg.num_patches(), cfg.hidden_size, Default::default());
+        // A tower trained from scratch starts from 2-D sine–cosine positions rather than
+        // independent random vectors: neighbouring patches then have neighbouring codes, and a
+        // patch's row and column can be read off linearly, so what is learnt about an object at
+        // one place carries over to the next (localisation learns from far fewer samples).
+        // Loading a checkpoint overwrites it. Drawing the random init first keeps the random
+        // stream, and so every later variable, as it was.
+        if let Some(table) = sincos_positions(cfg.image_size / cfg.patch_size, cfg.hidden_size) {
+            tch::no_grad(|| {
+                position_embedding.ws.copy_(&table.to_kind(position_embedding.ws.kind()).to_device(position_embedding.ws.device()))
+            });
+        }
+        let mut patch_embedding = nn::conv2d(&embeddings / "patch_embedding", cfg.num_channels, cfg.hidden_size, cfg.patch_size, conv);
+        // And, as MAE does, the patch projection starts Xavier-uniform as the linear map it is
+        // (fan-in C·p², fan-out d_v) rather than with a convolution's default: about twice the
+        // scale, so what a patch shows is not drowned by where it is.
+        let fans = (cfg.num_channels * cfg.patch_size * cfg.patch_size + cfg.hidden_size) as f64;
+        let bound = (6.0 / fans).sqrt();
+        tch::no_grad(|| {
+            let _ = patch_embedding.ws.uniform_(-bound, bound);
+            if let Some(bias) = patch_embedding.bs.as_mut() {
+                let _ = bias.zero_();
+            }
+        });
         Self {
-            patch_embedding: nn::conv2d(&embeddings / "patch_embedding", cfg.num_channels, cfg.hidden_size, cfg.patch_size, conv),
-            position_embedding: nn::embedding(&embeddings / "position_embedding", cfg.num_patches(), cfg.hidden_size, Default::default()),
+            patch_embedding,
+            position_embedding,
             layers: (0..cfg.num_hidden_layers).map(|i| EncoderLayer::new(&root / "encoder" / "layers" / i, cfg)).collect(),
             post_layernorm: nn::layer_norm(
                 &root / "post_layernorm",
@@ -190,5 +242,38 @@ impl SiglipVisionModel {
             hidden_states.push(xs.shallow_clone());
         }
         VisionOutput { last_hidden_state: self.post_layernorm.forward(&xs), hidden_states }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_from_scratch_tower_starts_from_positions_that_neighbouring_patches_share() {
+        let cfg = SiglipVisionConfig {
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_channels: 3,
+            image_size: 32,
+            patch_size: 8,
+            layer_norm_eps: 1e-6,
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let tower = SiglipVisionModel::new(&vs.root(), &cfg);
+        let table = tower.position_embedding.ws.shallow_clone();
+        assert_eq!(table.size(), [16, 16]);
+        let at = |row: i64, column: i64| table.get(row * 4 + column);
+        let distance = |a: &Tensor, b: &Tensor| (a - b).norm().double_value(&[]);
+        // Patches of one row share the row half; of one column, the column half.
+        assert!(distance(&at(1, 0).narrow(0, 0, 8), &at(1, 3).narrow(0, 0, 8)) < 1e-6);
+        assert!(distance(&at(0, 2).narrow(0, 8, 8), &at(3, 2).narrow(0, 8, 8)) < 1e-6);
+        // A neighbour is nearer than a patch three steps away, along either axis.
+        assert!(distance(&at(1, 1), &at(1, 2)) < distance(&at(1, 1), &at(1, 3)) - 0.1);
+        assert!(distance(&at(0, 0), &at(1, 0)) < distance(&at(0, 0), &at(3, 0)) - 0.1);
+        // A width the halves cannot split keeps the random init.
+        assert!(sincos_positions(4, 18).is_none());
     }
 }

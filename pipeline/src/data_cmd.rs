@@ -264,9 +264,13 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
             if let Some((expression, bbox)) = &scene.grounding {
                 line(w, &conversation(format!("{}-ground", scene.id), &image, &detect_prompt(expression), &grid_box(*bbox, scene.size)))?;
             }
-            // Detection as `strata batch --detect LABEL` asks it: every object of the label.
+            // Detection as `strata batch --detect LABEL` asks it: every object of the label,
+            // largest first (then top to bottom, left to right). A fixed order gives each box
+            // one right place in the answer, and the first box is the one grounding names.
             if let Some(label) = scene.objects.first().map(|o| o.label) {
-                let boxes: Vec<String> = scene.objects.iter().filter(|o| o.label == label).map(|o| grid_box(o.bbox, scene.size)).collect();
+                let mut objects: Vec<&synth::Object> = scene.objects.iter().filter(|o| o.label == label).collect();
+                objects.sort_by_key(|o| (std::cmp::Reverse(o.area()), o.bbox[1], o.bbox[0]));
+                let boxes: Vec<String> = objects.iter().map(|o| grid_box(o.bbox, scene.size)).collect();
                 line(w, &conversation(format!("{}-detect", scene.id), &image, &detect_prompt(label), &boxes.join(" ")))?;
             }
         }

@@ -271,15 +271,19 @@ fn read_data(
             read_samples(path, image_root, records)
         }
     };
-    Ok((read(data)?, held_out.map(read).transpose()?))
+    // Which setting named the file goes into the error: the same JSONL could be either.
+    let samples = read(data).context("reading the training data (`data`)")?;
+    let held_out = held_out.map(read).transpose().context("reading the held-out data (`held_out`)")?;
+    Ok((samples, held_out))
 }
 
 /// Says so when a batch is larger than the training set: [`batch_indices`] then repeats samples
 /// within a batch, which a user who meant a larger data set should hear before minutes of work.
 fn warn_small_data(samples: usize, batch_size: usize, data: &Path) {
     if samples < batch_size {
+        let what = if samples == 1 { "the one training sample".to_owned() } else { format!("the {samples} training samples") };
         eprintln!(
-            "warning: batch_size {batch_size} is larger than the {samples} training samples in `{}`; every batch repeats samples\nhint: lower batch_size, or check that `data` names the whole training set",
+            "warning: batch_size {batch_size} is larger than {what} in `{}`; every batch repeats samples\nhint: lower batch_size, or check that `data` names the whole training set",
             data.display()
         );
     }
@@ -684,7 +688,12 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     // Resume: the latest checkpoint of this very configuration.
     let mut first_step = 0;
-    if let Some(checkpoint) = latest_checkpoint(&file.out) {
+    let checkpoint = latest_checkpoint(&file.out);
+    if checkpoint.is_none() && args.resume {
+        // Said rather than refused: a script may pass --resume on every start.
+        eprintln!("note: `{}` holds no checkpoint yet; --resume starts the run from step 0", file.out.display());
+    }
+    if let Some(checkpoint) = checkpoint {
         if !args.resume {
             bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
         }

@@ -983,6 +983,12 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
         let parsed = model::tasks::parse_boxes(record["conversations"][1]["value"].as_str().unwrap());
         assert!(parsed.errors.is_empty(), "{record}");
         assert_eq!(parsed.boxes.len(), objects.iter().filter(|o| o["label"] == label).count(), "{record}");
+        // Largest first: the first box is the one grounding's `the largest …` names.
+        let ground = records.iter().find(|r| r["id"].as_str() == Some(&format!("{scene}-ground"))).unwrap();
+        assert!(
+            record["conversations"][1]["value"].as_str().unwrap().starts_with(ground["conversations"][1]["value"].as_str().unwrap()),
+            "{record} / {ground}"
+        );
     }
     // Every benchmark layout is read by `strata eval`, with the test split's samples.
     let model = random_model(work.path(), "tiny-1");

@@ -35,7 +35,8 @@ pub struct Object {
 }
 
 impl Object {
-    fn area(&self) -> u32 {
+    /// The box's area, square pixels.
+    pub fn area(&self) -> u32 {
         (self.bbox[2] - self.bbox[0]) * (self.bbox[3] - self.bbox[1])
     }
 }
@@ -107,7 +108,11 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     canvas.noise(&mut rng, 6);
     let caption = caption(class, &objects, &mut rng);
     let questions = questions(class, &objects);
-    let grounding = objects.iter().max_by_key(|o| o.area()).map(|o| (format!("the largest {}", o.label), o.bbox));
+    // Ties (only when the prominent object found no room) go to the topmost, then leftmost.
+    let grounding = objects
+        .iter()
+        .min_by_key(|o| (std::cmp::Reverse(o.area()), o.bbox[1], o.bbox[0]))
+        .map(|o| (format!("the largest {}", o.label), o.bbox));
     Scene { id: format!("synth-{seed}-{index}"), class, size, rgb: canvas.into_rgb(), objects, caption, questions, grounding }
 }
 
@@ -216,6 +221,13 @@ mod tests {
                     assert!(s.grounding.is_some());
                 }
                 None => assert!(s.objects.is_empty() && s.grounding.is_none()),
+            }
+            // The object `the largest …` names is plain to see: twice the area of any other.
+            if let Some((_, target)) = &s.grounding {
+                let area = |b: &[u32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+                for o in s.objects.iter().filter(|o| o.bbox != *target) {
+                    assert!(area(target) >= 2 * area(&o.bbox), "{s:?}");
+                }
             }
             for o in &s.objects {
                 assert!(o.bbox[0] < o.bbox[2] && o.bbox[1] < o.bbox[3] && o.bbox[2] <= 96 && o.bbox[3] <= 96, "{o:?}");

@@ -76,6 +76,10 @@ fn vary(rng: &mut ChaCha8Rng, base: Rgb, spread: f32) -> Rgb {
     base.map(|c| c + rng.random_range(-spread..=spread))
 }
 
+// In the classes with objects the first object drawn is the prominent one: at least twice the
+// area of any other, so that the referring expression `the largest …` names one object a
+// viewer (and a model) can tell at 64 pixels, where similar sizes differ by a pixel or two.
+
 /// A box of `w × h` pixels placed uniformly inside `area` without overlapping `taken` (with a
 /// margin of `gap` pixels), or `None` after a bounded number of tries.
 fn place(rng: &mut ChaCha8Rng, area: [u32; 4], (w, h): (u32, u32), taken: &[[u32; 4]], gap: u32) -> Option<[u32; 4]> {
@@ -170,8 +174,11 @@ pub(crate) fn residential(canvas: &mut Canvas, rng: &mut ChaCha8Rng) -> Vec<Obje
     let wanted = rng.random_range(2..=6);
     let mut objects = Vec::new();
     let area = [0, 0, canvas.size, canvas.size];
-    for _ in 0..wanted {
-        let (w, h) = (canvas.px(rng.random_range(0.1..0.18)), canvas.px(rng.random_range(0.1..0.18)));
+    for i in 0..wanted {
+        // The first is the prominent one (above `place`): `the largest building` is then
+        // plain to see, not a pixel's difference.
+        let range = if i == 0 { 0.2..0.26 } else { 0.08..0.13 };
+        let (w, h) = (canvas.px(rng.random_range(range.clone())), canvas.px(rng.random_range(range)));
         let Some(b) = place(rng, area, (w, h), &taken, canvas.px(0.02)) else { continue };
         let base = roofs[rng.random_range(0..roofs.len())];
         let roof = vary(rng, base, 10.0);
@@ -203,8 +210,12 @@ pub(crate) fn harbor(canvas: &mut Canvas, rng: &mut ChaCha8Rng) -> Vec<Object> {
     canvas.rect(land, vary(rng, [150.0, 148.0, 140.0], 8.0));
     let mut taken = Vec::new();
     let mut objects = Vec::new();
-    for _ in 0..rng.random_range(1..=4) {
-        let (length, beam) = (canvas.px(rng.random_range(0.16..0.26)), canvas.px(rng.random_range(0.05..0.08)));
+    for i in 0..rng.random_range(1..=4) {
+        let (length, beam) = if i == 0 {
+            (canvas.px(rng.random_range(0.3..0.36)), canvas.px(rng.random_range(0.08..0.1)))
+        } else {
+            (canvas.px(rng.random_range(0.12..0.18)), canvas.px(rng.random_range(0.04..0.05)))
+        };
         // Ships lie along the quay.
         let (w, h) = if vertical { (beam, length) } else { (length, beam) };
         let Some(b) = place(rng, water, (w, h), &taken, canvas.px(0.03)) else { continue };
@@ -230,8 +241,8 @@ pub(crate) fn industrial(canvas: &mut Canvas, rng: &mut ChaCha8Rng) -> Vec<Objec
     let mut taken = Vec::new();
     let mut objects = Vec::new();
     let area = [0, 0, canvas.size, canvas.size];
-    for _ in 0..rng.random_range(2..=6) {
-        let d = canvas.px(rng.random_range(0.12..0.2));
+    for i in 0..rng.random_range(2..=6) {
+        let d = canvas.px(if i == 0 { rng.random_range(0.22..0.28) } else { rng.random_range(0.1..0.14) });
         let Some(b) = place(rng, area, (d, d), &taken, canvas.px(0.03)) else { continue };
         let (c, r) = (((b[0] + b[2]) as f32 / 2.0, (b[1] + b[3]) as f32 / 2.0), d as f32 / 2.0);
         canvas.ellipse((c.0 + 1.5, c.1 + 1.5), (r, r), [80.0, 80.0, 80.0]); // shadow

@@ -339,7 +339,12 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut first_step = 0;
-    if let Some(checkpoint) = latest_checkpoint(&file.out) {
+    let checkpoint = latest_checkpoint(&file.out);
+    if checkpoint.is_none() && args.resume {
+        // Said rather than refused: a script may pass --resume on every start.
+        eprintln!("note: `{}` holds no checkpoint yet; --resume starts the run from step 0", file.out.display());
+    }
+    if let Some(checkpoint) = checkpoint {
         if !args.resume {
             bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
         }
