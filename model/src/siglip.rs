@@ -152,8 +152,8 @@ pub struct VisionOutput {
 /// A 2-D sine–cosine position table as MAE initialises its ViT (He et al. 2021; reference:
 /// `get_2d_sincos_pos_embed` in facebookresearch/mae `util/pos_embed.py`): `[grid², dim]` f32,
 /// patches row-major; the first half of each vector encodes the patch's row, the second its
-/// column, each as `dim / 4` sines then
-/// `dim / 4` cosines at frequencies `1 / 10000^(i / (dim / 4))`.
+/// column, each as `dim / 4` sines then `dim / 4` cosines at frequencies
+/// `1 / 10000^(i / (dim / 4))`.
 ///
 /// `None` when `dim` is not a multiple of 4 (the halves would not split evenly).
 pub fn sincos_positions(grid: i64, dim: i64) -> Option<Tensor> {
@@ -197,8 +197,8 @@ impl SiglipVisionModel {
         // A tower trained from scratch starts from 2-D sine–cosine positions rather than
         // independent random vectors: neighbouring patches then have neighbouring codes, and a
         // patch's row and column can be read off linearly, so what is learnt about an object at
-        // one place carries over to the next (localisation learns from far fewer samples).
-        // Loading a checkpoint overwrites it. Drawing the random init first keeps the random
+        // one place can carry over to the next. (On the demo's grounding it made no measurable
+        // difference; it is the standard start for a ViT trained from scratch.) Loading a checkpoint overwrites it. Drawing the random init first keeps the random
         // stream, and so every later variable, as it was.
         if let Some(table) = sincos_positions(cfg.image_size / cfg.patch_size, cfg.hidden_size) {
             tch::no_grad(|| {
