@@ -7,7 +7,7 @@
 #   2. renders a learnable data set (`strata data synth`) and georeferenced scenes from it;
 #   3. trains with the project's own jobs: the retriever's image tower (`strata train
 #      retriever`, into strata-out/retriever) and a small model (`strata train align`, then
-#      `strata train instruct`), and measures both on the held-out split; the
+#      `strata train instruct` twice: grounding first, then every task), and measures both on the held-out split; the
 #      model and its numbers are cached, keyed by the digest of everything that shaped them,
 #      so a second run skips straight to step 4;
 #   4. publishes it to a model registry and makes it the serving version;
@@ -57,9 +57,9 @@ ASSETS=${STRATA_ASSETS:-$CACHE/assets}
 DEVICE=${STRATA_DEVICE:-cpu}
 
 if [ "$QUICK" = 1 ]; then
-  N=60 SCENES=1 RETRIEVER_STEPS=20 ALIGN_STEPS=20 INSTRUCT_STEPS=300 EVAL_LIMIT=6 REAL=(data/scenes/rmnp-rgb.tif)
+  N=60 SCENES=1 RETRIEVER_STEPS=20 ALIGN_STEPS=20 GROUND_STEPS=100 INSTRUCT_STEPS=200 EVAL_LIMIT=6 REAL=(data/scenes/rmnp-rgb.tif)
 else
-  N=1800 SCENES=2 RETRIEVER_STEPS=200 ALIGN_STEPS=150 INSTRUCT_STEPS=2400 EVAL_LIMIT=120 REAL=(data/scenes data/stac/rmnp-bands-item.json)
+  N=6000 SCENES=2 RETRIEVER_STEPS=200 ALIGN_STEPS=150 GROUND_STEPS=1500 INSTRUCT_STEPS=900 EVAL_LIMIT=120 REAL=(data/scenes data/stac/rmnp-bands-item.json)
 fi
 CLASSES=farmland,forest,lake,residential,harbor,industrial
 
@@ -115,25 +115,50 @@ model_version = "demo-align"
 # The prompter sees the descriptions it will be given at inference (strata batch --index).
 index = "$INDEX"
 TOML
-cat > "$WORK/instruct.toml" <<TOML
+# Instruction tuning runs twice. Boxes are the slow skill (finding one object among its
+# neighbours, which no other task asks): in one mixed run, grounding Acc@0.5 stayed under 0.05
+# with boxes as 9 % and as 75 % of the answers. Grounding alone first (1,500 steps reach about
+# 0.45), then every task, the grounding lines four times over so that they are kept.
+grep -- '-ground"' "$OUT/data/train/instruct.jsonl" > "$WORK/ground.jsonl"
+grep -- '-ground"' "$OUT/data/test/instruct.jsonl" > "$WORK/ground-test.jsonl"
+{ cat "$OUT/data/train/instruct.jsonl"; for i in 1 2 3; do cat "$WORK/ground.jsonl"; done; } > "$WORK/instruct-mix.jsonl"
+cat > "$WORK/ground.toml" <<TOML
 model = "runs/align/model"
-data = "$OUT/data/train/instruct.jsonl"
+data = "$WORK/ground.jsonl"
+image_root = "$OUT/data"
+held_out = "$WORK/ground-test.jsonl"
+out = "runs/ground"
+steps = $GROUND_STEPS
+batch_size = 16
+learning_rate = 2e-3
+vision_learning_rate = 2e-3
+train_base_llm = true
+checkpoint_every = 150
+eval_every = 500
+eval_samples = 64
+model_version = "demo-ground"
+index = "$INDEX"
+TOML
+cat > "$WORK/instruct.toml" <<TOML
+model = "runs/ground/model"
+data = "$WORK/instruct-mix.jsonl"
+image_root = "$OUT/data"
 held_out = "$OUT/data/test/instruct.jsonl"
 out = "runs/instruct"
 steps = $INSTRUCT_STEPS
 batch_size = 16
-learning_rate = 2e-3
-# The tower starts random here, so it learns at a rate close to the new modules'.
-vision_learning_rate = 5e-4
+learning_rate = 1e-3
+vision_learning_rate = 1e-3
+train_base_llm = true
 checkpoint_every = 150
-eval_every = 500
+eval_every = 450
 eval_samples = 64
-model_version = "demo-$N-$INSTRUCT_STEPS"
+model_version = "demo-$N-$GROUND_STEPS-$INSTRUCT_STEPS"
 index = "$INDEX"
 TOML
 # Everything that shapes the model: the configurations, the tokenizer, the training data.
 TOKENIZER=$ROOT/model/tests/fixtures/tokenizer/tokenizer.json
-DIGEST=$( (cat "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/instruct.toml" | sed -e "s|$OUT|OUT|g" -e "s|$CACHE|CACHE|g"
+DIGEST=$( (cat "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/ground.toml" "$WORK/instruct.toml" | sed -e "s|$OUT|OUT|g" -e "s|$CACHE|CACHE|g"
   cat "$TOKENIZER" "$OUT/data/manifest.json" "$OUT/data/annotations.jsonl" "$OUT"/data/{train,test}/*.jsonl "$OUT"/data/images/*.png) | sha256sum | cut -c1-16)
 MODEL=$CACHE/demo/models/$DIGEST
 if [ -f "$MODEL/model/manifest.json" ] && [ -f "$MODEL/metrics.json" ] && [ -f "$MODEL/retriever/retriever.json" ] \
@@ -142,7 +167,7 @@ if [ -f "$MODEL/model/manifest.json" ] && [ -f "$MODEL/metrics.json" ] && [ -f "
 else
   # One run folder per digest: an interrupted run continues (--resume) only with its own settings.
   RUN=$WORK/$DIGEST
-  mkdir -p "$RUN" && cp "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/instruct.toml" "$RUN/"
+  mkdir -p "$RUN" && cp "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/ground.toml" "$WORK/instruct.toml" "$RUN/"
   (
     cd "$RUN"
     t=$(date +%s)
@@ -152,6 +177,7 @@ else
     resume() { compgen -G "$1/checkpoints/*/state.json" >/dev/null && echo --resume || true; }
     "$STRATA" train retriever --config retriever.toml --device "$DEVICE" $(resume runs/retriever)
     "$STRATA" train align --config align.toml --device "$DEVICE" $(resume runs/align)
+    "$STRATA" train instruct --config ground.toml --device "$DEVICE" $(resume runs/ground)
     "$STRATA" train instruct --config instruct.toml --device "$DEVICE" $(resume runs/instruct)
     echo "trained in $(( $(date +%s) - t )) s" >&2
   )

@@ -339,12 +339,17 @@ struct Inputs {
     /// `[width, height]` of each image read, pixels (grounding references are in pixels).
     sizes: HashMap<PathBuf, [u32; 2]>,
     retriever: Option<Retriever>,
+    /// Retrieved descriptions by (image, query); the image is empty for a retriever that
+    /// searches by query text.
     descriptions: HashMap<(PathBuf, String), Vec<String>>,
 }
 
 impl Inputs {
     fn request(&mut self, model: &StrataModel, sample: &Sample) -> anyhow::Result<VlmRequest> {
-        let key = (sample.image.clone(), sample.query.clone());
+        // A text encoder retrieves by the query alone: one search per distinct query, not one
+        // per image (the templated queries of a data set repeat over thousands of images).
+        let by_image = self.retriever.as_ref().is_some_and(Retriever::by_image);
+        let key = (if by_image { sample.image.clone() } else { PathBuf::new() }, sample.query.clone());
         let need_descriptions = self.retriever.is_some() && !self.descriptions.contains_key(&key);
         if need_descriptions || !self.pixels.contains_key(&sample.image) {
             let (rgb, width, height) = crate::images::read_rgb(&sample.image)

@@ -1074,9 +1074,12 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
         metrics.lines().skip(1).map(|l| l.split(',').take(3).collect::<Vec<_>>().join(",")).collect()
     };
 
+    // A script may pass --resume on every start: on a fresh run folder it starts from step 0
+    // and says so.
     let whole = config("whole", 5);
-    let out = train(&whole, &[]);
+    let out = train(&whole, &["--resume"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("holds no checkpoint yet; --resume starts the run from step 0"), "{}", text(&out.stderr));
     assert!(work.path().join("runs/whole/model/manifest.json").exists(), "the trained artifact");
 
     let split = config("split", 5);
@@ -1150,6 +1153,19 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     let out = train(&fp16, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown precision `fp16`: expected `auto`, `f32` or `bf16`"), "{}", text(&out.stderr));
+
+    // An empty held-out file is refused before any work, named by the setting that gave it.
+    std::fs::write(work.path().join("empty.jsonl"), "").unwrap();
+    let empty = work.path().join("empty.toml");
+    std::fs::write(&empty, whole_text.replace("runs/whole", "runs/empty").replace("data/test/instruct.jsonl", "empty.jsonl")).unwrap();
+    let out = train(&empty, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("reading the held-out data (`held_out`)") && text(&out.stderr).contains("holds no samples"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!work.path().join("runs/empty/metrics.csv").exists(), "no step ran");
 }
 
 #[test]
