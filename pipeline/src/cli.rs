@@ -765,7 +765,8 @@ pub struct EvalRunArgs {
     /// Which split, where the benchmark has splits.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Evaluate only the first N samples.
+    /// Evaluate N samples spread over the split: one from each of N equal blocks of it, the
+    /// same ones every run (a benchmark laid out a folder per class keeps every class).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Images per model batch.

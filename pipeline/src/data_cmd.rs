@@ -14,6 +14,8 @@ use anyhow::Context as _;
 use gdal::{raster::Buffer, DriverManager};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::tasks::{classify_prompt, detect_prompt, vqa_prompt, CAPTION_PROMPT, GRID_MAX};
+use rand::{seq::SliceRandom as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use synth::{Scene, CLASSES};
 
@@ -28,6 +30,10 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Synth(args) => synth_command(&args),
     }
 }
+
+/// Seeds the per-scene class orders of the classify prompts apart from the scenes' own random
+/// streams (`synth::scene` seeds with the bare seed), so the order says nothing of the scene.
+const CLASS_ORDER_STREAMS: u64 = 0x636c_6173_7365_7321;
 
 /// Scene `index` is held out when its group of six (one per class) falls in the test share.
 fn is_test(index: u64, test_fraction: f64) -> bool {
@@ -256,7 +262,14 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
             line(w, &json!({"id": scene.id, "image": image, "text": scene.caption}))?;
         }
         if let Some(w) = files.get_mut(&(split, "instruct")) {
-            line(w, &conversation(format!("{}-classify", scene.id), &image, &classify_prompt(None, &classes), scene.class))?;
+            // The classes in an order of the scene's own: `strata batch --classify` and the
+            // benchmarks list them in theirs (AID's is alphabetical), and a model trained on
+            // one order answered another with box tokens.
+            let mut order = classes.clone();
+            let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ CLASS_ORDER_STREAMS);
+            rng.set_stream(index);
+            order.shuffle(&mut rng);
+            line(w, &conversation(format!("{}-classify", scene.id), &image, &classify_prompt(None, &order), scene.class))?;
             line(w, &conversation(format!("{}-caption", scene.id), &image, CAPTION_PROMPT, &scene.caption))?;
             for (i, q) in scene.questions.iter().enumerate() {
                 line(w, &conversation(format!("{}-vqa-{i}", scene.id), &image, &vqa_prompt(&q.question), &q.answer))?;

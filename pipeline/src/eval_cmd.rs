@@ -15,6 +15,8 @@ use model::artifact::Artifact;
 use model::generate::{GenerationConfig, Sampling};
 use model::preprocess::RgbImage;
 use model::vlm::VlmRequest;
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{EvalArgs, EvalCommand, EvalRunArgs, EvalScoreArgs, OutputStyle, ScorerArgs};
 
@@ -129,13 +131,42 @@ fn write_parquet(path: &Path, report: &Report, benchmark: &str, version: &str) -
     Ok(())
 }
 
+/// At most `limit` samples spread over `samples`: the split, in its stable order, cut into
+/// `limit` blocks of equal length, and one sample from each block at a place drawn with a fixed
+/// seed (the same subset every run). Benchmarks laid out a folder per class list one class
+/// after another, so their first N samples would all be of the first class; and a fixed stride
+/// can alias with a repeating layout (RSVQA lists each image's questions kind after kind).
+fn spread<T>(samples: Vec<T>, limit: usize) -> Vec<T> {
+    let len = samples.len();
+    if limit >= len {
+        return samples;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    // Block i is [i·len/limit, (i+1)·len/limit): never empty as limit < len, so the picks are
+    // strictly increasing.
+    let mut wanted =
+        (0..limit).map(|i| rng.random_range(i * len / limit..(i + 1) * len / limit)).collect::<Vec<_>>().into_iter().peekable();
+    samples
+        .into_iter()
+        .enumerate()
+        .filter_map(|(at, sample)| {
+            if wanted.peek() == Some(&at) {
+                wanted.next();
+                Some(sample)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 fn run_benchmark(args: &EvalRunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let (Some(name), Some(data), Some(model_dir)) = (&args.benchmark, &args.data, &args.model) else {
         anyhow::bail!("--benchmark, --data and --model are required (or use `strata eval score`)");
     };
     let mut benchmark = eval::readers::read(name, data, Some(&args.split))?;
     if let Some(limit) = args.limit {
-        benchmark.samples.truncate(limit);
+        benchmark.samples = spread(std::mem::take(&mut benchmark.samples), limit);
     }
     let artifact = Artifact::open(model_dir)?;
     let device = model::device::select(args.device)?;
@@ -214,4 +245,24 @@ fn run_benchmark(args: &EvalRunArgs, runtime: &tokio::runtime::Runtime) -> anyho
     print_report(&report, args.format, &header);
     eprintln!("wrote predictions, references and the report to {}", args.out.display());
     Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn a_limit_takes_one_sample_from_each_equal_block_of_the_split() {
+        // Three classes of four, one after another: a limit of three takes one of each.
+        let samples: Vec<usize> = (0..12).collect();
+        let three = spread(samples.clone(), 3);
+        assert_eq!(three.iter().map(|i| i / 4).collect::<Vec<_>>(), [0, 1, 2], "{three:?}");
+        assert_eq!(spread(samples.clone(), 3), three, "the same subset every time");
+        let five = spread(samples.clone(), 5);
+        assert_eq!(five.len(), 5);
+        assert!(five.windows(2).all(|w| w[0] < w[1]), "in the split's order, each once: {five:?}");
+        assert_eq!(spread(samples.clone(), 12), samples);
+        assert_eq!(spread(samples.clone(), 100), samples);
+        assert!(spread(samples, 0).is_empty());
+    }
 }

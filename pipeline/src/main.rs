@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     };
     let args = cli::Cli::parse_from(layered.argv);
     init_tracing(args.verbose, args.log_format);
+    operators::tile::route_gdal_messages();
     match run(args) {
         Ok(code) => code,
         Err(err) => {

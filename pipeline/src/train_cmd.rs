@@ -92,7 +92,7 @@ pub struct TrainFile {
     /// Peak learning rate of the new modules (projector, prompter, experts, LoRA).
     #[serde(default = "default_learning_rate")]
     pub learning_rate: f64,
-    /// Peak learning rate of the vision tower (instruct stage).
+    /// Peak learning rate of the vision tower (instruct stage); 0 keeps the tower as it is.
     #[serde(default = "default_vision_learning_rate")]
     pub vision_learning_rate: f64,
     /// Optimiser steps of linear warm-up (default: 5 % of the optimiser steps).
@@ -275,6 +275,36 @@ fn read_data(
     let samples = read(data).context("reading the training data (`data`)")?;
     let held_out = held_out.map(read).transpose().context("reading the held-out data (`held_out`)")?;
     Ok((samples, held_out))
+}
+
+/// Refuses optimiser settings that would train backwards (a negative rate is gradient ascent),
+/// never stop (NaN or infinity) or do nothing: the learning rate and the clip must be finite
+/// and positive, the vision tower's rate and the weight decay finite and ≥ 0 (a vision rate of
+/// 0 keeps the tower as it is).
+///
+/// # Errors
+/// The first setting out of range, named with the file.
+fn check_optimiser(
+    config: &Path,
+    learning_rate: f64,
+    vision_learning_rate: f64,
+    max_grad_norm: f64,
+    weight_decay: f64,
+) -> anyhow::Result<()> {
+    let settings = [
+        ("learning_rate", learning_rate, false),
+        ("vision_learning_rate", vision_learning_rate, true),
+        ("max_grad_norm", max_grad_norm, false),
+        ("weight_decay", weight_decay, true),
+    ];
+    for (name, value, zero_allowed) in settings {
+        let ok = value.is_finite() && (value > 0.0 || (zero_allowed && value == 0.0));
+        if !ok {
+            let range = if zero_allowed { "a finite number ≥ 0" } else { "a finite number > 0" };
+            bail!("`{}`: {name} is {value}; it must be {range}", config.display());
+        }
+    }
+    Ok(())
 }
 
 /// Says so when a batch is larger than the training set: [`batch_indices`] then repeats samples
@@ -665,6 +695,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             file.grad_accumulation
         );
     }
+    check_optimiser(&args.config, file.learning_rate, file.vision_learning_rate, file.max_grad_norm, file.weight_decay)?;
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Conversations)?;
     warn_small_data(samples.len(), file.batch_size, &file.data);

@@ -155,6 +155,8 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "some scenes failed, so the exit status is 1\n{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("tiled 1 of 8 scene(s)"), "{stdout}");
+    // GDAL's own `ERROR 1: …` lines stay out of the way: the dead letters carry its message.
+    assert!(!text(&out.stderr).contains("ERROR 1:"), "{}", text(&out.stderr));
 
     let tiled = query_json(&tables, "SELECT DISTINCT scene_id FROM tiles");
     assert_eq!(tiled.len(), 1);
@@ -505,6 +507,33 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
         let again = again["value"].as_f64().unwrap();
         assert!((again - value).abs() <= 1e-9 * value.abs().max(1.0), "{name}: {again} vs {value}");
     }
+
+    // --limit spreads over the split: AID lists one class folder after another, and two
+    // samples come one from each half (an airport, then bare land or beach), not both airports.
+    let limited = work.path().join("aid-limited");
+    let out = strata(&[
+        "eval",
+        "--benchmark",
+        "aid",
+        "--data",
+        benchmarks.join("aid").to_str().unwrap(),
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--out",
+        limited.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--limit",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let classes: Vec<String> = std::fs::read_to_string(limited.join("references.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["references"][0].as_str().unwrap().to_owned())
+        .collect();
+    assert!(classes.len() == 2 && classes[0] == "airport" && (classes[1] == "bare land" || classes[1] == "beach"), "{classes:?}");
 
     // A folder in the wrong layout, and a malformed answer file: exit 2 with the reason.
     let out = strata(&[
@@ -966,6 +995,23 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
         assert_eq!((turns[0]["from"].as_str(), turns[1]["from"].as_str()), (Some("human"), Some("gpt")));
         assert!(turns[0]["value"].as_str().unwrap().starts_with("<image>\n"));
     }
+    // Classify turns list all six classes in orders that vary, so a model answers whatever order
+    // `strata batch --classify` or a benchmark gives (AID's is alphabetical).
+    let orders: std::collections::BTreeSet<Vec<String>> = records
+        .iter()
+        .filter(|r| r["id"].as_str().unwrap().ends_with("-classify"))
+        .map(|r| {
+            let query = r["conversations"][0]["value"].as_str().unwrap();
+            let list = query.rsplit_once(": ").unwrap().1.trim_end_matches('.');
+            list.split(", ").map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(orders.len() > 10, "24 classify turns in {} orders", orders.len());
+    for order in &orders {
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["farmland", "forest", "harbor", "industrial", "lake", "residential"]);
+    }
     let grounding: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-ground")).collect();
     assert!(!grounding.is_empty() && grounding.iter().all(|r| r["conversations"][1]["value"].as_str().unwrap().starts_with("<box>[")));
     // Detection turns as `strata batch --detect LABEL` asks: every object of the label, each a
@@ -1166,6 +1212,15 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
         text(&out.stderr)
     );
     assert!(!work.path().join("runs/empty/metrics.csv").exists(), "no step ran");
+
+    // A negative rate would be gradient ascent: refused by name before any work.
+    let ascent = work.path().join("ascent.toml");
+    std::fs::write(&ascent, whole_text.replace("runs/whole", "runs/ascent").replace("learning_rate = 1e-3", "learning_rate = -1e-3"))
+        .unwrap();
+    let out = train(&ascent, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("learning_rate is -0.001; it must be a finite number > 0"), "{}", text(&out.stderr));
+    assert!(!work.path().join("runs/ascent/metrics.csv").exists(), "no step ran");
 }
 
 #[test]
@@ -1353,7 +1408,7 @@ fn the_retriever_tower_trains_against_the_locked_text_encoder_and_then_queries_i
     let out = train(Path::new(&pairs), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let broken = data.join("train/broken.jsonl");
-    let mut lines = std::fs::read_to_string(data.join("train/retriever.jsonl")).unwrap();
+    let mut lines = std::fs::read_to_string(data.join("train/align.jsonl")).unwrap();
     std::fs::write(data.join("images/broken.png"), b"not a png").unwrap();
     lines.push_str("{\"id\":\"broken\",\"image\":\"images/broken.png\",\"text\":\"nothing\"}\n");
     let line = lines.lines().count();
@@ -1396,4 +1451,12 @@ fn the_retriever_tower_trains_against_the_locked_text_encoder_and_then_queries_i
     let out = train(Path::new(&oversized), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("warning: batch_size 100000 is larger than the"), "{}", text(&out.stderr));
+    // One pair has no negatives to contrast it with.
+    let first = std::fs::read_to_string(data.join("train/align.jsonl")).unwrap().lines().next().unwrap().to_owned();
+    std::fs::write(data.join("one.jsonl"), first + "\n").unwrap();
+    let lonely = config("lonely", "").to_str().unwrap().to_owned();
+    std::fs::write(&lonely, std::fs::read_to_string(&lonely).unwrap().replace("data/train/align.jsonl", "data/one.jsonl")).unwrap();
+    let out = train(Path::new(&lonely), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("holds one image–text pair; contrastive training needs at least 2"), "{}", text(&out.stderr));
 }

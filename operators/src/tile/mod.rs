@@ -11,6 +11,8 @@ pub mod plan;
 pub(crate) mod raster;
 pub mod stretch;
 
+pub use raster::route_gdal_messages;
+
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
     Arc,

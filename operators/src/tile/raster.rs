@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use gdal::{
     cpl::CslStringList,
+    errors::CplErrType,
     raster::{ColorEntry, ColorInterpretation, GdalDataType, RasterBand, ResampleAlg},
     spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef},
     Dataset, DatasetOptions, GdalOpenFlags,
@@ -35,6 +36,21 @@ const MAX_STRETCH_VALUES: usize = 1 << 24;
 
 /// What went wrong, before the scene id is attached.
 pub type Failure = String;
+
+/// Sends GDAL's own messages through `tracing` instead of GDAL's default handler, which prints
+/// `ERROR 1: …` lines on stderr beside the stage's own error (a truncated PNG printed three).
+/// A failure still reaches the user: the gdal crate copies GDAL's last message into the error
+/// the stage reports and dead-letters, so failures log at debug (`-vv`), warnings at warn,
+/// fatal errors at error, all with target `gdal`. The handler is process-wide; the binary
+/// installs it once at start-up.
+pub fn route_gdal_messages() {
+    gdal::config::set_error_handler(|class, number, message| match class {
+        CplErrType::Fatal => tracing::error!(target: "gdal", number, "{message}"),
+        CplErrType::Warning => tracing::warn!(target: "gdal", number, "{message}"),
+        CplErrType::Failure => tracing::debug!(target: "gdal", number, "{message}"),
+        CplErrType::Debug | CplErrType::None => tracing::trace!(target: "gdal", number, "{message}"),
+    });
+}
 
 /// A source raster as GDAL sees it plus the URL users know it by.
 #[derive(Debug, Clone)]

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{
-    batch_indices, beside, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data, write_checkpoint, Records,
-    RunIdentity, Sample, StepProgress,
+    batch_indices, beside, check_optimiser, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data,
+    write_checkpoint, Records, RunIdentity, Sample, StepProgress,
 };
 use crate::cli::TrainArgs;
 
@@ -289,8 +289,16 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             args.config.display()
         );
     }
+    check_optimiser(&args.config, file.learning_rate, file.vision_learning_rate, file.max_grad_norm, file.weight_decay)?;
     let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Pairs)?;
+    // One pair has no negatives: every batch would contrast it with itself.
+    if samples.len() < 2 {
+        bail!(
+            "`{}` holds one image–text pair; contrastive training needs at least 2 (the other pairs of a batch are the negatives)",
+            file.data.display()
+        );
+    }
     warn_small_data(samples.len(), file.batch_size, &file.data);
     let (train_pairs, held_out_pairs) = (Pairs::new(&samples), held_out.as_deref().map(Pairs::new));
 
