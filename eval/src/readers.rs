@@ -335,9 +335,17 @@ fn dior_rsvg(dir: &Path, split: &str) -> Result<Vec<Sample>, EvalError> {
     if !annotations.is_dir() {
         return Err(layout(dir, "expected an `Annotations/` folder of VOC XML files"));
     }
-    let keep: Option<std::collections::HashSet<String>> = std::fs::read_to_string(dir.join(format!("{split}.txt")))
-        .ok()
-        .map(|t| t.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect());
+    // A folder with split lists must have the one asked for: falling back to every image would
+    // mix the splits. A folder with none (a set of one's own) is read whole.
+    let lists: Vec<&str> = ["train", "val", "test"].into_iter().filter(|s| dir.join(format!("{s}.txt")).is_file()).collect();
+    let keep: Option<std::collections::HashSet<String>> = match std::fs::read_to_string(dir.join(format!("{split}.txt"))) {
+        Ok(t) => Some(t.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()),
+        Err(_) if lists.is_empty() => None,
+        Err(e) => {
+            let have = lists.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+            return Err(layout(dir, format!("cannot read the `{split}` split's list `{split}.txt` ({e}); the splits here are {have}")));
+        }
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&annotations)
         .map_err(|e| layout(&annotations, format!("cannot list: {e}")))?
         .flatten()

@@ -75,6 +75,9 @@ fn dior_rsvg_reads_one_sample_per_described_object_in_the_split() {
     assert_eq!(b.samples[1].reference.references, vec![json!([16.0, 16.0, 30.0, 31.0])]);
     assert_eq!(b.samples[1].reference.image_size, Some([32, 32]));
     assert_eq!(b.samples[1].query, "Locate: the large storage tank at the bottom right");
+    // A split without its list is refused, not read as every image (train and test mixed).
+    let err = read("dior-rsvg", &fixture("dior-rsvg"), Some("val")).unwrap_err().to_string();
+    assert!(err.contains("cannot read the `val` split's list `val.txt`") && err.contains("the splits here are `test`"), "{err}");
 }
 
 #[test]

@@ -76,9 +76,10 @@ pub async fn process_one<S: Stage>(
         let ids = envelope.payload_ids();
         tracing::warn!(
             stage = stage.name().as_str(),
-            request_id = ?ids.request_id,
-            scene_id = ?ids.scene_id,
-            tile_id = ?ids.tile_id,
+            // Plain values, and no field at all for an id the input lacks (not `Some(..)`/`None`).
+            request_id = ids.request_id.as_deref(),
+            scene_id = ids.scene_id.as_deref(),
+            tile_id = ids.tile_id.as_deref(),
             error = %error.chain(),
             "Dead-lettering an input."
         );

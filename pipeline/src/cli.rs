@@ -512,7 +512,7 @@ pub enum TrainCommand {
     ///
     /// Example:
     ///   strata train retriever --config retriever.toml
-    ///   strata batch --input scenes/ --out tables/ --index INDEX --retrieval-encoder runs/retriever-1/retriever ...
+    ///   strata index search --index INDEX --encoder runs/retriever-1/retriever --image tile.png -k 3
     #[command(verbatim_doc_comment)]
     Retriever(TrainArgs),
 }
@@ -766,8 +766,9 @@ pub struct EvalRunArgs {
     #[arg(long, default_value = "test")]
     pub split: String,
     /// Evaluate N samples spread over the split: one from each of N equal blocks of it, the
-    /// same ones every run (a benchmark laid out a folder per class keeps every class).
-    #[arg(long)]
+    /// same ones every run, so a benchmark laid out a folder per class is sampled in
+    /// proportion to its classes (not only the first class, as the first N would be).
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Images per model batch.
     #[arg(long, default_value_t = 8)]

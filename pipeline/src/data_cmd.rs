@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use gdal::{raster::Buffer, DriverManager};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::tasks::{classify_prompt, detect_prompt, vqa_prompt, CAPTION_PROMPT, GRID_MAX};
-use rand::{seq::SliceRandom as _, SeedableRng as _};
+use rand::{seq::SliceRandom as _, Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use synth::{Scene, CLASSES};
@@ -31,9 +31,25 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Seeds the per-scene class orders of the classify prompts apart from the scenes' own random
-/// streams (`synth::scene` seeds with the bare seed), so the order says nothing of the scene.
-const CLASS_ORDER_STREAMS: u64 = 0x636c_6173_7365_7321;
+/// Seeds the per-scene class lists of the classify prompts apart from the scenes' own random
+/// streams (`synth::scene` seeds with the bare seed), so the list says nothing of the scene.
+const CLASS_LIST_STREAMS: u64 = 0x636c_6173_7365_7321;
+
+/// The classes a classify turn offers: the scene's own and 1 to 5 others, in an order of the
+/// scene's own. `strata batch --classify` and the benchmarks name their own sets in their own
+/// orders (AID's is alphabetical); a model trained on one list of all six answered another
+/// order, or a subset, with box tokens.
+fn candidates(scene: &Scene, seed: u64, index: u64) -> Vec<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ CLASS_LIST_STREAMS);
+    rng.set_stream(index);
+    let mut others: Vec<&str> = CLASSES.iter().copied().filter(|c| *c != scene.class).collect();
+    others.shuffle(&mut rng);
+    let keep = rng.random_range(1..=others.len());
+    let mut list: Vec<String> = others[..keep].iter().map(|c| (*c).to_owned()).collect();
+    list.push(scene.class.to_owned());
+    list.shuffle(&mut rng);
+    list
+}
 
 /// Scene `index` is held out when its group of six (one per class) falls in the test share.
 fn is_test(index: u64, test_fraction: f64) -> bool {
@@ -225,7 +241,6 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
     let out = &args.out;
     clear_previous(out)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating `{}`", out.display()))?;
-    let classes: Vec<String> = CLASSES.iter().map(|c| (*c).to_owned()).collect();
     let mut annotations = writer(&out.join("annotations.jsonl"))?;
     let mut files = std::collections::HashMap::new();
     for split in ["train", "test"] {
@@ -262,14 +277,15 @@ fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
             line(w, &json!({"id": scene.id, "image": image, "text": scene.caption}))?;
         }
         if let Some(w) = files.get_mut(&(split, "instruct")) {
-            // The classes in an order of the scene's own: `strata batch --classify` and the
-            // benchmarks list them in theirs (AID's is alphabetical), and a model trained on
-            // one order answered another with box tokens.
-            let mut order = classes.clone();
-            let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ CLASS_ORDER_STREAMS);
-            rng.set_stream(index);
-            order.shuffle(&mut rng);
-            line(w, &conversation(format!("{}-classify", scene.id), &image, &classify_prompt(None, &order), scene.class))?;
+            line(
+                w,
+                &conversation(
+                    format!("{}-classify", scene.id),
+                    &image,
+                    &classify_prompt(None, &candidates(&scene, args.seed, index)),
+                    scene.class,
+                ),
+            )?;
             line(w, &conversation(format!("{}-caption", scene.id), &image, CAPTION_PROMPT, &scene.caption))?;
             for (i, q) in scene.questions.iter().enumerate() {
                 line(w, &conversation(format!("{}-vqa-{i}", scene.id), &image, &vqa_prompt(&q.question), &q.answer))?;

@@ -78,7 +78,9 @@ fn init_tracing(verbose: u8, format: cli::LogFormat) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or collector would get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         cli::LogFormat::Text => logs.init(),
         // The current span's fields (scene, tile) on every line, for log collectors.

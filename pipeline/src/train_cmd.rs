@@ -307,6 +307,24 @@ fn check_optimiser(
     Ok(())
 }
 
+/// Stops a run whose training loss is no longer finite: its weights are NaN or infinite from
+/// here on, and an artifact written from them would load, verify and answer gibberish.
+/// Checkpoints already written stay as they were.
+///
+/// # Errors
+/// When `loss` is NaN or infinite: the step, and what to change.
+fn diverged(loss: f64, step: usize, out: &Path, metrics: &mut impl std::io::Write) -> anyhow::Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    metrics.flush()?;
+    bail!(
+        "the training loss is {loss} at step {step}: the run diverged, and no model is written to `{}`\n\
+         hint: lower learning_rate or max_grad_norm, and start again with another `out`",
+        out.display()
+    )
+}
+
 /// Says so when a batch is larger than the training set: [`batch_indices`] then repeats samples
 /// within a batch, which a user who meant a larger data set should hear before minutes of work.
 fn warn_small_data(samples: usize, batch_size: usize, data: &Path) {
@@ -684,8 +702,15 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     file.retrieval_encoder = file.retrieval_encoder.map(|p| base.join(p));
     // An index path is relative to the file too; a URL (s3://, file://) is taken as it is.
     file.index = file.index.map(|index| if index.contains("://") { index } else { base.join(index).to_string_lossy().into_owned() });
-    if file.steps == 0 || file.batch_size == 0 || file.grad_accumulation == 0 || file.checkpoint_every == 0 || file.eval_every == 0 {
-        bail!("`{}`: steps, batch_size, grad_accumulation, checkpoint_every and eval_every must be at least 1", args.config.display());
+    let counts = [
+        ("steps", file.steps),
+        ("batch_size", file.batch_size),
+        ("grad_accumulation", file.grad_accumulation),
+        ("checkpoint_every", file.checkpoint_every),
+        ("eval_every", file.eval_every),
+    ];
+    if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
+        bail!("`{}`: {name} is 0; it must be at least 1", args.config.display());
     }
     if !file.checkpoint_every.is_multiple_of(file.grad_accumulation) {
         bail!(
@@ -806,6 +831,7 @@ fn train(stage: Stage, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
         last_loss = outcome.loss;
         writeln!(metrics, "{},train,{:.6},{:.3e},{rate:.3},{:.1}", step + 1, outcome.loss, outcome.learning_rate, progress.elapsed())?;
+        diverged(outcome.loss, step + 1, &file.out, &mut metrics)?;
         let done = step + 1;
         progress.step(done, outcome.loss, rate);
         if let Some(held_out) = held_out.as_ref().filter(|_| done.is_multiple_of(file.eval_every) || done == file.steps) {

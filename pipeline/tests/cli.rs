@@ -534,6 +534,9 @@ fn eval_runs_a_model_over_benchmarks_and_scores_answer_files() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["references"][0].as_str().unwrap().to_owned())
         .collect();
     assert!(classes.len() == 2 && classes[0] == "airport" && (classes[1] == "bare land" || classes[1] == "beach"), "{classes:?}");
+    let out = strata(&["eval", "--benchmark", "aid", "--data", "x", "--model", "y", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("must be at least 1"), "{}", text(&out.stderr));
 
     // A folder in the wrong layout, and a malformed answer file: exit 2 with the reason.
     let out = strata(&[
@@ -995,23 +998,26 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
         assert_eq!((turns[0]["from"].as_str(), turns[1]["from"].as_str()), (Some("human"), Some("gpt")));
         assert!(turns[0]["value"].as_str().unwrap().starts_with("<image>\n"));
     }
-    // Classify turns list all six classes in orders that vary, so a model answers whatever order
-    // `strata batch --classify` or a benchmark gives (AID's is alphabetical).
-    let orders: std::collections::BTreeSet<Vec<String>> = records
+    // Classify turns offer the scene's class among others, in lists whose length and order
+    // vary, so a model answers whatever set `strata batch --classify` or a benchmark names.
+    let lists: Vec<(Vec<String>, String)> = records
         .iter()
         .filter(|r| r["id"].as_str().unwrap().ends_with("-classify"))
         .map(|r| {
             let query = r["conversations"][0]["value"].as_str().unwrap();
             let list = query.rsplit_once(": ").unwrap().1.trim_end_matches('.');
-            list.split(", ").map(str::to_owned).collect::<Vec<_>>()
+            (list.split(", ").map(str::to_owned).collect(), r["conversations"][1]["value"].as_str().unwrap().to_owned())
         })
         .collect();
-    assert!(orders.len() > 10, "24 classify turns in {} orders", orders.len());
-    for order in &orders {
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(sorted, ["farmland", "forest", "harbor", "industrial", "lake", "residential"]);
+    let known = ["farmland", "forest", "harbor", "industrial", "lake", "residential"];
+    for (list, answer) in &lists {
+        assert!(list.contains(answer) && list.len() >= 2, "{answer} in {list:?}");
+        assert!(list.iter().all(|c| known.contains(&c.as_str())), "{list:?}");
+        assert_eq!(list.iter().collect::<std::collections::BTreeSet<_>>().len(), list.len(), "no class twice: {list:?}");
     }
+    let lengths: std::collections::BTreeSet<usize> = lists.iter().map(|(list, _)| list.len()).collect();
+    let orders: std::collections::BTreeSet<&Vec<String>> = lists.iter().map(|(list, _)| list).collect();
+    assert!(lengths.len() >= 3 && orders.len() > 10, "24 classify turns, {} lengths, {} lists", lengths.len(), orders.len());
     let grounding: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-ground")).collect();
     assert!(!grounding.is_empty() && grounding.iter().all(|r| r["conversations"][1]["value"].as_str().unwrap().starts_with("<box>[")));
     // Detection turns as `strata batch --detect LABEL` asks: every object of the label, each a
@@ -1221,6 +1227,18 @@ fn a_resumed_training_run_repeats_the_uninterrupted_loss_curve() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("learning_rate is -0.001; it must be a finite number > 0"), "{}", text(&out.stderr));
     assert!(!work.path().join("runs/ascent/metrics.csv").exists(), "no step ran");
+
+    // A run that diverges stops at the first non-finite loss and writes no model: an artifact of
+    // NaN weights would load, verify and answer gibberish.
+    let blowup = work.path().join("blowup.toml");
+    std::fs::write(&blowup, whole_text.replace("runs/whole", "runs/blowup").replace("learning_rate = 1e-3", "learning_rate = 1e30"))
+        .unwrap();
+    let out = train(&blowup, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the run diverged, and no model is written"), "{}", text(&out.stderr));
+    assert!(!work.path().join("runs/blowup/model").exists(), "no artifact of a diverged run");
+    let rows = losses("blowup");
+    assert!(!rows.is_empty() && !loss(rows.last().unwrap()).is_finite(), "the table keeps the step that diverged: {rows:?}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{
-    batch_indices, beside, check_optimiser, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data,
+    batch_indices, beside, check_optimiser, diverged, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data,
     write_checkpoint, Records, RunIdentity, Sample, StepProgress,
 };
 use crate::cli::TrainArgs;
@@ -453,6 +453,7 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
         let done = step + 1;
         writeln!(metrics, "{done},train,{loss:.6},{:.3e},{rate:.3},{:.1}", rates[0], progress.elapsed())?;
+        diverged(loss, done, &file.out, &mut metrics)?;
         progress.step(done, loss, rate);
         last.0 = loss;
         if done.is_multiple_of(file.eval_every) || done == file.steps {
