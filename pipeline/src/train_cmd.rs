@@ -309,7 +309,9 @@ fn check_optimiser(
 
 /// Stops a run whose training loss is no longer finite: its weights are NaN or infinite from
 /// here on, and an artifact written from them would load, verify and answer gibberish.
-/// Checkpoints already written stay as they were.
+/// Checkpoints already written stay as they were. The loss is measured before each update, so
+/// an update that ruins the weights shows one step later: a checkpoint taken on that step can
+/// hold them, and an update on the very last step is not caught.
 ///
 /// # Errors
 /// When `loss` is NaN or infinite: the step, and what to change.
