@@ -34,7 +34,10 @@ pub fn tiny_model_on(seed: i64, device: Device) -> StrataModel {
 /// exercises them.
 pub fn randomise_new_modules(model: &StrataModel) {
     tch::no_grad(|| {
-        for (name, var) in model.var_store().variables() {
+        // In name order: a map's order changes from run to run, and with it which draw lands where.
+        let mut variables: Vec<_> = model.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, var) in variables {
             if name.ends_with("lora_b") || name.ends_with("up.weight") {
                 let _ = var.shallow_clone().normal_(0.0, 0.2);
             }
