@@ -17,10 +17,12 @@
 //! | accuracy, IoU, Acc@0.5 | definitions in [`accuracy`] and [`grounding`] |
 //!
 //! Which tokenizer feeds which metric is a named [`protocol::Protocol`], printed with every
-//! table.
+//! table. [`bench::run_benchmark`] runs a model artifact over a benchmark folder and scores it
+//! (`strata eval`).
 
 pub mod accuracy;
 pub mod answers;
+pub mod bench;
 pub mod bertscore;
 pub mod bleu;
 pub mod cider;
@@ -54,6 +56,17 @@ pub enum EvalError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// The index or its encoder failed.
+    #[error(transparent)]
+    Retrieval(#[from] ::retrieval::RetrievalError),
+    /// An output file cannot be written.
+    #[error("`{}`: {reason}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 pub use model::assets_dir;

@@ -7,7 +7,7 @@
 
 use std::{ffi::CString, path::PathBuf, sync::OnceLock};
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
 
@@ -58,6 +58,17 @@ impl SelectedDevice {
             Device::Cuda(_) => Kind::BFloat16,
             _ => Kind::Float,
         }
+    }
+
+    /// Sums a two-element tensor of ones made on the device in its dtype: `2.0` when libtorch
+    /// works there (`strata info`'s self-check).
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] when libtorch cannot allocate or compute on the device.
+    pub fn probe(&self) -> Result<f64, ModelError> {
+        let torch = |source| ModelError::Torch { action: format!("probing {}", self.describe()), source };
+        let ones = Tensor::f_ones([2], (self.dtype(), self.device)).map_err(torch)?;
+        ones.f_sum(Kind::Float).map_err(torch)?.f_double_value(&[]).map_err(torch)
     }
 
     /// A short human description, e.g. `cpu` or `cuda:0`.
@@ -148,6 +159,13 @@ fn load_libtorch_cuda() -> Result<(), String> {
         failures.push(format!("{}: {message}", candidate.display()));
     }
     Err(format!("cannot load libtorch_cuda.so ({})", failures.join("; ")))
+}
+
+/// Seeds libtorch's global generator, which draws every initial weight and dropout mask: a
+/// seeded `strata model init` writes the same artifact every time. A seed past `i64::MAX`
+/// wraps; it is only a seed.
+pub fn manual_seed(seed: u64) {
+    tch::manual_seed(seed as i64);
 }
 
 #[cfg(test)]

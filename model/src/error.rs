@@ -70,4 +70,13 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// An image file or object that cannot be decoded (not PNG, JPEG or TIFF, truncated,
+    /// corrupt).
+    #[error("{what} is not a readable image: {reason}")]
+    Image {
+        /// The file or object, as the caller names it.
+        what: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
 }

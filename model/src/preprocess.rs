@@ -41,6 +41,33 @@ impl RgbImage {
         }
         Ok(Self { width, height, pixels })
     }
+
+    /// Decodes an encoded picture (PNG, JPEG or TIFF, 8 or 16 bits per sample) into the form
+    /// the preprocessing takes. This is the one image decoder of Strata: inference decodes its
+    /// tiles with it, and training, evaluation and `strata model ask` their images, so a model
+    /// sees the same pixels in each. Grey is repeated into three channels, alpha is dropped,
+    /// 16-bit samples are scaled to 8 bits (`v / 257`, the `image` crate's rule).
+    ///
+    /// # Errors
+    /// [`ModelError::Image`] when the bytes are no picture of those formats, or are truncated.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self, ModelError> {
+        let invalid = |reason: String| ModelError::Image { what: what.to_owned(), reason };
+        let format = image::guess_format(bytes).map_err(|e| invalid(e.to_string()))?;
+        let decoded = image::load_from_memory_with_format(bytes, format).map_err(|e| invalid(e.to_string()))?;
+        let rgb = decoded.to_rgb8();
+        let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+        Self::new(width, height, rgb.into_raw()).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Reads and decodes a picture file ([`RgbImage::decode`]).
+    ///
+    /// # Errors
+    /// [`ModelError::Image`] when the file cannot be read or decoded.
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        let what = format!("`{}`", path.display());
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Image { what: what.clone(), reason: e.to_string() })?;
+        Self::decode(&bytes, &what)
+    }
 }
 
 /// Pillow's convolution filters, by their `PIL.Image.Resampling` numbers.

@@ -172,6 +172,11 @@ impl StrataModel {
         &self.tokenizer
     }
 
+    /// Parameters of every variable, trainable or not (what `strata model init` reports).
+    pub fn parameter_count(&self) -> usize {
+        self.vs.variables().values().map(Tensor::numel).sum()
+    }
+
     /// The variables (for loading, saving and optimisers).
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
@@ -206,10 +211,18 @@ impl StrataModel {
     /// [`ModelError::Request`] when the buffer does not hold `width × height × 3` bytes.
     pub fn preprocess_rgb(&self, rgb: &[u8], width: i64, height: i64) -> Result<Tensor, ModelError> {
         let (w, h) = (usize::try_from(width).unwrap_or(0), usize::try_from(height).unwrap_or(0));
-        let image = RgbImage::new(w, h, rgb.to_vec())?;
+        self.preprocess(&RgbImage::new(w, h, rgb.to_vec())?)
+    }
+
+    /// Normalised pixels `[3, side, side]` of a decoded image ([`RgbImage::decode`]) through
+    /// [`StrataModel::image_processor`]: the one way inference, training, evaluation and
+    /// `strata model ask` turn an image into the tower's input.
+    ///
+    /// # Errors
+    /// When the image is empty.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<Tensor, ModelError> {
         let side = self.config.vision.image_size;
-        let processor = self.image_processor();
-        let pixels = processor.apply(&image)?;
+        let pixels = self.image_processor().apply(image)?;
         Ok(Tensor::from_slice(&pixels).view([3, side, side]))
     }
 

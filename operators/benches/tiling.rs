@@ -6,10 +6,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use operators::{
-    storage,
-    tile::{tile_scene, TilerConfig},
-};
+use operators::tile::{tile_scene, TilerConfig};
 use schemas::{SceneRequest, SceneSource};
 
 fn peak_rss_bytes() -> u64 {

@@ -2,13 +2,19 @@
 //! and [`OperatorError::class`] says whether retrying could help — the runtimes decide between
 //! a retry and a dead-letter record from that alone.
 
-/// Whether an error is worth retrying.
+/// Whose fault a failure is and whether retrying could help: the one classification of
+/// Strata's errors (arroyo's user / external / internal domains with a retry hint). A stage
+/// error takes it as it is ([`crate::stage::StageError::from_operator`]), so a dead letter
+/// says `permanent` only when the input is at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// The input is bad; retrying gives the same answer. Dead-letter it.
     Permanent,
     /// A service hiccup; retry with backoff.
     Retryable,
+    /// Strata or its model failed (a bug, a libtorch error, an index that cannot answer): the
+    /// input may be fine. Dead-letter it as internal, to be replayed once the cause is fixed.
+    Internal,
 }
 
 impl ErrorClass {
@@ -16,13 +22,9 @@ impl ErrorClass {
     /// or refused credentials are permanent; everything else (timeouts, connection resets,
     /// throttling, 5xx answers — object_store reports those as `Generic`) is worth retrying.
     pub fn of_store_error(error: &object_store::Error) -> Self {
-        match error {
-            object_store::Error::NotFound { .. }
-            | object_store::Error::InvalidPath { .. }
-            | object_store::Error::NotSupported { .. }
-            | object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => Self::Permanent,
-            _ => Self::Retryable,
+        match storage::Retry::of_store_error(error) {
+            storage::Retry::Never => Self::Permanent,
+            storage::Retry::Backoff => Self::Retryable,
         }
     }
 }
@@ -96,6 +98,12 @@ pub enum OperatorError {
         /// What went wrong.
         reason: String,
     },
+    /// Settings that cannot work together (two model sources, retrieval without a model).
+    #[error("{reason}")]
+    Settings {
+        /// What is wrong, with what to do.
+        reason: String,
+    },
     /// A query could not run.
     #[error("query failed: {reason}")]
     Query {
@@ -136,11 +144,34 @@ impl OperatorError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Storage { source, .. } => ErrorClass::of_store_error(source),
-            Self::Georeference { .. } | Self::Model { .. } | Self::Retrieval { .. } | Self::Registry { .. } => ErrorClass::Permanent,
-            Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Internal { .. } => {
+            // An index that cannot be fetched is a store failure like any other.
+            Self::Retrieval { source: retrieval::RetrievalError::Storage(store), .. } => match store.retry() {
+                storage::Retry::Backoff => ErrorClass::Retryable,
+                storage::Retry::Never => ErrorClass::Internal,
+            },
+            Self::Model { .. } | Self::Retrieval { .. } | Self::Internal { .. } => ErrorClass::Internal,
+            Self::Georeference { .. } | Self::Registry { .. } => ErrorClass::Permanent,
+            Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Settings { .. } => {
                 ErrorClass::Permanent
             }
             Self::Table { .. } => ErrorClass::Retryable,
+        }
+    }
+}
+
+/// The storage layer's errors keep their variant: a store failure stays retryable or not by
+/// the same rule, a registry refusal stays a refusal.
+impl From<storage::StorageError> for OperatorError {
+    fn from(error: storage::StorageError) -> Self {
+        use storage::StorageError as S;
+        match error {
+            S::InvalidLocation { location, reason } => Self::InvalidLocation { location, reason },
+            S::Object { uri, source } => Self::Storage { uri, source },
+            S::Registry { registry, reason } => Self::Registry { registry, reason },
+            S::Model { action, source } => Self::Model { action, source },
+            S::Internal { reason } => Self::Internal { reason },
+            // StorageError is non-exhaustive: a variant added later is kept in words.
+            other => Self::Internal { reason: format!("an unclassified storage error: {other}") },
         }
     }
 }

@@ -1,28 +1,24 @@
-//! Strata's stages and the storage layer they share. Each stage is plain code over typed
-//! inputs and outputs; no stage knows about Kafka or the command line.
+//! Strata's stages. Each stage is plain code over typed inputs and outputs; no stage knows
+//! about Kafka or the command line. Where data lives (object-store URLs, artifacts, the model
+//! registry) is the `storage` crate's.
 //!
-//! - [`storage`]: object-store URLs (`file://`, `memory://`, `s3://`) resolved to stores.
 //! - [`vsi`]: a GDAL virtual file system backed by object_store range reads, so GDAL reads
 //!   COGs from any store by ranges, never downloading them whole.
 //! - [`tile`]: cuts a scene into georeferenced, model-ready tiles.
 //! - [`tables`]: GeoParquet result tables — writing them atomically and querying them.
+//! - [`chain`]: the chain builder both runtimes take their stages from.
 //! - [`stage`]: the stage contract (envelopes, acknowledgements, collectors, classified
 //!   errors) and its conformance suite; [`stages`]: tile, infer, merge and sink;
 //!   [`runtime`]: the embedded runtime chaining them over bounded channels.
 //! - [`georef`] and [`merge`]: boxes onto the globe, and cross-tile NMS.
-//! - [`retrieve`] and [`artifacts`]: the semantic index and model artifacts, local or fetched
-//!   once from an object store.
 
-pub mod artifacts;
+pub mod chain;
 mod error;
 pub mod georef;
 pub mod merge;
-pub mod registry;
-pub mod retrieve;
 pub mod runtime;
 pub mod stage;
 pub mod stages;
-pub mod storage;
 pub mod tables;
 pub mod tile;
 pub mod vsi;

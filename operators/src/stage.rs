@@ -222,11 +222,13 @@ impl StageError {
         Self { stage, kind, source: source.into() }
     }
 
-    /// A failure classified by the operator error's own class.
+    /// A failure classified by the operator error's own class ([`crate::ErrorClass`]), the
+    /// one place an operator error becomes a stage error: an internal error stays internal.
     pub fn from_operator(stage: StageName, error: crate::OperatorError) -> Self {
         let kind = match error.class() {
             crate::ErrorClass::Retryable => StageErrorKind::Retryable,
             crate::ErrorClass::Permanent => StageErrorKind::Permanent,
+            crate::ErrorClass::Internal => StageErrorKind::Internal,
         };
         Self::new(stage, kind, error)
     }
@@ -481,5 +483,31 @@ pub mod conformance {
         }
         assert!(acks.iter().all(Option::is_some), "every ack resolves exactly once: {acks:?}");
         Report { outputs, errors, acks }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::{DeadLetterRecord, ErrorKind, SceneRequest, SceneSource, Stage as StageName};
+
+    use super::{Position, StageError};
+    use crate::OperatorError;
+
+    fn dead_letter(error: OperatorError) -> DeadLetterRecord {
+        let request = SceneRequest::new("r1", "s1", SceneSource::Uri { uri: "file:///s1.tif".to_owned() });
+        StageError::from_operator(StageName::Infer, error).dead_letter(&request, &Position::Derived, 1)
+    }
+
+    #[test]
+    fn a_dead_letter_blames_the_input_only_when_the_input_is_at_fault() {
+        let bug = dead_letter(OperatorError::Internal { reason: "rows do not fit the table".to_owned() });
+        assert_eq!(bug.error_kind, ErrorKind::Internal, "{}", bug.message);
+        let model = dead_letter(OperatorError::Model {
+            action: "answering".to_owned(),
+            source: model::ModelError::Request { reason: "out of memory".to_owned() },
+        });
+        assert_eq!(model.error_kind, ErrorKind::Internal, "{}", model.message);
+        let input = dead_letter(OperatorError::BadScene { scene: "s1".to_owned(), reason: "no CRS".to_owned() });
+        assert_eq!(input.error_kind, ErrorKind::Permanent, "{}", input.message);
     }
 }

@@ -33,7 +33,8 @@ use backon::{ExponentialBuilder, Retryable as _};
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
-use crate::{storage::Location, ErrorClass, OperatorError};
+use crate::{ErrorClass, OperatorError};
+use storage::Location;
 
 const PREFIX: &str = "/vsistrata/";
 const PREFIX_C: &CStr = c"/vsistrata/";

@@ -12,7 +12,6 @@ use chrono::Utc;
 use gdal::{spatial_ref::SpatialRef, vector::Geometry};
 use operators::{
     georef::{GeoreferencedBox, LonLatGeometry, TileGeoref, DEFAULT_SEGMENTS_PER_EDGE},
-    storage,
     tables::polygon_wkb,
     tile::{tile_scene, TilerConfig},
     ErrorClass, OperatorError,

@@ -30,7 +30,6 @@ use operators::{
         sink::{SinkOutcome, SinkStage},
         tile::TileStage,
     },
-    storage::{self, Location},
     tables::{query, Tables},
     tile::{TileEvent, TilerConfig},
 };
@@ -38,6 +37,7 @@ use schemas::{
     DeadLetterRecord, ErrorKind, GridBox, OriginalPayload, ResultMessage, SceneRequest, SceneSource, SinkMessage, Stage as StageName,
     StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TiledTile, TilingOptions, SCHEMA_VERSION,
 };
+use storage::Location;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

@@ -23,7 +23,6 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 use operators::{
-    storage,
     tile::{tile_scene, TiledScene, TilerConfig},
     vsi::ReadRetry,
     ErrorClass, OperatorError,

@@ -11,11 +11,11 @@ use std::{collections::HashMap, process::Command, sync::Arc};
 use common::{data, decode_png, write_f32, write_i16, Synthetic};
 use object_store::ObjectStoreExt;
 use operators::{
-    storage::{self, Location},
     tile::{tile_scene, TileEvent, TiledScene, TilerConfig},
     ErrorClass, OperatorError,
 };
 use schemas::{SceneRequest, SceneSource, TilingOptions};
+use storage::Location;
 
 fn request(scene_id: &str, uri: &str, tiling: TilingOptions) -> SceneRequest {
     let mut request = SceneRequest::new("req-test", scene_id, SceneSource::Uri { uri: uri.to_owned() });

@@ -1,7 +1,7 @@
 //! GDAL reads objects through `/vsistrata/`, from any store, by ranges.
 
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
-use operators::{storage, vsi::VsiFile};
+use operators::vsi::VsiFile;
 
 fn data(path: &str) -> String {
     format!("{}/../data/{path}", env!("CARGO_MANIFEST_DIR"))

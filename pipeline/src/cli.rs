@@ -1,5 +1,6 @@
 //! Command-line surface. Every subcommand's help says what it does, with an example.
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 /// Strata: a streaming Earth-observation pipeline.
@@ -1206,6 +1207,41 @@ pub struct TaskArgs {
     /// added after the flags' tasks.
     #[arg(long, value_name = "FILE", help_heading = "Tasks")]
     pub tasks: Option<std::path::PathBuf>,
+}
+
+impl TaskArgs {
+    /// The tasks the flags ask for, in flag order, then those of `--tasks`.
+    pub fn tasks(&self) -> anyhow::Result<Vec<schemas::TaskSpec>> {
+        let args = self;
+        let mut tasks = Vec::new();
+        if args.caption {
+            tasks.push(schemas::TaskSpec::Caption { prompt: None });
+        }
+        let classes = match (&args.classify, &args.classes) {
+            (Some(list), _) => Some(list.clone()),
+            (None, Some(file)) => Some(std::fs::read_to_string(file).with_context(|| format!("reading --classes `{}`", file.display()))?),
+            (None, None) => None,
+        };
+        if let Some(text) = classes {
+            let classes: Vec<String> =
+                text.split([',', '\n']).map(str::trim).filter(|c| !c.is_empty() && !c.starts_with('#')).map(str::to_owned).collect();
+            tasks.push(schemas::TaskSpec::Classify { classes, prompt: None });
+        }
+        tasks.extend(args.vqa.iter().map(|question| schemas::TaskSpec::Vqa { question: question.clone() }));
+        tasks.extend(args.detect.iter().map(|target| schemas::TaskSpec::Detect { target: target.clone() }));
+        if let Some(file) = &args.tasks {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading --tasks `{}`", file.display()))?;
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let more: Vec<schemas::TaskSpec> =
+                serde_path_to_error::deserialize(&mut de).with_context(|| format!("`{}` is not a JSON list of tasks", file.display()))?;
+            tasks.extend(more);
+        }
+        // The same checks a scene request gets, with the flag named.
+        let mut probe = schemas::SceneRequest::new("probe", "probe", schemas::SceneSource::Uri { uri: "probe".to_owned() });
+        probe.tasks = tasks.clone();
+        schemas::Message::validate(&probe).context("checking the tasks")?;
+        Ok(tasks)
+    }
 }
 
 /// Arguments of `strata batch`.

@@ -459,7 +459,7 @@ fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for (key, location) in [("tables", &serve.tables), ("tiles", &serve.tiles)] {
-        if let Err(error) = operators::storage::resolve(location) {
+        if let Err(error) = storage::resolve(location) {
             problems.push(format!("`{key}` = {location:?}: {error}"));
         }
     }

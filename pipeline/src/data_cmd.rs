@@ -1,375 +1,39 @@
-//! `strata data synth`: lays the scenes of the `synth` crate out on disk, once as training data
-//! (LLaVA-style JSONL: `id`, `image`, `conversations` of `{from, value}`) and once as the
-//! test split in the public benchmarks' layouts that `strata eval` reads (AID, UCM-Captions,
-//! RSVQA, DIOR-RSVG), so a model trained on the one is measured on the other.
+//! `strata data synth`: the flags become [`synth::layout::LayoutSettings`], the `synth` crate
+//! writes the data set, and what it wrote is printed.
 
-use std::{
-    fs::File,
-    io::{BufWriter, Write as _},
-    path::Path,
-    process::ExitCode,
-};
-
-use anyhow::Context as _;
-use gdal::{raster::Buffer, DriverManager};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use model::tasks::{classify_prompt, detect_prompt, vqa_prompt, CAPTION_PROMPT, GRID_MAX};
-use rand::{seq::SliceRandom as _, Rng as _, SeedableRng as _};
-use rand_chacha::ChaCha8Rng;
-use serde_json::{json, Value};
-use synth::{Scene, CLASSES};
+use std::process::ExitCode;
 
 use crate::cli::{DataCommand, SynthArgs};
 
 /// `strata data ...`.
 ///
 /// # Errors
-/// When a file cannot be written.
+/// As [`synth::layout::write`].
 pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
     match command {
         DataCommand::Synth(args) => synth_command(&args),
     }
 }
 
-/// Seeds the per-scene class lists of the classify prompts apart from the scenes' own random
-/// streams (`synth::scene` seeds with the bare seed), so the list says nothing of the scene.
-const CLASS_LIST_STREAMS: u64 = 0x636c_6173_7365_7321;
-
-/// The classes a classify turn offers: the scene's own and 1 to 5 others, in an order of the
-/// scene's own. `strata batch --classify` and the benchmarks name their own sets in their own
-/// orders (AID's is alphabetical); a model trained on one list of all six answered another
-/// order, or a subset, with box tokens.
-fn candidates(scene: &Scene, seed: u64, index: u64) -> Vec<String> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ CLASS_LIST_STREAMS);
-    rng.set_stream(index);
-    let mut others: Vec<&str> = CLASSES.iter().copied().filter(|c| *c != scene.class).collect();
-    others.shuffle(&mut rng);
-    let keep = rng.random_range(1..=others.len());
-    let mut list: Vec<String> = others[..keep].iter().map(|c| (*c).to_owned()).collect();
-    list.push(scene.class.to_owned());
-    list.shuffle(&mut rng);
-    list
-}
-
-/// Scene `index` is held out when its group of six (one per class) falls in the test share.
-fn is_test(index: u64, test_fraction: f64) -> bool {
-    if test_fraction <= 0.0 {
-        return false;
-    }
-    let every = (1.0 / test_fraction).round().max(1.0) as u64;
-    (index / CLASSES.len() as u64) % every == every - 1
-}
-
-fn writer(path: &Path) -> anyhow::Result<BufWriter<File>> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
-    }
-    Ok(BufWriter::new(File::create(path).with_context(|| format!("creating `{}`", path.display()))?))
-}
-
-fn line(out: &mut BufWriter<File>, value: &Value) -> anyhow::Result<()> {
-    writeln!(out, "{value}").context("writing JSON lines")
-}
-
-/// Writes an RGB image with GDAL's `driver` (PNG, GTiff, JPEG).
-fn write_image(scene: &Scene, driver: &str, path: &Path) -> anyhow::Result<()> {
-    let size = scene.size as usize;
-    write_rgb(&scene.rgb, (size, size), None, driver, path)
-}
-
-/// Writes interleaved 8-bit RGB of `(width, height)` pixels with GDAL's `driver`, georeferenced
-/// when `georef` gives a geotransform and a CRS as WKT.
-fn write_rgb(
-    rgb: &[u8],
-    (width, height): (usize, usize),
-    georef: Option<([f64; 6], String)>,
-    driver: &str,
-    path: &Path,
-) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
-    }
-    let mem = DriverManager::get_driver_by_name("MEM")?;
-    let mut dataset = mem.create_with_band_type::<u8, _>("", width, height, 3)?;
-    for band in 0..3 {
-        let plane: Vec<u8> = rgb.iter().skip(band).step_by(3).copied().collect();
-        dataset.rasterband(band + 1)?.write((0, 0), (width, height), &mut Buffer::new((width, height), plane))?;
-    }
-    if let Some((geotransform, wkt)) = georef {
-        dataset.set_geo_transform(&geotransform)?;
-        dataset.set_projection(&wkt)?;
-    }
-    let target = DriverManager::get_driver_by_name(driver)?;
-    dataset
-        .create_copy(&target, path, &gdal::raster::RasterCreationOptions::default())
-        .with_context(|| format!("writing `{}`", path.display()))?;
-    // GDAL leaves a sidecar with statistics next to some formats; the layouts do not want it.
-    let _ = std::fs::remove_file(path.with_extension(format!("{}.aux.xml", path.extension().and_then(|e| e.to_str()).unwrap_or_default())));
-    Ok(())
-}
-
-/// The CRS of the generated scenes: WGS 84 / UTM zone 33N.
-const MOSAIC_EPSG: u32 = 32633;
-/// Ground sampling distance of the generated scenes, metres per pixel.
-const MOSAIC_GSD: f64 = 10.0;
-
-/// Writes `--scenes` georeferenced scenes under `scenes/`, for `strata batch`: each a
-/// `--scene-grid`² mosaic of renders of `--size` pixels, so that tiles of `--size` pixels without
-/// overlap fall exactly on one render each. The renders are indices `n` onwards, never part of
-/// the training or test splits. `scenes/truth.jsonl` holds, per render, its place in the
-/// mosaic (pixels), scene class, caption and object boxes (mosaic pixels). Returns the file
-/// names.
-///
-/// The scenes lie side by side in UTM zone 33N at 10 m per pixel (an arbitrary place, so they
-/// show on a map).
-///
-/// # Errors
-/// When a file cannot be written or GDAL cannot build the CRS.
-fn write_mosaics(args: &SynthArgs, out: &Path) -> anyhow::Result<Vec<String>> {
-    let dir = out.join("scenes");
-    if args.scenes == 0 {
-        return Ok(Vec::new());
-    }
-    let wkt = gdal::spatial_ref::SpatialRef::from_epsg(MOSAIC_EPSG)
-        .and_then(|srs| srs.to_wkt())
-        .with_context(|| format!("building EPSG:{MOSAIC_EPSG}"))?;
-    let (grid, size) = (args.scene_grid as usize, args.size as usize);
-    let side = grid * size;
-    let mut truth = writer(&dir.join("truth.jsonl"))?;
-    let mut names = Vec::new();
-    for k in 0..u64::from(args.scenes) {
-        let name = format!("synth-scene-{}-{k}", args.seed);
-        let mut rgb = vec![0u8; side * side * 3];
-        for cell in 0..grid * grid {
-            let (col, row) = (cell % grid, cell / grid);
-            let index = args.n + k * (grid * grid) as u64 + cell as u64;
-            let scene = synth::scene(args.seed, index, args.size);
-            for y in 0..size {
-                let from = y * size * 3;
-                let to = ((row * size + y) * side + col * size) * 3;
-                rgb[to..to + size * 3].copy_from_slice(&scene.rgb[from..from + size * 3]);
-            }
-            let (dx, dy) = ((col * size) as u32, (row * size) as u32);
-            let objects: Vec<Value> = scene
-                .objects
-                .iter()
-                .map(|o| json!({"label": o.label, "bbox": [o.bbox[0] + dx, o.bbox[1] + dy, o.bbox[2] + dx, o.bbox[3] + dy]}))
-                .collect();
-            line(
-                &mut truth,
-                &json!({"scene": name, "render": scene.id, "col_off": dx, "row_off": dy, "size": args.size, "class": scene.class,
-                    "caption": scene.caption, "objects": objects}),
-            )?;
-        }
-        // Side by side, 1 km apart, north of the equator in zone 33N.
-        let x0 = 500_000.0 + k as f64 * (side as f64 * MOSAIC_GSD + 1_000.0);
-        let geotransform = [x0, MOSAIC_GSD, 0.0, 6_100_000.0, 0.0, -MOSAIC_GSD];
-        let file = format!("{name}.tif");
-        write_rgb(&rgb, (side, side), Some((geotransform, wkt.clone())), "GTiff", &dir.join(&file))?;
-        names.push(file);
-    }
-    truth.flush()?;
-    Ok(names)
-}
-
-/// A box in pixels as the model answers it: `<box>[x1, y1, x2, y2]</box>` on the 0–1000 grid.
-fn grid_box(bbox: [u32; 4], size: u32) -> String {
-    let g = |v: u32| (f64::from(v) * f64::from(GRID_MAX) / f64::from(size)).round() as u32;
-    format!("<box>[{}, {}, {}, {}]</box>", g(bbox[0]), g(bbox[1]), g(bbox[2]), g(bbox[3]))
-}
-
-fn conversation(id: String, image: &str, query: &str, answer: &str) -> Value {
-    json!({
-        "id": id,
-        "image": image,
-        "conversations": [{"from": "human", "value": format!("<image>\n{query}")}, {"from": "gpt", "value": answer}],
-    })
-}
-
-/// The benchmark folder name of a class (`Farmland`), as AID's folders are named.
-fn folder(class: &str) -> String {
-    let mut chars = class.chars();
-    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
-}
-
-/// What `synth` writes at the top of its folder.
-const OUTPUTS: [&str; 7] = ["images", "train", "test", "eval", "scenes", "annotations.jsonl", "manifest.json"];
-
-/// Removes an earlier data set from `out`, so a rerun with other settings leaves no stale
-/// scene behind (an image or a benchmark sample of the old run would join the new one). A
-/// folder holding anything else is refused rather than emptied.
-fn clear_previous(out: &Path) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(out) else {
-        if out.exists() {
-            anyhow::bail!("`{}` exists and is not a folder", out.display());
-        }
-        return Ok(());
-    };
-    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    if !out.join("manifest.json").is_file() || names.iter().any(|n| !OUTPUTS.contains(&n.as_str())) {
-        anyhow::bail!(
-            "`{}` holds files that are not a `strata data synth` data set\nhint: give an empty or new folder with --out",
-            out.display()
-        );
-    }
-    for name in OUTPUTS {
-        let path = out.join(name);
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing the earlier `{}`", path.display()))?;
-        } else if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing the earlier `{}`", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// The largest side of a generated scene, pixels (its RGB is built in memory: 192 MiB).
-const MAX_SCENE_SIDE: u32 = 8192;
-
 fn synth_command(args: &SynthArgs) -> anyhow::Result<ExitCode> {
-    let side = u64::from(args.scene_grid) * u64::from(args.size);
-    if args.scenes > 0 && side > u64::from(MAX_SCENE_SIDE) {
-        anyhow::bail!(
-            "--scene-grid {} × --size {} makes scenes {side} pixels a side, more than {MAX_SCENE_SIDE}\nhint: fewer renders per side, or smaller ones",
-            args.scene_grid,
-            args.size
-        );
-    }
-    let out = &args.out;
-    clear_previous(out)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating `{}`", out.display()))?;
-    let mut annotations = writer(&out.join("annotations.jsonl"))?;
-    let mut files = std::collections::HashMap::new();
-    for split in ["train", "test"] {
-        for kind in ["align", "instruct", "retriever"] {
-            files.insert((split, kind), writer(&out.join(split).join(format!("{kind}.jsonl")))?);
-        }
-    }
-    let mut karpathy = Vec::new();
-    let (mut rsvqa_questions, mut rsvqa_answers) = (Vec::new(), Vec::new());
-    let (mut dior_train, mut dior_test) = (Vec::new(), Vec::new());
-    let mut counts = [0u64; 2];
-
-    let bar = ProgressBar::with_draw_target(
-        Some(args.n),
-        if args.no_progress { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("scenes {bar:30.cyan/blue} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    for index in 0..args.n {
-        let scene = synth::scene(args.seed, index, args.size);
-        let test = is_test(index, args.test_fraction);
-        let split = if test { "test" } else { "train" };
-        counts[usize::from(test)] += 1;
-        let image = format!("images/{}.png", scene.id);
-        write_image(&scene, "PNG", &out.join(&image))?;
-        line(&mut annotations, &json!({"image": image, "split": split, "scene": scene}))?;
-
-        if let Some(w) = files.get_mut(&(split, "align")) {
-            line(w, &conversation(format!("{}-caption", scene.id), &image, CAPTION_PROMPT, &scene.caption))?;
-        }
-        if let Some(w) = files.get_mut(&(split, "retriever")) {
-            line(w, &json!({"id": scene.id, "image": image, "text": scene.caption}))?;
-        }
-        if let Some(w) = files.get_mut(&(split, "instruct")) {
-            line(
-                w,
-                &conversation(
-                    format!("{}-classify", scene.id),
-                    &image,
-                    &classify_prompt(None, &candidates(&scene, args.seed, index)),
-                    scene.class,
-                ),
-            )?;
-            line(w, &conversation(format!("{}-caption", scene.id), &image, CAPTION_PROMPT, &scene.caption))?;
-            for (i, q) in scene.questions.iter().enumerate() {
-                line(w, &conversation(format!("{}-vqa-{i}", scene.id), &image, &vqa_prompt(&q.question), &q.answer))?;
-            }
-            if let Some((expression, bbox)) = &scene.grounding {
-                line(w, &conversation(format!("{}-ground", scene.id), &image, &detect_prompt(expression), &grid_box(*bbox, scene.size)))?;
-            }
-            // Detection as `strata batch --detect LABEL` asks it: every object of the label,
-            // largest first (then top to bottom, left to right). A fixed order gives each box
-            // one right place in the answer, and the first box is the one grounding names.
-            if let Some(label) = scene.objects.first().map(|o| o.label) {
-                let mut objects: Vec<&synth::Object> = scene.objects.iter().filter(|o| o.label == label).collect();
-                objects.sort_by_key(|o| (std::cmp::Reverse(o.area()), o.bbox[1], o.bbox[0]));
-                let boxes: Vec<String> = objects.iter().map(|o| grid_box(o.bbox, scene.size)).collect();
-                line(w, &conversation(format!("{}-detect", scene.id), &image, &detect_prompt(label), &boxes.join(" ")))?;
-            }
-        }
-
-        // The benchmark layouts (captions and grounding keep both splits, as the originals do).
-        karpathy.push(json!({"filename": format!("{}.png", scene.id), "split": split, "sentences": [{"raw": scene.caption}]}));
-        let eval = out.join("eval");
-        if test {
-            write_image(&scene, "PNG", &eval.join("aid").join(folder(scene.class)).join(format!("{}.png", scene.id)))?;
-            write_image(&scene, "GTiff", &eval.join("rsvqa/Images").join(format!("{index}.tif")))?;
-            for q in &scene.questions {
-                let id = rsvqa_questions.len();
-                rsvqa_questions
-                    .push(json!({"id": id, "img_id": index, "type": q.kind, "question": q.question, "answers_ids": [id], "active": true}));
-                rsvqa_answers.push(json!({"id": id, "question_id": id, "answer": q.answer, "active": true}));
-            }
-        }
-        write_image(&scene, "PNG", &eval.join("ucm-captions/images").join(format!("{}.png", scene.id)))?;
-        if let Some((expression, b)) = &scene.grounding {
-            let dior = eval.join("dior-rsvg");
-            write_image(&scene, "JPEG", &dior.join("JPEGImages").join(format!("{}.jpg", scene.id)))?;
-            let xml = format!(
-                "<annotation>\n  <filename>{id}.jpg</filename>\n  <size><width>{s}</width><height>{s}</height><depth>3</depth></size>\n  <object>\n    <name>{label}</name>\n    <description>{expression}</description>\n    <bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bndbox>\n  </object>\n</annotation>\n",
-                b[0],
-                b[1],
-                b[2],
-                b[3],
-                id = scene.id,
-                s = scene.size,
-                label = expression.trim_start_matches("the largest "),
-            );
-            let path = dior.join("Annotations").join(format!("{}.xml", scene.id));
-            std::fs::create_dir_all(dior.join("Annotations"))?;
-            std::fs::write(&path, xml).with_context(|| format!("writing `{}`", path.display()))?;
-            if test { &mut dior_test } else { &mut dior_train }.push(scene.id.clone());
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    for writer in files.values_mut() {
-        writer.flush()?;
-    }
-    annotations.flush()?;
-    let eval = out.join("eval");
-    for layout in ["aid", "ucm-captions", "rsvqa", "dior-rsvg"] {
-        std::fs::create_dir_all(eval.join(layout)).with_context(|| format!("creating `{}`", eval.join(layout).display()))?;
-    }
-    if counts[1] == 0 && args.test_fraction > 0.0 {
-        eprintln!(
-            "warning: no scene was held out: the test split takes whole groups of six scenes, one group in {}; give --n {} or more for a test split",
-            (1.0 / args.test_fraction).round(),
-            6.0 * (1.0 / args.test_fraction).round()
-        );
-    }
-    std::fs::write(eval.join("ucm-captions/dataset.json"), json!({"images": karpathy}).to_string())?;
-    std::fs::write(eval.join("rsvqa/synth_split_test_questions.json"), json!({"questions": rsvqa_questions}).to_string())?;
-    std::fs::write(eval.join("rsvqa/synth_split_test_answers.json"), json!({"answers": rsvqa_answers}).to_string())?;
-    std::fs::write(eval.join("dior-rsvg/train.txt"), dior_train.join("\n") + "\n")?;
-    std::fs::write(eval.join("dior-rsvg/test.txt"), dior_test.join("\n") + "\n")?;
-    let mosaics = write_mosaics(args, out)?;
-    let manifest = json!({"generator": "strata data synth", "seed": args.seed, "n": args.n, "size": args.size, "scenes": mosaics,
-        "test_fraction": args.test_fraction, "train_scenes": counts[0], "test_scenes": counts[1], "classes": CLASSES});
-    std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+    let settings = synth::layout::LayoutSettings {
+        out: args.out.clone(),
+        n: args.n,
+        seed: args.seed,
+        size: args.size,
+        test_fraction: args.test_fraction,
+        scenes: args.scenes,
+        scene_grid: args.scene_grid,
+        progress: !args.no_progress,
+    };
+    let written = synth::layout::write(&settings)?;
     println!(
         "wrote {} scenes to {} ({} train, {} test; {} classes, seed {})",
         args.n,
-        out.display(),
-        counts[0],
-        counts[1],
-        CLASSES.len(),
+        args.out.display(),
+        written.train,
+        written.test,
+        synth::CLASSES.len(),
         args.seed
     );
     Ok(ExitCode::SUCCESS)

@@ -7,10 +7,10 @@ use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
 use retrieval::index::{GraphPrecision, HnswParams, DEFAULT_EF};
-use retrieval::{build_index, BuildOptions, SearchMode, SemanticIndex};
+use retrieval::{build_index, BuildOptions, SearchMode};
 
 use crate::cli::{GraphPrecisionArg, IndexBuildArgs, IndexCommand, IndexPushArgs, IndexSearchArgs, OutputStyle};
-use operators::retrieve::encoder_device;
+use retrieval::retriever::encoder_device;
 
 pub fn run(command: IndexCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
@@ -21,7 +21,7 @@ pub fn run(command: IndexCommand, runtime: &tokio::runtime::Runtime) -> anyhow::
 }
 
 fn push(args: &IndexPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-    let target = operators::storage::resolve(&args.to)?;
+    let target = storage::resolve(&args.to)?;
     let started = std::time::Instant::now();
     let transfer = runtime
         .block_on(retrieval::store::push_index(&args.index, target.store().as_ref(), target.path()))
@@ -34,12 +34,6 @@ fn push(args: &IndexPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Opens an index given as a directory or as the URL it was pushed to; remote indexes are
-/// mirrored into `~/.cache/strata/indexes/` first (once: an unchanged copy is reused).
-pub fn open_index(location: &str, device: tch::Device, runtime: &tokio::runtime::Runtime) -> anyhow::Result<SemanticIndex> {
-    Ok(runtime.block_on(operators::retrieve::open_index(location, device))?)
 }
 
 fn encoder(dir: Option<&std::path::PathBuf>, device: DevicePreference) -> anyhow::Result<TextEncoder> {
@@ -90,7 +84,7 @@ fn build(args: &IndexBuildArgs) -> anyhow::Result<ExitCode> {
 
 fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let device = model::device::select(args.device)?;
-    let index = open_index(&args.index, device.device(), runtime)?;
+    let index = runtime.block_on(retrieval::retriever::open_index(&args.index, device.device()))?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let (query, encoder_dir, dim) = if let Some(path) = &args.image {
         let Some(dir) = &args.encoder else {
@@ -109,8 +103,7 @@ fn search(args: &IndexSearchArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
                 index.manifest().encoder
             );
         }
-        let (rgb, width, height) = crate::images::read_rgb(path)?;
-        let image = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
+        let image = RgbImage::read(path)?;
         (encoder.encode(&[image])?, dir.display().to_string(), encoder.dim())
     } else {
         let Some(text) = &args.text else { bail!("give --text \"...\" or --image FILE to search") };

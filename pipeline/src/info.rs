@@ -13,8 +13,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
 
     let device = model::device::select(args.device).context("selecting the compute device")?;
     println!("device: {} ({:?})", device.describe(), device.dtype());
-    let probe = tch::Tensor::ones([2], (device.dtype(), device.device()));
-    println!("libtorch: ok (probe sum = {})", probe.sum(tch::Kind::Float).double_value(&[]));
+    println!("libtorch: ok (probe sum = {})", device.probe().context("running a libtorch probe on the device")?);
 
     match model::onnx::environment() {
         Ok(_) => {
@@ -33,7 +32,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
             println!("onnxruntime: unavailable: {err}");
         }
     }
-    println!("gdal: {}", gdal::version::VersionInfo::version_summary());
+    println!("gdal: {}", operators::tile::gdal_version());
 
     if args.tables {
         for table in schemas::tables::ALL {

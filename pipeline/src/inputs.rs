@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
-use operators::{storage, OperatorError};
+use operators::OperatorError;
 use schemas::{stac::StacItem, SceneRequest, SceneSource, TaskSpec, TilingOptions};
 use sha2::{Digest, Sha256};
 

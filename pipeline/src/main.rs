@@ -12,7 +12,6 @@ mod cli;
 mod config;
 mod data_cmd;
 mod eval_cmd;
-mod images;
 mod index_cmd;
 mod info;
 mod inputs;
@@ -58,7 +57,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Map(map_args) => runtime.block_on(map::run(map_args)),
         cli::Command::Info(info_args) => info::run(&info_args),
         cli::Command::Model(command) => model_cmd::run(command, &runtime),
-        cli::Command::Eval(eval_args) => eval_cmd::run(eval_args, &runtime),
+        cli::Command::Eval(eval_args) => eval_cmd::run(eval_args),
         cli::Command::Index(command) => index_cmd::run(command, &runtime),
         cli::Command::Data(command) => data_cmd::run(command),
         cli::Command::Train(command) => train_cmd::run(command),

@@ -12,12 +12,9 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use object_store::ObjectStoreExt as _;
-use operators::{
-    storage,
-    tables::{
-        query::{self, OutputFormat},
-        Tables,
-    },
+use operators::tables::{
+    query::{self, OutputFormat},
+    Tables,
 };
 use serde_json::Value;
 

@@ -15,7 +15,7 @@ use model::vlm::{StrataModel, VlmRequest};
 
 use std::collections::BTreeMap;
 
-use operators::registry::{PublishOptions, Registry};
+use storage::registry::{PublishOptions, Registry};
 
 use crate::cli::{
     AnnounceArgs, KeysFormat, ModelAskArgs, ModelCommand, ModelInitArgs, ModelPromoteArgs, ModelPublishArgs, ModelPushArgs,
@@ -37,7 +37,7 @@ pub fn run(command: ModelCommand, runtime: &tokio::runtime::Runtime) -> anyhow::
 }
 
 fn registry(url: &str) -> anyhow::Result<Registry> {
-    Ok(Registry::new(operators::storage::resolve(url).with_context(|| format!("resolving the registry `{url}`"))?))
+    Ok(Registry::new(storage::resolve(url).with_context(|| format!("resolving the registry `{url}`"))?))
 }
 
 async fn publish(args: &ModelPublishArgs) -> anyhow::Result<ExitCode> {
@@ -142,9 +142,9 @@ async fn rollback(args: &ModelRollbackArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn push(args: &ModelPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-    let target = operators::storage::resolve(&args.to).context("resolving --to")?;
+    let target = storage::resolve(&args.to).context("resolving --to")?;
     let started = std::time::Instant::now();
-    let (files, bytes) = runtime.block_on(operators::artifacts::push_model(&args.model, &target))?;
+    let (files, bytes) = runtime.block_on(storage::artifacts::push_model(&args.model, &target))?;
     println!(
         "pushed {} ({files} files, {:.1} MB) to {} in {:.1}s",
         args.model.display(),
@@ -156,8 +156,8 @@ fn push(args: &ModelPushArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
 }
 
 fn fetch(url: &str, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
-    let location = operators::storage::resolve(url).context("resolving the URL")?;
-    let (dir, reused) = runtime.block_on(operators::artifacts::fetch_model(&location))?;
+    let location = storage::resolve(url).context("resolving the URL")?;
+    let (dir, reused) = runtime.block_on(storage::artifacts::fetch_model(&location))?;
     let artifact = Artifact::open(&dir).with_context(|| format!("verifying the copy in `{}`", dir.display()))?;
     println!("model `{}` {} {}", artifact.manifest.version, if reused { "already in" } else { "fetched into" }, dir.display());
     Ok(ExitCode::SUCCESS)
@@ -170,7 +170,7 @@ fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
     let device = model::device::select(args.device)?;
     // libtorch's global generator draws every initial weight: seeded, the artifact is
     // reproducible. (A seed past i64::MAX wraps; it is only a seed.)
-    tch::manual_seed(args.seed as i64);
+    model::device::manual_seed(args.seed);
     let model = if args.checkpoint.is_empty() {
         if !args.random {
             bail!("no --checkpoint given\nhint: pass the SigLIP and Qwen2 `*.safetensors` files, or --random for an untrained model");
@@ -182,7 +182,7 @@ fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
     let provenance =
         Provenance { version: args.model_version.clone(), parent_version: args.parent.clone(), training_run: args.training_run.clone() };
     let manifest = artifact::save(&model, &args.tokenizer, &args.out, &provenance)?;
-    let parameters: usize = model.var_store().variables().values().map(tch::Tensor::numel).sum();
+    let parameters = model.parameter_count();
     println!("wrote model `{}` to {} ({} parameters, {} files)", manifest.version, args.out.display(), parameters, manifest.files.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -229,14 +229,13 @@ fn ask(args: &ModelAskArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result
     let artifact = Artifact::open(&args.model)?;
     let device = model::device::select(args.device)?;
     let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
-    let mut retriever = crate::retriever::open(&args.retrieval, model.config().retrieval.top_k, device.device(), runtime)?;
+    let mut retriever = crate::retriever::open(&args.retrieval, model.config().retrieval.top_k, &device, runtime)?;
     let mut requests = Vec::with_capacity(args.images.len());
     for image in &args.images {
-        let (rgb, width, height) = crate::images::read_rgb(image)?;
-        let pixels = model.preprocess_rgb(&rgb, width, height)?;
+        let rgb = RgbImage::read(image)?;
+        let pixels = model.preprocess(&rgb)?;
         let descriptions = match &mut retriever {
             Some(retriever) => {
-                let rgb = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
                 let found = retriever.descriptions(&rgb, &args.query)?;
                 tracing::info!(image = %image.display(), descriptions = ?found, "retrieved");
                 found

@@ -3,10 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use operators::{
-    storage,
-    tables::{query, Tables},
-};
+use operators::tables::{query, Tables};
 
 use crate::cli::QueryArgs;
 

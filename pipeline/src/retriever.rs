@@ -1,7 +1,7 @@
 //! Wires the `--index`, `--retrieval-encoder`, `--retrieve-k` and `--ef` flags to the
 //! operators' retriever (`operators::retrieve`), for `model ask`, `eval` and `batch`.
 
-use operators::retrieve::{RetrievalOptions, Retriever};
+use retrieval::{RetrievalOptions, Retriever};
 
 use crate::cli::RetrievalArgs;
 
@@ -17,8 +17,8 @@ pub fn options(args: &RetrievalArgs) -> RetrievalOptions {
 pub fn open(
     args: &RetrievalArgs,
     model_top_k: usize,
-    device: tch::Device,
+    device: &model::device::SelectedDevice,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Option<Retriever>> {
-    Ok(runtime.block_on(Retriever::open(&options(args), model_top_k, device))?)
+    Ok(runtime.block_on(Retriever::open(&options(args), model_top_k, device.device()))?)
 }

@@ -767,7 +767,7 @@ fn twice_area(ring: &serde_json::Value) -> f64 {
 
 #[test]
 fn footprints_in_tables_and_geojson_are_drawable_across_the_antimeridian_and_south_up() {
-    use gdal::{raster::Buffer, spatial_ref::SpatialRef, DriverManager};
+    use strata_e2e::gdal::{raster::Buffer, spatial_ref::SpatialRef, DriverManager};
     let dir = tempfile::tempdir().unwrap();
     // A UTM 60N scene at ~65°N whose east part lies beyond 180° (issue 17, case 01), and a
     // UTM 33N scene stored south-up (positive row step, case 03).
@@ -1277,7 +1277,7 @@ fn generated_scenes_are_georeferenced_and_tile_into_their_renders_with_stretch_n
         dir
     };
     let read = |path: &Path, window: (isize, isize)| -> Vec<u8> {
-        let dataset = gdal::Dataset::open(path).unwrap();
+        let dataset = strata_e2e::gdal::Dataset::open(path).unwrap();
         (1..=3)
             .flat_map(|band| dataset.rasterband(band).unwrap().read_as::<u8>(window, (32, 32), (32, 32), None).unwrap().data().to_vec())
             .collect()

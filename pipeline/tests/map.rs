@@ -59,7 +59,7 @@ async fn add_detection(tables: &Path, scene: &str) {
     row.extend([Cell::List(Vec::new()), Cell::U32(0), Cell::Time(now), Cell::Date(now.date_naive())]);
     let mut frame = frames::frame(&schemas::tables::DETECTIONS, &[row]).unwrap();
     let bytes = Tables::encode(&schemas::tables::DETECTIONS, &mut frame).unwrap();
-    let store = Tables::new(operators::storage::resolve(tables.to_str().unwrap()).unwrap());
+    let store = Tables::new(storage::resolve(tables.to_str().unwrap()).unwrap());
     store.put("detections/date=2026-01-01/extra/ship.parquet", bytes).await.unwrap();
 }
 

@@ -12,11 +12,14 @@
 //!   written last, so a half-built index is never opened, and a damaged graph is refused
 //!   before the native library reads it.
 //!
-//! Indexes travel through object stores with [`store::push_index`] and [`store::fetch_index`].
+//! Indexes travel through object stores with [`store::push_index`] and [`store::fetch_index`];
+//! [`retriever::Retriever`] opens one from a directory or a URL with the encoder that queries
+//! it, for inference, training and evaluation alike.
 
 pub mod build;
 pub mod database;
 pub mod index;
+pub mod retriever;
 pub mod store;
 mod walk;
 
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 pub use build::{build_index, BuildOptions};
 pub use database::Description;
 pub use index::{Hit, SearchMode, SemanticIndex};
+pub use retriever::{RetrievalOptions, Retrieved, Retriever};
 
 /// Errors of the retriever.
 #[derive(Debug, thiserror::Error)]
@@ -63,4 +67,29 @@ pub enum RetrievalError {
     /// The encoder failed.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// A query encoder could not be loaded or failed on its input.
+    #[error("{action}: {source}")]
+    Encoder {
+        /// What was being done, e.g. "loading the text encoder `/models/minilm`".
+        action: String,
+        /// The model crate's error (boxed, as [`RetrievalError::Storage`]).
+        #[source]
+        source: Box<model::ModelError>,
+    },
+    /// The index's location cannot be resolved or read (boxed: object_store's errors are
+    /// large, and this one travels inside every stage error).
+    #[error(transparent)]
+    Storage(Box<storage::StorageError>),
+    /// A bug in Strata itself: a report, not a user error.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl From<storage::StorageError> for RetrievalError {
+    fn from(error: storage::StorageError) -> Self {
+        Self::Storage(Box::new(error))
+    }
 }

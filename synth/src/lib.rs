@@ -8,12 +8,13 @@
 //! streams, no floating-point state carried between scenes), and scene `i` does not depend on
 //! how many scenes are generated.
 //!
-//! Nothing here writes files: [`Scene`] holds the pixels and the annotations, and the
-//! `strata data synth` command lays them out on disk (images, LLaVA-style JSONL, benchmark
-//! layouts).
+//! [`Scene`] holds the pixels and the annotations; [`layout::write`] lays a data set of them
+//! out on disk (images, LLaVA-style JSONL, the public benchmarks' layouts, georeferenced
+//! mosaic scenes), as `strata data synth` does.
 
 #![warn(missing_docs)]
 
+pub mod layout;
 mod render;
 
 use rand::{Rng as _, SeedableRng as _};

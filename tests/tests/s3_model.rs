@@ -15,7 +15,6 @@ use model::{
 };
 use object_store::{ObjectStoreExt as _, PutPayload};
 use operators::{
-    artifacts::{fetch_model_into, push_model},
     runtime::{self, Chain, EmbeddedConfig},
     stage::AckStatus,
     stages::{
@@ -24,11 +23,11 @@ use operators::{
         sink::SinkStage,
         tile::TileStage,
     },
-    storage,
     tables::{query, Tables},
     tile::TilerConfig,
 };
 use schemas::{SceneRequest, SceneSource, TaskSpec, TilingOptions};
+use storage::artifacts::{fetch_model_into, push_model};
 use strata_e2e::{workspace_root, S3Server};
 
 fn tiny_artifact(dir: &Path) -> std::path::PathBuf {

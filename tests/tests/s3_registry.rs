@@ -14,9 +14,9 @@ use model::{
     vlm::StrataModel,
 };
 use object_store::{ObjectStoreExt as _, PutPayload};
-use operators::{
+use storage::{
     registry::{PublishOptions, Registry},
-    storage, OperatorError,
+    StorageError,
 };
 use strata_e2e::{workspace_root, S3Server};
 
@@ -94,7 +94,7 @@ async fn versions_are_published_promoted_and_rolled_back_and_corrupt_ones_are_re
     let broken = tiny_artifact(work.path(), "rs-broken", None, 3);
     flip_a_byte(&broken.join("model.safetensors"));
     let err = registry.publish(&broken, PublishOptions::default()).await.unwrap_err();
-    assert!(matches!(err, OperatorError::Model { .. }), "{err}");
+    assert!(matches!(err, StorageError::Model { .. }), "{err}");
     assert!(registry.lineage("rs-broken").await.unwrap().is_none());
 
     // Promote, promote, roll back.

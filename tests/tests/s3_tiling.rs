@@ -12,12 +12,12 @@ use gdal::{
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
 use operators::{
-    storage::{self, Location},
     tables::{query, Tables},
     tile::{tile_scene, TilerConfig},
     vsi::VsiFile,
 };
 use schemas::{SceneRequest, SceneSource, TilingOptions};
+use storage::Location;
 use strata_e2e::S3Server;
 
 /// A 2048² 3-band u16 COG with 256 px blocks and overviews, as satellite COGs are laid out.

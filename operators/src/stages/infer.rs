@@ -28,16 +28,17 @@ use model::{
     vlm::{Answer, StrataModel, VlmRequest},
 };
 use object_store::ObjectStoreExt as _;
+use retrieval::{Retrieved, Retriever};
 use schemas::{
-    ResultMessage, Stage as StageName, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TiledTile, SCHEMA_VERSION,
+    ResultMessage, RetrievedDescription, Stage as StageName, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult,
+    TiledTile, SCHEMA_VERSION,
 };
 use tch::Tensor;
 use tracing::Instrument as _;
 
 use crate::{
-    retrieve::{Retrieved, Retriever},
     stage::{Collector, Envelope, Stage, StageError, StageErrorKind},
-    storage, OperatorError,
+    OperatorError,
 };
 
 /// The model behind the stage: anything that turns prompts about images into answers. The
@@ -74,7 +75,7 @@ impl LoadedModel {
     /// When the artifact cannot be fetched, does not verify, or does not load.
     pub async fn load(location: &str, device: model::device::DevicePreference) -> Result<Self, OperatorError> {
         let resolved = storage::resolve(location)?;
-        let (dir, reused) = crate::artifacts::fetch_model(&resolved).await?;
+        let (dir, reused) = storage::artifacts::fetch_model(&resolved).await?;
         if resolved.local_path().is_none() {
             tracing::info!(model = %resolved.url(), cache = %dir.display(), reused, "Model artifact ready in the cache.");
         }
@@ -105,9 +106,7 @@ impl TileModel for LoadedModel {
     }
 
     fn preprocess(&self, image: &RgbImage) -> Result<Tensor, model::ModelError> {
-        let side = self.model.config().vision.image_size;
-        let pixels = self.model.image_processor().apply(image)?;
-        Ok(Tensor::from_slice(&pixels).view([3, side, side]))
+        self.model.preprocess(image)
     }
 
     fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
@@ -307,34 +306,15 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default()
 }
 
-/// Reads and decodes a tile image (PNG, 8-bit RGB/RGBA/grey) from its object store.
+/// Reads a tile image from its object store and decodes it with the decoder training and
+/// evaluation use ([`RgbImage::decode`]).
 async fn load_tile_image(tile: &TiledTile) -> Result<RgbImage, OperatorError> {
     let uri = &tile.task.tile.uri;
     let location = storage::resolve(uri)?;
     let storage_err = |source| OperatorError::Storage { uri: uri.clone(), source };
     let bytes = location.store().get(location.path()).await.map_err(storage_err)?.bytes().await.map_err(storage_err)?;
-    decode_png(&bytes)
-        .map_err(|reason| OperatorError::BadScene { scene: tile.task.scene_id.clone(), reason: format!("tile `{uri}`: {reason}") })
-}
-
-/// Decodes a PNG into interleaved 8-bit RGB.
-fn decode_png(bytes: &[u8]) -> Result<RgbImage, String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| format!("not a readable PNG: {e}"))?;
-    let size = reader.output_buffer_size().ok_or("the PNG is too large")?;
-    let mut buffer = vec![0u8; size];
-    let info = reader.next_frame(&mut buffer).map_err(|e| format!("not a readable PNG: {e}"))?;
-    let (width, height) = (info.width as usize, info.height as usize);
-    let pixels = &buffer[..info.buffer_size()];
-    let rgb: Vec<u8> = match info.color_type {
-        png::ColorType::Rgb => pixels.to_vec(),
-        png::ColorType::Rgba => pixels.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        png::ColorType::Grayscale => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
-        png::ColorType::GrayscaleAlpha => pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-        png::ColorType::Indexed => return Err("indexed PNG was not expanded".to_owned()),
-    };
-    RgbImage::new(width, height, rgb).map_err(|e| e.to_string())
+    RgbImage::decode(&bytes, &format!("tile `{uri}`"))
+        .map_err(|e| OperatorError::BadScene { scene: tile.task.scene_id.clone(), reason: e.to_string() })
 }
 
 /// The query text of a task (MODEL_SPEC §6).
@@ -436,7 +416,7 @@ fn answer_batch<M: TileModel>(
         let task = &jobs[j].1.task.tasks[t];
         outputs[j].push(TaskAnswer {
             output: parse_answer(task, answer),
-            retrieved: retrieved.iter().map(Into::into).collect(),
+            retrieved: retrieved.iter().map(|r| RetrievedDescription { id: r.id.clone(), score: r.score }).collect(),
             descriptions_used: u32::try_from(answer.descriptions_used).unwrap_or(u32::MAX),
             complete: answer.complete,
         });

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use chrono::Utc;
 use schemas::{SceneRequest, SceneTiled, Stage as StageName, TileMessage, TiledTile, SCHEMA_VERSION};
+use storage::Location;
 
 use crate::{
     stage::{Closed, Collector, Envelope, Stage, StageError, StageErrorKind},
-    storage::Location,
     tile::{self, Progress, TilerConfig},
 };
 

@@ -27,7 +27,8 @@ use schemas::tables::TableSchema;
 pub use frames::{dead_letter_frame, frame, polygon_points, polygon_wkb, Cell};
 pub use rows::{scene_date, scene_frames};
 
-use crate::{storage::Location, OperatorError};
+use crate::OperatorError;
+use storage::Location;
 
 /// Where the result tables live.
 #[derive(Debug, Clone)]

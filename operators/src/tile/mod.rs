@@ -11,7 +11,7 @@ pub mod plan;
 pub(crate) mod raster;
 pub mod stretch;
 
-pub use raster::route_gdal_messages;
+pub use raster::{epsg_wkt, gdal_version, route_gdal_messages, write_rgb};
 
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -31,8 +31,9 @@ use self::{
     raster::{BandRef, Source},
     stretch::{BandStretch, ChannelMap},
 };
+use storage::Location;
+
 use crate::{
-    storage::{self, Location},
     vsi::{ReadRetry, VsiFile},
     OperatorError,
 };
@@ -71,6 +72,15 @@ impl Default for TilerConfig {
             block_cache_mib: 256,
             read_retry: ReadRetry::default(),
         }
+    }
+}
+
+impl TilerConfig {
+    /// The defaults with a cap on declared scene size, in megapixels, and the worker threads
+    /// per scene (default: one per CPU): what `strata batch` and `strata serve` set.
+    pub fn with_limits(max_scene_megapixels: u64, threads: Option<usize>) -> Self {
+        let defaults = Self::default();
+        Self { max_scene_pixels: max_scene_megapixels.saturating_mul(1_000_000), threads: threads.unwrap_or(defaults.threads), ..defaults }
     }
 }
 

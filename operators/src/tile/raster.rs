@@ -21,6 +21,7 @@ use gdal::{
 use schemas::{GeoTransform, PixelWindow};
 
 use super::stretch::{BandStretch, ChannelMap};
+use crate::OperatorError;
 
 /// Points per edge of a scene footprint: scenes are large, and their edges curve in lon/lat
 /// (GDAL's `OCTTransformBounds` uses 21; more costs nothing that matters).
@@ -36,6 +37,11 @@ const MAX_STRETCH_VALUES: usize = 1 << 24;
 
 /// What went wrong, before the scene id is attached.
 pub type Failure = String;
+
+/// GDAL's version and build summary, for `strata info`.
+pub fn gdal_version() -> String {
+    gdal::version::VersionInfo::version_summary()
+}
 
 /// Sends GDAL's own messages through `tracing` instead of GDAL's default handler, which prints
 /// `ERROR 1: …` lines on stderr beside the stage's own error (a truncated PNG printed three).
@@ -437,4 +443,52 @@ fn valid_values(
         (!masked && v.is_finite() && Some(v) != nodata).then_some(v)
     }));
     Ok(())
+}
+
+/// Writes interleaved 8-bit RGB of `(width, height)` pixels to the local file `path` with
+/// GDAL's `driver` (`PNG`, `GTiff`, `JPEG`, ...), georeferenced when `georef` gives a
+/// geotransform and a CRS as WKT; folders are created. `strata data synth` writes its data
+/// sets and scenes with it.
+///
+/// # Errors
+/// [`OperatorError::InvalidLocation`] naming `path` when the folder, the driver or the file
+/// fails.
+pub fn write_rgb(
+    rgb: &[u8],
+    (width, height): (usize, usize),
+    georef: Option<([f64; 6], String)>,
+    driver: &str,
+    path: &std::path::Path,
+) -> Result<(), OperatorError> {
+    let fail = |reason: String| OperatorError::InvalidLocation { location: path.display().to_string(), reason };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(format!("creating the folder: {e}")))?;
+    }
+    let gdal_fail = |e: gdal::errors::GdalError| fail(format!("GDAL: {e}"));
+    let mem = gdal::DriverManager::get_driver_by_name("MEM").map_err(gdal_fail)?;
+    let mut dataset = mem.create_with_band_type::<u8, _>("", width, height, 3).map_err(gdal_fail)?;
+    for band in 0..3 {
+        let plane: Vec<u8> = rgb.iter().skip(band).step_by(3).copied().collect();
+        let mut buffer = gdal::raster::Buffer::new((width, height), plane);
+        dataset.rasterband(band + 1).and_then(|mut b| b.write((0, 0), (width, height), &mut buffer)).map_err(gdal_fail)?;
+    }
+    if let Some((geotransform, wkt)) = georef {
+        dataset.set_geo_transform(&geotransform).map_err(gdal_fail)?;
+        dataset.set_projection(&wkt).map_err(gdal_fail)?;
+    }
+    let target = gdal::DriverManager::get_driver_by_name(driver).map_err(gdal_fail)?;
+    dataset.create_copy(&target, path, &gdal::raster::RasterCreationOptions::default()).map_err(gdal_fail)?;
+    // GDAL leaves a sidecar with statistics next to some formats; the layouts do not want it.
+    let _ = std::fs::remove_file(path.with_extension(format!("{}.aux.xml", path.extension().and_then(|e| e.to_str()).unwrap_or_default())));
+    Ok(())
+}
+
+/// The WKT of an EPSG code's CRS, from GDAL's (PROJ's) database.
+///
+/// # Errors
+/// [`OperatorError::InvalidLocation`] when PROJ does not know the code.
+pub fn epsg_wkt(epsg: u32) -> Result<String, OperatorError> {
+    gdal::spatial_ref::SpatialRef::from_epsg(epsg)
+        .and_then(|srs| srs.to_wkt())
+        .map_err(|e| OperatorError::InvalidLocation { location: format!("EPSG:{epsg}"), reason: e.to_string() })
 }

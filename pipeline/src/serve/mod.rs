@@ -14,15 +14,15 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use operators::{
+    chain::{self, ChainSettings, ModelSource, Roles},
+    merge::MergeConfig,
     runtime::{drive, SharedReceiver},
     stage::{Envelope, Payload, Stage},
     stages::{
-        infer::TilesOnly,
-        merge::{MergeConfig, MergeStage},
+        infer::InferConfig,
+        merge::MergeStage,
         sink::{SinkOutcome, SinkStage},
-        tile::TileStage,
     },
-    storage,
     tables::Tables,
     tile::{TileEvent, TilerConfig},
 };
@@ -68,71 +68,53 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = on_signal.send(true);
     });
 
-    let runs_tile = matches!(args.role, Role::Tile | Role::All);
-    let runs_infer = matches!(args.role, Role::Infer | Role::All);
-    let runs_merge = matches!(args.role, Role::Merge | Role::All);
+    let roles_run = Roles {
+        tile: matches!(args.role, Role::Tile | Role::All),
+        infer: matches!(args.role, Role::Infer | Role::All),
+        merge: matches!(args.role, Role::Merge | Role::All),
+    };
+    let settings_of_chain = ChainSettings {
+        tiles: tiles_root.clone(),
+        tables: tables.clone(),
+        tiler: TilerConfig::with_limits(args.max_scene_megapixels, args.threads),
+        tile_workers: 1,
+        progress: Arc::new(|_: TileEvent| {}),
+        merge: MergeConfig { iou_threshold: args.iou_threshold },
+        infer: InferConfig { max_batch_tiles: args.batch_size.max(1), max_new_tokens: args.max_new_tokens, ..InferConfig::default() },
+        model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
+        retrieval: crate::retriever::options(&args.retrieval),
+        device: args.device,
+    };
+    // The model first: a wrong path fails before anything is read.
+    match (&settings_of_chain.model, roles_run.infer) {
+        (ModelSource::Artifact(location), true) => eprintln!("strata serve: loading the model {location}"),
+        (ModelSource::Registry(url), true) => eprintln!("strata serve: loading the version {url} serves"),
+        (ModelSource::None, true) => eprintln!("strata serve: no --model: infer workers pass tiles through unanswered"),
+        (_, false) => {}
+    }
+    let built = chain::build(&settings_of_chain, roles_run).await?;
     let mut roles = tokio::task::JoinSet::new();
-    if runs_infer {
-        // The model first: a wrong path fails before anything is read.
+    if let Some(mut stage) = built.infer {
+        if let Some(version) = stage.version() {
+            observe::metrics().model.with_label_values(&[version]).set(1);
+        }
+        if let Some((registry, version)) = built.serving {
+            let (updates, received) = mpsc::channel(1);
+            stage = stage.with_updates(received);
+            eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
+            let poll = Duration::from_secs(args.model_poll);
+            tokio::spawn(models::follow(registry, version, args.device, poll, settings.clone(), updates, stop_rx.clone()));
+        }
         let (input, output) = (settings.topics.tiles.clone(), settings.topics.results.clone());
         let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
-        match (&args.model, &args.model_registry) {
-            (Some(_), Some(_)) => anyhow::bail!("give --model or --model-registry, not both"),
-            (None, Some(url)) => {
-                let registry = operators::registry::Registry::new(storage::resolve(url).context("resolving --model-registry")?);
-                eprintln!("strata serve: loading the version {} serves", registry.url());
-                let model = models::load_serving(&registry, args.device).await?;
-                let version = operators::stages::infer::TileModel::version(&model).to_owned();
-                let stage = crate::batch::infer_stage_with(model, &args.retrieval, args.batch_size, args.max_new_tokens).await?;
-                let (updates, received) = mpsc::channel(1);
-                let stage = stage.with_updates(received);
-                observe::metrics().model.with_label_values(&[&version]).set(1);
-                eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
-                let poll = Duration::from_secs(args.model_poll);
-                tokio::spawn(models::follow(registry, version, args.device, poll, settings.clone(), updates, stop_rx.clone()));
-                roles.spawn(link.serve("infer", stage, input, output));
-            }
-            (Some(location), None) => {
-                eprintln!("strata serve: loading the model {location}");
-                let stage = crate::batch::infer_stage(location, &args.retrieval, args.device, args.batch_size, args.max_new_tokens).await?;
-                observe::metrics().model.with_label_values(&[stage.version()]).set(1);
-                roles.spawn(link.serve("infer", stage, input, output));
-            }
-            (None, None) => {
-                eprintln!("strata serve: no --model: infer workers pass tiles through unanswered");
-                roles.spawn(link.serve("infer", TilesOnly, input, output));
-            }
-        }
+        roles.spawn(link.serve("infer", stage, input, output));
     }
-    if runs_tile {
-        let progress: operators::tile::Progress = Arc::new(|_: TileEvent| {});
-        let tiler = TilerConfig {
-            max_scene_pixels: args.max_scene_megapixels.saturating_mul(1_000_000),
-            threads: args.threads.unwrap_or_else(|| TilerConfig::default().threads),
-            ..TilerConfig::default()
-        };
-        let stage = TileStage::new(tiles_root.clone(), tiler, progress);
+    for stage in built.tile {
         let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
         roles.spawn(link.serve("tile", stage, settings.topics.scenes.clone(), settings.topics.tiles.clone()));
     }
-    if runs_merge {
-        let stage = MergeStage::new(MergeConfig { iou_threshold: args.iou_threshold });
-        let (mut settings, producer, stop) = (settings.clone(), producer.clone(), stop_rx.clone());
-        // The merge stage holds every result of a scene until the scene is complete: a cap on
-        // in-flight messages could stop reading before a big scene's last tile and never
-        // resume. Its memory is bounded by the open scenes instead.
-        settings.max_in_flight = usize::MAX;
-        let dead_letter_topic = settings.topics.dead_letter.clone();
-        let max_attempts = settings.max_attempts;
-        let tables = tables.clone();
-        roles.spawn(async move {
-            let input = settings.topics.results.clone();
-            let report = serve_stage("merge", stage, &input, &settings, stop, move |rx| {
-                write_tables(rx, tables, producer, dead_letter_topic, max_attempts)
-            })
-            .await;
-            ("merge", report)
-        });
+    if let (Some(stage), Some(sink)) = (built.merge, built.sink) {
+        roles.spawn(serve_merge(stage, sink, settings.clone(), producer.clone(), stop_rx.clone()));
     }
     eprintln!(
         "strata serve: {} on {} (tables {}, tiles {}); Ctrl-C or SIGTERM to stop",
@@ -167,6 +149,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The merge role: merged scenes go to the sink, which commits them to the tables
+/// ([`write_tables`]).
+async fn serve_merge(
+    stage: MergeStage,
+    sink: SinkStage,
+    mut settings: KafkaSettings,
+    producer: FutureProducer,
+    stop: watch::Receiver<bool>,
+) -> (&'static str, anyhow::Result<RoleReport>) {
+    // The merge stage holds every result of a scene until the scene is complete: a cap on
+    // in-flight messages could stop reading before a big scene's last tile and never
+    // resume. Its memory is bounded by the open scenes instead.
+    settings.max_in_flight = usize::MAX;
+    let dead_letter_topic = settings.topics.dead_letter.clone();
+    let max_attempts = settings.max_attempts;
+    let input = settings.topics.results.clone();
+    let report =
+        serve_stage("merge", stage, &input, &settings, stop, move |rx| write_tables(rx, sink, producer, dead_letter_topic, max_attempts))
+            .await;
+    ("merge", report)
 }
 
 /// What a role that produces to a topic needs.
@@ -207,13 +211,13 @@ fn report_role(role: &str, report: &RoleReport, failed: &mut bool) {
 /// input's ack released.
 async fn write_tables(
     merged: mpsc::Receiver<Envelope<SinkMessage>>,
-    tables: Tables,
+    sink: SinkStage,
     producer: FutureProducer,
     dead_letter_topic: String,
     max_attempts: u32,
 ) -> anyhow::Result<()> {
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Envelope<SinkOutcome>>(64);
-    let sink = tokio::spawn(drive(SinkStage::new(tables, 1), SharedReceiver::new(merged), outcome_tx, max_attempts));
+    let sink = tokio::spawn(drive(sink, SharedReceiver::new(merged), outcome_tx, max_attempts));
     while let Some(envelope) = outcome_rx.recv().await {
         let records: &[DeadLetterRecord] = match &envelope.payload {
             SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, dead_letters, .. } => {
@@ -286,7 +290,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let settings = args.kafka.settings();
     let tiling = args.scene.tiling();
     tiling.validate("submit options").context("checking the tiling options")?;
-    let tasks = crate::batch::tasks(&args.task)?;
+    let tasks = args.task.tasks()?;
     if tasks.is_empty() {
         eprintln!("strata submit: no tasks given (--caption, --classify, --vqa, --detect, --tasks): the scenes will only be tiled");
     }

@@ -11,44 +11,15 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use operators::{registry::Registry, stages::infer::LoadedModel};
+use operators::{chain::load_version, stages::infer::LoadedModel};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     Message as _,
 };
+use storage::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use super::kafka::KafkaSettings;
-
-/// Loads the version `registry` serves now.
-///
-/// # Errors
-/// When no version serves yet, or the serving one does not verify or load.
-pub async fn load_serving(registry: &Registry, device: model::device::DevicePreference) -> anyhow::Result<LoadedModel> {
-    let Some(serving) = registry.serving().await? else {
-        // A mistyped URL and an empty registry read alike: say which it is.
-        if registry.list().await?.is_empty() {
-            anyhow::bail!(
-                "the registry {} holds no published version (is the URL right?)\nhint: strata model publish DIR --to {} --promote",
-                registry.url(),
-                registry.url()
-            );
-        }
-        anyhow::bail!(
-            "no version serves in the registry {} yet\nhint: strata model promote VERSION --registry {} (`strata model list --registry {}` shows the versions)",
-            registry.url(),
-            registry.url(),
-            registry.url()
-        );
-    };
-    load_version(registry, &serving.version, device).await
-}
-
-async fn load_version(registry: &Registry, version: &str, device: model::device::DevicePreference) -> anyhow::Result<LoadedModel> {
-    let dir = registry.fetch(version).await?;
-    let location = dir.to_str().with_context(|| format!("the model cache path {} is not UTF-8", dir.display()))?;
-    Ok(LoadedModel::load(location, device).await?)
-}
 
 /// Follows the registry's serving pointer until `stop`, sending each newly verified and
 /// loaded version on `updates`. `current` is the version loaded at start.
@@ -119,10 +90,11 @@ pub async fn follow(
                 refused = None;
             }
             Err(error) => {
+                // Reported once, through tracing (shown at the default level): an operator's log
+                // collector sees it with its fields, a terminal sees the same line.
                 super::observe::metrics().model_refused.inc();
-                tracing::error!(version = %serving.version, error = %format!("{error:#}"),
+                tracing::error!(version = %serving.version, current = %current, error = %format!("{error:#}"),
                     "The new serving version is refused; the current one keeps serving.");
-                eprintln!("strata serve: model `{}` refused, `{current}` keeps serving: {error:#}", serving.version);
                 refused = Some(serving.version);
             }
         }

@@ -99,7 +99,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Err(error) => println!("dead letters: {error:#}"),
     }
     if let Some(url) = &args.model_registry {
-        let registry = operators::registry::Registry::new(operators::storage::resolve(url).context("resolving --model-registry")?);
+        let registry = storage::registry::Registry::new(storage::resolve(url).context("resolving --model-registry")?);
         match registry.serving().await {
             Ok(Some(serving)) => println!(
                 "registry serves model {} (since {}; {}); workers switch after verifying it",

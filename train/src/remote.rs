@@ -12,13 +12,13 @@ use std::{
 use anyhow::{bail, Context as _};
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStoreExt as _;
-use operators::storage::{self, Location};
+use storage::Location;
 
 /// Images fetched at once.
 const CONCURRENCY: usize = 16;
 
 /// Whether a training-file location names an object store rather than a local path.
-pub(super) fn is_remote(location: &Path) -> bool {
+pub(crate) fn is_remote(location: &Path) -> bool {
     location.to_str().is_some_and(|l| l.contains("://") && !l.starts_with("file://"))
 }
 
@@ -26,7 +26,7 @@ pub(super) fn is_remote(location: &Path) -> bool {
 fn mirror_path(location: &Location) -> PathBuf {
     let url = location.url();
     let root = url.strip_suffix(location.path().as_ref()).unwrap_or(&url).trim_end_matches('/');
-    let mut path = model::cache_dir().join("training-data").join(operators::artifacts::cache_key(root));
+    let mut path = model::cache_dir().join("training-data").join(storage::artifacts::cache_key(root));
     for part in location.path().parts() {
         path.push(part.as_ref());
     }
@@ -74,7 +74,7 @@ async fn fetch(location: &Location, named_by: &str) -> anyhow::Result<u64> {
 /// # Errors
 /// An unresolvable URL, a missing JSONL or image (named with the line that names it), a
 /// malformed line, or a failed transfer.
-pub(super) fn stage(
+pub(crate) fn stage(
     runtime: &tokio::runtime::Runtime,
     data: &Path,
     image_root: Option<&Path>,

@@ -18,19 +18,19 @@ use tokio::io::AsyncReadExt as _;
 const PART_BYTES: usize = 16 << 20;
 use sha2::{Digest as _, Sha256};
 
-use crate::{storage::Location, OperatorError};
+use crate::{Location, StorageError};
 
 /// A short stable name for a URL: 16 hex digits of its sha256.
 pub fn cache_key(url: &str) -> String {
     Sha256::digest(url.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn store_err(uri: String) -> impl FnOnce(object_store::Error) -> OperatorError {
-    move |source| OperatorError::Storage { uri, source }
+fn store_err(uri: String) -> impl FnOnce(object_store::Error) -> StorageError {
+    move |source| StorageError::Object { uri, source }
 }
 
-fn io_err(path: &Path, action: &str, e: std::io::Error) -> OperatorError {
-    OperatorError::InvalidLocation { location: path.display().to_string(), reason: format!("{action}: {e}") }
+fn io_err(path: &Path, action: &str, e: std::io::Error) -> StorageError {
+    StorageError::InvalidLocation { location: path.display().to_string(), reason: format!("{action}: {e}") }
 }
 
 /// Where a model given as `location` lives on this machine: the directory itself for local
@@ -39,7 +39,7 @@ fn io_err(path: &Path, action: &str, e: std::io::Error) -> OperatorError {
 /// # Errors
 /// When the location is invalid, the manifest or a file cannot be read from the store, or the
 /// cache cannot be written.
-pub async fn fetch_model(location: &Location) -> Result<(PathBuf, bool), OperatorError> {
+pub async fn fetch_model(location: &Location) -> Result<(PathBuf, bool), StorageError> {
     if let Some(dir) = location.local_path() {
         return Ok((dir, true));
     }
@@ -51,12 +51,12 @@ pub async fn fetch_model(location: &Location) -> Result<(PathBuf, bool), Operato
 ///
 /// # Errors
 /// As [`fetch_model`].
-pub async fn fetch_model_into(location: &Location, cache: &Path) -> Result<bool, OperatorError> {
+pub async fn fetch_model_into(location: &Location, cache: &Path) -> Result<bool, StorageError> {
     let manifest_at = location.join("manifest.json");
     let remote = manifest_at.store().get(manifest_at.path()).await.map_err(store_err(manifest_at.url()))?;
     let remote = remote.bytes().await.map_err(store_err(manifest_at.url()))?;
     let manifest: model::artifact::Manifest = serde_json::from_slice(&remote)
-        .map_err(|e| OperatorError::InvalidLocation { location: manifest_at.url(), reason: format!("not a Strata model manifest: {e}") })?;
+        .map_err(|e| StorageError::InvalidLocation { location: manifest_at.url(), reason: format!("not a Strata model manifest: {e}") })?;
     if std::fs::read(cache.join("manifest.json")).is_ok_and(|local| local == remote) {
         return Ok(true);
     }
@@ -100,11 +100,11 @@ async fn download_files(
     manifest: &model::artifact::Manifest,
     manifest_url: &str,
     staging: &Path,
-) -> Result<(), OperatorError> {
+) -> Result<(), StorageError> {
     for (name, expected) in &manifest.files {
         let relative = Path::new(name);
         if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(OperatorError::InvalidLocation {
+            return Err(StorageError::InvalidLocation {
                 location: manifest_url.to_owned(),
                 reason: format!("`{name}` is not a plain relative path"),
             });
@@ -123,7 +123,7 @@ async fn download_files(
         }
         let actual: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if &actual != expected {
-            return Err(OperatorError::InvalidLocation {
+            return Err(StorageError::InvalidLocation {
                 location: source.url(),
                 reason: format!(
                     "sha256 {}… does not match the manifest's {}…: the object is damaged or was replaced; nothing was cached",
@@ -141,11 +141,11 @@ async fn download_files(
 ///
 /// # Errors
 /// When `dir` is not a valid artifact or an upload fails.
-pub async fn push_model(dir: &Path, location: &Location) -> Result<(usize, u64), OperatorError> {
+pub async fn push_model(dir: &Path, location: &Location) -> Result<(usize, u64), StorageError> {
     let owned = dir.to_owned();
     let artifact = crate::blocking(move || model::artifact::Artifact::open(&owned))
         .await?
-        .map_err(|source| OperatorError::Model { action: format!("checking `{}` before the upload", dir.display()), source })?;
+        .map_err(|source| StorageError::Model { action: format!("checking `{}` before the upload", dir.display()), source })?;
     let mut names: Vec<&String> = artifact.manifest.files.keys().collect();
     let manifest = "manifest.json".to_owned();
     names.push(&manifest);

@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use model::device::DevicePreference;
 use model::encoders::{ImageEncoder, TextEncoder};
 use model::preprocess::RgbImage;
-use retrieval::index::DEFAULT_EF;
-use retrieval::{SearchMode, SemanticIndex};
-use schemas::RetrievedDescription;
 
-use crate::{storage, OperatorError};
+use crate::index::DEFAULT_EF;
+use crate::{RetrievalError, SearchMode, SemanticIndex};
 
 /// How an index is queried.
 #[derive(Debug, Clone, Default)]
@@ -47,12 +45,6 @@ pub struct Retrieved {
     pub score: f32,
 }
 
-impl From<&Retrieved> for RetrievedDescription {
-    fn from(r: &Retrieved) -> Self {
-        Self { id: r.id.clone(), score: r.score }
-    }
-}
-
 /// An open index and the encoder that queries it.
 pub struct Retriever {
     index: SemanticIndex,
@@ -67,14 +59,15 @@ impl std::fmt::Debug for Retriever {
     }
 }
 
-fn retrieval_err(action: impl Into<String>) -> impl FnOnce(retrieval::RetrievalError) -> OperatorError {
+fn model_err(action: impl Into<String>) -> impl FnOnce(model::ModelError) -> RetrievalError {
     let action = action.into();
-    move |source| OperatorError::Retrieval { action, source }
+    move |source| RetrievalError::Encoder { action, source: Box::new(source) }
 }
 
-fn model_err(action: impl Into<String>) -> impl FnOnce(model::ModelError) -> OperatorError {
-    let action = action.into();
-    move |source| OperatorError::Model { action, source }
+/// Runs blocking work (opening an index, loading an encoder) off the async threads; a panic in
+/// it becomes an error instead of taking the process down.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, RetrievalError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| RetrievalError::Internal { reason: format!("a blocking task failed: {e}") })
 }
 
 /// Opens an index from a directory, or from the URL it was pushed to: the first open
@@ -83,16 +76,14 @@ fn model_err(action: impl Into<String>) -> impl FnOnce(model::ModelError) -> Ope
 ///
 /// # Errors
 /// When the location is invalid, the download fails, or the index does not verify.
-pub async fn open_index(location: &str, device: tch::Device) -> Result<SemanticIndex, OperatorError> {
+pub async fn open_index(location: &str, device: tch::Device) -> Result<SemanticIndex, RetrievalError> {
     let resolved = storage::resolve(location)?;
     let dir = match resolved.local_path() {
         Some(dir) => dir,
         None => {
-            let cache = model::cache_dir().join("indexes").join(crate::artifacts::cache_key(&resolved.url()));
+            let cache = model::cache_dir().join("indexes").join(storage::artifacts::cache_key(&resolved.url()));
             let started = std::time::Instant::now();
-            let transfer = retrieval::store::fetch_index(resolved.store().as_ref(), resolved.path(), &cache)
-                .await
-                .map_err(retrieval_err(format!("fetching the index {}", resolved.url())))?;
+            let transfer = crate::store::fetch_index(resolved.store().as_ref(), resolved.path(), &cache).await?;
             if transfer.reused {
                 tracing::info!(index = %resolved.url(), cache = %cache.display(), "Using the cached copy of the index.");
             } else {
@@ -107,7 +98,7 @@ pub async fn open_index(location: &str, device: tch::Device) -> Result<SemanticI
             cache
         }
     };
-    crate::blocking(move || SemanticIndex::open(&dir, device)).await?.map_err(retrieval_err(format!("opening the index {location}")))
+    blocking(move || SemanticIndex::open(&dir, device)).await?
 }
 
 impl Retriever {
@@ -116,12 +107,12 @@ impl Retriever {
     ///
     /// # Errors
     /// When the index or encoder cannot be opened, or their widths differ.
-    pub async fn open(options: &RetrievalOptions, model_top_k: usize, device: tch::Device) -> Result<Option<Self>, OperatorError> {
+    pub async fn open(options: &RetrievalOptions, model_top_k: usize, device: tch::Device) -> Result<Option<Self>, RetrievalError> {
         let Some(location) = &options.index else { return Ok(None) };
         let index = open_index(location, device).await?;
         let dir = options.encoder.clone().unwrap_or_else(TextEncoder::default_dir);
         let (options, location) = (options.clone(), location.clone());
-        crate::blocking(move || Self::with_index(index, &dir, &options, model_top_k, device, &location)).await?.map(Some)
+        blocking(move || Self::with_index(index, &dir, &options, model_top_k, device, &location)).await?.map(Some)
     }
 
     fn with_index(
@@ -131,7 +122,7 @@ impl Retriever {
         model_top_k: usize,
         device: tch::Device,
         location: &str,
-    ) -> Result<Self, OperatorError> {
+    ) -> Result<Self, RetrievalError> {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let preference = encoder_device(device);
         let image_tower = dir.join("image_model.onnx").is_file() || model::image_tower::ImageTower::is_dir(dir);
@@ -157,8 +148,8 @@ impl Retriever {
             (QueryEncoder::Text(Box::new(encoder)), dim, target)
         };
         if dim != index.dim() {
-            return Err(OperatorError::InvalidLocation {
-                location: location.to_owned(),
+            return Err(RetrievalError::Index {
+                path: PathBuf::from(location),
                 reason: format!(
                     "the retrieval encoder `{}` makes {dim}-wide embeddings, but the index holds {}-wide ones from `{}`\nhint: pass the encoder the index was built with (--retrieval-encoder)",
                     dir.display(),
@@ -184,7 +175,7 @@ impl Retriever {
     ///
     /// # Errors
     /// When encoding or searching fails.
-    pub fn descriptions(&mut self, image: &RgbImage, query: &str) -> Result<Vec<String>, OperatorError> {
+    pub fn descriptions(&mut self, image: &RgbImage, query: &str) -> Result<Vec<String>, RetrievalError> {
         let found = self.retrieve(std::slice::from_ref(image), &[query.to_owned()])?;
         Ok(found.into_iter().flatten().map(|r| r.text).collect())
     }
@@ -194,7 +185,7 @@ impl Retriever {
     ///
     /// # Errors
     /// When encoding or searching fails.
-    pub fn retrieve(&mut self, images: &[RgbImage], queries: &[String]) -> Result<Vec<Vec<Retrieved>>, OperatorError> {
+    pub fn retrieve(&mut self, images: &[RgbImage], queries: &[String]) -> Result<Vec<Vec<Retrieved>>, RetrievalError> {
         let embeddings = match &mut self.encoder {
             QueryEncoder::Image(encoder) => encoder.encode(images).map_err(model_err("embedding tiles for retrieval"))?,
             QueryEncoder::Text(encoder) => encoder.encode(queries).map_err(model_err("embedding queries for retrieval"))?,
@@ -202,7 +193,7 @@ impl Retriever {
         if embeddings.is_empty() {
             return Ok(Vec::new());
         }
-        let hits = self.index.search(&embeddings, self.k, self.mode).map_err(retrieval_err("searching the index"))?;
+        let hits = self.index.search(&embeddings, self.k, self.mode)?;
         Ok(hits
             .into_iter()
             .map(|row| {

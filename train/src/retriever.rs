@@ -1,22 +1,22 @@
 //! `strata train retriever`: contrastive training of the retriever's image tower against a
 //! locked text encoder (`model::image_tower`), on LLaVA-style image–text pairs, with held-out
-//! image → text recall@k (`eval::retrieval`) before training and at every evaluation.
-//!
-//! The loop shares the instruct stages' habits: a seeded data order, warm-up + cosine,
-//! clipping, [`model::train::AdamW`] in two groups, checkpoints a run resumes from exactly,
-//! `metrics.csv` and `eval.csv`.
+//! image → text recall@k (`eval::retrieval`) before training and at every evaluation, as an
+//! [`Objective`] of the training loop (seeded data order, warm-up + cosine, clipping,
+//! [`model::train::AdamW`] in two groups, checkpoints a run resumes from exactly, `metrics.csv`
+//! and `eval.csv`).
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fs::File,
     io::Write as _,
     path::{Path, PathBuf},
-    process::ExitCode,
     time::Instant,
 };
 
 use anyhow::{bail, Context as _};
 use model::{
     artifact::Artifact,
+    device::SelectedDevice,
     encoders::TextEncoder,
     image_tower::{ImageTower, ImageTowerConfig},
     preprocess::RgbImage,
@@ -25,11 +25,12 @@ use model::{
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{
-    batch_indices, beside, check_optimiser, diverged, latest_checkpoint, read_data, restart_table, restore_checkpoint, warn_small_data,
-    write_checkpoint, Records, RunIdentity, Sample, StepProgress,
+use crate::{
+    check_counts,
+    checkpoint::{Checkpoint, CheckpointState, RunIdentity},
+    data::{beside, read_data, warn_small_data, Records, Sample},
+    run_loop, LoopSettings, Objective, OptimiserSettings, Outcome, RunOptions, StepReport,
 };
-use crate::cli::TrainArgs;
 
 const fn default_batch_size() -> usize {
     32
@@ -157,9 +158,7 @@ impl PixelCache {
             return Ok(pixels.shallow_clone());
         }
         let origin = self.origins.get(image).map_or("the data", String::as_str);
-        let (rgb, width, height) =
-            crate::images::read_rgb(image).with_context(|| format!("reading `{}` (named by {origin})", image.display()))?;
-        let rgb = RgbImage::new(usize::try_from(width)?, usize::try_from(height)?, rgb)?;
+        let rgb = RgbImage::read(image).with_context(|| format!("named by {origin}"))?;
         let side = tower.config().vision.image_size;
         let pixels = Tensor::from_slice(&tower.processor().apply(&rgb)?).view([3, side, side]);
         self.pixels.insert(image.to_owned(), pixels.shallow_clone());
@@ -229,13 +228,6 @@ fn config_digest(file: &RetrieverFile, start: &str, text_encoder: &Path) -> RunI
     RunIdentity::new(identity)
 }
 
-fn save_checkpoint(out: &Path, step: usize, tower: &ImageTower, optimizer: &AdamW, identity: &RunIdentity) -> anyhow::Result<()> {
-    let variables: Vec<(String, Tensor)> = tower.var_store().variables().into_iter().collect();
-    // One optimiser step per micro-batch here: no accumulation.
-    let state = identity.state(step, step, optimizer.steps());
-    write_checkpoint(out, &state, &variables, &optimizer.moments())
-}
-
 /// The tower to start from, and an identity of it for the configuration digest.
 fn start_tower(start: &Path, text_encoder: &TextEncoder, device: tch::Device) -> anyhow::Result<(ImageTower, String)> {
     if ImageTower::is_dir(start) {
@@ -266,31 +258,244 @@ fn start_tower(start: &Path, text_encoder: &TextEncoder, device: tch::Device) ->
     Ok((tower, artifact.manifest.version))
 }
 
-/// `strata train retriever --config FILE`.
+impl RetrieverFile {
+    /// Reads a retriever training file; its paths become relative to the file's folder
+    /// (object-store URLs stay as they are).
+    ///
+    /// # Errors
+    /// An unreadable file, unknown keys, or values of the wrong type.
+    pub fn read(config: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(config).with_context(|| format!("reading `{}`", config.display()))?;
+        let mut file: Self = toml::from_str(&text).with_context(|| format!("in `{}`", config.display()))?;
+        let base = config.parent().unwrap_or(Path::new("."));
+        for path in [&mut file.start, &mut file.out] {
+            *path = base.join(&*path);
+        }
+        file.data = beside(base, &file.data);
+        file.held_out = file.held_out.map(|p| beside(base, &p));
+        file.image_root = file.image_root.map(|p| beside(base, &p));
+        file.text_encoder = file.text_encoder.map(|p| base.join(p));
+        Ok(file)
+    }
+
+    /// The optimiser settings of the file.
+    pub fn optimiser(&self) -> OptimiserSettings {
+        OptimiserSettings {
+            learning_rate: self.learning_rate,
+            vision_learning_rate: self.vision_learning_rate,
+            warmup_steps: self.warmup_steps,
+            max_grad_norm: self.max_grad_norm,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// The contrastive objective over the image tower.
+struct RetrieverObjective {
+    file: RetrieverFile,
+    tower: ImageTower,
+    text_encoder: TextEncoder,
+    /// The text encoder's folder, absolute, as the tower records it.
+    text_dir: PathBuf,
+    optimizer: AdamW,
+    schedule: TrainConfig,
+    device: SelectedDevice,
+    precision: Precision,
+    samples: Vec<Sample>,
+    held_out: Option<Vec<Sample>>,
+    train_pairs: Pairs,
+    held_out_pairs: Option<Pairs>,
+    cache: PixelCache,
+    /// Unit embeddings of the training texts and of the held-out gallery (after `prepare`).
+    text_embeddings: Option<Tensor>,
+    gallery: Option<Tensor>,
+    /// Held-out recall before training and at the last evaluation.
+    starting: Option<Vec<f64>>,
+    last: Option<Vec<f64>>,
+}
+
+fn describe(recall: &[f64]) -> String {
+    KS.iter().zip(recall).map(|(k, r)| format!("R@{k} {r:.3}")).collect::<Vec<_>>().join(", ")
+}
+
+impl Objective for RetrieverObjective {
+    fn label(&self) -> String {
+        "retriever".to_owned()
+    }
+
+    fn unit(&self) -> &'static str {
+        "pairs"
+    }
+
+    fn samples(&self) -> usize {
+        self.train_pairs.samples.len()
+    }
+
+    fn finished_output(&self, out: &Path) -> Option<(PathBuf, &'static str)> {
+        let tower = out.join("retriever");
+        ImageTower::is_dir(&tower).then_some((tower, "tower"))
+    }
+
+    fn variables(&self) -> HashMap<String, Tensor> {
+        self.tower.var_store().variables()
+    }
+
+    fn restore(&mut self, state: &CheckpointState, moments: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        self.optimizer.restore(state.optimizer_steps, moments)?;
+        Ok(())
+    }
+
+    fn checkpoint(&self, step: usize, identity: &RunIdentity) -> Checkpoint {
+        let variables: Vec<(String, Tensor)> = self.tower.var_store().variables().into_iter().collect();
+        // One optimiser step per micro-batch here: no accumulation.
+        Checkpoint { state: identity.state(step, step, self.optimizer.steps()), weights: variables, moments: self.optimizer.moments() }
+    }
+
+    fn prepare(&mut self) -> anyhow::Result<()> {
+        let device = self.device.device();
+        self.text_embeddings = Some(embed_texts(&mut self.text_encoder, &self.train_pairs.texts, device)?);
+        self.gallery = self.held_out_pairs.as_ref().map(|p| embed_texts(&mut self.text_encoder, &p.texts, device)).transpose()?;
+        let mut origins = HashMap::new();
+        for sample in self.samples.iter().chain(self.held_out.iter().flatten()) {
+            origins.entry(sample.image.clone()).or_insert_with(|| sample.origin.clone());
+        }
+        self.cache.origins = origins;
+        // Every image is decoded before the first step: an unreadable one stops the run now, not
+        // hours in (the cache keeps them all anyway).
+        for image in self.train_pairs.images.iter().chain(self.held_out_pairs.iter().flat_map(|p| p.images.iter())) {
+            let _pixels = self.cache.get(&self.tower, image)?;
+        }
+        Ok(())
+    }
+
+    fn banner(&self) -> String {
+        format!(
+            "training the retriever's image tower on {} ({}), {} steps of {} pairs; {} images, {} distinct texts, text encoder `{}` locked",
+            self.device.describe(),
+            if self.precision.autocasts(self.device.device()) { "bf16 autocast over f32 weights" } else { "f32" },
+            self.file.steps,
+            self.file.batch_size,
+            self.train_pairs.images.len(),
+            self.train_pairs.texts.len(),
+            self.text_dir.display()
+        )
+    }
+
+    fn start(&mut self, first_step: usize, kept_eval: &[String], eval_csv: &mut File) -> anyhow::Result<()> {
+        // The starting point, measured once: the number training is judged against.
+        self.starting = if first_step == 0 {
+            record_recall(
+                0,
+                &self.tower,
+                &mut self.cache,
+                self.held_out_pairs.as_ref().zip(self.gallery.as_ref()),
+                self.precision,
+                eval_csv,
+            )?
+        } else {
+            let at_zero: BTreeMap<String, f64> = kept_eval
+                .iter()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f.first() == Some(&"0")).then(|| Some((f.get(2)?.to_string(), f.get(3)?.parse().ok()?))).flatten()
+                })
+                .collect();
+            KS.iter().map(|k| at_zero.get(&format!("recall@{k}")).copied()).collect::<Option<Vec<f64>>>()
+        };
+        if let Some(recall) = &self.starting {
+            eprintln!("held-out image → text recall before training: {}", describe(recall));
+        }
+        self.last.clone_from(&self.starting);
+        Ok(())
+    }
+
+    fn step(&mut self, indices: &[usize]) -> anyhow::Result<StepReport> {
+        let device = self.device.device();
+        let pairs = &self.train_pairs;
+        let images: Vec<&Path> = indices.iter().map(|&i| pairs.images[pairs.samples[i].0].as_path()).collect();
+        // The batch's distinct texts, and each image's among them.
+        let mut distinct: Vec<i64> = Vec::new();
+        let targets: Vec<i64> = indices
+            .iter()
+            .map(|&i| {
+                let text = pairs.samples[i].1 as i64;
+                let at = distinct.iter().position(|&t| t == text).unwrap_or_else(|| {
+                    distinct.push(text);
+                    distinct.len() - 1
+                });
+                at as i64
+            })
+            .collect();
+        let tick = Instant::now();
+        let pixels = self.cache.batch(&self.tower, &images)?;
+        let all_texts = self.text_embeddings.as_ref().context("the texts are embedded before the first step")?;
+        let texts = all_texts.index_select(0, &Tensor::from_slice(&distinct).to_device(device));
+        let loss = {
+            let _autocast = self.precision.scope(device);
+            let embeddings = self.tower.forward(&pixels);
+            self.tower.contrastive_loss(&embeddings, &texts, &targets).to_kind(Kind::Float)
+        };
+        loss.backward();
+        let scale = self.schedule.schedule(self.optimizer.steps());
+        let rates = [self.file.learning_rate * scale, self.file.vision_learning_rate * scale];
+        let clip = (self.file.max_grad_norm / (self.optimizer.grad_norm() + 1e-6)).min(1.0);
+        self.optimizer.step(&rates, self.file.weight_decay, clip);
+        Ok(StepReport { loss: loss.double_value(&[]), learning_rate: rates[0], seconds: tick.elapsed().as_secs_f64() })
+    }
+
+    fn has_held_out(&self) -> bool {
+        self.held_out_pairs.is_some()
+    }
+
+    fn evaluate(&mut self, done: usize, _elapsed: f64, _metrics: &mut File, eval_csv: &mut File) -> anyhow::Result<Option<String>> {
+        let held_out = self.held_out_pairs.as_ref().zip(self.gallery.as_ref());
+        let Some(recall) = record_recall(done, &self.tower, &mut self.cache, held_out, self.precision, eval_csv)? else {
+            return Ok(None);
+        };
+        let line = format!("step {done}: held-out image → text {}", describe(&recall));
+        self.last = Some(recall);
+        Ok(Some(line))
+    }
+
+    fn finish(self, out: &Path, last_loss: f64, seconds: f64) -> anyhow::Result<Outcome> {
+        let output = out.join("retriever");
+        self.tower.save(&output).with_context(|| format!("saving the tower to `{}`", output.display()))?;
+        let mut summary = vec![format!(
+            "trained the retriever's image tower for {} steps (last loss {last_loss:.4}) in {seconds:.0} s: {}",
+            self.file.steps,
+            output.display()
+        )];
+        if let (Some(before), Some(after)) = (&self.starting, &self.last) {
+            summary.push(format!("held-out image → text: before {}; after {}", describe(before), describe(after)));
+        }
+        summary.push(format!(
+            "use it with an index built by `{}`: strata batch ... --index INDEX --retrieval-encoder {}",
+            self.text_dir.display(),
+            output.display()
+        ));
+        Ok(Outcome::Trained { output, last_loss, summary })
+    }
+}
+
+/// Runs `strata train retriever` from the training file `config` (TOML, [`RetrieverFile`]).
 ///
 /// # Errors
 /// An unreadable or invalid training file or data, a start that is neither a tower nor a
 /// model artifact, a tower of another embedding width, a checkpoint of another
-/// configuration, model errors.
-pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading `{}`", args.config.display()))?;
-    let mut file: RetrieverFile = toml::from_str(&text).with_context(|| format!("in `{}`", args.config.display()))?;
-    let base = args.config.parent().unwrap_or(Path::new("."));
-    for path in [&mut file.start, &mut file.out] {
-        *path = base.join(&*path);
-    }
-    file.data = beside(base, &file.data);
-    file.held_out = file.held_out.map(|p| beside(base, &p));
-    file.image_root = file.image_root.map(|p| beside(base, &p));
-    file.text_encoder = file.text_encoder.map(|p| base.join(p));
-    if file.steps == 0 || file.batch_size < 2 || file.checkpoint_every == 0 || file.eval_every == 0 {
+/// configuration, a diverged run, model errors.
+pub fn run(config: &Path, options: &RunOptions) -> anyhow::Result<Outcome> {
+    let file = RetrieverFile::read(config)?;
+    check_counts(config, &[("steps", file.steps), ("checkpoint_every", file.checkpoint_every), ("eval_every", file.eval_every)])?;
+    if file.batch_size < 2 {
         bail!(
-            "`{}`: steps, checkpoint_every and eval_every must be at least 1, and batch_size at least 2 (the other pairs of a batch are the negatives)",
-            args.config.display()
+            "`{}`: batch_size is {}; contrastive training needs batch_size at least 2 (the other pairs of a batch are the negatives)",
+            config.display(),
+            file.batch_size
         );
     }
-    check_optimiser(&args.config, file.learning_rate, file.vision_learning_rate, file.max_grad_norm, file.weight_decay)?;
-    let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", args.config.display()))?;
+    let optimiser = file.optimiser();
+    optimiser.check(config, file.steps)?;
+    let precision = Precision::parse(&file.precision).map_err(|e| anyhow::anyhow!("`{}`: precision: {e}", config.display()))?;
     let (samples, held_out) = read_data(&file.data, file.held_out.as_deref(), file.image_root.as_deref(), Records::Pairs)?;
     // One pair has no negatives: every batch would contrast it with itself.
     if samples.len() < 2 {
@@ -302,12 +507,12 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     warn_small_data(samples.len(), file.batch_size, &file.data);
     let (train_pairs, held_out_pairs) = (Pairs::new(&samples), held_out.as_deref().map(Pairs::new));
 
-    let device = model::device::select(args.device)?;
+    let device = model::device::select(options.device)?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     // Absolute, as the tower records it: the path must mean the same from any folder.
     let text_dir = file.text_encoder.clone().unwrap_or_else(TextEncoder::default_dir);
     let text_dir = std::path::absolute(&text_dir).unwrap_or(text_dir);
-    let mut text_encoder = TextEncoder::load_on(&text_dir, 256, threads, operators::retrieve::encoder_device(device.device()))
+    let text_encoder = TextEncoder::load_on(&text_dir, 256, threads, retrieval::retriever::encoder_device(device.device()))
         .with_context(|| format!("loading the text encoder `{}`", text_dir.display()))?;
     // The projection starts random: from the seed, so a rerun or a resume starts alike.
     tch::manual_seed(file.seed as i64);
@@ -323,7 +528,6 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let identity = config_digest(&file, &start_id, &text_dir);
-    std::fs::create_dir_all(&file.out).with_context(|| format!("creating `{}`", file.out.display()))?;
 
     // Every variable trains: the vision transformer in its own, lower-rate group.
     let mut variables: Vec<(String, Tensor)> = tower.var_store().variables().into_iter().collect();
@@ -332,167 +536,47 @@ pub(super) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let group = usize::from(name.starts_with("vision_model."));
         (name, variable.set_requires_grad(true), group)
     });
-    let mut optimizer = AdamW::new(parameters);
+    let optimizer = AdamW::new(parameters);
     let schedule = TrainConfig {
         stage: Stage::Alignment,
-        learning_rate: file.learning_rate,
-        vision_learning_rate: file.vision_learning_rate,
-        weight_decay: file.weight_decay,
-        warmup_steps: file.warmup_steps.unwrap_or(file.steps / 20),
+        learning_rate: optimiser.learning_rate,
+        vision_learning_rate: optimiser.vision_learning_rate,
+        weight_decay: optimiser.weight_decay,
+        warmup_steps: optimiser.warmup(file.steps),
         total_steps: file.steps,
         grad_accumulation: 1,
-        max_grad_norm: file.max_grad_norm,
+        max_grad_norm: optimiser.max_grad_norm,
         precision,
         train_base_llm: false,
     };
-
-    let mut first_step = 0;
-    let checkpoint = latest_checkpoint(&file.out);
-    if checkpoint.is_none() && args.resume {
-        // Said rather than refused: a script may pass --resume on every start.
-        eprintln!("note: `{}` holds no checkpoint yet; --resume starts the run from step 0", file.out.display());
-    }
-    if let Some(checkpoint) = checkpoint {
-        if !args.resume {
-            bail!("`{}` already holds checkpoints of a run\nhint: add --resume to continue it, or give another `out`", file.out.display());
-        }
-        let (state, moments) = restore_checkpoint(&checkpoint, &identity, &tower.var_store().variables())?;
-        optimizer.restore(state.optimizer_steps, &moments)?;
-        first_step = state.step;
-        let out_tower = file.out.join("retriever");
-        if first_step >= file.steps && ImageTower::is_dir(&out_tower) {
-            println!(
-                "`{}` finished all {} steps already: its tower is {} (nothing to do)",
-                file.out.display(),
-                file.steps,
-                out_tower.display()
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        eprintln!("resuming from {} (step {first_step})", checkpoint.display());
-    }
-    let (mut metrics, _) =
-        restart_table(&file.out.join("metrics.csv"), "step,split,loss,learning_rate,samples_per_s,elapsed_s", first_step)?;
-    let (mut eval_csv, kept_eval) = restart_table(&file.out.join("eval.csv"), "step,task,metric,value,samples", first_step)?;
-
-    let text_embeddings = embed_texts(&mut text_encoder, &train_pairs.texts, device.device())?;
-    let gallery = held_out_pairs.as_ref().map(|p| embed_texts(&mut text_encoder, &p.texts, device.device())).transpose()?;
-    let mut origins = HashMap::new();
-    for sample in samples.iter().chain(held_out.iter().flatten()) {
-        origins.entry(sample.image.clone()).or_insert_with(|| sample.origin.clone());
-    }
-    let mut cache = PixelCache { pixels: HashMap::new(), origins };
-    // Every image is decoded before the first step: an unreadable one stops the run now, not
-    // hours in (the cache keeps them all anyway).
-    for image in train_pairs.images.iter().chain(held_out_pairs.iter().flat_map(|p| p.images.iter())) {
-        let _pixels = cache.get(&tower, image)?;
-    }
-    eprintln!(
-        "training the retriever's image tower on {} ({}), {} steps of {} pairs; {} images, {} distinct texts, text encoder `{}` locked",
-        device.describe(),
-        if precision.autocasts(device.device()) { "bf16 autocast over f32 weights" } else { "f32" },
-        file.steps,
-        file.batch_size,
-        train_pairs.images.len(),
-        train_pairs.texts.len(),
-        text_dir.display()
-    );
-
-    let describe = |recall: &[f64]| KS.iter().zip(recall).map(|(k, r)| format!("R@{k} {r:.3}")).collect::<Vec<_>>().join(", ");
-    // The starting point, measured once: the number training is judged against.
-    let starting = if first_step == 0 {
-        record_recall(0, &tower, &mut cache, held_out_pairs.as_ref().zip(gallery.as_ref()), precision, &mut eval_csv)?
-    } else {
-        let at_zero: BTreeMap<String, f64> = kept_eval
-            .iter()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f.first() == Some(&"0")).then(|| Some((f.get(2)?.to_string(), f.get(3)?.parse().ok()?))).flatten()
-            })
-            .collect();
-        KS.iter().map(|k| at_zero.get(&format!("recall@{k}")).copied()).collect::<Option<Vec<f64>>>()
+    let out = file.out.clone();
+    let settings = LoopSettings {
+        out: &out,
+        steps: file.steps,
+        batch_size: file.batch_size,
+        seed: file.seed,
+        checkpoint_every: file.checkpoint_every,
+        eval_every: file.eval_every,
+        identity,
     };
-    if let Some(recall) = &starting {
-        eprintln!("held-out image → text recall before training: {}", describe(recall));
-    }
-
-    let progress = StepProgress::new("retriever".to_owned(), "pairs", file.steps, first_step, args.no_progress);
-    let bar = &progress.bar;
-    let mut last = (f64::NAN, starting.clone());
-    for step in first_step..file.steps {
-        tch::manual_seed(file.seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);
-        let indices = batch_indices(train_pairs.samples.len(), file.batch_size, file.seed, step);
-        let images: Vec<&Path> = indices.iter().map(|&i| train_pairs.images[train_pairs.samples[i].0].as_path()).collect();
-        // The batch's distinct texts, and each image's among them.
-        let mut distinct: Vec<i64> = Vec::new();
-        let targets: Vec<i64> = indices
-            .iter()
-            .map(|&i| {
-                let text = train_pairs.samples[i].1 as i64;
-                let at = distinct.iter().position(|&t| t == text).unwrap_or_else(|| {
-                    distinct.push(text);
-                    distinct.len() - 1
-                });
-                at as i64
-            })
-            .collect();
-        let tick = Instant::now();
-        let pixels = cache.batch(&tower, &images)?;
-        let texts = text_embeddings.index_select(0, &Tensor::from_slice(&distinct).to_device(device.device()));
-        let loss = {
-            let _autocast = precision.scope(device.device());
-            let embeddings = tower.forward(&pixels);
-            tower.contrastive_loss(&embeddings, &texts, &targets).to_kind(Kind::Float)
-        };
-        loss.backward();
-        let scale = schedule.schedule(optimizer.steps());
-        let rates = [file.learning_rate * scale, file.vision_learning_rate * scale];
-        let clip = (file.max_grad_norm / (optimizer.grad_norm() + 1e-6)).min(1.0);
-        optimizer.step(&rates, file.weight_decay, clip);
-        let loss = loss.double_value(&[]);
-        let rate = file.batch_size as f64 / tick.elapsed().as_secs_f64();
-        let done = step + 1;
-        writeln!(metrics, "{done},train,{loss:.6},{:.3e},{rate:.3},{:.1}", rates[0], progress.elapsed())?;
-        diverged(loss, done, &file.out, &mut metrics)?;
-        progress.step(done, loss, rate);
-        last.0 = loss;
-        if done.is_multiple_of(file.eval_every) || done == file.steps {
-            if let Some(recall) =
-                record_recall(done, &tower, &mut cache, held_out_pairs.as_ref().zip(gallery.as_ref()), precision, &mut eval_csv)?
-            {
-                bar.println(format!("step {done}: held-out image → text {}", describe(&recall)));
-                last.1 = Some(recall);
-            }
-        }
-        let stopping = args.stop_after.is_some_and(|n| done - first_step >= n) && done < file.steps;
-        if done.is_multiple_of(file.checkpoint_every) || done == file.steps || stopping {
-            metrics.flush()?;
-            save_checkpoint(&file.out, done, &tower, &optimizer, &identity)?;
-        }
-        if stopping {
-            bar.finish_and_clear();
-            println!("stopped after step {done} of {}, checkpointed; continue with --resume", file.steps);
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    bar.finish_and_clear();
-    metrics.flush()?;
-    let out_tower = file.out.join("retriever");
-    tower.save(&out_tower).with_context(|| format!("saving the tower to `{}`", out_tower.display()))?;
-    println!(
-        "trained the retriever's image tower for {} steps (last loss {:.4}) in {:.0} s: {}",
-        file.steps,
-        last.0,
-        progress.elapsed(),
-        out_tower.display()
-    );
-    if let (Some(before), Some(after)) = (&starting, &last.1) {
-        println!("held-out image → text: before {}; after {}", describe(before), describe(after));
-    }
-    println!(
-        "use it with an index built by `{}`: strata batch ... --index INDEX --retrieval-encoder {}",
-        text_dir.display(),
-        out_tower.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    let objective = RetrieverObjective {
+        file,
+        tower,
+        text_encoder,
+        text_dir,
+        optimizer,
+        schedule,
+        device,
+        precision,
+        samples,
+        held_out,
+        train_pairs,
+        held_out_pairs,
+        cache: PixelCache { pixels: HashMap::new(), origins: HashMap::new() },
+        text_embeddings: None,
+        gallery: None,
+        starting: None,
+        last: None,
+    };
+    run_loop(objective, settings, options)
 }

@@ -14,7 +14,7 @@ use std::{
 
 use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path, ObjectStore};
 
-use crate::OperatorError;
+use crate::StorageError;
 
 /// A resolved location: a store, a path inside it, and the URL it came from.
 #[derive(Clone)]
@@ -85,10 +85,10 @@ impl Location {
 /// limits, metrics or injected faults) while requests keep naming data by URL.
 ///
 /// # Errors
-/// [`OperatorError::InvalidLocation`] when `root` is not `scheme://authority` with a non-empty
+/// [`StorageError::InvalidLocation`] when `root` is not `scheme://authority` with a non-empty
 /// authority and no path (local files cannot be redirected).
-pub fn register_store(root: &str, store: Arc<dyn ObjectStore>) -> Result<(), OperatorError> {
-    let invalid = |reason: &str| OperatorError::InvalidLocation { location: root.to_owned(), reason: reason.to_owned() };
+pub fn register_store(root: &str, store: Arc<dyn ObjectStore>) -> Result<(), StorageError> {
+    let invalid = |reason: &str| StorageError::InvalidLocation { location: root.to_owned(), reason: reason.to_owned() };
     let root = root.trim_end_matches('/');
     let Some((scheme, authority)) = root.split_once("://") else {
         return Err(invalid("a store root is `scheme://authority`, e.g. `s3://bucket`"));
@@ -108,10 +108,10 @@ fn registered() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
 /// Resolves a URL or a local path. Roots given to [`register_store`] come first.
 ///
 /// # Errors
-/// [`OperatorError::InvalidLocation`] for an unknown scheme, a malformed URL, or an S3 store
+/// [`StorageError::InvalidLocation`] for an unknown scheme, a malformed URL, or an S3 store
 /// that cannot be configured.
-pub fn resolve(location: &str) -> Result<Location, OperatorError> {
-    let invalid = |reason: String| OperatorError::InvalidLocation { location: location.to_owned(), reason };
+pub fn resolve(location: &str) -> Result<Location, StorageError> {
+    let invalid = |reason: String| StorageError::InvalidLocation { location: location.to_owned(), reason };
     let Some((scheme, rest)) = location.split_once("://") else {
         return resolve_local(location);
     };
@@ -148,10 +148,10 @@ pub fn resolve(location: &str) -> Result<Location, OperatorError> {
 /// (a plain path) is taken as a `file://` URL; percent-escapes in the result are decoded.
 ///
 /// # Errors
-/// [`OperatorError::InvalidLocation`] when the href is relative and `base` is `None`, when
+/// [`StorageError::InvalidLocation`] when the href is relative and `base` is `None`, when
 /// either is not a valid URL, or when the result cannot be resolved ([`resolve`]).
-pub fn resolve_href(href: &str, base: Option<&str>) -> Result<Location, OperatorError> {
-    let invalid = |reason: String| OperatorError::InvalidLocation { location: href.to_owned(), reason };
+pub fn resolve_href(href: &str, base: Option<&str>) -> Result<Location, StorageError> {
+    let invalid = |reason: String| StorageError::InvalidLocation { location: href.to_owned(), reason };
     if let Ok(absolute) = url::Url::parse(href) {
         if href.contains("://") {
             return resolve_url(&absolute).map_err(invalid);
@@ -192,8 +192,8 @@ fn parse_path(key: &str) -> Result<Path, String> {
     Path::parse(key.trim_matches('/')).map_err(|e| e.to_string())
 }
 
-fn resolve_local(path: &str) -> Result<Location, OperatorError> {
-    let invalid = |reason: String| OperatorError::InvalidLocation { location: path.to_owned(), reason };
+fn resolve_local(path: &str) -> Result<Location, StorageError> {
+    let invalid = |reason: String| StorageError::InvalidLocation { location: path.to_owned(), reason };
     let as_path = std::path::Path::new(path);
     let absolute = if as_path.is_absolute() {
         as_path.to_path_buf()

@@ -25,7 +25,7 @@ use object_store::{ObjectStoreExt as _, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::{artifacts, storage::Location, OperatorError};
+use crate::{artifacts, Location, StorageError};
 
 /// Where a version came from and how it did: what `strata model list` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +98,8 @@ impl Registry {
         self.root.join("versions").join(version)
     }
 
-    fn refused(&self, reason: impl Into<String>) -> OperatorError {
-        OperatorError::Registry { registry: self.url(), reason: reason.into() }
+    fn refused(&self, reason: impl Into<String>) -> StorageError {
+        StorageError::Registry { registry: self.url(), reason: reason.into() }
     }
 
     /// Publishes the artifact in `dir` as its manifest's version: checks every file's sha256,
@@ -107,20 +107,20 @@ impl Registry {
     /// publishing the same artifact again returns the existing lineage, unchanged.
     ///
     /// # Errors
-    /// [`OperatorError::Model`] when the artifact does not verify (a flipped byte);
-    /// [`OperatorError::Registry`] when the version exists with another manifest, or with
+    /// [`StorageError::Model`] when the artifact does not verify (a flipped byte);
+    /// [`StorageError::Registry`] when the version exists with another manifest, or with
     /// other lineage than `options` gives (lineage is immutable too), or has a name unfit for
     /// a path; storage errors.
-    pub async fn publish(&self, dir: &Path, options: PublishOptions) -> Result<(Lineage, bool), OperatorError> {
+    pub async fn publish(&self, dir: &Path, options: PublishOptions) -> Result<(Lineage, bool), StorageError> {
         let owned = dir.to_owned();
         let artifact = crate::blocking(move || model::artifact::Artifact::open(&owned))
             .await?
-            .map_err(|source| OperatorError::Model { action: format!("checking `{}` before publishing", dir.display()), source })?;
+            .map_err(|source| StorageError::Model { action: format!("checking `{}` before publishing", dir.display()), source })?;
         let version = artifact.manifest.version.clone();
         if version.is_empty() || version.contains(['/', '\\']) || version.starts_with('.') {
             return Err(self.refused(format!("version `{version}` cannot name a folder (no slashes, not starting with a dot)")));
         }
-        let manifest_bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| OperatorError::InvalidLocation {
+        let manifest_bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| StorageError::InvalidLocation {
             location: dir.display().to_string(),
             reason: format!("reading manifest.json: {e}"),
         })?;
@@ -165,7 +165,7 @@ impl Registry {
     ///
     /// # Errors
     /// Storage errors other than a missing object; a lineage file that does not parse.
-    pub async fn lineage(&self, version: &str) -> Result<Option<Lineage>, OperatorError> {
+    pub async fn lineage(&self, version: &str) -> Result<Option<Lineage>, StorageError> {
         self.get_json(&self.version_location(version).join("lineage.json")).await
     }
 
@@ -173,14 +173,14 @@ impl Registry {
     ///
     /// # Errors
     /// Storage errors; a lineage file that does not parse.
-    pub async fn list(&self) -> Result<Vec<Lineage>, OperatorError> {
+    pub async fn list(&self) -> Result<Vec<Lineage>, StorageError> {
         let versions = self.root.join("versions");
         let objects: Vec<object_store::ObjectMeta> = versions
             .store()
             .list(Some(versions.path()))
             .try_collect()
             .await
-            .map_err(|source| OperatorError::Storage { uri: versions.url(), source })?;
+            .map_err(|source| StorageError::Object { uri: versions.url(), source })?;
         let mut lineages = Vec::new();
         for object in objects.iter().filter(|o| o.location.filename() == Some("lineage.json")) {
             if let Some(lineage) = self.get_json::<Lineage>(&self.root.with_path(object.location.clone())).await? {
@@ -195,7 +195,7 @@ impl Registry {
     ///
     /// # Errors
     /// Storage errors; a pointer that does not parse.
-    pub async fn serving(&self) -> Result<Option<Serving>, OperatorError> {
+    pub async fn serving(&self) -> Result<Option<Serving>, StorageError> {
         self.get_json(&self.root.join("serving.json")).await
     }
 
@@ -204,13 +204,13 @@ impl Registry {
     /// directory.
     ///
     /// # Errors
-    /// [`OperatorError::Registry`] for a version not published or whose manifest is not the
-    /// one published; [`OperatorError::Model`] when a file does not match the manifest.
-    pub async fn fetch(&self, version: &str) -> Result<std::path::PathBuf, OperatorError> {
+    /// [`StorageError::Registry`] for a version not published or whose manifest is not the
+    /// one published; [`StorageError::Model`] when a file does not match the manifest.
+    pub async fn fetch(&self, version: &str) -> Result<std::path::PathBuf, StorageError> {
         let lineage = self.lineage(version).await?.ok_or_else(|| self.refused(format!("version `{version}` is not published")))?;
         let location = self.version_location(version);
         let (dir, _) = artifacts::fetch_model(&location).await?;
-        let manifest = std::fs::read(dir.join("manifest.json")).map_err(|e| OperatorError::InvalidLocation {
+        let manifest = std::fs::read(dir.join("manifest.json")).map_err(|e| StorageError::InvalidLocation {
             location: dir.display().to_string(),
             reason: format!("reading manifest.json: {e}"),
         })?;
@@ -225,7 +225,7 @@ impl Registry {
         let checked = dir.clone();
         crate::blocking(move || model::artifact::Artifact::open(&checked))
             .await?
-            .map_err(|source| OperatorError::Model { action: format!("checking version `{version}` from {}", location.url()), source })?;
+            .map_err(|source| StorageError::Model { action: format!("checking version `{version}` from {}", location.url()), source })?;
         Ok(dir)
     }
 
@@ -235,7 +235,7 @@ impl Registry {
     /// # Errors
     /// As [`Registry::fetch`]: an unpublished, replaced or corrupt version is refused and the
     /// pointer stays.
-    pub async fn promote(&self, version: &str) -> Result<Serving, OperatorError> {
+    pub async fn promote(&self, version: &str) -> Result<Serving, StorageError> {
         self.fetch(version).await?;
         let current = self.serving().await?;
         let serving = match current {
@@ -254,9 +254,9 @@ impl Registry {
     /// Returns to the version that served before the current one.
     ///
     /// # Errors
-    /// [`OperatorError::Registry`] when nothing was promoted before; as [`Registry::fetch`]
+    /// [`StorageError::Registry`] when nothing was promoted before; as [`Registry::fetch`]
     /// when the previous version no longer verifies (the pointer stays).
-    pub async fn rollback(&self) -> Result<Serving, OperatorError> {
+    pub async fn rollback(&self) -> Result<Serving, StorageError> {
         let mut serving = self.serving().await?.ok_or_else(|| self.refused("no version serves yet: nothing to roll back"))?;
         let previous = serving
             .history
@@ -269,19 +269,19 @@ impl Registry {
         Ok(serving)
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, at: &Location) -> Result<Option<T>, OperatorError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, at: &Location) -> Result<Option<T>, StorageError> {
         let bytes = match at.store().get(at.path()).await {
-            Ok(found) => found.bytes().await.map_err(|source| OperatorError::Storage { uri: at.url(), source })?,
+            Ok(found) => found.bytes().await.map_err(|source| StorageError::Object { uri: at.url(), source })?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(source) => return Err(OperatorError::Storage { uri: at.url(), source }),
+            Err(source) => return Err(StorageError::Object { uri: at.url(), source }),
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| self.refused(format!("{} does not parse: {e}", at.url())))
     }
 
-    async fn put_json<T: Serialize>(&self, at: &Location, value: &T) -> Result<(), OperatorError> {
+    async fn put_json<T: Serialize>(&self, at: &Location, value: &T) -> Result<(), StorageError> {
         let bytes =
-            serde_json::to_vec_pretty(value).map_err(|e| OperatorError::Internal { reason: format!("serialising {}: {e}", at.url()) })?;
-        at.store().put(at.path(), PutPayload::from(bytes)).await.map_err(|source| OperatorError::Storage { uri: at.url(), source })?;
+            serde_json::to_vec_pretty(value).map_err(|e| StorageError::Internal { reason: format!("serialising {}: {e}", at.url()) })?;
+        at.store().put(at.path(), PutPayload::from(bytes)).await.map_err(|source| StorageError::Object { uri: at.url(), source })?;
         Ok(())
     }
 }
