@@ -49,6 +49,10 @@ pub struct Metric {
     pub value: f64,
     /// How many samples it covers.
     pub count: usize,
+    /// Whether `value` counts something (parse failures) rather than measuring a rate: the
+    /// table prints it as a whole number.
+    #[serde(skip)]
+    pub is_count: bool,
 }
 
 /// A scored answer file.
@@ -78,7 +82,11 @@ impl Report {
         let _ = writeln!(out, "protocol: {}", self.protocol);
         let _ = writeln!(out, "{:<width$}  {:>9}  {:>7}", "metric", "value", "n");
         for m in &self.metrics {
-            let _ = writeln!(out, "{:<width$}  {:>9.4}  {:>7}", m.name, m.value, m.count);
+            if m.is_count {
+                let _ = writeln!(out, "{:<width$}  {:>9}  {:>7}", m.name, m.value, m.count);
+            } else {
+                let _ = writeln!(out, "{:<width$}  {:>9.4}  {:>7}", m.name, m.value, m.count);
+            }
         }
         if self.missing > 0 {
             let _ = writeln!(out, "{} references had no prediction and were scored as empty answers", self.missing);
@@ -138,7 +146,12 @@ fn protocol_line(task: Task, scorers: &CaptionScorers<'_>) -> String {
 }
 
 fn metric(name: &str, value: f64, count: usize) -> Metric {
-    Metric { name: name.to_owned(), value, count }
+    Metric { name: name.to_owned(), value, count, is_count: false }
+}
+
+/// A metric that counts (printed as a whole number).
+fn tally(name: &str, value: usize, count: usize) -> Metric {
+    Metric { name: name.to_owned(), value: value as f64, count, is_count: true }
 }
 
 fn strings(values: &[Value]) -> Vec<String> {
@@ -167,7 +180,7 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             let s = accuracy::classification(answers.iter().map(|(a, r)| (a.as_str(), r.as_str())), &classes);
             let mut rows = vec![metric("accuracy", s.overall.accuracy(), n), metric("mean class accuracy", s.mean_class_accuracy(), n)];
             rows.extend(s.per_class.iter().map(|(class, t)| metric(&format!("accuracy[{class}]"), t.accuracy(), t.total)));
-            rows.push(metric("parse failures", s.parse_failures as f64, n));
+            rows.push(tally("parse failures", s.parse_failures, n));
             rows
         }
         Task::Vqa => {
@@ -197,7 +210,7 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
                 }
             }
             rows.push(metric("mean IoU", s.mean_iou(), n));
-            rows.push(metric("parse failures", s.parse_failures as f64, n));
+            rows.push(tally("parse failures", s.parse_failures, n));
             rows
         }
         Task::Caption => {

@@ -55,6 +55,11 @@ fn classification_vqa_and_grounding_tables() {
             .unwrap();
     assert_eq!(value(&report, "accuracy"), 0.5);
     assert_eq!(value(&report, "parse failures"), 1.0);
+    // A count reads as one in the table, not as a fraction among the rates.
+    let table = report.to_table();
+    let line = table.lines().find(|l| l.starts_with("parse failures")).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["parse", "failures", "1", "2"], "{table}");
+    assert!(table.lines().any(|l| l.starts_with("accuracy ") && l.contains("0.5000")), "{table}");
 
     let refs = file(&[
         r#"{"id": "q1", "references": ["yes"], "type": "presence"}"#,

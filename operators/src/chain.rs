@@ -273,10 +273,7 @@ pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain,
     } else {
         Vec::new()
     };
-    let (merge, sink) = if roles.merge {
-        (Some(MergeStage::new(settings.merge)), Some(SinkStage::new(settings.tables.clone(), 1)))
-    } else {
-        (None, None)
-    };
+    let (merge, sink) =
+        if roles.merge { (Some(MergeStage::new(settings.merge)), Some(SinkStage::new(settings.tables.clone(), 1))) } else { (None, None) };
     Ok(BuiltChain { tile, infer, merge, sink, serving })
 }

@@ -221,7 +221,7 @@ impl TileGeoref {
         let fail = |reason: String| OperatorError::Georeference { scene: self.scene_id.clone(), tile: self.tile_id.clone(), reason };
         let [gx1, gy1, gx2, gy2] = [grid.x1, grid.y1, grid.x2, grid.y2].map(f64::from);
         if gx2 > GRID_MAX || gy2 > GRID_MAX || gx1 >= gx2 || gy1 >= gy2 {
-            return Err(fail(format!("box {grid:?} is not a box with area on the 0–1000 grid")));
+            return Err(fail(format!("box {grid} is not a box with area on the 0–1000 grid")));
         }
         let (image_w, image_h) = (f64::from(self.image_px.0), f64::from(self.image_px.1));
         let (content_w, content_h) = (f64::from(self.content_px.0), f64::from(self.content_px.1));
@@ -232,14 +232,14 @@ impl TileGeoref {
             (gy2 / GRID_MAX * image_h).min(content_h),
         ];
         if image_box[0] >= image_box[2] || image_box[1] >= image_box[3] {
-            return Err(fail(format!("box {grid:?} lies in the tile's padding, outside the scene")));
+            return Err(fail(format!("box {grid} lies in the tile's padding, outside the scene")));
         }
         let (sx, sy) = (f64::from(self.window.width) / content_w, f64::from(self.window.height) / content_h);
         let (col0, row0) = (self.window.col_off as f64, self.window.row_off as f64);
         let scene_box = [col0 + image_box[0] * sx, row0 + image_box[1] * sy, col0 + image_box[2] * sx, row0 + image_box[3] * sy];
 
         let outline = Outline { geotransform: &self.geotransform, to_lonlat: &self.to_lonlat };
-        let (crs_ring, lonlat) = outline.trace(&image_box, self.segments_per_edge).map_err(|e| fail(format!("box {grid:?}: {e}")))?;
+        let (crs_ring, lonlat) = outline.trace(&image_box, self.segments_per_edge).map_err(|e| fail(format!("box {grid}: {e}")))?;
         Ok(GeoreferencedBox { image_box, scene_box, crs_ring, lonlat })
     }
 

@@ -10,7 +10,8 @@
 
 use std::cmp::Ordering;
 
-const fn default_iou_threshold() -> f64 {
+/// The NMS threshold unless set (`--iou-threshold`).
+pub const fn default_iou_threshold() -> f64 {
     0.5
 }
 

@@ -545,3 +545,46 @@ async fn a_new_model_takes_over_between_batches_and_each_row_names_its_version()
     );
     assert_eq!((versions[1]["model_version"].as_str(), versions[1]["n"].as_u64()), (Some("tiny-2"), Some(tiled - 2)), "{versions:?}");
 }
+
+/// Encodes `pixels` (`channels` bytes per pixel) as an 8-bit PNG of `color` type.
+fn png(width: u32, height: u32, color: png::ColorType, pixels: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(color);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header().unwrap().write_image_data(pixels).unwrap();
+    out
+}
+
+/// Inference decodes a tile from its bytes; training, evaluation and `strata model ask` read
+/// the same file from disk: with one decoder and one preprocessing, the model sees the very
+/// same tensor either way (the GDAL reader training used before could differ).
+#[tokio::test]
+async fn inference_training_and_evaluation_see_the_same_pixels_for_a_tile() {
+    let work = tempfile::tempdir().unwrap();
+    let artifact = tiny_artifact(work.path(), "tiny-pixels");
+    let (width, height) = (37u32, 23u32);
+    let rgb: Vec<u8> = (0..width * height * 3).map(|i| ((i * 7919) % 251) as u8).collect();
+    let bytes = png(width, height, png::ColorType::Rgb, &rgb);
+    let tile = work.path().join("r0000_c0000.png");
+    std::fs::write(&tile, &bytes).unwrap();
+
+    let serving = LoadedModel::load(artifact.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let decoded = RgbImage::decode(&bytes, "tile").unwrap();
+    assert_eq!((decoded.width, decoded.height, &decoded.pixels), (37, 23, &rgb), "the tile decodes to the bytes encoded");
+    let infer_pixels = TileModel::preprocess(&serving, &decoded).unwrap();
+    let trained = model::artifact::Artifact::open(&artifact).unwrap().load(tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let train_pixels = trained.preprocess(&RgbImage::read(&tile).unwrap()).unwrap();
+    assert_eq!(infer_pixels.size(), train_pixels.size());
+    assert!(infer_pixels.equal(&train_pixels), "inference and training preprocess the tile alike");
+
+    // Grey repeats into three channels, alpha is dropped, as for tiles of those kinds.
+    let grey: Vec<u8> = (0..width * height).map(|i| (i % 256) as u8).collect();
+    let as_rgb = RgbImage::decode(&png(width, height, png::ColorType::Grayscale, &grey), "grey").unwrap();
+    assert_eq!(as_rgb.pixels, grey.iter().flat_map(|&g| [g, g, g]).collect::<Vec<_>>());
+    let rgba: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 9]).collect();
+    assert_eq!(RgbImage::decode(&png(width, height, png::ColorType::Rgba, &rgba), "rgba").unwrap().pixels, rgb);
+    // A truncated file says so, naming it.
+    let err = RgbImage::decode(&bytes[..bytes.len() / 2], "tile `t.png`").unwrap_err().to_string();
+    assert!(err.starts_with("tile `t.png` is not a readable image"), "{err}");
+}

@@ -400,15 +400,15 @@ pub struct ServeArgs {
     pub model_poll: u64,
 
     /// Tiles per inference micro-batch.
-    #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = 8, value_parser = at_least_one)]
+    #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = operators::stages::infer::default_max_batch_tiles(), value_parser = at_least_one)]
     pub batch_size: usize,
 
     /// Longest answer, in tokens.
-    #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = operators::stages::infer::default_max_new_tokens(), value_parser = clap::value_parser!(i64).range(1..))]
     pub max_new_tokens: i64,
 
     /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
-    #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = 0.5, value_parser = fraction)]
+    #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = operators::merge::default_iou_threshold(), value_parser = fraction)]
     pub iou_threshold: f64,
 
     /// Device for the model: auto, cpu, cuda or cuda:N.
@@ -1297,15 +1297,15 @@ pub struct BatchArgs {
     pub task: TaskArgs,
 
     /// Tiles per inference micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = operators::stages::infer::default_max_batch_tiles())]
     pub batch_size: usize,
 
     /// Longest answer, in tokens.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = operators::stages::infer::default_max_new_tokens())]
     pub max_new_tokens: i64,
 
     /// Boxes of one label whose IoU exceeds this across overlapping tiles are one object.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = operators::merge::default_iou_threshold())]
     pub iou_threshold: f64,
 
     /// Device for the model: auto, cpu, cuda or cuda:N.

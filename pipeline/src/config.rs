@@ -427,6 +427,17 @@ fn print_keys(args: &ConfigKeysArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A flag value as it would be written in the TOML file: numbers and booleans bare, the rest
+/// quoted, so `config check` output can be pasted back into a configuration.
+fn toml_literal(value: &str) -> String {
+    let bare = value.parse::<i64>().is_ok() || value.parse::<f64>().is_ok_and(f64::is_finite) || value == "true" || value == "false";
+    if bare {
+        value.to_owned()
+    } else {
+        toml::Value::String(value.to_owned()).to_string()
+    }
+}
+
 /// Parses a configuration as `strata serve` would, runs the checks that need no network, and
 /// prints every key's effective value and source. Exit status 2 when it is refused.
 fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
@@ -485,8 +496,8 @@ fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         let shown = match (values.as_slice(), key.repeatable) {
             ([], _) => "(unset)".to_owned(),
-            (values, true) => format!("{values:?}"),
-            ([one, ..], false) => format!("{one:?}"),
+            (values, true) => format!("[{}]", values.iter().map(|v| toml_literal(v)).collect::<Vec<_>>().join(", ")),
+            ([one, ..], false) => toml_literal(one),
         };
         println!("{} = {shown}  # {}", key.key, serde_json::to_value(source)?.as_str().unwrap_or_default());
     }

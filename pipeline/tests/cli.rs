@@ -850,9 +850,9 @@ fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_over
     let shown = text(&out.stdout);
     for line in [
         "role = \"infer\"  # file",
-        "batch_size = \"16\"  # file",
-        "max_new_tokens = \"96\"  # env",
-        "iou_threshold = \"0.5\"  # default",
+        "batch_size = 16  # file",
+        "max_new_tokens = 96  # env",
+        "iou_threshold = 0.5  # default",
         "kafka_options = [\"security.protocol=ssl\"]  # file",
     ] {
         assert!(shown.contains(line), "`{line}` missing:\n{shown}");
@@ -861,7 +861,7 @@ fn a_configuration_file_is_checked_key_by_key_and_the_environment_and_flags_over
     // The environment beats the file (and flags beat both: clap's own precedence).
     let out = check(&[("STRATA_BATCH_SIZE", "2"), ("STRATA_ROLE", "tile")]);
     let shown = text(&out.stdout);
-    assert!(shown.contains("batch_size = \"2\"  # env") && shown.contains("role = \"tile\"  # env"), "{shown}");
+    assert!(shown.contains("batch_size = 2  # env") && shown.contains("role = \"tile\"  # env"), "{shown}");
     // `serve` reads the same file; `--brokers ""` stops it after the settings were accepted.
     let out = strata(&["serve", "--config", path, "--brokers", ""]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

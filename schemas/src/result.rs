@@ -101,6 +101,13 @@ pub struct GridBox {
     pub y2: u16,
 }
 
+/// `[x1, y1, x2, y2]`, as the model writes a box (what users read in warnings).
+impl std::fmt::Display for GridBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}, {}, {}, {}]", self.x1, self.y1, self.x2, self.y2)
+    }
+}
+
 /// The output of one task on one tile.
 ///
 /// Every `score` is the answer's geometric-mean token probability, `exp(mean log p)` over its

@@ -114,13 +114,15 @@ impl TileModel for LoadedModel {
     }
 }
 
-const fn default_max_batch_tiles() -> usize {
+/// Tiles per micro-batch unless set (`--batch-size`).
+pub const fn default_max_batch_tiles() -> usize {
     8
 }
 const fn default_max_wait_ms() -> u64 {
     50
 }
-const fn default_max_new_tokens() -> i64 {
+/// Longest answer unless set (`--max-new-tokens`), tokens.
+pub const fn default_max_new_tokens() -> i64 {
     64
 }
 
