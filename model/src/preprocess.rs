@@ -64,9 +64,17 @@ impl RgbImage {
     /// # Errors
     /// [`ModelError::Image`] when the file cannot be read or decoded.
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let what = format!("`{}`", path.display());
-        let bytes = std::fs::read(path).map_err(|e| ModelError::Image { what: what.clone(), reason: e.to_string() })?;
-        Self::decode(&bytes, &what)
+        Self::read_named(path, &format!("`{}`", path.display()))
+    }
+
+    /// As [`RgbImage::read`], the file called `what` in errors (e.g. with the data-set line
+    /// that names it).
+    ///
+    /// # Errors
+    /// [`ModelError::Image`] when the file cannot be read or decoded.
+    pub fn read_named(path: &Path, what: &str) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Image { what: what.to_owned(), reason: e.to_string() })?;
+        Self::decode(&bytes, what)
     }
 }
 

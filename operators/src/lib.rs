@@ -6,7 +6,8 @@
 //!   COGs from any store by ranges, never downloading them whole.
 //! - [`tile`]: cuts a scene into georeferenced, model-ready tiles.
 //! - [`tables`]: GeoParquet result tables — writing them atomically and querying them.
-//! - [`chain`]: the chain builder both runtimes take their stages from.
+//! - [`chain`]: the chain builder both runtimes take their stages from; [`inputs`]: scenes
+//!   found from what a user names (files, folders, prefixes, STAC items) as requests.
 //! - [`stage`]: the stage contract (envelopes, acknowledgements, collectors, classified
 //!   errors) and its conformance suite; [`stages`]: tile, infer, merge and sink;
 //!   [`runtime`]: the embedded runtime chaining them over bounded channels.
@@ -15,6 +16,7 @@
 pub mod chain;
 mod error;
 pub mod georef;
+pub mod inputs;
 pub mod merge;
 pub mod runtime;
 pub mod stage;

@@ -286,6 +286,18 @@ pub struct PayloadIds {
     pub tile_id: Option<String>,
 }
 
+impl PayloadIds {
+    /// The key that keeps a scene's messages together (`{request}/{scene}`): on Kafka, on one
+    /// partition and in order, so one merge worker sees every result of a scene. `None` when
+    /// the payload names no scene.
+    pub fn partition_key(&self) -> Option<String> {
+        match (&self.request_id, &self.scene_id) {
+            (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
+            _ => None,
+        }
+    }
+}
+
 /// What a stage input must offer so the runtime can dead-letter it: its ids and its bytes.
 pub trait Payload: Clone + Send + 'static {
     /// The ids it names.

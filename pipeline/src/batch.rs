@@ -23,7 +23,9 @@ use operators::{
 };
 use schemas::{DeadLetterRecord, Stage};
 
-use crate::{cli::BatchArgs, inputs};
+use operators::inputs;
+
+use crate::cli::BatchArgs;
 
 fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -14,7 +14,6 @@ mod data_cmd;
 mod eval_cmd;
 mod index_cmd;
 mod info;
-mod inputs;
 mod map;
 mod model_cmd;
 mod query;

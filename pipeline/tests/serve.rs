@@ -361,7 +361,11 @@ async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
     std::fs::write(&weights, bytes).unwrap();
     let pointer = serde_json::json!({"version": "rs-3", "history": ["rs-1", "rs-2"], "changed_at": "2026-11-30T12:00:00Z"});
     std::fs::write(registry.join("serving.json"), pointer.to_string()).unwrap();
-    wait_for("the refusal of rs-3", &|w| w.log().contains("model `rs-3` refused"), &mut worker);
+    // Reported once, as an error event naming the refused version and the one that serves on.
+    let refused = |log: &str| {
+        log.lines().any(|l| l.contains("The new serving version is refused") && l.contains("version=rs-3") && l.contains("current=rs-2"))
+    };
+    wait_for("the refusal of rs-3", &|w| refused(&w.log()), &mut worker);
     submit("refused");
     wait_for("the third request", &|_| versions("refused").is_some(), &mut worker);
     assert!(versions("refused").unwrap().iter().all(|v| v == "rs-2"), "{:?}", versions("refused"));

@@ -158,7 +158,7 @@ impl PixelCache {
             return Ok(pixels.shallow_clone());
         }
         let origin = self.origins.get(image).map_or("the data", String::as_str);
-        let rgb = RgbImage::read(image).with_context(|| format!("named by {origin}"))?;
+        let rgb = RgbImage::read_named(image, &format!("`{}` (named by {origin})", image.display()))?;
         let side = tower.config().vision.image_size;
         let pixels = Tensor::from_slice(&tower.processor().apply(&rgb)?).view([3, side, side]);
         self.pixels.insert(image.to_owned(), pixels.shallow_clone());

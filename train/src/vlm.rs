@@ -199,7 +199,7 @@ impl Inputs {
         let key = (if by_image { sample.image.clone() } else { PathBuf::new() }, sample.query.clone());
         let need_descriptions = self.retriever.is_some() && !self.descriptions.contains_key(&key);
         if need_descriptions || !self.pixels.contains_key(&sample.image) {
-            let image = RgbImage::read(&sample.image).with_context(|| format!("named by {}", sample.origin))?;
+            let image = RgbImage::read_named(&sample.image, &format!("`{}` (named by {})", sample.image.display(), sample.origin))?;
             if !self.pixels.contains_key(&sample.image) {
                 self.pixels.insert(sample.image.clone(), model.preprocess(&image)?);
                 self.sizes.insert(sample.image.clone(), [u32::try_from(image.width)?, u32::try_from(image.height)?]);

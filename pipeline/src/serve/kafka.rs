@@ -538,14 +538,6 @@ fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, positio
     }
 }
 
-/// The key that keeps a scene's messages on one partition, in order.
-pub fn scene_key(ids: &operators::stage::PayloadIds) -> Option<String> {
-    match (&ids.request_id, &ids.scene_id) {
-        (Some(request), Some(scene)) => Some(format!("{request}/{scene}")),
-        _ => None,
-    }
-}
-
 /// Produces each output to `topic`, keyed by scene, up to `concurrency` at a time, and
 /// reports its ack delivered once the broker acknowledged it. A produce that fails (the broker
 /// is down) is retried with backoff until it succeeds: the message's offset stays unstored
@@ -566,7 +558,7 @@ pub async fn produce_outputs<T: Message + Payload>(
             let topic = topic.clone();
             async move {
                 let bytes = schemas::encode(&envelope.payload);
-                let key = scene_key(&envelope.payload.ids());
+                let key = envelope.payload.ids().partition_key();
                 match produce_until_delivered(&producer, &topic, key.as_deref(), &bytes).await {
                     Ok(()) => envelope.ack.update(AckStatus::Delivered),
                     Err(error) => {

@@ -1,8 +1,8 @@
 //! Fault injection with librdkafka's in-process mock cluster: the broker down at start,
 //! produce and offset-commit request errors, and the group coordinator moving to another
 //! broker mid-stream. The role still reads every message, produces every output and commits
-//! every offset. (End-to-end behaviour against a real broker is in `tests/serve.rs` and
-//! `tests/faults.rs`.)
+//! every offset. And the chain builder's stages, driven by both runtimes, write the same rows.
+//! (End-to-end behaviour against a real broker is in `tests/serve.rs` and `tests/faults.rs`.)
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
 
@@ -21,6 +21,7 @@ use schemas::{DeadLetterRecord, ErrorKind, OriginalPayload, ResultMessage, Stage
 use tokio::sync::watch;
 
 use super::kafka::{produce_outputs, serve_stage, KafkaSettings};
+use super::{spawn_roles, Follow};
 
 const MESSAGES: usize = 30;
 
@@ -162,4 +163,75 @@ async fn every_offset_is_committed_through_a_down_broker_request_errors_and_a_co
     let report = role.await.unwrap().unwrap();
     assert!(report.read >= MESSAGES as u64, "{report:?}");
     assert_eq!((report.left_in_flight, report.lost, report.undecodable), (0, 0, 0), "{report:?}");
+}
+
+/// The `tiles` rows of `tables` that do not depend on when or where they were written.
+async fn tile_rows(tables: &operators::tables::Tables) -> String {
+    let sql =
+        "SELECT scene_id, tile_id, col_off, row_off, width, height, output_size_px, valid_fraction, geometry FROM tiles ORDER BY tile_id";
+    let frame = operators::tables::query::run(tables, sql).await.unwrap();
+    operators::tables::query::render(frame, operators::tables::query::OutputFormat::Json).unwrap()
+}
+
+/// One scene, one chain builder, two runtimes: in-process (`strata batch`) and as Kafka roles
+/// (`strata serve --role all`, on the mock cluster). Both commit the scene, with the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
+    use operators::chain::{self, ChainSettings, ModelSource, Roles};
+    use schemas::{SceneRequest, SceneSource};
+
+    let work = tempfile::tempdir().unwrap();
+    let scene = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/scenes/rmnp-rgb.tif");
+    let mut request = SceneRequest::new("both", "rmnp", SceneSource::Uri { uri: format!("file://{}", scene.display()) });
+    request.tiling.tile_size_px = 256;
+    let settings = |name: &str| ChainSettings {
+        tiles: storage::resolve(work.path().join(name).join("tiles").to_str().unwrap()).unwrap(),
+        tables: operators::tables::Tables::new(storage::resolve(work.path().join(name).join("tables").to_str().unwrap()).unwrap()),
+        tiler: operators::tile::TilerConfig::default(),
+        tile_workers: 1,
+        progress: std::sync::Arc::new(|_| {}),
+        merge: operators::merge::MergeConfig::default(),
+        infer: operators::stages::infer::InferConfig::default(),
+        model: ModelSource::None,
+        retrieval: retrieval::RetrievalOptions::default(),
+        device: model::device::DevicePreference::Cpu,
+    };
+
+    let embedded = settings("embedded");
+    let chain = chain::build(&embedded, Roles::ALL).await.unwrap().into_embedded().unwrap();
+    let config = operators::runtime::EmbeddedConfig::default();
+    let summary = operators::runtime::run(vec![request.clone()], Vec::new(), chain, &config, |_| {}).await;
+    assert!(summary.all_ok() && summary.tiles > 1, "{summary:?}");
+
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let kafka = KafkaSettings::new(&bootstrap);
+    for topic in [&kafka.topics.scenes, &kafka.topics.tiles, &kafka.topics.results, &kafka.topics.dead_letter] {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    let producer = kafka.producer().unwrap();
+    let payload = schemas::encode(&request);
+    let record = FutureRecord::to(&kafka.topics.scenes).key("both/rmnp").payload(&payload);
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    let served = settings("kafka");
+    let built = chain::build(&served, Roles::ALL).await.unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let follow = Follow { device: model::device::DevicePreference::Cpu, poll: Duration::from_secs(30) };
+    let mut roles = spawn_roles(built, &kafka, &producer, &stop_rx, follow);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while served.tables.scene_index("both", "rmnp").await.unwrap().files.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the scene was not committed through the Kafka roles");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let mut ended = Vec::new();
+    while let Some(joined) = roles.join_next().await {
+        let (role, report) = joined.unwrap();
+        let report = report.unwrap();
+        assert_eq!((report.lost, report.undecodable), (0, 0), "{role}: {report:?}");
+        ended.push(role);
+    }
+    ended.sort_unstable();
+    assert_eq!(ended, ["infer", "merge", "tile"], "one role per stage the builder returned");
+    assert_eq!(tile_rows(&served.tables).await, tile_rows(&embedded.tables).await, "the same tiles, tile for tile");
 }

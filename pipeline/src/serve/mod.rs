@@ -68,54 +68,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = on_signal.send(true);
     });
 
-    let roles_run = Roles {
-        tile: matches!(args.role, Role::Tile | Role::All),
-        infer: matches!(args.role, Role::Infer | Role::All),
-        merge: matches!(args.role, Role::Merge | Role::All),
-    };
-    let settings_of_chain = ChainSettings {
-        tiles: tiles_root.clone(),
-        tables: tables.clone(),
-        tiler: TilerConfig::with_limits(args.max_scene_megapixels, args.threads),
-        tile_workers: 1,
-        progress: Arc::new(|_: TileEvent| {}),
-        merge: MergeConfig { iou_threshold: args.iou_threshold },
-        infer: InferConfig { max_batch_tiles: args.batch_size.max(1), max_new_tokens: args.max_new_tokens, ..InferConfig::default() },
-        model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
-        retrieval: crate::retriever::options(&args.retrieval),
-        device: args.device,
-    };
+    let (roles_run, chain_settings) = chain_settings(&args, &tables, &tiles_root)?;
     // The model first: a wrong path fails before anything is read.
-    match (&settings_of_chain.model, roles_run.infer) {
+    match (&chain_settings.model, roles_run.infer) {
         (ModelSource::Artifact(location), true) => eprintln!("strata serve: loading the model {location}"),
         (ModelSource::Registry(url), true) => eprintln!("strata serve: loading the version {url} serves"),
         (ModelSource::None, true) => eprintln!("strata serve: no --model: infer workers pass tiles through unanswered"),
         (_, false) => {}
     }
-    let built = chain::build(&settings_of_chain, roles_run).await?;
-    let mut roles = tokio::task::JoinSet::new();
-    if let Some(mut stage) = built.infer {
-        if let Some(version) = stage.version() {
-            observe::metrics().model.with_label_values(&[version]).set(1);
-        }
-        if let Some((registry, version)) = built.serving {
-            let (updates, received) = mpsc::channel(1);
-            stage = stage.with_updates(received);
-            eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
-            let poll = Duration::from_secs(args.model_poll);
-            tokio::spawn(models::follow(registry, version, args.device, poll, settings.clone(), updates, stop_rx.clone()));
-        }
-        let (input, output) = (settings.topics.tiles.clone(), settings.topics.results.clone());
-        let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
-        roles.spawn(link.serve("infer", stage, input, output));
-    }
-    for stage in built.tile {
-        let link = Link { settings: settings.clone(), producer: producer.clone(), stop: stop_rx.clone() };
-        roles.spawn(link.serve("tile", stage, settings.topics.scenes.clone(), settings.topics.tiles.clone()));
-    }
-    if let (Some(stage), Some(sink)) = (built.merge, built.sink) {
-        roles.spawn(serve_merge(stage, sink, settings.clone(), producer.clone(), stop_rx.clone()));
-    }
+    let built = chain::build(&chain_settings, roles_run).await?;
+    let follow = Follow { device: args.device, poll: Duration::from_secs(args.model_poll) };
+    let mut roles = spawn_roles(built, &settings, &producer, &stop_rx, follow);
     eprintln!(
         "strata serve: {} on {} (tables {}, tiles {}); Ctrl-C or SIGTERM to stop",
         match args.role {
@@ -151,6 +114,71 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// The roles `args.role` names and the chain's settings from the flags.
+fn chain_settings(args: &ServeArgs, tables: &Tables, tiles: &storage::Location) -> anyhow::Result<(Roles, ChainSettings)> {
+    let roles = Roles {
+        tile: matches!(args.role, Role::Tile | Role::All),
+        infer: matches!(args.role, Role::Infer | Role::All),
+        merge: matches!(args.role, Role::Merge | Role::All),
+    };
+    let settings = ChainSettings {
+        tiles: tiles.clone(),
+        tables: tables.clone(),
+        tiler: TilerConfig::with_limits(args.max_scene_megapixels, args.threads),
+        tile_workers: 1,
+        progress: Arc::new(|_: TileEvent| {}),
+        merge: MergeConfig { iou_threshold: args.iou_threshold },
+        infer: InferConfig { max_batch_tiles: args.batch_size.max(1), max_new_tokens: args.max_new_tokens, ..InferConfig::default() },
+        model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
+        retrieval: crate::retriever::options(&args.retrieval),
+        device: args.device,
+    };
+    Ok((roles, settings))
+}
+
+/// How an infer worker following a registry loads the versions it promotes.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    device: model::device::DevicePreference,
+    poll: Duration,
+}
+
+/// A role's task: its name and how it ended.
+type RoleTask = (&'static str, anyhow::Result<RoleReport>);
+
+/// Spawns a Kafka role for every stage the chain builder returned: tile (scenes → tiles),
+/// infer (tiles → results, following the registry the model came from), merge with its sink
+/// (results → tables). Each runs until `stop`.
+fn spawn_roles(
+    built: chain::BuiltChain,
+    settings: &KafkaSettings,
+    producer: &FutureProducer,
+    stop: &watch::Receiver<bool>,
+    follow: Follow,
+) -> tokio::task::JoinSet<RoleTask> {
+    let mut roles = tokio::task::JoinSet::new();
+    let link = || Link { settings: settings.clone(), producer: producer.clone(), stop: stop.clone() };
+    if let Some(mut stage) = built.infer {
+        if let Some(version) = stage.version() {
+            observe::metrics().model.with_label_values(&[version]).set(1);
+        }
+        if let Some((registry, version)) = built.serving {
+            let (updates, received) = mpsc::channel(1);
+            stage = stage.with_updates(received);
+            eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
+            tokio::spawn(models::follow(registry, version, follow.device, follow.poll, settings.clone(), updates, stop.clone()));
+        }
+        roles.spawn(link().serve("infer", stage, settings.topics.tiles.clone(), settings.topics.results.clone()));
+    }
+    for stage in built.tile {
+        roles.spawn(link().serve("tile", stage, settings.topics.scenes.clone(), settings.topics.tiles.clone()));
+    }
+    if let (Some(stage), Some(sink)) = (built.merge, built.sink) {
+        roles.spawn(serve_merge(stage, sink, settings.clone(), producer.clone(), stop.clone()));
+    }
+    roles
+}
+
 /// The merge role: merged scenes go to the sink, which commits them to the tables
 /// ([`write_tables`]).
 async fn serve_merge(
@@ -159,7 +187,7 @@ async fn serve_merge(
     mut settings: KafkaSettings,
     producer: FutureProducer,
     stop: watch::Receiver<bool>,
-) -> (&'static str, anyhow::Result<RoleReport>) {
+) -> RoleTask {
     // The merge stage holds every result of a scene until the scene is complete: a cap on
     // in-flight messages could stop reading before a big scene's last tile and never
     // resume. Its memory is bounded by the open scenes instead.
@@ -182,7 +210,7 @@ struct Link {
 
 impl Link {
     /// Serves `stage` from `input` to `output` until stopped.
-    async fn serve<S>(self, role: &'static str, stage: S, input: String, output: String) -> (&'static str, anyhow::Result<RoleReport>)
+    async fn serve<S>(self, role: &'static str, stage: S, input: String, output: String) -> RoleTask
     where
         S: Stage,
         S::In: Message,
@@ -234,11 +262,12 @@ async fn write_tables(
         // rows); the topic and the metric get a copy of each.
         for record in records {
             observe::metrics().dead_letters.with_label_values(&[record.stage.as_str()]).inc();
-            let key = kafka::scene_key(&operators::stage::PayloadIds {
+            let key = operators::stage::PayloadIds {
                 request_id: record.request_id.clone(),
                 scene_id: record.scene_id.clone(),
                 tile_id: record.tile_id.clone(),
-            });
+            }
+            .partition_key();
             if let Err(error) = produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await {
                 tracing::error!(%error, "A dead letter is in the table but cannot go to the dead-letter topic.");
             }
@@ -294,12 +323,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if tasks.is_empty() {
         eprintln!("strata submit: no tasks given (--caption, --classify, --vqa, --detect, --tasks): the scenes will only be tiled");
     }
-    let (found, missing) = crate::inputs::discover(&args.scenes).await;
+    let (found, missing) = operators::inputs::discover(&args.scenes).await;
     let request_id = match &args.request_id {
         Some(id) => id.clone(),
-        None => crate::inputs::default_request_id(&found, &tiling, &tasks).replacen("batch-", "submit-", 1),
+        None => operators::inputs::default_request_id(&found, &tiling, &tasks).replacen("batch-", "submit-", 1),
     };
-    let (requests, failures) = crate::inputs::requests(found, missing, &request_id, &tiling, &tasks).await;
+    let (requests, failures) = operators::inputs::requests(found, missing, &request_id, &tiling, &tasks).await;
     for request in &requests {
         schemas::Message::validate(request).with_context(|| format!("checking the request for `{}`", request.scene_id))?;
     }

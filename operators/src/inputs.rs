@@ -1,13 +1,13 @@
-//! Turns what a user types after `strata batch` into scene requests: raster files, folders
+//! Turns what a user types after `strata batch` or `strata submit` into scene requests: raster files, folders
 //! and bucket prefixes (searched for rasters and STAC item files), object URLs and STAC item
 //! JSON files. Inputs that cannot become a request (a STAC file that does not parse) are
 //! returned as failures, to be dead-lettered like any other bad input.
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::OperatorError;
 use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
-use operators::OperatorError;
 use schemas::{stac::StacItem, SceneRequest, SceneSource, TaskSpec, TilingOptions};
 use sha2::{Digest, Sha256};
 
@@ -18,9 +18,15 @@ const RASTER_EXTENSIONS: &[&str] = &["tif", "tiff", "jp2", "img", "vrt", "nc", "
 #[derive(Debug)]
 pub enum Discovered {
     /// A raster object.
-    Raster { url: String },
+    Raster {
+        /// The object's URL.
+        url: String,
+    },
     /// A STAC item file.
-    StacFile { url: String },
+    StacFile {
+        /// The item file's URL.
+        url: String,
+    },
 }
 
 /// An input that could not become a request.
