@@ -345,6 +345,18 @@ pub(crate) fn run_loop<O: Objective>(mut objective: O, settings: LoopSettings<'_
     objective.finish(out, last_loss, progress.elapsed())
 }
 
+/// Reads a training file (TOML, unknown keys refused by its type) and returns it with the
+/// folder its relative paths are relative to.
+///
+/// # Errors
+/// An unreadable file, or one that is not valid for `T` (named with the file).
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(config: &Path) -> anyhow::Result<(T, &Path)> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading `{}`", config.display()))?;
+    let file = toml::from_str(&text).with_context(|| format!("in `{}`", config.display()))?;
+    Ok((file, config.parent().unwrap_or(Path::new("."))))
+}
+
 /// Counts a training file must give as at least 1.
 ///
 /// # Errors

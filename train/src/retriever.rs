@@ -265,9 +265,7 @@ impl RetrieverFile {
     /// # Errors
     /// An unreadable file, unknown keys, or values of the wrong type.
     pub fn read(config: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(config).with_context(|| format!("reading `{}`", config.display()))?;
-        let mut file: Self = toml::from_str(&text).with_context(|| format!("in `{}`", config.display()))?;
-        let base = config.parent().unwrap_or(Path::new("."));
+        let (mut file, base): (Self, &Path) = crate::read_toml(config)?;
         for path in [&mut file.start, &mut file.out] {
             *path = base.join(&*path);
         }
