@@ -36,10 +36,25 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", causes(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once: library errors that quote their cause in their
+/// own message (`"{action}: {source}"`, as thiserror's `#[source]` fields do) are not followed
+/// by that cause again, as anyhow's `{:#}` would print it.
+fn causes(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+    }
+    text
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
@@ -83,5 +98,25 @@ fn init_tracing(verbose: u8, format: cli::LogFormat) {
         cli::LogFormat::Text => logs.init(),
         // The current span's fields (scene, tile) on every line, for log collectors.
         cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_quoted_by_its_error_is_not_printed_twice() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("index `/x`: cannot read")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("opening --index: {source}")]
+        struct Outer {
+            #[source]
+            source: Inner,
+        }
+        let err = anyhow::Error::new(Outer { source: Inner }).context("loading the chain");
+        assert_eq!(super::causes(&err), "loading the chain: opening --index: index `/x`: cannot read");
+        let plain = anyhow::anyhow!("no model").context("batch");
+        assert_eq!(super::causes(&plain), "batch: no model");
     }
 }
