@@ -237,9 +237,12 @@ impl BuiltChain {
 /// wrong path fails before any scene is read.
 ///
 /// # Errors
-/// Retrieval without a model; a model, registry or index that cannot be loaded.
+/// Retrieval without a model (for the infer role); a model, registry or index that cannot be
+/// loaded.
 pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain, OperatorError> {
-    if !settings.model.is_some() && settings.retrieval.index.is_some() {
+    // Only where inference runs: a tile or merge worker sharing a deployment's settings has no
+    // use for the index, and no model to feed it to.
+    if roles.infer && !settings.model.is_some() && settings.retrieval.index.is_some() {
         return Err(OperatorError::Settings { reason: "--index needs --model: retrieval feeds the model's prompter".to_owned() });
     }
     let mut serving = None;

@@ -588,3 +588,28 @@ async fn inference_training_and_evaluation_see_the_same_pixels_for_a_tile() {
     let err = RgbImage::decode(&bytes[..bytes.len() / 2], "tile `t.png`").unwrap_err().to_string();
     assert!(err.starts_with("tile `t.png` is not a readable image"), "{err}");
 }
+
+/// Retrieval without a model is refused where inference runs, and only there: a tile worker
+/// sharing a deployment's settings starts.
+#[tokio::test]
+async fn an_index_without_a_model_is_refused_only_for_the_infer_role() {
+    use operators::chain::{self, ChainSettings, ModelSource, Roles};
+    let settings = ChainSettings {
+        tiles: storage::resolve("memory://chain-roles/tiles").unwrap(),
+        tables: Tables::new(storage::resolve("memory://chain-roles/tables").unwrap()),
+        tiler: TilerConfig::default(),
+        tile_workers: 2,
+        progress: Arc::new(|_: TileEvent| {}),
+        merge: MergeConfig::default(),
+        infer: InferConfig::default(),
+        model: ModelSource::None,
+        retrieval: retrieval::RetrievalOptions { index: Some("/nonexistent".to_owned()), ..Default::default() },
+        device: model::device::DevicePreference::Cpu,
+    };
+    let Err(err) = chain::build(&settings, Roles::ALL).await else { panic!("an index without a model was accepted") };
+    assert!(err.to_string().contains("--index needs --model"), "{err}");
+    let tile_only = chain::build(&settings, Roles { tile: true, infer: false, merge: false }).await.unwrap();
+    assert_eq!(tile_only.tile.len(), 2);
+    assert!(tile_only.infer.is_none() && tile_only.merge.is_none() && tile_only.sink.is_none());
+    assert!(ModelSource::from_settings(Some("a"), Some("b")).is_err(), "two model sources are refused");
+}
