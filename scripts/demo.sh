@@ -159,7 +159,12 @@ index = "$INDEX"
 TOML
 # Everything that shapes the model: the configurations, the tokenizer, the training data.
 TOKENIZER=$ROOT/model/tests/fixtures/tokenizer/tokenizer.json
-DIGEST=$( (cat "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/ground.toml" "$WORK/instruct.toml" | sed -e "s|$OUT|OUT|g" -e "s|$CACHE|CACHE|g"
+# The configurations name this run's folders; those are replaced by placeholders (a literal
+# replacement, so any path works, `|` and `&` included) and the digest depends on them not.
+CONFIGS=$(cat "$WORK/config.json" "$WORK/retriever.toml" "$WORK/align.toml" "$WORK/ground.toml" "$WORK/instruct.toml")
+CONFIGS=${CONFIGS//"$OUT"/OUT}
+CONFIGS=${CONFIGS//"$CACHE"/CACHE}
+DIGEST=$( (printf '%s\n' "$CONFIGS"
   cat "$TOKENIZER" "$OUT/data/manifest.json" "$OUT/data/annotations.jsonl" "$OUT"/data/{train,test}/*.jsonl "$OUT"/data/images/*.png) | sha256sum | cut -c1-16)
 MODEL=$CACHE/demo/models/$DIGEST
 if [ -f "$MODEL/model/manifest.json" ] && [ -f "$MODEL/metrics.json" ] && [ -f "$MODEL/retriever/retriever.json" ] \

@@ -111,12 +111,18 @@ pub fn answer_text(answer: &Value) -> String {
     }
 }
 
-/// A pixel box from a JSON array of four numbers.
+/// A pixel box from a JSON array of four numbers `[x1, y1, x2, y2]`, top-left corner first.
+///
+/// `None` for anything else, including an array whose corners are swapped or whose box has no
+/// area (`x1 ≥ x2` or `y1 ≥ y2`): the same rule as the `<box>` grammar
+/// ([`model::tasks::parse_boxes`]), so every accepted format is read one way and a swapped
+/// answer counts as a parse failure instead of a silently wrong box.
 pub fn as_box(value: &Value) -> Option<[f64; 4]> {
     let items = value.as_array()?;
     if items.len() != 4 {
         return None;
     }
     let numbers: Vec<f64> = items.iter().filter_map(Value::as_f64).collect();
-    (numbers.len() == 4).then(|| [numbers[0], numbers[1], numbers[2], numbers[3]])
+    let [x1, y1, x2, y2] = <[f64; 4]>::try_from(numbers).ok()?;
+    (x1 < x2 && y1 < y2).then_some([x1, y1, x2, y2])
 }

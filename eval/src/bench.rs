@@ -141,6 +141,8 @@ const fn max_new_tokens(task: Task) -> i64 {
     match task {
         Task::Classify | Task::Vqa => 16,
         Task::Ground => 32,
+        // Several boxes of about 20 tokens each.
+        Task::Detect => 128,
         Task::Caption => 64,
     }
 }

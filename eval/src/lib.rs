@@ -26,6 +26,7 @@ pub mod bench;
 pub mod bertscore;
 pub mod bleu;
 pub mod cider;
+pub mod detection;
 pub mod grounding;
 pub mod meteor;
 pub mod nltk_tokenize;

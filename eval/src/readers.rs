@@ -46,7 +46,7 @@ pub struct Benchmark {
 }
 
 /// Names `read` understands.
-pub const BENCHMARKS: [&str; 13] = [
+pub const BENCHMARKS: [&str; 14] = [
     "aid",
     "whu-rs19",
     "nwpu-resisc45",
@@ -60,6 +60,7 @@ pub const BENCHMARKS: [&str; 13] = [
     "rsvqa-lr",
     "rsvqa-hr",
     "dior-rsvg",
+    "dior-det",
 ];
 
 fn layout(path: &Path, reason: impl Into<String>) -> EvalError {
@@ -86,6 +87,7 @@ pub fn read(name: &str, dir: &Path, split: Option<&str>) -> Result<Benchmark, Ev
         "nwpu-captions" => (Task::Caption, nwpu_captions(dir, split)?),
         "rsvqa-lr" | "rsvqa-hr" => (Task::Vqa, rsvqa(dir, split)?),
         "dior-rsvg" => (Task::Ground, dior_rsvg(dir, split)?),
+        "dior-det" => (Task::Detect, dior_det(dir, split)?),
         other => return Err(layout(dir, format!("unknown benchmark `{other}` (known: {})", BENCHMARKS.join(", ")))),
     };
     if samples.is_empty() {
@@ -368,6 +370,67 @@ fn dior_rsvg(dir: &Path, split: &str) -> Result<Vec<Sample>, EvalError> {
             let mut r = reference(format!("{stem}#{index}"), vec![serde_json::json!([b.xmin, b.ymin, b.xmax, b.ymax])]);
             r.image_size = annotation.size.as_ref().map(|s| [s.width, s.height]);
             samples.push(Sample { image: images.join(&annotation.filename), query: detect_prompt(&expression), reference: r });
+        }
+    }
+    Ok(samples)
+}
+
+/// DIOR's detection layout (and PASCAL VOC's): VOC XML per image under `Annotations/Horizontal
+/// Bounding Boxes/` (DIOR) or `Annotations/`, the split's image ids in `ImageSets/Main/{split}.txt`
+/// (or `Main/` or the folder itself), images in `JPEGImages-{split}/` (DIOR: `-test`, `-trainval`)
+/// or `JPEGImages/`. Each image is asked for every label of the split (`Detect: <label>`), so
+/// the images without a label measure false detections: a sample per image and label, its
+/// references the boxes of that label (none where it is absent), its `type` the label.
+fn dior_det(dir: &Path, split: &str) -> Result<Vec<Sample>, EvalError> {
+    let annotations =
+        ["Annotations/Horizontal Bounding Boxes", "Annotations"].iter().map(|a| dir.join(a)).find(|p| p.is_dir()).ok_or_else(|| {
+            layout(dir, "expected an `Annotations/` folder of VOC XML files (DIOR: `Annotations/Horizontal Bounding Boxes/`)")
+        })?;
+    let list_dirs = [dir.join("ImageSets/Main"), dir.join("Main"), dir.to_owned()];
+    let list = list_dirs.iter().map(|d| d.join(format!("{split}.txt"))).find(|p| p.is_file());
+    let any_list = list_dirs.iter().any(|d| ["train", "val", "trainval", "test"].iter().any(|s| d.join(format!("{s}.txt")).is_file()));
+    let keep: Option<std::collections::HashSet<String>> = match (&list, any_list) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| layout(path, format!("cannot read: {e}")))?;
+            Some(text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+        }
+        // Lists for other splits only: falling back to every image would mix the splits.
+        (None, true) => return Err(layout(dir, format!("no list of the `{split}` split (`ImageSets/Main/{split}.txt`)"))),
+        (None, false) => None,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&annotations)
+        .map_err(|e| layout(&annotations, format!("cannot list: {e}")))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .filter(|p| keep.as_ref().is_none_or(|k| p.file_stem().is_some_and(|s| k.contains(s.to_string_lossy().as_ref()))))
+        .collect();
+    files.sort();
+    let split_images = if split == "test" { "JPEGImages-test" } else { "JPEGImages-trainval" };
+    let images = image_folder(dir, &[split_images, "JPEGImages", "images"]);
+    let mut parsed = Vec::with_capacity(files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| layout(&file, format!("cannot read: {e}")))?;
+        let annotation: VocAnnotation = quick_xml::de::from_str(&text).map_err(|e| layout(&file, format!("not a VOC annotation: {e}")))?;
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        parsed.push((stem, annotation));
+    }
+    let mut labels: Vec<String> = parsed.iter().flat_map(|(_, a)| a.objects.iter().map(|o| o.name.clone())).collect();
+    labels.sort();
+    labels.dedup();
+    let mut samples = Vec::with_capacity(parsed.len() * labels.len());
+    for (stem, annotation) in &parsed {
+        for label in &labels {
+            let boxes = annotation
+                .objects
+                .iter()
+                .filter(|o| &o.name == label)
+                .map(|o| serde_json::json!([o.bndbox.xmin, o.bndbox.ymin, o.bndbox.xmax, o.bndbox.ymax]))
+                .collect();
+            let mut r = reference(format!("{stem}:{label}"), boxes);
+            r.kind = Some(label.clone());
+            r.image_size = annotation.size.as_ref().map(|s| [s.width, s.height]);
+            samples.push(Sample { image: images.join(&annotation.filename), query: detect_prompt(label), reference: r });
         }
     }
     Ok(samples)

@@ -25,6 +25,9 @@ pub enum Task {
     Classify,
     /// Visual grounding: Acc@0.5 by box size, mean IoU.
     Ground,
+    /// Object detection, one sample per image and label: AP@0.5 (VOC), precision and recall
+    /// per label, false detections on images without the label ([`crate::detection`]).
+    Detect,
 }
 
 impl std::str::FromStr for Task {
@@ -35,7 +38,8 @@ impl std::str::FromStr for Task {
             "vqa" => Ok(Self::Vqa),
             "classify" => Ok(Self::Classify),
             "ground" => Ok(Self::Ground),
-            other => Err(format!("unknown task `{other}` (caption, vqa, classify, ground)")),
+            "detect" => Ok(Self::Detect),
+            other => Err(format!("unknown task `{other}` (caption, vqa, classify, ground, detect)")),
         }
     }
 }
@@ -142,6 +146,9 @@ fn protocol_line(task: Task, scorers: &CaptionScorers<'_>) -> String {
             .to_owned(),
         Task::Classify => "classify: the longest candidate class named in the answer as whole words, after VQA normalisation".to_owned(),
         Task::Ground => "ground: IoU >= 0.5 with the reference box; sizes by reference box area".to_owned(),
+        Task::Detect => "detect: PASCAL VOC AP@0.5 (all-point; IoU > 0.5 in integer pixels, greedy by score), per label; \
+                         every box of an answer carries the answer's score"
+            .to_owned(),
     }
 }
 
@@ -198,7 +205,7 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             for (r, p) in &pairs {
                 let reference = r.references.first().and_then(as_box).ok_or_else(|| EvalError::Input {
                     path: format!("reference `{}`", r.id).into(),
-                    reason: "a grounding reference needs a box `[x1, y1, x2, y2]`".into(),
+                    reason: "a grounding reference needs a box `[x1, y1, x2, y2]` in pixels with x1 < x2 and y1 < y2".into(),
                 })?;
                 let predicted = p.and_then(|p| predicted_box(&p.answer, r.image_size));
                 s.add(predicted.as_ref(), &reference);
@@ -213,6 +220,7 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             rows.push(tally("parse failures", s.parse_failures, n));
             rows
         }
+        Task::Detect => detection_metrics(&pairs, n)?,
         Task::Caption => {
             let (rows, caption_warnings) = caption_metrics(&pairs, scorers)?;
             warnings = caption_warnings;
@@ -234,6 +242,100 @@ fn predicted_box(answer: &Value, image_size: Option<[u32; 2]>) -> Option<[f64; 4
         return model::tasks::parse_boxes(text).boxes.first().map(|b| b.to_pixels(w, h));
     }
     serde_json::from_str::<Value>(text.trim()).ok().as_ref().and_then(as_box)
+}
+
+/// Detection rows: mAP@0.5 over the labels with truth boxes, then per label (the reference's
+/// `type`) AP@0.5, precision, recall and false detections per image without the label, and
+/// the answers whose box text was malformed (their well-formed boxes still count).
+fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> Result<Vec<Metric>, EvalError> {
+    use crate::detection::{evaluate, Detection};
+    let mut labels: Vec<&str> = pairs.iter().map(|(r, _)| r.kind.as_deref().unwrap_or("object")).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let mut rows = Vec::new();
+    let (mut per_label, mut failures, mut absent_images, mut absent_detections) = (Vec::new(), 0, 0, 0);
+    for label in labels {
+        let (mut truths, mut detections) = (Vec::new(), Vec::new());
+        for (r, p) in pairs.iter().filter(|(r, _)| r.kind.as_deref().unwrap_or("object") == label) {
+            let boxes = r
+                .references
+                .iter()
+                .map(|b| {
+                    as_box(b).ok_or_else(|| EvalError::Input {
+                        path: format!("reference `{}`", r.id).into(),
+                        reason: format!(
+                            "a detection reference holds boxes `[x1, y1, x2, y2]` in pixels with x1 < x2 and y1 < y2, not `{b}`"
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let image = truths.len();
+            truths.push(boxes);
+            let Some(p) = p else { continue };
+            let (predicted, malformed) = predicted_boxes(&p.answer, r.image_size);
+            failures += usize::from(malformed);
+            let score = p.score.unwrap_or(1.0);
+            detections.extend(predicted.into_iter().map(|bbox| Detection { image, bbox, score }));
+        }
+        let s = evaluate(&truths, &detections);
+        let count = truths.len();
+        if let Some(ap) = s.average_precision {
+            per_label.push(ap);
+            rows.push(metric(&format!("AP@0.5[{label}]"), ap, count));
+        }
+        if let Some(precision) = s.precision() {
+            rows.push(metric(&format!("precision[{label}]"), precision, s.detections));
+        }
+        if let Some(recall) = s.recall() {
+            rows.push(metric(&format!("recall[{label}]"), recall, s.truths));
+        }
+        if let Some(rate) = s.false_detections_per_absent_image() {
+            rows.push(metric(&format!("false detections per image without it[{label}]"), rate, s.images_without));
+        }
+        absent_images += s.images_without;
+        absent_detections += s.detections_where_absent;
+    }
+    let mut head = Vec::new();
+    if !per_label.is_empty() {
+        head.push(metric("mAP@0.5", per_label.iter().sum::<f64>() / per_label.len() as f64, n));
+    }
+    if absent_images > 0 {
+        head.push(metric("false detections per image without the label", absent_detections as f64 / absent_images as f64, absent_images));
+    }
+    head.extend(rows);
+    head.push(tally("parse failures", failures, n));
+    Ok(head)
+}
+
+/// Every predicted box of a detection answer and whether some of it was malformed: a JSON
+/// array of pixel boxes, `<box>` tags on the 0–1000 grid (needs the image size), or a pixel
+/// box list written as text. An answer in words with no box names no object (an empty answer
+/// is the right one where the label is absent).
+fn predicted_boxes(answer: &Value, image_size: Option<[u32; 2]>) -> (Vec<[f64; 4]>, bool) {
+    let from_array = |items: &[Value]| {
+        let boxes: Vec<[f64; 4]> = items.iter().filter_map(as_box).collect();
+        let malformed = boxes.len() != items.len();
+        (boxes, malformed)
+    };
+    if let Some(items) = answer.as_array() {
+        // A single box `[x1, y1, x2, y2]`, or a list of them.
+        return match as_box(answer) {
+            Some(b) => (vec![b], false),
+            None => from_array(items),
+        };
+    }
+    let text = answer_text(answer);
+    if text.contains("<box>") {
+        let parsed = model::tasks::parse_boxes(&text);
+        return match image_size {
+            Some([w, h]) => (parsed.boxes.iter().map(|b| b.to_pixels(w, h)).collect(), !parsed.errors.is_empty()),
+            None => (Vec::new(), true),
+        };
+    }
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(value @ Value::Array(_)) => predicted_boxes(&value, image_size),
+        _ => (Vec::new(), false),
+    }
 }
 
 fn caption_metrics(

@@ -94,6 +94,48 @@ fn classification_vqa_and_grounding_tables() {
     assert_eq!(value(&report, "parse failures"), 1.0);
 }
 
+/// Field case 11's kind: in every box format Strata accepts, a box with its corners swapped (or
+/// without area) is a parse failure, never a box scored IoU 0 in silence; the well-formed box
+/// in each format scores 1.
+#[test]
+fn every_box_format_scores_right_or_reports_a_parse_failure() {
+    // One reference box [80, 160, 400, 480] on an 800 × 800 image; the grid box is the same box.
+    let formats = [
+        ("pixel array", r#"[80, 160, 400, 480]"#, r#"[400, 480, 80, 160]"#, r#"[80, 160, 80, 480]"#),
+        ("pixel array as text", r#""[80, 160, 400, 480]""#, r#""[400, 480, 80, 160]""#, r#""[80, 160, 400, 160]""#),
+        (
+            "<box> tag",
+            r#""<box>[100, 200, 500, 600]</box>""#,
+            r#""<box>[500, 600, 100, 200]</box>""#,
+            r#""<box>[100, 600, 500, 600]</box>""#,
+        ),
+    ];
+    for (name, right, swapped, flat) in formats {
+        let refs = [r#"{"id": "a", "references": [[80, 160, 400, 480]], "image_size": [800, 800]}"#.to_owned()];
+        let scored_one = |answer: &str| {
+            let preds = [format!(r#"{{"id": "a", "answer": {answer}}}"#)];
+            let report = scored(Task::Ground, &preds, &refs, CaptionScorers::default());
+            (value(&report, "mean IoU"), value(&report, "parse failures"))
+        };
+        let (iou, failures) = scored_one(right);
+        assert!((iou - 1.0).abs() < 1e-9 && failures == 0.0, "{name}: the right box scored IoU {iou}, {failures} failures");
+        for bad in [swapped, flat] {
+            let (iou, failures) = scored_one(bad);
+            assert_eq!((iou, failures), (0.0, 1.0), "{name}: {bad} must be a parse failure");
+        }
+    }
+    // A reference without area is the reference file's error, named.
+    let err = score(
+        Task::Ground,
+        &read_predictions(file(&[r#"{"id": "g", "answer": [1, 2, 3, 4]}"#]).path()).unwrap(),
+        &read_references(file(&[r#"{"id": "g", "references": [[5, 5, 1, 9]]}"#]).path()).unwrap(),
+        CaptionScorers::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("x1 < x2"), "{err}");
+}
+
 #[test]
 fn malformed_files_name_the_line() {
     let bad = file(&[r#"{"id": "1", "answer": "x"}"#, r#"{"id": "2", "answr": "typo"}"#]);

@@ -85,6 +85,14 @@ impl SelectedDevice {
 /// # Errors
 /// [`ModelError::CudaUnavailable`] when CUDA was asked for explicitly and cannot be used.
 pub fn select(preference: DevicePreference) -> Result<SelectedDevice, ModelError> {
+    let selected = select_device(preference)?;
+    // The CPU runs libtorch's kernels even when the model is on a GPU (preprocessing, the
+    // retriever's tower on CPU), so its threads are set either way, once.
+    apply_cpu_threads();
+    Ok(selected)
+}
+
+fn select_device(preference: DevicePreference) -> Result<SelectedDevice, ModelError> {
     match preference {
         DevicePreference::Cpu => Ok(SelectedDevice { device: Device::Cpu }),
         DevicePreference::Auto => match cuda_status() {
@@ -161,6 +169,96 @@ fn load_libtorch_cuda() -> Result<(), String> {
     Err(format!("cannot load libtorch_cuda.so ({})", failures.join("; ")))
 }
 
+/// The intra-op threads asked for (`--threads` / `STRATA_THREADS`), before libtorch is used.
+static REQUESTED_THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Asks for `threads` libtorch intra-op threads in this process. Call it before the first
+/// [`select`], which applies it; later calls are ignored (libtorch's pool is sized once).
+pub fn request_cpu_threads(threads: usize) {
+    let _ = REQUESTED_THREADS.set(threads.max(1));
+}
+
+/// How many intra-op threads libtorch uses and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuThreads {
+    /// Threads libtorch runs its CPU kernels on.
+    pub threads: usize,
+    /// The CPUs this process may use (affinity and cgroup quota included).
+    pub available: usize,
+    /// Other processes of this user with libtorch loaded, as `pid command`.
+    pub other_libtorch_processes: Vec<String>,
+}
+
+impl CpuThreads {
+    /// Whether this process and the other libtorch processes ask for more threads than there
+    /// are CPUs (each other process counted as at least one busy thread).
+    pub fn oversubscribed(&self) -> bool {
+        !self.other_libtorch_processes.is_empty() && self.threads + self.other_libtorch_processes.len() > self.available
+    }
+}
+
+/// Sets libtorch's intra-op threads once per process: the number asked for with
+/// [`request_cpu_threads`], else `OMP_NUM_THREADS` when set (libtorch reads it itself), else
+/// the CPUs this process may use. libtorch's own default counts the machine's cores and ignores
+/// a container's CPU quota, so two jobs on one machine each take every core; a review saw a
+/// training job run 20× slower that way. Warns when another libtorch process is running and the
+/// threads together exceed the CPUs. Returns what was applied.
+pub fn apply_cpu_threads() -> CpuThreads {
+    static APPLIED: OnceLock<CpuThreads> = OnceLock::new();
+    APPLIED
+        .get_or_init(|| {
+            let available = std::thread::available_parallelism().map_or(1, usize::from);
+            let from_env = std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
+            let threads = REQUESTED_THREADS.get().copied().or(from_env).unwrap_or(available);
+            tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+            let applied = CpuThreads { threads, available, other_libtorch_processes: other_libtorch_processes() };
+            if applied.oversubscribed() {
+                tracing::warn!(
+                    threads,
+                    cpus = available,
+                    others = %applied.other_libtorch_processes.join("; "),
+                    "Other libtorch processes are running on this machine and with this one's {threads} thread(s) they ask for more \
+                     than its {available} CPU(s); each slows the others down many times over. Give each job a share of the CPUs: \
+                     --threads (batch, serve) or OMP_NUM_THREADS=N."
+                );
+            } else {
+                tracing::debug!(threads, cpus = available, "libtorch intra-op threads set");
+            }
+            applied
+        })
+        .clone()
+}
+
+/// Other processes of this user that have libtorch mapped (`/proc/<pid>/maps`), as
+/// `pid command`; empty where `/proc` is not readable.
+fn other_libtorch_processes() -> Vec<String> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own {
+            continue;
+        }
+        // Processes of other users are not readable; they are skipped, not guessed at.
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else { continue };
+        if maps.contains("libtorch_cpu.so") {
+            let command = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| {
+                    c.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .take(3)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            found.push(format!("{pid} {command}"));
+        }
+    }
+    found
+}
+
 /// Seeds libtorch's global generator, which draws every initial weight and dropout mask: a
 /// seeded `strata model init` writes the same artifact every time. A seed past `i64::MAX`
 /// wraps; it is only a seed.
@@ -177,6 +275,21 @@ mod tests {
         assert_eq!("auto".parse(), Ok(DevicePreference::Auto));
         assert_eq!("cuda:1".parse(), Ok(DevicePreference::Cuda(1)));
         assert!("tpu".parse::<DevicePreference>().unwrap_err().contains("auto, cpu, cuda"));
+    }
+
+    #[test]
+    fn libtorch_threads_are_set_to_the_cpus_available_or_the_request() {
+        let _ = select(DevicePreference::Cpu).unwrap();
+        let applied = apply_cpu_threads();
+        let expected = std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(applied.available);
+        assert_eq!(applied.threads, expected);
+        assert_eq!(tch::get_num_threads(), i32::try_from(applied.threads).unwrap());
+        assert!(applied.available >= 1);
+        // Another libtorch job beside one that takes every CPU oversubscribes them.
+        let busy = CpuThreads { threads: 2, available: 2, other_libtorch_processes: vec!["7 strata train".into()] };
+        assert!(busy.oversubscribed());
+        assert!(!CpuThreads { threads: 1, ..busy.clone() }.oversubscribed());
+        assert!(!CpuThreads { other_libtorch_processes: Vec::new(), ..busy }.oversubscribed());
     }
 
     #[test]

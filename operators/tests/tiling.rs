@@ -219,6 +219,38 @@ async fn scenes_that_cannot_be_tiled_are_refused_with_the_cause() {
     assert!(err.to_string().contains("band 4 was requested but"), "{err}");
 }
 
+/// A scene that fails part-way (a block in its middle cannot be decoded, while its header and
+/// its last block can) is refused as a whole and leaves no tile image behind that no table
+/// would record; a file cut short is named as truncated before any tile is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scene_that_fails_part_way_leaves_no_tile_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.tif");
+    // Noise does not compress: the file is mostly block data, so its middle is a block's.
+    let synthetic = Synthetic { width: 1024, height: 1024, bands: 3, ..Default::default() };
+    synthetic.write_u16(&path, |b, c, r| ((c * 7919 + r * 104_729 + b * 13) % 65_521) as u16 ^ ((c * r) as u16));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    for (i, byte) in bytes[middle..middle + 4096].iter_mut().enumerate() {
+        *byte = (i * 31 % 251) as u8;
+    }
+    let corrupt = dir.path().join("corrupt-middle.tif");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let root = memory_root("part-way");
+    let err = tile(&request("corrupt-middle", corrupt.to_str().unwrap(), tiling(128, 0, 64)), &root).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    let left = root.store().list_with_delimiter(Some(&root.join("req-test/corrupt-middle").path().clone())).await.unwrap();
+    assert!(left.objects.is_empty(), "{} tile image(s) left by a failed scene: {err}", left.objects.len());
+
+    // Cut at half its length: named as truncated, nothing written.
+    let half = dir.path().join("half.tif");
+    std::fs::write(&half, &std::fs::read(&path).unwrap()[..middle]).unwrap();
+    let err = tile(&request("half", half.to_str().unwrap(), tiling(128, 0, 64)), &root).await.unwrap_err();
+    assert!(err.to_string().contains("is truncated or corrupt") && err.to_string().contains("half.tif"), "{err}");
+    let left = root.store().list_with_delimiter(Some(&root.join("req-test/half").path().clone())).await.unwrap();
+    assert!(left.objects.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_and_float_single_band_scenes_render_as_grey() {
     let dir = tempfile::tempdir().unwrap();

@@ -419,7 +419,9 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_MAX_SCENE_MEGAPIXELS", default_value_t = 4295)]
     pub max_scene_megapixels: u64,
 
-    /// Worker threads per scene for tiling (default: one per CPU).
+    /// CPU threads: the tiler's workers per scene and libtorch's intra-op threads (default: the
+    /// CPUs this process may use, or OMP_NUM_THREADS). Give each job on a shared machine its
+    /// share; two jobs that each take every CPU slow each other down many times over.
     #[arg(long, env = "STRATA_THREADS", value_parser = at_least_one)]
     pub threads: Option<usize>,
 
@@ -1271,8 +1273,10 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 4295)]
     pub max_scene_megapixels: u64,
 
-    /// Worker threads per scene (default: one per CPU).
-    #[arg(long)]
+    /// CPU threads: the tiler's workers per scene and libtorch's intra-op threads (default: the
+    /// CPUs this process may use, or OMP_NUM_THREADS). Give each job on a shared machine its
+    /// share; two jobs that each take every CPU slow each other down many times over.
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
 
     /// Scenes tiled at the same time.

@@ -32,11 +32,13 @@ const NOT_KEYS: [&str; 4] = ["config_file", "help", "version", "verbose"];
 /// must set them. The deploy manifests are checked against this list.
 const DEPLOY_REQUIRED: [&str; 3] = ["brokers", "tables", "tiles"];
 
-/// Environment variables the binary reads besides the keys, with what they mean. Object-store
+/// Environment variables read besides the keys, with what they mean: the binary's first, then
+/// those of the scripts that come with it (`scripts/demo.sh`, `scripts/setup.sh`, the test
+/// harness, `benches/`), so one list answers "what does this variable do". Object-store
 /// credentials and endpoints are read by `object_store` (`AmazonS3Builder::from_env`): any
 /// `AWS_*` variable it knows, such as `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`.
-pub const ENVIRONMENT: [(&str, &str); 8] = [
+pub const ENVIRONMENT: [(&str, &str); 19] = [
     ("STRATA_CONFIG", "The TOML configuration file (`--config`)"),
     ("STRATA_LOG", "Log filter, tracing-subscriber EnvFilter syntax (default: info, or debug with -v)"),
     ("STRATA_CACHE", "Cache folder for downloaded models and indexes (default ~/.cache/strata)"),
@@ -45,6 +47,17 @@ pub const ENVIRONMENT: [(&str, &str); 8] = [
     ("ORT_DYLIB_PATH", "The ONNX Runtime library, libonnxruntime.so (default: the one setup installed)"),
     ("GDAL_CACHEMAX", "GDAL's block cache; Strata sets a per-process default when it is unset"),
     ("AWS_*", "S3 settings and credentials, as object_store reads them (AWS_ACCESS_KEY_ID, AWS_ENDPOINT, ...)"),
+    ("COLUMNS", "Terminal width for `strata query` tables (default 160)"),
+    ("POLARS_TABLE_WIDTH", "Overrides COLUMNS for `strata query` tables"),
+    ("STRATA_BIN", "scripts/demo.sh: a strata binary to use instead of building one"),
+    ("STRATA_DEVICE", "scripts/demo.sh: cpu (default), cuda or auto (CUDA when present) for training and batch"),
+    ("STRATA_DEMO_OUT", "scripts/demo.sh: the output folder when --out is not given (default strata-out/)"),
+    ("STRATA_ACCELERATOR", "scripts/setup.sh: cuda installs libtorch with its CUDA libraries (default: CPU only)"),
+    ("STRATA_TANSU_BIN", "Tests and benches: the tansu broker binary (default: the one setup built)"),
+    ("STRATA_MOTO_BIN", "Tests: the moto_server binary (default: the project venv's)"),
+    ("STRATA_BENCH_DIR", "benches/*/compare.sh: working folder (default $STRATA_CACHE/bench)"),
+    ("STRATA_BENCH_PHASES", "The training bench: also time forward, backward and optimiser separately"),
+    ("STRATA_BENCH_REUSE_INDEX", "The index bench: keep an index already built in its working folder"),
 ];
 
 /// A configuration problem, naming the key and where its value came from.

@@ -61,6 +61,16 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     if let cli::Command::Query(query_args) = &args.command {
         query::set_display_options(query_args);
     }
+    // libtorch's pool is sized once, when the first model is placed on a device: `--threads`
+    // sizes it where a command takes it, the CPUs this process may use elsewhere.
+    let threads = match &args.command {
+        cli::Command::Batch(batch_args) => batch_args.threads,
+        cli::Command::Serve(serve_args) => serve_args.threads,
+        _ => None,
+    };
+    if let Some(threads) = threads {
+        model::device::request_cpu_threads(threads);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -130,6 +130,19 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
     std::fs::copy(data("scenes/L7_ETMs.tif"), &good).unwrap();
     let original = std::fs::read(data("scenes/rmnp-rgb.tif")).unwrap();
     std::fs::write(inputs.join("truncated.tif"), &original[..original.len() / 3]).unwrap();
+    // Cut half-way: the header and the first rows of blocks are intact, so tiles could be cut
+    // from them before the end is found missing.
+    std::fs::write(inputs.join("half.tif"), &original[..original.len() / 2]).unwrap();
+    // A PNG cut short, without a CRS either: it is the truncation that must be named.
+    {
+        use strata_e2e::gdal::{raster::RasterCreationOptions, Dataset, DriverManager};
+        let source = Dataset::open(data("scenes/rmnp-rgb.tif")).unwrap();
+        let driver = DriverManager::get_driver_by_name("PNG").unwrap();
+        let whole = dir.path().join("whole.png");
+        drop(source.create_copy(&driver, &whole, &RasterCreationOptions::new()).unwrap());
+        let bytes = std::fs::read(&whole).unwrap();
+        std::fs::write(dir.path().join("photo.png"), &bytes[..bytes.len() / 2]).unwrap();
+    }
     std::fs::write(inputs.join("notes.tif"), b"field notes, not a raster").unwrap();
     std::fs::write(inputs.join("empty.tif"), b"").unwrap();
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -151,10 +164,11 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
         dir.path().join("tiles").to_str().unwrap(),
         inputs.to_str().unwrap(),
         dir.path().join("does-not-exist.tif").to_str().unwrap(),
+        dir.path().join("photo.png").to_str().unwrap(),
     ]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "some scenes failed, so the exit status is 1\n{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("tiled 1 of 8 scene(s)"), "{stdout}");
+    assert!(stdout.contains("tiled 1 of 10 scene(s)"), "{stdout}");
     // GDAL's own `ERROR 1: …` lines stay out of the way: the dead letters carry its message.
     assert!(!text(&out.stderr).contains("ERROR 1:"), "{}", text(&out.stderr));
 
@@ -177,15 +191,34 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
         assert_eq!(got_stage, stage, "{scene}: {message}");
         assert!(message.contains(needle), "{scene}: `{message}` does not say `{needle}`");
     };
-    expect("truncated", "tile", "may be truncated or corrupt");
+    expect("truncated", "tile", "is truncated or corrupt");
+    expect("half", "tile", "is truncated or corrupt");
+    expect("photo", "tile", "is truncated or corrupt");
     expect("notes", "tile", "is not a raster GDAL can read");
     expect("empty", "tile", "is empty (0 bytes)");
     expect("corrupt", "tile", "is not a raster GDAL can read");
     expect("broken-item", "ingest", "not a STAC item");
     expect("missing-asset", "tile", "not found");
     expect("does-not-exist", "ingest", "no such file");
-    assert_eq!(by_scene.len(), 7);
+    assert_eq!(by_scene.len(), 9);
     assert!(dead.iter().all(|r| r["error_kind"] == "permanent"));
+    // Every tile image in the tiles store is one the tiles table records: a scene that failed
+    // part-way left none behind.
+    let recorded = query_json(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
+    let mut images = 0;
+    let mut stack = vec![dir.path().join("tiles")];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "png") {
+                assert!(path.to_string_lossy().contains("/good/"), "a tile image of a failed scene: {}", path.display());
+                images += 1;
+            }
+        }
+    }
+    assert_eq!(images, recorded, "tile images on disk vs rows in the tiles table");
 }
 
 #[test]
@@ -913,6 +946,71 @@ fn config_keys_lists_every_setting_with_its_variable_for_people_and_tools() {
     assert!(environment.contains(&"STRATA_LOG") && environment.contains(&"AWS_*"), "{environment:?}");
     let out = strata(&["config", "keys"]);
     assert!(text(&out.stdout).contains("STRATA_BROKERS") && text(&out.stdout).contains("Also read from the environment"));
+}
+
+/// Every environment variable Strata's code and scripts read is listed by `strata config keys`
+/// and named in the README: the sources are scanned for reads (`env::var("…")`, clap's
+/// `env = "…"`, `${NAME` in shell), so a new variable without documentation fails here.
+#[test]
+fn every_environment_variable_read_is_listed_and_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = strata(&["config", "keys", "--format", "json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names =
+        |field: &str| -> Vec<String> { listing[field].as_array().unwrap().iter().map(|k| k["env"].as_str().unwrap().to_owned()).collect() };
+    let (keys, environment) = (names("keys"), names("environment"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut read = std::collections::BTreeSet::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && !["target", "strata-out", "fixtures", "data"].contains(&name.as_str()) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let shell = name.ends_with(".sh");
+            if !(shell || name.ends_with(".rs")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut names = Vec::new();
+            for opener in ["var(\"", "var_os(\"", "env = \""] {
+                names.extend(text.split(opener).skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_owned()));
+            }
+            if shell {
+                names.extend(
+                    text.split("${")
+                        .skip(1)
+                        .map(|rest| rest.split(|c: char| !(c.is_ascii_uppercase() || c == '_')).next().unwrap_or("").to_owned()),
+                );
+            }
+            for name in names {
+                // Upper-case names only; the build-time variables cargo sets are cargo's.
+                let ours = name.len() > 3 && name.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+                if ours
+                    && (name.starts_with("STRATA_")
+                        || ["COLUMNS", "POLARS_TABLE_WIDTH", "ORT_DYLIB_PATH", "GDAL_CACHEMAX"].contains(&name.as_str()))
+                {
+                    read.insert(name);
+                }
+            }
+        }
+    }
+    assert!(
+        read.contains("STRATA_BIN") && read.contains("STRATA_CACHE") && read.contains("STRATA_BROKERS"),
+        "the scan finds reads: {read:?}"
+    );
+    // The README documents the settings' variables by their rule (`STRATA_<KEY>`, listed by
+    // `strata config keys`) and every other variable by name.
+    assert!(readme.contains("`STRATA_<KEY>`") && readme.contains("strata config keys"));
+    for name in &read {
+        assert!(keys.contains(name) || environment.contains(name), "{name} is read but `strata config keys` does not list it");
+        assert!(keys.contains(name) || readme.contains(name.as_str()), "{name} is read but the README does not name it");
+    }
 }
 
 #[test]

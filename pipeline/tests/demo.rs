@@ -34,7 +34,9 @@ fn bounds(points: &[[f64; 2]]) -> [f64; 4] {
 fn the_quick_demo_fills_every_table_through_the_registry_served_model() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("demo");
+    // A folder name with a space, `|` and `&`: the demo's cache key and every path it builds
+    // must take any name a user gives.
+    let out = work.path().join("demo | A&B");
     let cache = std::env::var("STRATA_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/strata"));

@@ -82,6 +82,10 @@ fn parse_one(inner: &str) -> Result<GridBox, String> {
     if x1 > x2 || y1 > y2 {
         return Err("corners are not top-left then bottom-right".to_owned());
     }
+    // A box is an area: an edge of zero length (`y1 = y2`) cannot be georeferenced or scored.
+    if x1 == x2 || y1 == y2 {
+        return Err("the box has no area (an edge of zero length)".to_owned());
+    }
     Ok(GridBox { x1, y1, x2, y2 })
 }
 
@@ -101,16 +105,17 @@ mod tests {
     fn malformed_boxes_are_reported_and_the_rest_kept() {
         let parsed = parse_boxes(
             "<box>[1, 2]</box><box>[5, 5, 1200, 9]</box><box>[a, 1, 2, 3]</box><box>[9, 9, 1, 1]</box>\
-             <box>10, 20, 30, 40</box><box>[100, 100, 200, 200]</box><box>[3, 3, 4",
+             <box>[641, 1000, 781, 1000]</box><box>10, 20, 30, 40</box><box>[100, 100, 200, 200]</box><box>[3, 3, 4",
         );
         assert_eq!(parsed.boxes, vec![GridBox { x1: 100, y1: 100, x2: 200, y2: 200 }]);
-        assert_eq!(parsed.errors.len(), 6, "{:?}", parsed.errors);
+        assert_eq!(parsed.errors.len(), 7, "{:?}", parsed.errors);
         assert!(parsed.errors[0].contains("expected 4 coordinates"));
         assert!(parsed.errors[1].contains("off the 0–1000 grid"));
         assert!(parsed.errors[2].contains("not a whole number"));
         assert!(parsed.errors[3].contains("top-left then bottom-right"));
-        assert!(parsed.errors[4].contains("expected `[x1, y1, x2, y2]`"));
-        assert!(parsed.errors[5].contains("unclosed"));
+        assert!(parsed.errors[4].contains("no area"));
+        assert!(parsed.errors[5].contains("expected `[x1, y1, x2, y2]`"));
+        assert!(parsed.errors[6].contains("unclosed"));
     }
 
     #[test]

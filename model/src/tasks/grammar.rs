@@ -8,7 +8,8 @@
 //! ```
 //!
 //! with every coordinate an integer on the 0–[`GRID_MAX`] grid without leading zeros, and
-//! `x2 > x1`, `y2 > y1`. A small model that has half-learnt the format then still answers with
+//! `x2 > x1`, `y2 > y1`: every box has area, so the top-left corner stops one short of the
+//! grid's edge (`x1, y1 ≤ GRID_MAX − 1`), or no bottom-right corner would be left for it. A small model that has half-learnt the format then still answers with
 //! boxes that parse (the mask only removes tokens; among the allowed ones the model's own
 //! ranking decides), as grammar-constrained generation does in llama.cpp (GBNF) and outlines.
 //! Stopping is allowed between boxes only, so an answer is never cut inside one (unless it
@@ -135,10 +136,19 @@ impl BoxState {
         }
     }
 
+    /// The largest value a coordinate may take: x1 and y1 leave room for a corner right of and
+    /// below them (a box has area), x2 and y2 reach the grid's edge.
+    fn ceiling(index: u8) -> u32 {
+        match index {
+            0 | 1 => u32::from(GRID_MAX) - 1,
+            _ => u32::from(GRID_MAX),
+        }
+    }
+
     /// The number as written is a whole valid coordinate.
     fn number_ok(&self) -> bool {
         match *self {
-            Self::Number { index, value, corner, .. } => value <= u32::from(GRID_MAX) && value >= Self::floor(index, corner),
+            Self::Number { index, value, corner, .. } => value <= Self::ceiling(index) && value >= Self::floor(index, corner),
             _ => false,
         }
     }
@@ -147,7 +157,7 @@ impl BoxState {
     /// so the grammar never walks into a dead end.
     fn can_finish_number(&self) -> bool {
         let Self::Number { index, value, corner, .. } = *self else { return false };
-        let (low, high) = (Self::floor(index, corner), u32::from(GRID_MAX));
+        let (low, high) = (Self::floor(index, corner), Self::ceiling(index));
         if value == 0 {
             // "0" cannot grow (no leading zeros).
             return low == 0;
@@ -241,9 +251,39 @@ mod tests {
             assert!(refused, "{bad} accepted");
         }
         assert!(run("<box>[999, 0, 9").is_none(), "no continuation of 9 exceeds 999 on the grid");
+        assert!(run("<box>[1000").is_none(), "x1 = 1000 leaves no x2 to its right");
+        assert!(run("<box>[0, 1000").is_none(), "y1 = 1000 leaves no y2 below it");
+        assert!(run("<box>[0, 100").is_some(), "y1 = 100 is fine (the 1000 prefix is not a dead end yet)");
+        assert!(run("<box>[0, 100,").is_some());
         assert!(run("<box>[999, 0, 1").is_some(), "1000 exceeds 999");
         assert!(run("<box>[1, 2, 3, 4]</box> ").is_some_and(|s| !s.accepting()), "a trailing space waits for a box");
         assert!(run("<box>[1, 2, 3").is_some_and(|s| !s.accepting()), "no stop inside a box");
+    }
+
+    /// Every state the grammar reaches from the start can still finish a box with area: walking
+    /// all digit sequences of every corner value, no prefix dead-ends (the mask would be lifted
+    /// there and the model would write unconstrained text, as `y1 = 1000` once did).
+    #[test]
+    fn no_accepted_prefix_is_a_dead_end_and_every_box_has_area() {
+        let digits = b"0123456789";
+        // Any continuation that reaches `]` parses as a box with area.
+        for x1 in (0..=1000).step_by(37).chain([999, 1000]) {
+            for y1 in [0u32, 1, 500, 998, 999, 1000] {
+                let prefix = format!("<box>[{x1}, {y1}, ");
+                let Some(state) = run(&prefix) else {
+                    assert!(x1 == 1000 || y1 == 1000, "{prefix} refused");
+                    continue;
+                };
+                // Some digit continues x2, and some x2 then allows a y2.
+                assert!(digits.iter().any(|&d| state.advance(d).is_some()), "{prefix} is a dead end");
+                let x2 = x1 + 1;
+                let y2 = y1 + 1;
+                let text = format!("{prefix}{x2}, {y2}]</box>");
+                assert!(run(&text).is_some_and(|s| s.accepting()), "{text} refused");
+                let parsed = parse_boxes(&text);
+                assert!(parsed.errors.is_empty() && parsed.boxes.len() == 1, "{text}: {:?}", parsed.errors);
+            }
+        }
     }
 
     #[test]

@@ -190,7 +190,10 @@ pub async fn tile_scene(
 ///
 /// A scene that fails part-way may already have sent some tiles: the caller must treat them
 /// as belonging to a failed scene (the merge stage drops outcomes of scenes that failed as a
-/// whole), and a retried scene sends them again (tile ids are stable, so they count once).
+/// whole), and a retried scene sends them again (tile ids are stable, so they count once). A
+/// scene refused for good (a bad scene, a block GDAL cannot decode) has the tile images it had
+/// written removed, so the tiles store holds no image that no table records; a file cut short
+/// is found before any tile is cut (its last pixel is read first).
 ///
 /// # Errors
 /// [`OperatorError::BadScene`] for inputs that can never be tiled (not a raster, no CRS, too
@@ -233,6 +236,7 @@ pub async fn tile_scene_streaming(
         let cutter = tokio::task::spawn_blocking(move || job.run(tx));
 
         let mut write_error = None;
+        let mut written = Vec::new();
         while let Some(rendered) = rx.recv().await {
             let location = tiles_root.join(&tile_key(request, &rendered.window.tile_id()));
             let put = location.store().put(location.path(), PutPayload::from_bytes(rendered.png)).await;
@@ -240,6 +244,7 @@ pub async fn tile_scene_streaming(
                 write_error = Some(OperatorError::Storage { uri: location.url(), source });
                 break; // dropping the receiver stops the workers
             }
+            written.push(location);
             if on_tile.send(rendered.record).await.is_err() {
                 write_error = Some(OperatorError::Internal {
                     reason: format!("tiling scene `{scene}` stopped: the receiver of its tiles went away"),
@@ -261,13 +266,23 @@ pub async fn tile_scene_streaming(
             }
             return Err(OperatorError::Storage { uri: file.uri().to_owned(), source });
         }
-        let mut summary = outcome.map_err(|failure| match failure {
-            CutFailure::Scene(reason) => bad(reason),
-            CutFailure::Gdal { action, source } => {
-                let detail = sources_for_messages.iter().fold(source.to_string(), |text, (vsi, uri)| text.replace(vsi.as_str(), uri));
-                OperatorError::Gdal { scene: scene.clone(), action, detail }
+        let mut summary = match outcome {
+            Ok(summary) => summary,
+            Err(failure) => {
+                let err = match failure {
+                    CutFailure::Scene(reason) => bad(reason),
+                    CutFailure::Gdal { action, source } => {
+                        let detail =
+                            sources_for_messages.iter().fold(source.to_string(), |text, (vsi, uri)| text.replace(vsi.as_str(), uri));
+                        OperatorError::Gdal { scene: scene.clone(), action, detail }
+                    }
+                };
+                // The scene is refused for good (it is not retried), so the tiles cut before
+                // the failure would be images no table records: they are removed.
+                remove_tiles(&written).await;
+                return Err(err);
             }
-        })?;
+        };
         summary.bytes_fetched = files.iter().map(VsiFile::bytes_fetched).sum();
         summary.source_bytes = files.iter().map(VsiFile::size).sum();
         summary.source_uri = locations[0].url();
@@ -281,6 +296,19 @@ pub async fn tile_scene_streaming(
     }
     .instrument(span)
     .await
+}
+
+/// Deletes the tile images of a scene that failed for good, best effort: a delete that fails is
+/// logged (the scene's dead letter already tells the user what went wrong).
+async fn remove_tiles(written: &[Location]) {
+    for location in written {
+        if let Err(error) = location.store().delete(location.path()).await {
+            tracing::warn!(tile = %location.url(), %error, "Cannot remove a tile image of a scene that failed.");
+        }
+    }
+    if !written.is_empty() {
+        tracing::debug!(tiles = written.len(), "Removed the tile images of a scene that failed part-way.");
+    }
 }
 
 /// Sets GDAL's process-wide block cache once, unless the user set `GDAL_CACHEMAX`.

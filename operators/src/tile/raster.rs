@@ -278,6 +278,22 @@ pub fn inspect(datasets: &[Dataset], sources: &[Source], bands: &[BandRef], max_
             dtype = band_type.name();
         }
     }
+    // A file cut short (an interrupted download or upload) still opens: its header is intact.
+    // Reading the last pixel decodes the last block (for a PNG, the whole image), so truncation
+    // is named as such here, before any tile is written and before a check such as the CRS
+    // below could blame the file for something else.
+    for (dataset, source) in datasets.iter().zip(sources) {
+        let band = dataset.rasterband(1).map_err(|e| format!("cannot open band 1 of `{}`: {e}", source.uri))?;
+        let (bw, bh) = dataset.raster_size();
+        let last = (isize::try_from(bw).unwrap_or(isize::MAX) - 1, isize::try_from(bh).unwrap_or(isize::MAX) - 1);
+        if let Err(e) = band.read_as::<f64>(last, (1, 1), (1, 1), None) {
+            let detail = e.to_string().replace(&source.vsi_path, &source.uri);
+            return Err(format!(
+                "`{}` is truncated or corrupt (an interrupted download or upload?): its last pixel cannot be read: {detail}",
+                source.uri
+            ));
+        }
+    }
     let crs_wkt = primary.projection();
     if crs_wkt.trim().is_empty() {
         return Err(format!("`{}` has no coordinate reference system, so its tiles cannot be placed on the map", sources[0].uri));
