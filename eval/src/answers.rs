@@ -38,7 +38,7 @@ pub struct Reference {
     pub id: String,
     /// Accepted answers / captions / the class, or boxes for grounding.
     pub references: Vec<Value>,
-    /// Question type (VQA).
+    /// Question type (VQA), or the label asked for (detection).
     #[serde(skip_serializing_if = "Option::is_none", default, rename = "type")]
     pub kind: Option<String>,
     /// Candidate classes (classification).

@@ -308,9 +308,11 @@ fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> R
 }
 
 /// Every predicted box of a detection answer and whether some of it was malformed: a JSON
-/// array of pixel boxes, `<box>` tags on the 0–1000 grid (needs the image size), or a pixel
-/// box list written as text. An answer in words with no box names no object (an empty answer
-/// is the right one where the label is absent).
+/// array of pixel boxes (VOC's inclusive pixels, as the references), `<box>` tags on the
+/// 0–1000 grid (needs the image size; a grid box ends where its last pixel ends, so that pixel
+/// is one before its right and bottom edges), or a pixel box list written as text. An answer in
+/// words with no box names no object (an empty answer is the right one where the label is
+/// absent).
 fn predicted_boxes(answer: &Value, image_size: Option<[u32; 2]>) -> (Vec<[f64; 4]>, bool) {
     let from_array = |items: &[Value]| {
         let boxes: Vec<[f64; 4]> = items.iter().filter_map(as_box).collect();
@@ -328,7 +330,17 @@ fn predicted_boxes(answer: &Value, image_size: Option<[u32; 2]>) -> (Vec<[f64; 4
     if text.contains("<box>") {
         let parsed = model::tasks::parse_boxes(&text);
         return match image_size {
-            Some([w, h]) => (parsed.boxes.iter().map(|b| b.to_pixels(w, h)).collect(), !parsed.errors.is_empty()),
+            Some([w, h]) => (
+                parsed
+                    .boxes
+                    .iter()
+                    .map(|b| {
+                        let [x1, y1, x2, y2] = b.to_pixels(w, h);
+                        [x1, y1, x2 - 1.0, y2 - 1.0]
+                    })
+                    .collect(),
+                !parsed.errors.is_empty(),
+            ),
             None => (Vec::new(), true),
         };
     }

@@ -26,8 +26,19 @@ use crate::{tile::raster, OperatorError};
 /// The model's box grid spans `0..=GRID_MAX` across the tile image (MODEL_SPEC §6).
 pub const GRID_MAX: f64 = 1000.0;
 
-/// Segments each box edge is cut into before it is transformed to lon/lat.
+/// The most segments a box edge is cut into before it is transformed to lon/lat (see
+/// [`DENSIFY_TOLERANCE_M`] for when it is cut at all).
 pub const DEFAULT_SEGMENTS_PER_EDGE: usize = 16;
+
+/// How far, in metres, a drawn edge (straight in lon/lat) may stray from the true one (the
+/// image of a straight pixel edge) before the edge is cut in two. A pixel edge of a few hundred
+/// metres bends by well under a millimetre under UTM → lon/lat, so a small box keeps its four
+/// corners; a scene's 100 km edges are cut where the projection bends them. Distances are
+/// measured on a sphere of the mean Earth radius, ample for a tolerance this small.
+pub const DENSIFY_TOLERANCE_M: f64 = 0.1;
+
+/// Metres per degree of latitude on a sphere of the mean Earth radius (6,371,008.8 m).
+const METRES_PER_DEGREE: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
 
 /// A closed ring of `[x, y]` points (lon/lat: `[longitude, latitude]` in degrees); the first
 /// point is repeated at the end.
@@ -198,7 +209,8 @@ impl TileGeoref {
         })
     }
 
-    /// Cuts each box edge into `segments` straight pieces (at least 1) before transforming.
+    /// Cuts each box edge into at most `segments` straight pieces (at least 1; halves, so a
+    /// power of two is reached exactly) where the projection bends it.
     pub fn with_segments_per_edge(mut self, segments: usize) -> Self {
         self.segments_per_edge = segments.max(1);
         self
@@ -258,8 +270,9 @@ impl TileGeoref {
     }
 }
 
-/// The lon/lat footprint of a window of scene pixels: its outline densified (`segments` points
-/// per edge) in the scene CRS, transformed, counter-clockwise whatever the signs of the
+/// The lon/lat footprint of a window of scene pixels: its outline densified (at most `segments`
+/// pieces per edge, where the projection bends it by more than [`DENSIFY_TOLERANCE_M`]) in the
+/// scene CRS, transformed, counter-clockwise whatever the signs of the
 /// geotransform (RFC 7946 §3.1.6), cut in two at ±180° when it crosses the antimeridian
 /// (§3.1.9), and closed through the pole when it contains one. Scene and tile footprints use
 /// this, and [`TileGeoref::georeference`] the same code, so every polygon Strata writes follows
@@ -289,7 +302,7 @@ impl Outline<'_> {
     /// The outline of `pixel_box` (`[col1, row1, col2, row2]`) in the CRS (closed, densified,
     /// counter-clockwise) and in lon/lat (see [`window_footprint`]).
     fn trace(&self, pixel_box: &[f64; 4], segments: usize) -> Result<(Ring, LonLatGeometry), String> {
-        let mut pixels = densified_outline(pixel_box, segments);
+        let mut pixels = self.densified_outline(pixel_box, segments)?;
         let crs = |pixels: &[[f64; 2]]| -> Ring {
             pixels
                 .iter()
@@ -319,6 +332,57 @@ impl Outline<'_> {
             pixels.reverse();
         }
         Ok((crs_ring, self.split_at_antimeridian(&pixels, unwrapped)?))
+    }
+
+    /// The closed outline of a pixel box in the order top-left, bottom-left, bottom-right,
+    /// top-right (counter-clockwise on a north-up map), each edge cut in halves, at most
+    /// `segments` pieces, while the edge drawn straight in lon/lat strays from the true edge
+    /// by more than [`DENSIFY_TOLERANCE_M`] at its middle. A few-pixel box keeps its 4 corners
+    /// (5 points closed) instead of 4 × `segments`.
+    fn densified_outline(&self, b: &[f64; 4], segments: usize) -> Result<Vec<[f64; 2]>, String> {
+        let depth = usize::BITS - 1 - segments.max(1).leading_zeros(); // floor(log2(segments))
+        let corners = [[b[0], b[1]], [b[0], b[3]], [b[2], b[3]], [b[2], b[1]]];
+        let lonlat = self.lonlat_of(&corners)?;
+        let mut points = Vec::with_capacity(4 + 1);
+        for i in 0..4 {
+            points.push(corners[i]);
+            let j = (i + 1) % 4;
+            self.refine(corners[i], corners[j], lonlat[i], lonlat[j], depth, &mut points)?;
+        }
+        points.push(corners[0]);
+        Ok(points)
+    }
+
+    /// Adds the points strictly between pixel `a` and `b` (lon/lat `la`, `lb`) that the edge
+    /// needs, in order.
+    fn refine(&self, a: [f64; 2], b: [f64; 2], la: [f64; 2], lb: [f64; 2], depth: u32, out: &mut Vec<[f64; 2]>) -> Result<(), String> {
+        if depth == 0 {
+            return Ok(());
+        }
+        let m = [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0];
+        let lm = self.lonlat_of(&[m])?[0];
+        // The chord's middle, across ±180° where the edge crosses it.
+        let chord = [la[0] + wrap_degrees(lb[0] - la[0]) / 2.0, (la[1] + lb[1]) / 2.0];
+        let dx = wrap_degrees(lm[0] - chord[0]) * lm[1].to_radians().cos() * METRES_PER_DEGREE;
+        let dy = (lm[1] - chord[1]) * METRES_PER_DEGREE;
+        if dx.hypot(dy) <= DENSIFY_TOLERANCE_M {
+            return Ok(());
+        }
+        self.refine(a, m, la, lm, depth - 1, out)?;
+        out.push(m);
+        self.refine(m, b, lm, lb, depth - 1, out)
+    }
+
+    /// Pixels to lon/lat.
+    fn lonlat_of(&self, pixels: &[[f64; 2]]) -> Result<Vec<[f64; 2]>, String> {
+        let crs: Vec<[f64; 2]> = pixels
+            .iter()
+            .map(|&[c, r]| {
+                let (x, y) = self.geotransform.apply(c, r);
+                [x, y]
+            })
+            .collect();
+        raster::transform_points(self.to_lonlat, &crs)
     }
 
     /// A ring that goes once round a pole, as one polygon in [-180, 180]: the outline is opened
@@ -437,8 +501,14 @@ fn invert(g: &GeoTransform, x: f64, y: f64) -> [f64; 2] {
     [(g[5] * dx - g[2] * dy) / det, (g[1] * dy - g[4] * dx) / det]
 }
 
+/// A longitude difference in (-180, 180].
+fn wrap_degrees(d: f64) -> f64 {
+    d - 360.0 * ((d - 180.0) / 360.0).ceil()
+}
+
 /// The closed outline of a pixel box, `segments` points per edge, in the order top-left,
 /// bottom-left, bottom-right, top-right (counter-clockwise on a north-up map).
+#[cfg(test)]
 fn densified_outline(b: &[f64; 4], segments: usize) -> Vec<[f64; 2]> {
     let corners = [[b[0], b[1]], [b[0], b[3]], [b[2], b[3]], [b[2], b[1]]];
     let mut points = Vec::with_capacity(4 * segments + 1);
@@ -573,5 +643,38 @@ mod tests {
             outline,
             vec![[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [2.0, 2.0], [4.0, 2.0], [4.0, 1.0], [4.0, 0.0], [2.0, 0.0], [0.0, 0.0]]
         );
+    }
+
+    #[test]
+    fn longitude_differences_wrap_into_half_a_turn() {
+        for (d, want) in [(190.0, -170.0), (180.0, 180.0), (-180.0, 180.0), (-190.0, 170.0), (0.5, 0.5), (-359.0, 1.0)] {
+            assert!((wrap_degrees(d) - want).abs() < 1e-12, "{d}: {}", wrap_degrees(d));
+        }
+    }
+
+    /// Edges are cut only where the projection bends them: a 10-pixel box at 10 m keeps its
+    /// corners, a 100 km UTM edge far from the central meridian is cut, and every point of a
+    /// cut edge lies within the tolerance of the true edge between its neighbours.
+    #[test]
+    fn edges_are_densified_only_where_the_projection_bends_them() {
+        let wkt = gdal::spatial_ref::SpatialRef::from_epsg(32633).unwrap().to_wkt().unwrap();
+        let to_lonlat = raster::to_lonlat(&wkt).unwrap();
+        // Far east of zone 33's central meridian (15°E), at 60°N, where grid lines bend most.
+        let geotransform = GeoTransform([800_000.0, 10.0, 0.0, 6_700_000.0, 0.0, -10.0]);
+        let outline = Outline { geotransform: &geotransform, to_lonlat: &to_lonlat };
+        let small = outline.densified_outline(&[0.0, 0.0, 10.0, 10.0], 16).unwrap();
+        assert_eq!(small.len(), 5, "a small box keeps its corners: {small:?}");
+        let large = outline.densified_outline(&[0.0, 0.0, 10_000.0, 10_000.0], 64).unwrap();
+        assert!(large.len() > 5 && large.len() <= 4 * 64 + 1, "{} points", large.len());
+        // Between consecutive points, the true edge's middle is within the tolerance of the chord.
+        for pair in large.windows(2) {
+            let m = [(pair[0][0] + pair[1][0]) / 2.0, (pair[0][1] + pair[1][1]) / 2.0];
+            let ll = outline.lonlat_of(&[pair[0], m, pair[1]]).unwrap();
+            let chord = [(ll[0][0] + ll[2][0]) / 2.0, (ll[0][1] + ll[2][1]) / 2.0];
+            let dx = (ll[1][0] - chord[0]) * ll[1][1].to_radians().cos() * METRES_PER_DEGREE;
+            let dy = (ll[1][1] - chord[1]) * METRES_PER_DEGREE;
+            // A piece cut to the depth limit may stay above it; these 100 km edges need fewer.
+            assert!(dx.hypot(dy) <= DENSIFY_TOLERANCE_M, "{pair:?} strays {} m", dx.hypot(dy));
+        }
     }
 }

@@ -156,7 +156,13 @@ fn a_box_across_the_antimeridian_is_cut_in_two_at_180() {
     unwrapped.iter_mut().filter(|p| p[0] < 0.0).for_each(|p| p[0] += 360.0);
     let want_area = signed_area(&unwrapped).abs() / 2.0;
     let area: f64 = parts.iter().map(|p| signed_area(p) / 2.0).sum();
-    assert!((area - want_area).abs() < 1e-9 && (geometry.area() - area).abs() < 1e-12, "area {area}, want {want_area} square degrees");
+    assert!(
+        // Shoelace terms near ±180° are ~3e4 square degrees each: sums in another order differ
+        // by ~1e-11.
+        (area - want_area).abs() < 1e-9 && (geometry.area() - area).abs() < 1e-10,
+        "area {area}, want {want_area} square degrees; GDAL reads {}",
+        geometry.area()
+    );
 }
 
 #[test]

@@ -41,7 +41,8 @@ pub enum Command {
     /// every tile, merge detections across tiles, and record everything in the tables.
     ///
     /// SCENE may be a raster file (GeoTIFF/COG, JPEG 2000, ...), a STAC item JSON file, a
-    /// folder, an object URL (s3://bucket/key.tif) or a bucket prefix (s3://bucket/scenes/);
+    /// folder, an object URL (s3://bucket/key.tif, or https://host/key.tif read by range
+    /// requests) or a bucket prefix (s3://bucket/scenes/);
     /// folders and prefixes are searched for rasters and STAC items. Without --model, scenes
     /// are only tiled. Bad scenes and tiles are reported, recorded in the `dead_letter` table,
     /// and the batch goes on; the exit status is 1 when any failed. Rerunning the same batch
@@ -102,17 +103,22 @@ pub enum Command {
     ///
     /// Benchmarks (give the folder as downloaded): aid, whu-rs19, nwpu-resisc45, siri-whu,
     /// meter-ml, fmow (classification); rsvqa-lr, rsvqa-hr (VQA); dior-rsvg (grounding);
-    /// ucm-captions, sydney-captions, rsicd, nwpu-captions (captioning).
+    /// dior-det (detection: every image asked for every label, AP@0.5 as VOC and DIOR report
+    /// it, and false detections on images without the label); ucm-captions, sydney-captions,
+    /// rsicd, nwpu-captions (captioning).
     ///
     /// Examples:
     ///   strata eval --benchmark aid --data ~/datasets/AID --model models/rs-2 --limit 500
     ///   strata eval score --task caption --pred preds.jsonl --ref refs.jsonl
     ///   strata eval score --task ground --pred boxes.jsonl --ref rsvg.jsonl --format json
+    ///   strata eval --benchmark dior-det --data ~/datasets/DIOR --model models/rs-2 --limit 2000
     ///
     /// Answer files are JSON Lines: predictions `{"id": ..., "answer": ...}`, references
     /// `{"id": ..., "references": [...]}` (optional "type" for VQA question types, "classes" for
     /// classification candidates, "image_size": [w, h] for grounding answers on the 0-1000
-    /// grid). Grounding boxes are `[x1, y1, x2, y2]` pixel lists.
+    /// grid). Grounding boxes are `[x1, y1, x2, y2]` pixel lists. Detection references hold
+    /// every box of one label on one image (none where it is absent) with the label as "type";
+    /// a prediction's boxes share its optional "score", by which they are ranked.
     #[command(verbatim_doc_comment)]
     Eval(EvalArgs),
 
@@ -558,8 +564,8 @@ pub enum DataCommand {
     ///   {train,test}/retriever.jsonl    image–text pairs, for a retriever
     ///   manifest.json                   the settings and counts of the data set
     ///   scenes/*.tif, scenes/truth.jsonl  with --scenes: georeferenced mosaics for `strata batch`
-    ///   eval/aid, eval/ucm-captions, eval/rsvqa, eval/dior-rsvg   the test split in the layouts
-    ///                                   `strata eval --benchmark aid|ucm-captions|rsvqa-lr|dior-rsvg` reads
+    ///   eval/aid, eval/ucm-captions, eval/rsvqa, eval/dior-rsvg, eval/dior-det   the test split in
+    ///                                   the layouts `strata eval --benchmark aid|ucm-captions|rsvqa-lr|dior-rsvg|dior-det` reads
     ///
     /// Example:
     ///   strata data synth --out data/synth --n 600 --seed 1
@@ -828,7 +834,7 @@ pub struct ScorerArgs {
 /// Arguments of `strata eval score`.
 #[derive(Debug, Args)]
 pub struct EvalScoreArgs {
-    /// caption, vqa, classify or ground.
+    /// caption, vqa, classify, ground or detect.
     #[arg(long)]
     pub task: eval::score::Task,
     /// Predictions (JSON Lines).

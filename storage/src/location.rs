@@ -1,5 +1,6 @@
 //! One way to name data anywhere: a URL (`s3://bucket/prefix`, `file:///abs/path`,
-//! `memory://name/path`) or a plain local path, resolved to an object store and a path in it.
+//! `https://host/path` read-only, `memory://name/path`) or a plain local path, resolved to an
+//! object store and a path in it.
 //!
 //! S3 stores are configured from the standard environment (`AWS_ENDPOINT_URL`,
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...), so
@@ -135,7 +136,14 @@ pub fn resolve(location: &str) -> Result<Location, StorageError> {
             let store = s3_store(bucket).map_err(|e| invalid(e.to_string()))?;
             Ok(Location { store, path: parse_path(key).map_err(invalid)?, root: format!("s3://{bucket}") })
         }
-        other => Err(invalid(format!("unsupported scheme `{other}`; use a local path, file://, s3:// or memory://"))),
+        "http" | "https" => {
+            if authority.is_empty() {
+                return Err(invalid("no host".to_owned()));
+            }
+            let store = http_store(&root).map_err(|e| invalid(e.to_string()))?;
+            Ok(Location { store, path: parse_path(key).map_err(invalid)?, root })
+        }
+        other => Err(invalid(format!("unsupported scheme `{other}`; use a local path, file://, s3://, http(s):// or memory://"))),
     }
 }
 
@@ -237,6 +245,24 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     Ok(store)
 }
 
+/// A read-only store for `http(s)://host[:port]`: scenes and STAC assets served by a plain web
+/// server (a CDN, a STAC API's asset host, a bucket's public URL), read by HTTP range requests
+/// as object_store's HTTP store makes them (HEAD for the size, then `Range: bytes=…`). Writing
+/// to it is not supported by Strata (tiles and tables need a store that takes PUTs); the server
+/// must answer ranged GETs with `206 Partial Content`, as web servers and object stores do.
+fn http_store(root: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(store) = stores.get(root) {
+        return Ok(Arc::clone(store));
+    }
+    let options = object_store::ClientOptions::new().with_allow_http(root.starts_with("http://"));
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::http::HttpBuilder::new().with_url(root).with_client_options(options).with_retry(patient_retries()).build()?);
+    stores.insert(root.to_owned(), Arc::clone(&store));
+    Ok(store)
+}
+
 /// How S3 requests ride out an outage: object_store's default gives up after 10 quick
 /// retries (about 4 s when nothing answers), so a store restart or a network blip of a few
 /// seconds would fail scenes. These retries grow to 8 s apart and last up to 2 minutes;
@@ -317,7 +343,7 @@ mod tests {
     #[test]
     fn unknown_schemes_are_refused_with_a_hint() {
         let err = resolve("ftp://host/file.tif").unwrap_err();
-        assert!(err.to_string().contains("use a local path, file://, s3:// or memory://"), "{err}");
+        assert!(err.to_string().contains("use a local path, file://, s3://, http(s):// or memory://"), "{err}");
         assert!(resolve("s3:///key").is_err());
     }
 }

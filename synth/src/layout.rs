@@ -1,7 +1,7 @@
 //! `strata data synth`: lays the scenes of this crate out on disk, once as training data
 //! (LLaVA-style JSONL: `id`, `image`, `conversations` of `{from, value}`) and once as the
 //! test split in the public benchmarks' layouts that `strata eval` reads (AID, UCM-Captions,
-//! RSVQA, DIOR-RSVG), so a model trained on the one is measured on the other.
+//! RSVQA, DIOR-RSVG, DIOR detection), so a model trained on the one is measured on the other.
 
 use std::{
     fs::File,
@@ -17,7 +17,7 @@ use rand::{seq::SliceRandom as _, Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use crate::{Scene, CLASSES};
+use crate::{Scene, CLASSES, LABELS};
 
 /// What `strata data synth` lays out, and where.
 #[derive(Debug, Clone)]
@@ -69,6 +69,21 @@ fn candidates(scene: &Scene, seed: u64, index: u64) -> Vec<String> {
     list.push(scene.class.to_owned());
     list.shuffle(&mut rng);
     list
+}
+
+/// The label a detection turn asks for where it is absent, if scene `index` has such a turn:
+/// scenes without objects in even groups of six, scenes with objects in odd ones, so absent
+/// labels are asked as often as present ones (every scene with objects has a present turn, and
+/// those are half the scenes) and of every class. The label turns with the group. A model
+/// trained on present labels only drew ships on fields: nothing had ever asked it for
+/// something that is not there.
+fn absent_label(scene: &Scene, index: u64) -> Option<&'static str> {
+    let group = index / CLASSES.len() as u64;
+    if (group % 2 == 0) != scene.objects.is_empty() {
+        return None;
+    }
+    let absent: Vec<&'static str> = LABELS.iter().copied().filter(|l| scene.objects.iter().all(|o| o.label != *l)).collect();
+    (!absent.is_empty()).then(|| absent[(group / 2) as usize % absent.len()])
 }
 
 /// Scene `index` is held out when its group of six (one per class) falls in the test share.
@@ -220,8 +235,8 @@ const MAX_SCENE_SIDE: u32 = 8192;
 
 /// Renders `settings.n` scenes and writes them as training data (`train/` and `test/`:
 /// `align.jsonl`, `instruct.jsonl`, `retriever.jsonl` beside `images/`), as the test split in
-/// the public benchmarks' layouts under `eval/` (AID, UCM-Captions, RSVQA, DIOR-RSVG, which
-/// `eval::readers` read), and `settings.scenes` georeferenced mosaics under `scenes/`.
+/// the public benchmarks' layouts under `eval/` (AID, UCM-Captions, RSVQA, DIOR-RSVG, DIOR
+/// detection, which `eval::readers` read), and `settings.scenes` georeferenced mosaics under `scenes/`.
 ///
 /// # Errors
 /// A folder holding something other than an earlier data set; scenes larger than
@@ -248,7 +263,7 @@ pub fn write(settings: &LayoutSettings) -> anyhow::Result<Written> {
     }
     let mut karpathy = Vec::new();
     let (mut rsvqa_questions, mut rsvqa_answers) = (Vec::new(), Vec::new());
-    let (mut dior_train, mut dior_test) = (Vec::new(), Vec::new());
+    let (mut dior_train, mut dior_test, mut det_test) = (Vec::new(), Vec::new(), Vec::new());
     let mut counts = [0u64; 2];
 
     let bar = ProgressBar::with_draw_target(
@@ -300,6 +315,10 @@ pub fn write(settings: &LayoutSettings) -> anyhow::Result<Written> {
                 let boxes: Vec<String> = objects.iter().map(|o| grid_box(o.bbox, scene.size)).collect();
                 line(w, &conversation(format!("{}-detect", scene.id), &image, &detect_prompt(label), &boxes.join(" ")))?;
             }
+            // A label that is not there: the right answer is no box at all.
+            if let Some(label) = absent_label(&scene, index) {
+                line(w, &conversation(format!("{}-absent", scene.id), &image, &detect_prompt(label), ""))?;
+            }
         }
 
         // The benchmark layouts (captions and grounding keep both splits, as the originals do).
@@ -308,6 +327,35 @@ pub fn write(settings: &LayoutSettings) -> anyhow::Result<Written> {
         if test {
             write_image(&scene, "PNG", &eval.join("aid").join(folder(scene.class)).join(format!("{}.png", scene.id)))?;
             write_image(&scene, "GTiff", &eval.join("rsvqa/Images").join(format!("{index}.tif")))?;
+            // Detection as DIOR lays it out: every object of the scene, and scenes without any,
+            // so that every label is asked where it is absent too.
+            let det = eval.join("dior-det");
+            write_image(&scene, "JPEG", &det.join("JPEGImages-test").join(format!("{}.jpg", scene.id)))?;
+            let objects: String = scene
+                .objects
+                .iter()
+                .map(|o| {
+                    format!(
+                        "  <object>\n    <name>{}</name>\n    <bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bndbox>\n  </object>\n",
+                        o.label,
+                        o.bbox[0],
+                        o.bbox[1],
+                        // VOC's corners are the first and last pixel (inclusive); ours end after it.
+                        o.bbox[2] - 1,
+                        o.bbox[3] - 1
+                    )
+                })
+                .collect();
+            let xml = format!(
+                "<annotation>\n  <filename>{id}.jpg</filename>\n  <size><width>{s}</width><height>{s}</height><depth>3</depth></size>\n{objects}</annotation>\n",
+                id = scene.id,
+                s = scene.size,
+            );
+            let annotations = det.join("Annotations/Horizontal Bounding Boxes");
+            std::fs::create_dir_all(&annotations).with_context(|| format!("creating `{}`", annotations.display()))?;
+            let path = annotations.join(format!("{}.xml", scene.id));
+            std::fs::write(&path, xml).with_context(|| format!("writing `{}`", path.display()))?;
+            det_test.push(scene.id.clone());
             for q in &scene.questions {
                 let id = rsvqa_questions.len();
                 rsvqa_questions
@@ -342,7 +390,7 @@ pub fn write(settings: &LayoutSettings) -> anyhow::Result<Written> {
     }
     annotations.flush()?;
     let eval = out.join("eval");
-    for layout in ["aid", "ucm-captions", "rsvqa", "dior-rsvg"] {
+    for layout in ["aid", "ucm-captions", "rsvqa", "dior-rsvg", "dior-det/ImageSets/Main"] {
         std::fs::create_dir_all(eval.join(layout)).with_context(|| format!("creating `{}`", eval.join(layout).display()))?;
     }
     if counts[1] == 0 && args.test_fraction > 0.0 {
@@ -357,6 +405,7 @@ pub fn write(settings: &LayoutSettings) -> anyhow::Result<Written> {
     std::fs::write(eval.join("rsvqa/synth_split_test_answers.json"), json!({"answers": rsvqa_answers}).to_string())?;
     std::fs::write(eval.join("dior-rsvg/train.txt"), dior_train.join("\n") + "\n")?;
     std::fs::write(eval.join("dior-rsvg/test.txt"), dior_test.join("\n") + "\n")?;
+    std::fs::write(eval.join("dior-det/ImageSets/Main/test.txt"), det_test.join("\n") + "\n")?;
     let mosaics = write_mosaics(args, out)?;
     let manifest = json!({"generator": "strata data synth", "seed": args.seed, "n": args.n, "size": args.size, "scenes": mosaics,
         "test_fraction": args.test_fraction, "train_scenes": counts[0], "test_scenes": counts[1], "classes": CLASSES});

@@ -26,6 +26,10 @@ use render::Canvas;
 /// The scene classes, in a fixed order.
 pub const CLASSES: [&str; 6] = ["farmland", "forest", "lake", "residential", "harbor", "industrial"];
 
+/// The object labels, in a fixed order (residential scenes hold buildings, harbors ships,
+/// industrial scenes storage tanks).
+pub const LABELS: [&str; 3] = ["building", "ship", "storage tank"];
+
 /// An object drawn in a scene, with its box in pixels `[x1, y1, x2, y2]` (x2, y2 exclusive).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Object {

@@ -360,7 +360,11 @@ impl S3Server {
         let args = ["-H".to_owned(), "127.0.0.1".to_owned(), "-p".to_owned(), port.to_string()];
         let mut process = ServiceProcess::spawn("moto_server", &program, &args)?;
         process
-            .wait_ready(addr, Duration::from_secs(60), || async move { matches!(http_request(addr, "GET", "/", &[]).await, Ok((200, _))) })
+            .wait_ready(
+                addr,
+                Duration::from_secs(60),
+                || async move { matches!(http_request(addr, "GET", "/", &[], &[]).await, Ok((200, _))) },
+            )
             .await?;
         Ok(Self { addr, _process: process })
     }
@@ -375,11 +379,27 @@ impl S3Server {
     /// # Errors
     /// When the server refuses.
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), ServiceError> {
-        match http_request(self.addr, "PUT", &format!("/{bucket}"), &[]).await {
+        match http_request(self.addr, "PUT", &format!("/{bucket}"), &[], &[]).await {
             Ok((200, _)) => Ok(()),
             Ok((status, body)) => Err(ServiceError::Protocol {
                 service: "moto_server",
                 message: format!("creating bucket `{bucket}` returned HTTP {status}: {body}"),
+            }),
+            Err(e) => Err(ServiceError::Protocol { service: "moto_server", message: e.to_string() }),
+        }
+    }
+
+    /// Puts an object anyone may read (ACL `public-read`), as a bucket behind a public web
+    /// endpoint serves it: plain `http://` GETs without credentials then succeed.
+    ///
+    /// # Errors
+    /// When the server refuses.
+    pub async fn put_public(&self, bucket: &str, key: &str, body: &[u8]) -> Result<(), ServiceError> {
+        match http_request(self.addr, "PUT", &format!("/{bucket}/{key}"), &[("x-amz-acl", "public-read")], body).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(ServiceError::Protocol {
+                service: "moto_server",
+                message: format!("putting `{bucket}/{key}` returned HTTP {status}: {body}"),
             }),
             Err(e) => Err(ServiceError::Protocol { service: "moto_server", message: e.to_string() }),
         }
@@ -404,9 +424,10 @@ impl S3Server {
 
 /// A minimal HTTP/1.1 request over loopback, enough for readiness checks and bucket creation
 /// without pulling an HTTP client into the tests.
-async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     let mut response = Vec::new();

@@ -103,4 +103,46 @@ async fn cogs_on_s3_are_read_by_range_and_results_written_back() {
     assert!(summary.all_ok(), "{summary:?}");
     let counted = query::run(&tables, "SELECT count(*) AS n FROM tiles").await.unwrap();
     assert_eq!(counted.column("n").unwrap().u32().unwrap().get(0), Some(4));
+
+    // The same COG from a plain web server, read-only: `http://` URLs and STAC hrefs resolve to
+    // object_store's HTTP store, which reads by range requests (moto answers path-style GETs
+    // with `206 Partial Content`, as web servers and CDNs do).
+    server.put_public("imagery", "public/scene.tif", &cog).await.unwrap();
+    let http_url = format!("{}/imagery/public/scene.tif", server.endpoint());
+    let location = storage::resolve(&http_url).unwrap();
+    assert_eq!(location.url(), http_url);
+    let file = VsiFile::open(&location).await.unwrap();
+    let vsi_path = file.path().to_owned();
+    let first = tokio::task::spawn_blocking(move || {
+        let ds = gdal::Dataset::open(&vsi_path).unwrap();
+        ds.rasterband(1).unwrap().read_as::<u16>((1024, 1024), (256, 256), (256, 256), None).unwrap().into_shape_and_vec().1
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, window, "the same pixels as through S3");
+    assert!(file.bytes_fetched() * 10 < file.size(), "read {} of {} bytes over HTTP: not a ranged read", file.bytes_fetched(), file.size());
+    drop(file);
+    let item: schemas::stac::StacItem = serde_json::from_value(serde_json::json!({
+        "type": "Feature", "stac_version": "1.0.0", "id": "web-item", "properties": {},
+        "assets": {"visual": {"href": http_url, "roles": ["visual"]}}
+    }))
+    .unwrap();
+    for (scene_id, source) in [
+        ("web", SceneSource::Uri { uri: http_url.clone() }),
+        (
+            "web-item",
+            SceneSource::StacItem { item: Box::new(item), base_uri: Some("https://catalog.invalid/items/web-item.json".to_owned()) },
+        ),
+    ] {
+        let mut request = SceneRequest::new("req-http", scene_id, source);
+        request.tiling = TilingOptions { tile_size_px: 1024, overlap_px: 0, output_size_px: 256, ..Default::default() };
+        let tiles = storage::resolve("s3://imagery/tiles").unwrap();
+        let scene = tile_scene(&request, &tiles, &TilerConfig { threads: 2, ..Default::default() }, Arc::new(|_| {})).await.unwrap();
+        assert_eq!(scene.tiles.len(), 4, "{scene_id}");
+        assert_eq!(scene.summary.source_uri, http_url, "{scene_id}");
+    }
+    // Nothing there: a missing object is named, not retried for minutes.
+    let missing = format!("{}/imagery/public/none.tif", server.endpoint());
+    let Err(err) = VsiFile::open(&storage::resolve(&missing).unwrap()).await else { panic!("{missing} opened") };
+    assert!(err.to_string().contains("none.tif") && err.class() == operators::ErrorClass::Permanent, "{err}");
 }
