@@ -1140,11 +1140,33 @@ fn data_synth_writes_a_deterministic_data_set_that_eval_and_training_read() {
             "{record} / {ground}"
         );
     }
-    // Every benchmark layout is read by `strata eval`, with the test split's samples.
+    // Labels that are not there are asked as often as present ones, answered with no box.
+    let absent: Vec<&serde_json::Value> = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-absent")).collect();
+    let present = records.iter().filter(|r| r["id"].as_str().unwrap().ends_with("-detect")).count();
+    assert_eq!(absent.len(), present, "absent and present labels alike");
+    let mut asked = std::collections::BTreeSet::new();
+    for record in &absent {
+        let scene = record["id"].as_str().unwrap().trim_end_matches("-absent");
+        let truth = annotations.iter().find(|a| a["scene"]["id"] == scene).unwrap();
+        let label = record["conversations"][0]["value"].as_str().unwrap().rsplit_once("Locate: ").unwrap().1;
+        assert!(truth["scene"]["objects"].as_array().unwrap().iter().all(|o| o["label"] != label), "{record}");
+        assert_eq!(record["conversations"][1]["value"], "", "{record}");
+        asked.insert((label.to_owned(), truth["scene"]["objects"].as_array().unwrap().is_empty()));
+    }
+    assert!(
+        asked.iter().any(|(_, empty)| *empty) && asked.iter().any(|(_, empty)| !*empty),
+        "on scenes with and without objects: {asked:?}"
+    );
+    // Every benchmark layout is read by `strata eval`, with the test split's samples (detection:
+    // each of the 6 test renders asked for each of the 3 labels).
     let model = random_model(work.path(), "tiny-1");
-    for (benchmark, folder, samples) in
-        [("aid", "aid", 6), ("ucm-captions", "ucm-captions", 6), ("rsvqa-lr", "rsvqa", 15), ("dior-rsvg", "dior-rsvg", 3)]
-    {
+    for (benchmark, folder, samples) in [
+        ("aid", "aid", 6),
+        ("ucm-captions", "ucm-captions", 6),
+        ("rsvqa-lr", "rsvqa", 15),
+        ("dior-rsvg", "dior-rsvg", 3),
+        ("dior-det", "dior-det", 18),
+    ] {
         let report = work.path().join(format!("report-{benchmark}"));
         let out = strata(&[
             "eval",

@@ -67,6 +67,12 @@ fn the_quick_demo_fills_every_table_through_the_registry_served_model() {
     let lineage = &registry["versions"][0];
     assert_eq!(lineage["version"], serving.as_str());
     assert!(lineage["metrics"].as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("aid "))), "{lineage}");
+    // Detection is measured both ways: AP where the label is (when the six quick samples hold
+    // one), false detections where it is not.
+    for key in ["dior-det parse failures", "dior-det false detections per image without the label"] {
+        assert!(lineage["metrics"][key].is_number(), "{key} missing: {lineage}");
+    }
+    assert!(stdout.contains("generated scenes, ship: ") && stdout.contains("per tile)"), "{stdout}");
     // The retriever's tower was trained first, and its held-out recall@5 did not fall.
     let recall = |when: &str| lineage["metrics"][format!("retriever recall@5 ({when} training)")].as_f64();
     assert!(recall("after").unwrap() >= recall("before").unwrap(), "{lineage}");

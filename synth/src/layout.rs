@@ -79,7 +79,7 @@ fn candidates(scene: &Scene, seed: u64, index: u64) -> Vec<String> {
 /// something that is not there.
 fn absent_label(scene: &Scene, index: u64) -> Option<&'static str> {
     let group = index / CLASSES.len() as u64;
-    if (group % 2 == 0) != scene.objects.is_empty() {
+    if group.is_multiple_of(2) != scene.objects.is_empty() {
         return None;
     }
     let absent: Vec<&'static str> = LABELS.iter().copied().filter(|l| scene.objects.iter().all(|o| o.label != *l)).collect();
