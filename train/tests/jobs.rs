@@ -69,6 +69,16 @@ fn data(dir: &Path) {
     std::fs::write(dir.join("pairs.jsonl"), pairs).unwrap();
 }
 
+/// libtorch draws initial weights and dropout masks from one generator per process, and the
+/// test harness runs these tests on parallel threads: each holds this lock so that one test's
+/// draws cannot interleave with the other's seeded ones (a training job is one per process).
+static TORCH_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`TORCH_GENERATOR`]; a test that panicked while holding it poisons nothing we need.
+fn exclusive_generator() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn options(resume: bool, stop_after: Option<usize>) -> RunOptions {
     RunOptions { device: model::device::DevicePreference::Cpu, resume, stop_after, progress: false }
 }
@@ -88,6 +98,7 @@ fn train_losses(out: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn alignment_stopped_and_resumed_matches_an_uninterrupted_run() {
+    let _generator = exclusive_generator();
     let dir = tempfile::tempdir().unwrap();
     tiny_artifact(dir.path());
     data(dir.path());
@@ -135,6 +146,7 @@ fn alignment_stopped_and_resumed_matches_an_uninterrupted_run() {
 
 #[test]
 fn the_retriever_objective_runs_on_the_same_loop_and_resumes_exactly() {
+    let _generator = exclusive_generator();
     let encoder = model::encoders::TextEncoder::default_dir();
     if !encoder.is_dir() {
         // The text encoder comes from scripts/setup.sh, which the test command runs first.
