@@ -25,9 +25,14 @@ pub struct Prediction {
     pub id: String,
     /// Text, or a pixel box for grounding.
     pub answer: Value,
-    /// The model's confidence, when it reported one (not used in scoring).
+    /// The model's confidence in the whole answer, when it reported one: detection AP ranks
+    /// boxes by it when they have no score of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// The confidence of each `<box>` of a text answer, in answer order (well-formed boxes
+    /// only, as `model::tasks::parse_boxes` reads them); detection AP ranks boxes by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_scores: Option<Vec<f64>>,
 }
 
 /// One reference line.

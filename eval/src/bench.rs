@@ -274,7 +274,12 @@ pub fn run_benchmark(settings: &BenchmarkSettings) -> Result<BenchmarkRun, EvalE
         if !requests.is_empty() {
             let answers = model.generate(&requests, &generation)?;
             for (id, answer) in ids.into_iter().zip(answers) {
-                predictions.push(Prediction { id, answer: serde_json::Value::String(answer.text), score: Some(answer.score) });
+                predictions.push(Prediction {
+                    id,
+                    answer: serde_json::Value::String(answer.text),
+                    score: Some(answer.score),
+                    box_scores: (!answer.box_scores.is_empty()).then_some(answer.box_scores),
+                });
             }
         }
         progress.inc(batch.len() as u64);

@@ -147,7 +147,7 @@ fn protocol_line(task: Task, scorers: &CaptionScorers<'_>) -> String {
         Task::Classify => "classify: the longest candidate class named in the answer as whole words, after VQA normalisation".to_owned(),
         Task::Ground => "ground: IoU >= 0.5 with the reference box; sizes by reference box area".to_owned(),
         Task::Detect => "detect: PASCAL VOC AP@0.5 (all-point; IoU > 0.5 in integer pixels, greedy by score), per label; \
-                         every box of an answer carries the answer's score"
+                         each box scored by its own tokens, else by the answer's score"
             .to_owned(),
     }
 }
@@ -274,8 +274,15 @@ fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> R
             let Some(p) = p else { continue };
             let (predicted, malformed) = predicted_boxes(&p.answer, r.image_size);
             failures += usize::from(malformed);
-            let score = p.score.unwrap_or(1.0);
-            detections.extend(predicted.into_iter().map(|bbox| Detection { image, bbox, score }));
+            // A box's own score when the answer carries one per box (the same parse rule drops
+            // the same malformed boxes, so the i-th score is the i-th box's), else the answer's.
+            let answer_score = p.score.unwrap_or(1.0);
+            let box_scores = p.box_scores.as_deref().filter(|s| s.len() == predicted.len());
+            detections.extend(predicted.into_iter().enumerate().map(|(i, bbox)| Detection {
+                image,
+                bbox,
+                score: box_scores.map_or(answer_score, |s| s[i]),
+            }));
         }
         let s = evaluate(&truths, &detections);
         let count = truths.len();

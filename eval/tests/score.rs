@@ -442,6 +442,22 @@ fn detection_scores_count_false_detections_where_the_label_is_absent() {
     assert!(report.protocol.contains("VOC AP@0.5"));
 }
 
+/// A detection answer whose right box comes second: with the answer's one score the wrong box
+/// ranks first (AP 0.5); with a score per box, as `strata eval` writes them, the sure box
+/// ranks first (AP 1.0). A count of scores that does not match the boxes is not trusted.
+#[test]
+fn boxes_with_their_own_scores_rank_by_them() {
+    let refs = vec![json!({"id": "a:ship", "type": "ship", "references": [[80, 160, 400, 480]], "image_size": [800, 800]}).to_string()];
+    let answer = "<box>[600, 600, 700, 700]</box> <box>[1, 2]</box> <box>[100, 200, 500, 600]</box>";
+    let ap = |prediction: Value| {
+        let report = scored(Task::Detect, &[prediction.to_string()], &refs, CaptionScorers::default());
+        value(&report, "AP@0.5[ship]")
+    };
+    assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5})), 0.5);
+    assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5, "box_scores": [0.2, 0.9]})), 1.0);
+    assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5, "box_scores": [0.2, 0.9, 0.1]})), 0.5);
+}
+
 /// DIOR's detection layout: every image asked for every label of the split, references the
 /// label's boxes (none where absent); the split list keeps its images only.
 #[test]

@@ -49,6 +49,11 @@ pub struct Answer {
     pub tokens: Vec<i64>,
     /// `exp(mean log p)` of the answer's tokens (see [`generate::Generation::score`]).
     pub score: f64,
+    /// For each well-formed box of `text` ([`crate::tasks::parse_boxes`], in its order),
+    /// `exp(mean log p)` of the tokens that spell it, in (0, 1]: the later, smaller boxes of a
+    /// detection answer are often the unsure ones, and an analyst filters detections by this.
+    /// Empty when the answer holds no box.
+    pub box_scores: Vec<f64>,
     /// Whether the answer ended on a stop token (rather than the token limit).
     pub complete: bool,
     /// How many of the request's retrieved descriptions the prompter saw: the first
@@ -461,9 +466,12 @@ impl StrataModel {
             .into_iter()
             .zip(descriptions_used)
             .map(|(g, descriptions_used)| {
+                let text = self.tokenizer.decode(&g.tokens)?;
+                let box_scores = box_scores(&self.tokenizer, &text, &g.tokens, &g.logprobs)?;
                 Ok(Answer {
-                    text: self.tokenizer.decode(&g.tokens)?.trim().to_owned(),
+                    text: text.trim().to_owned(),
                     score: g.score(),
+                    box_scores,
                     complete: g.finish == generate::FinishReason::Stop,
                     tokens: g.tokens,
                     descriptions_used,
@@ -505,9 +513,80 @@ fn guarded<T>(action: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result
     })
 }
 
+/// Per-box scores of a generated answer ([`Answer::box_scores`]): `text` is the decoded
+/// `tokens` (untrimmed), `logprobs` their log-probabilities (a stop token's, when present, is
+/// last and spells nothing). A token belongs to a box when the text it adds overlaps the box's
+/// `<box>…</box>`; where a token is, is read from the decoded length of the answer up to it.
+///
+/// # Errors
+/// When the tokenizer cannot decode a prefix of `tokens`.
+fn box_scores(tokenizer: &ChatTokenizer, text: &str, tokens: &[i64], logprobs: &[f64]) -> Result<Vec<f64>, ModelError> {
+    let spans = crate::tasks::parse_boxes(text).spans;
+    if spans.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Where each token's text ends; a byte-level token that splits a character decodes to a
+    // replacement character, so the lengths are kept non-decreasing.
+    let mut ends = Vec::with_capacity(tokens.len());
+    let mut last = 0;
+    for i in 1..=tokens.len() {
+        last = tokenizer.decode(&tokens[..i])?.len().max(last);
+        ends.push(last);
+    }
+    Ok(spans
+        .iter()
+        .map(|span| {
+            let mut start = 0;
+            let (mut sum, mut count) = (0.0, 0usize);
+            for (end, logprob) in ends.iter().zip(logprobs) {
+                if *end > span.start && start < span.end {
+                    sum += logprob;
+                    count += 1;
+                }
+                start = *end;
+            }
+            if count == 0 {
+                1.0
+            } else {
+                (sum / count as f64).exp()
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_box_is_scored_by_the_tokens_that_spell_it() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let tokenizer = ChatTokenizer::from_file(&dir.join("tokenizer/tokenizer.json"), "").unwrap();
+        let (first, second) = ("<box>[10, 20, 300, 400]</box>", "<box>[500, 600, 700, 800]</box>");
+        let text = format!(" {first} {second}");
+        let tokens = tokenizer.encode(&text).unwrap();
+        let decoded = tokenizer.decode(&tokens).unwrap();
+        assert_eq!(decoded, text, "the fixture tokenizer round-trips the answer");
+        // The tokens of the first box are sure (p 0.9), those touching the second not (p 0.2);
+        // the spaces around them (p e^-9) and a stop token last count for neither.
+        let (first_at, second_at) = (decoded.find(first).unwrap(), decoded.find(second).unwrap());
+        let mut logprobs = Vec::new();
+        for i in 0..tokens.len() {
+            let (start, end) = (tokenizer.decode(&tokens[..i]).unwrap().len(), tokenizer.decode(&tokens[..=i]).unwrap().len());
+            logprobs.push(if end > second_at {
+                0.2_f64.ln()
+            } else if end > first_at && start < first_at + first.len() {
+                0.9_f64.ln()
+            } else {
+                -9.0
+            });
+        }
+        logprobs.push(0.0);
+        let scores = box_scores(&tokenizer, &decoded, &tokens, &logprobs).unwrap();
+        assert_eq!(scores.len(), 2, "{scores:?}");
+        assert!((scores[0] - 0.9).abs() < 1e-9 && (scores[1] - 0.2).abs() < 1e-9, "{scores:?}");
+        assert!(box_scores(&tokenizer, "a forest", &tokenizer.encode("a forest").unwrap(), &[0.0; 3]).unwrap().is_empty());
+    }
 
     fn tiny_model() -> StrataModel {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

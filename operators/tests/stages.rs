@@ -345,7 +345,14 @@ fn with_boxes(tile: &TiledTile, target: &str, scene_boxes: &[[f64; 4]], score: f
         valid_fraction: tile.valid_fraction,
         model_version: "tiny-1".into(),
         outputs: vec![TaskAnswer {
-            output: TaskOutput::Detect { target: target.into(), boxes, parse_errors: Vec::new(), raw_answer: String::new(), score },
+            output: TaskOutput::Detect {
+                target: target.into(),
+                boxes,
+                parse_errors: Vec::new(),
+                raw_answer: String::new(),
+                score,
+                box_scores: Vec::new(),
+            },
             retrieved: Vec::new(),
             descriptions_used: 0,
             complete: true,
@@ -391,6 +398,17 @@ async fn overlapping_tiles_merge_into_one_detection_per_object_and_label() {
             assert!(p[0] >= x0 - 1e-9 && p[0] <= x1 + 1e-9 && p[1] >= y0 - 1e-9 && p[1] <= y1 + 1e-9, "{p:?} outside the tile");
         }
     }
+
+    // Each box keeps its own score when the model scored boxes one by one (the answer's score
+    // is the mean over the whole answer, and says nothing of a doubtful second box).
+    let mut scored = with_boxes(a, "ship", &[object, elsewhere], 0.6);
+    if let TaskOutput::Detect { box_scores, .. } = &mut scored.outputs[0].output {
+        *box_scores = vec![0.95, 0.15];
+    }
+    let scene = merge_scene(marker.clone(), vec![scored], Vec::new(), &MergeConfig::default());
+    let mut scores: Vec<f32> = scene.detections.iter().map(|d| d.score).collect();
+    scores.sort_by(f32::total_cmp);
+    assert_eq!(scores, vec![0.15, 0.95], "{:?}", scene.detections);
 
     // Different labels are never merged, however much they overlap.
     let results = vec![with_boxes(a, "ship", &[object], 0.9), with_boxes(b, "boat", &[object], 0.8)];

@@ -154,6 +154,11 @@ pub enum TaskOutput {
         raw_answer: String,
         /// Answer score.
         score: f32,
+        /// Each box's own score, in the order of `boxes`: `exp(mean log p)` of the tokens that
+        /// spell it, in (0, 1]. Empty from a producer that did not score boxes (every box then
+        /// carries `score`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        box_scores: Vec<f32>,
     },
 }
 
@@ -183,7 +188,14 @@ impl Message for TileResult {
             return Err(SchemaError::Invalid { kind, field: "valid_fraction".to_owned(), reason: "must lie in [0, 1]".to_owned() });
         }
         for (i, answer) in self.outputs.iter().enumerate() {
-            if let TaskOutput::Detect { boxes, .. } = &answer.output {
+            if let TaskOutput::Detect { boxes, box_scores, .. } = &answer.output {
+                if !box_scores.is_empty() && box_scores.len() != boxes.len() {
+                    return Err(SchemaError::Invalid {
+                        kind,
+                        field: format!("outputs[{i}].output.box_scores"),
+                        reason: format!("holds {} scores for {} boxes", box_scores.len(), boxes.len()),
+                    });
+                }
                 if let Some(j) = boxes.iter().position(|b| b.x2 > 1000 || b.y2 > 1000 || b.x1 > b.x2 || b.y1 > b.y2) {
                     return Err(SchemaError::Invalid {
                         kind,

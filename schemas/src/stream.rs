@@ -172,7 +172,9 @@ pub struct SceneDetection {
     /// The box outline in lon/lat: one closed counter-clockwise ring per part (two parts when
     /// it crosses the antimeridian, split at ±180°).
     pub lonlat_parts: Vec<Vec<[f64; 2]>>,
-    /// The kept box's answer score (geometric-mean token probability).
+    /// The kept box's score: the geometric-mean probability of the tokens that spell the box
+    /// (`TaskOutput::Detect::box_scores`), or of the whole answer from a producer that did not
+    /// score boxes.
     pub score: f32,
 }
 

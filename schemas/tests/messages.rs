@@ -93,6 +93,7 @@ fn every_message_round_trips_through_json() {
                 parse_errors: vec!["<box>[1, 2]</box>".into()],
                 raw_answer: "<box>[10, 20, 300, 400]</box><box>[1, 2]</box>".into(),
                 score: 0.2,
+                box_scores: vec![0.7],
             }),
         ],
         timings: StageTimings { load_ms: 1.5, retrieve_ms: 2.0, infer_ms: 120.0 },
@@ -320,4 +321,12 @@ fn other_messages_validate_their_contract() {
     });
     let err = decode::<TileResult>(result.to_string().as_bytes(), &limits()).unwrap_err();
     assert_eq!(err.field(), Some("outputs[0].output.boxes[0]"), "{err}");
+
+    // A score per box, or none (an older producer): two scores for one box is refused.
+    let mut result = result;
+    result["outputs"][0]["output"]["boxes"] = serde_json::json!([{"x1": 10, "y1": 0, "x2": 100, "y2": 10}]);
+    assert!(decode::<TileResult>(result.to_string().as_bytes(), &limits()).is_ok());
+    result["outputs"][0]["output"]["box_scores"] = serde_json::json!([0.5, 0.25]);
+    let err = decode::<TileResult>(result.to_string().as_bytes(), &limits()).unwrap_err();
+    assert_eq!(err.field(), Some("outputs[0].output.box_scores"), "{err}");
 }

@@ -281,7 +281,12 @@ fn held_out_scores(
                     .collect()
             });
             let reference = Reference { id: id.clone(), references, kind: None, classes, image_size, image: None, query: None };
-            let prediction = Prediction { id, answer: serde_json::Value::String(answer.text), score: Some(answer.score) };
+            let prediction = Prediction {
+                id,
+                answer: serde_json::Value::String(answer.text),
+                score: Some(answer.score),
+                box_scores: (!answer.box_scores.is_empty()).then_some(answer.box_scores),
+            };
             match by_task.iter_mut().find(|(t, _, _)| *t == task) {
                 Some((_, predictions, references)) => {
                     predictions.push(prediction);

@@ -32,6 +32,9 @@ impl GridBox {
 pub struct ParsedBoxes {
     /// Well-formed boxes, in answer order.
     pub boxes: Vec<GridBox>,
+    /// Byte range of each well-formed box's `<box>…</box>` in the answer, in the order of
+    /// `boxes` (a per-box confidence is read from the tokens that spell it).
+    pub spans: Vec<std::ops::Range<usize>>,
     /// Fragments that were not valid boxes, each with why.
     pub errors: Vec<String>,
 }
@@ -42,7 +45,8 @@ const CLOSE: &str = "</box>";
 /// Parses every `<box>` tag in `answer`.
 pub fn parse_boxes(answer: &str) -> ParsedBoxes {
     let mut parsed = ParsedBoxes::default();
-    let mut rest = answer;
+    // `offset`: where `rest` starts in `answer`.
+    let (mut rest, mut offset) = (answer, 0);
     while let Some(start) = rest.find(OPEN) {
         let after_open = &rest[start + OPEN.len()..];
         let Some(end) = after_open.find(CLOSE) else {
@@ -50,11 +54,16 @@ pub fn parse_boxes(answer: &str) -> ParsedBoxes {
             break;
         };
         let inner = &after_open[..end];
+        let consumed = start + OPEN.len() + end + CLOSE.len();
         match parse_one(inner) {
-            Ok(b) => parsed.boxes.push(b),
+            Ok(b) => {
+                parsed.boxes.push(b);
+                parsed.spans.push(offset + start..offset + consumed);
+            }
             Err(reason) => parsed.errors.push(format!("`<box>{}</box>`: {reason}", truncate(inner))),
         }
         rest = &after_open[end + CLOSE.len()..];
+        offset += consumed;
     }
     parsed
 }
@@ -99,6 +108,9 @@ mod tests {
         assert_eq!(parsed.boxes, vec![GridBox { x1: 10, y1: 20, x2: 300, y2: 400 }, GridBox { x1: 0, y1: 0, x2: 1000, y2: 1000 }]);
         assert!(parsed.errors.is_empty());
         assert_eq!(parsed.boxes[0].to_pixels(384, 384), [3.84, 7.68, 115.2, 153.6]);
+        let text = "ships: <box>[10, 20, 300, 400]</box> and <box>[0,0,1000,1000]</box>.";
+        let spelled: Vec<&str> = parsed.spans.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(spelled, ["<box>[10, 20, 300, 400]</box>", "<box>[0,0,1000,1000]</box>"], "spans say where each box is written");
     }
 
     #[test]
@@ -108,6 +120,7 @@ mod tests {
              <box>[641, 1000, 781, 1000]</box><box>10, 20, 30, 40</box><box>[100, 100, 200, 200]</box><box>[3, 3, 4",
         );
         assert_eq!(parsed.boxes, vec![GridBox { x1: 100, y1: 100, x2: 200, y2: 200 }]);
+        assert_eq!(parsed.spans, vec![147..178], "the span of the one good box, past the malformed ones");
         assert_eq!(parsed.errors.len(), 7, "{:?}", parsed.errors);
         assert!(parsed.errors[0].contains("expected 4 coordinates"));
         assert!(parsed.errors[1].contains("off the 0–1000 grid"));

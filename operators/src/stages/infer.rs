@@ -348,6 +348,13 @@ pub fn parse_answer(task: &TaskSpec, answer: &Answer) -> TaskOutput {
                 parse_errors: parsed.errors,
                 raw_answer: answer.text.clone(),
                 score,
+                // The model scores each well-formed box by the same parse rule; a count that
+                // differs (a producer that scored none) leaves every box the answer's score.
+                box_scores: if answer.box_scores.len() == parsed.boxes.len() {
+                    answer.box_scores.iter().map(|s| *s as f32).collect()
+                } else {
+                    Vec::new()
+                },
             }
         }
     }
@@ -530,7 +537,7 @@ mod tests {
     use super::*;
 
     fn answer(text: &str) -> Answer {
-        Answer { text: text.to_owned(), tokens: Vec::new(), score: 0.5, complete: true, descriptions_used: 0 }
+        Answer { text: text.to_owned(), tokens: Vec::new(), score: 0.5, box_scores: Vec::new(), complete: true, descriptions_used: 0 }
     }
 
     /// The stage labels tiles with the rule `strata eval score` scores by (`model::tasks`):

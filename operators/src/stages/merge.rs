@@ -80,7 +80,7 @@ pub fn merge_scene(scene: SceneTiled, results: Vec<TileResult>, failed: Vec<Dead
                 TaskOutput::Classify { label, .. } => {
                     *stats.class_histogram.entry(label.clone().unwrap_or_else(|| "(none)".to_owned())).or_default() += 1;
                 }
-                TaskOutput::Detect { target, boxes, score, .. } if !boxes.is_empty() => {
+                TaskOutput::Detect { target, boxes, score, box_scores, .. } if !boxes.is_empty() => {
                     if georef.is_none() {
                         match TileGeoref::new(&result.tile) {
                             Ok(tile) => georef = Some(tile),
@@ -91,11 +91,11 @@ pub fn merge_scene(scene: SceneTiled, results: Vec<TileResult>, failed: Vec<Dead
                         }
                     }
                     let Some(tile) = &georef else { continue };
-                    for grid in boxes {
+                    for (i, grid) in boxes.iter().enumerate() {
                         match tile.georeference(grid) {
                             Ok(placed) => candidates.push(Detection {
                                 label: target.clone(),
-                                score: *score,
+                                score: box_scores.get(i).copied().unwrap_or(*score),
                                 scene_box: placed.scene_box,
                                 tile_id: result.tile_id().to_owned(),
                                 payload: (target.clone(), placed),
