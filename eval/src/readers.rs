@@ -406,12 +406,56 @@ fn dior_det(dir: &Path, split: &str) -> Result<Vec<Sample>, EvalError> {
         .filter(|p| keep.as_ref().is_none_or(|k| p.file_stem().is_some_and(|s| k.contains(s.to_string_lossy().as_ref()))))
         .collect();
     files.sort();
+    // An id the list names without its annotation would drop that image (and maybe a whole
+    // label) from the score without a word.
+    if let (Some(keep), Some(list)) = (&keep, &list) {
+        let found: std::collections::HashSet<String> =
+            files.iter().filter_map(|f| f.file_stem()).map(|s| s.to_string_lossy().into_owned()).collect();
+        let mut missing: Vec<&String> = keep.iter().filter(|id| !found.contains(*id)).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            let examples = missing.iter().take(3).map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ");
+            return Err(layout(
+                list,
+                format!(
+                    "{} of its {} image ids have no `<id>.xml` in `{}` (e.g. {examples}); ids are file names without the extension",
+                    missing.len(),
+                    keep.len(),
+                    annotations.display()
+                ),
+            ));
+        }
+    }
     let split_images = if split == "test" { "JPEGImages-test" } else { "JPEGImages-trainval" };
     let images = image_folder(dir, &[split_images, "JPEGImages", "images"]);
     let mut parsed = Vec::with_capacity(files.len());
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| layout(&file, format!("cannot read: {e}")))?;
-        let annotation: VocAnnotation = quick_xml::de::from_str(&text).map_err(|e| layout(&file, format!("not a VOC annotation: {e}")))?;
+        let mut annotation: VocAnnotation =
+            quick_xml::de::from_str(&text).map_err(|e| layout(&file, format!("not a VOC annotation: {e}")))?;
+        // Checked here, before any model runs: a label is its trimmed name, and a reference box
+        // must have area (VOC pixels, xmin < xmax and ymin < ymax) to be scored.
+        for (index, object) in annotation.objects.iter_mut().enumerate() {
+            object.name = object.name.trim().to_owned();
+            let b = &object.bndbox;
+            if object.name.is_empty() {
+                return Err(layout(&file, format!("object {} has an empty `<name>`", index + 1)));
+            }
+            if !(b.xmin < b.xmax && b.ymin < b.ymax) {
+                return Err(layout(
+                    &file,
+                    format!(
+                        "object {} (`{}`): box [{}, {}, {}, {}] needs xmin < xmax and ymin < ymax",
+                        index + 1,
+                        object.name,
+                        b.xmin,
+                        b.ymin,
+                        b.xmax,
+                        b.ymax
+                    ),
+                ));
+            }
+        }
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         parsed.push((stem, annotation));
     }

@@ -220,7 +220,11 @@ pub fn score(task: Task, predictions: &[Prediction], references: &[Reference], s
             rows.push(tally("parse failures", s.parse_failures, n));
             rows
         }
-        Task::Detect => detection_metrics(&pairs, n)?,
+        Task::Detect => {
+            let (rows, detection_warnings) = detection_metrics(&pairs, n)?;
+            warnings = detection_warnings;
+            rows
+        }
         Task::Caption => {
             let (rows, caption_warnings) = caption_metrics(&pairs, scorers)?;
             warnings = caption_warnings;
@@ -246,8 +250,11 @@ fn predicted_box(answer: &Value, image_size: Option<[u32; 2]>) -> Option<[f64; 4
 
 /// Detection rows: mAP@0.5 over the labels with truth boxes, then per label (the reference's
 /// `type`) AP@0.5, precision, recall and false detections per image without the label, and
-/// the answers whose box text was malformed (their well-formed boxes still count).
-fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> Result<Vec<Metric>, EvalError> {
+/// the answers whose box text was malformed (their well-formed boxes still count). Warns of
+/// `box_scores` that do not match the boxes (those boxes rank by the answer's score) and of
+/// grid boxes that cannot be placed without the reference's `image_size`.
+fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> Result<(Vec<Metric>, Vec<String>), EvalError> {
+    let mut warnings = Vec::new();
     use crate::detection::{evaluate, Detection};
     let mut labels: Vec<&str> = pairs.iter().map(|(r, _)| r.kind.as_deref().unwrap_or("object")).collect();
     labels.sort_unstable();
@@ -272,12 +279,26 @@ fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> R
             let image = truths.len();
             truths.push(boxes);
             let Some(p) = p else { continue };
+            if r.image_size.is_none() && p.answer.as_str().is_some_and(|a| a.contains("<box>")) {
+                warnings.push(format!(
+                    "`{}`: `<box>` answers are on the 0–1000 grid and the reference gives no `image_size` to place them; counted as parse failures",
+                    r.id
+                ));
+            }
             let (predicted, malformed) = predicted_boxes(&p.answer, r.image_size);
             failures += usize::from(malformed);
             // A box's own score when the answer carries one per box (the same parse rule drops
             // the same malformed boxes, so the i-th score is the i-th box's), else the answer's.
             let answer_score = p.score.unwrap_or(1.0);
             let box_scores = p.box_scores.as_deref().filter(|s| s.len() == predicted.len());
+            if let Some(given) = p.box_scores.as_ref().filter(|s| s.len() != predicted.len()) {
+                warnings.push(format!(
+                    "`{}`: {} box_scores for {} well-formed boxes; its boxes rank by the answer's score",
+                    p.id,
+                    given.len(),
+                    predicted.len()
+                ));
+            }
             detections.extend(predicted.into_iter().enumerate().map(|(i, bbox)| Detection {
                 image,
                 bbox,
@@ -311,7 +332,7 @@ fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> R
     }
     head.extend(rows);
     head.push(tally("parse failures", failures, n));
-    Ok(head)
+    Ok((head, warnings))
 }
 
 /// Every predicted box of a detection answer and whether some of it was malformed: a JSON

@@ -456,6 +456,17 @@ fn boxes_with_their_own_scores_rank_by_them() {
     assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5})), 0.5);
     assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5, "box_scores": [0.2, 0.9]})), 1.0);
     assert_eq!(ap(json!({"id": "a:ship", "answer": answer, "score": 0.5, "box_scores": [0.2, 0.9, 0.1]})), 0.5);
+    let report = scored(
+        Task::Detect,
+        &[json!({"id": "a:ship", "answer": answer, "score": 0.5, "box_scores": [0.2, 0.9, 0.1]}).to_string()],
+        &refs,
+        CaptionScorers::default(),
+    );
+    assert!(report.warnings.iter().any(|w| w.contains("3 box_scores for 2 well-formed boxes")), "said: {:?}", report.warnings);
+    // Grid boxes cannot be placed without the image's size: a parse failure, and a warning why.
+    let sizeless = vec![json!({"id": "a:ship", "type": "ship", "references": [[80, 160, 400, 480]]}).to_string()];
+    let report = scored(Task::Detect, &[json!({"id": "a:ship", "answer": answer}).to_string()], &sizeless, CaptionScorers::default());
+    assert!(report.warnings.iter().any(|w| w.contains("no `image_size`")), "said: {:?}", report.warnings);
 }
 
 /// DIOR's detection layout: every image asked for every label of the split, references the
@@ -494,4 +505,22 @@ fn dior_det_asks_every_image_for_every_label() {
     assert!(b.samples[0].image.ends_with("JPEGImages-test/00001.jpg"));
     let err = read("dior-det", dir.path(), Some("val")).unwrap_err().to_string();
     assert!(err.contains("no list of the `val` split"), "{err}");
+
+    // Refused before any model runs, naming the file: an id listed without its annotation
+    // (which would drop the image, or a whole label, from the score), a box without area, an
+    // empty name. A name is trimmed: ` ship ` is a ship.
+    std::fs::write(dir.path().join("ImageSets/Main/test.txt"), "00001\n00002\n00002.jpg\n").unwrap();
+    let err = read("dior-det", dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("test.txt") && err.contains("1 of its 3 image ids have no `<id>.xml`") && err.contains("`00002.jpg`"), "{err}");
+    std::fs::write(dir.path().join("ImageSets/Main/test.txt"), "00001\n00002\n").unwrap();
+    std::fs::write(annotations.join("00002.xml"), voc("00002.jpg", &[(" ship ", [5, 5, 9, 9]), ("storagetank", [5, 5, 9, 9])])).unwrap();
+    let b = read("dior-det", dir.path(), None).unwrap();
+    assert_eq!(b.samples[2].reference.id, "00002:ship");
+    assert_eq!(b.samples[2].reference.references, vec![json!([5.0, 5.0, 9.0, 9.0])]);
+    std::fs::write(annotations.join("00002.xml"), voc("00002.jpg", &[("storagetank", [9, 5, 5, 9])])).unwrap();
+    let err = read("dior-det", dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("00002.xml") && err.contains("object 1 (`storagetank`)") && err.contains("xmin < xmax"), "{err}");
+    std::fs::write(annotations.join("00002.xml"), voc("00002.jpg", &[("", [5, 5, 9, 9])])).unwrap();
+    let err = read("dior-det", dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("00002.xml") && err.contains("empty `<name>`"), "{err}");
 }

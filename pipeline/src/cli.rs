@@ -104,8 +104,11 @@ pub enum Command {
     /// Benchmarks (give the folder as downloaded): aid, whu-rs19, nwpu-resisc45, siri-whu,
     /// meter-ml, fmow (classification); rsvqa-lr, rsvqa-hr (VQA); dior-rsvg (grounding);
     /// dior-det (detection: every image asked for every label, AP@0.5 as VOC and DIOR report
-    /// it, and false detections on images without the label); ucm-captions, sydney-captions,
-    /// rsicd, nwpu-captions (captioning).
+    /// it, and false detections on images without the label; the folder holds VOC XML in
+    /// `Annotations/Horizontal Bounding Boxes/` or `Annotations/`, the split's image ids in
+    /// `ImageSets/Main/test.txt`, images in `JPEGImages-test/` or `JPEGImages/` named by each
+    /// XML's <filename>; --limit counts (image, label) questions); ucm-captions,
+    /// sydney-captions, rsicd, nwpu-captions (captioning).
     ///
     /// Examples:
     ///   strata eval --benchmark aid --data ~/datasets/AID --model models/rs-2 --limit 500
@@ -118,7 +121,8 @@ pub enum Command {
     /// classification candidates, "image_size": [w, h] for grounding answers on the 0-1000
     /// grid). Grounding boxes are `[x1, y1, x2, y2]` pixel lists. Detection references hold
     /// every box of one label on one image (none where it is absent) with the label as "type";
-    /// a prediction's boxes share its optional "score", by which they are ranked.
+    /// a prediction's boxes are ranked by its optional "box_scores" (one per well-formed box,
+    /// in order, as `strata eval` writes them), else by its optional "score".
     #[command(verbatim_doc_comment)]
     Eval(EvalArgs),
 
