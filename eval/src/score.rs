@@ -254,8 +254,8 @@ fn predicted_box(answer: &Value, image_size: Option<[u32; 2]>) -> Option<[f64; 4
 /// `box_scores` that do not match the boxes (those boxes rank by the answer's score) and of
 /// grid boxes that cannot be placed without the reference's `image_size`.
 fn detection_metrics(pairs: &[(&Reference, Option<&Prediction>)], n: usize) -> Result<(Vec<Metric>, Vec<String>), EvalError> {
-    let mut warnings = Vec::new();
     use crate::detection::{evaluate, Detection};
+    let mut warnings = Vec::new();
     let mut labels: Vec<&str> = pairs.iter().map(|(r, _)| r.kind.as_deref().unwrap_or("object")).collect();
     labels.sort_unstable();
     labels.dedup();

@@ -526,12 +526,17 @@ fn box_scores(tokenizer: &ChatTokenizer, text: &str, tokens: &[i64], logprobs: &
         return Ok(Vec::new());
     }
     // Where each token's text ends; a byte-level token that splits a character decodes to a
-    // replacement character, so the lengths are kept non-decreasing.
+    // replacement character, so the lengths are kept non-decreasing. Tokens after the last box
+    // are not needed (each prefix is decoded whole: this runs per answer, on ≤ max_new_tokens).
+    let last_box_end = spans.last().map_or(0, |s| s.end);
     let mut ends = Vec::with_capacity(tokens.len());
     let mut last = 0;
     for i in 1..=tokens.len() {
         last = tokenizer.decode(&tokens[..i])?.len().max(last);
         ends.push(last);
+        if last >= last_box_end {
+            break;
+        }
     }
     Ok(spans
         .iter()
