@@ -1,15 +1,19 @@
 //! Binaries and tests that link libtorch find it at run time through an rpath, so nobody has
-//! to export LD_LIBRARY_PATH. torch-sys (`links = "tch"`) tells its direct dependents where
-//! libtorch lives; `model` (`links = "strata_torch"`) passes that on, so a crate that runs the
-//! model without naming tch (the `strata` binary) learns it from `model`.
+//! to export LD_LIBRARY_PATH. Cargo hands a `links` package's metadata to its direct
+//! dependents only, as `DEP_<LINKS>_<KEY>`: torch-sys (`links = "tch"`) tells `model` where
+//! libtorch lives, and `model` (`links = "strata_torch"`) and `storage` (`links =
+//! "strata_storage"`) pass it on in turn, so a crate that links libtorch without naming tch
+//! learns the folder from the crate it links it through.
+const PASSED_ON: [&str; 3] = ["DEP_TCH_LIBTORCH_LIB", "DEP_STRATA_TORCH_LIBTORCH_LIB", "DEP_STRATA_STORAGE_LIBTORCH_LIB"];
+
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-env-changed=DEP_STRATA_TORCH_LIBTORCH_LIB");
-    let dir = std::env::var("DEP_TCH_LIBTORCH_LIB").or_else(|_| std::env::var("DEP_STRATA_TORCH_LIBTORCH_LIB"));
-    if let Ok(dir) = dir {
+    for name in PASSED_ON {
+        println!("cargo:rerun-if-env-changed={name}");
+    }
+    if let Some(dir) = PASSED_ON.iter().find_map(|name| std::env::var(name).ok()) {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
         println!("cargo:rustc-env=STRATA_LIBTORCH_LIB={dir}");
-        // Metadata for the dependents of a `links` package (`model`).
+        // Metadata for the dependents of a `links` package (`model`, `storage`).
         if std::env::var_os("CARGO_MANIFEST_LINKS").is_some() {
             println!("cargo:libtorch_lib={dir}");
         }

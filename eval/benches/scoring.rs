@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(&args[0]);
     let threads: i32 = args[1].parse()?;
     let bert_n: usize = args[2].parse()?;
-    tch::set_num_threads(threads);
+    model::tch::set_num_threads(threads);
     let predictions = read_predictions(&dir.join("predictions.jsonl"))?;
     let references = read_references(&dir.join("references.jsonl"))?;
     let candidates: Vec<String> = predictions.iter().map(|p| answer_text(&p.answer)).collect();
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     time("meteor", start);
     scores.insert("METEOR".into(), (total / candidates.len() as f64).into());
 
-    let scorer = BertScorer::load(&BertScorer::default_dir(), None, tch::Device::Cpu)?;
+    let scorer = BertScorer::load(&BertScorer::default_dir(), None, model::tch::Device::Cpu)?;
     let n = bert_n.min(candidates.len());
     let start = Instant::now();
     let bert = scorer.score(&candidates[..n], &refs[..n], None)?;

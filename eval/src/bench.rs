@@ -192,23 +192,14 @@ fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<(), Eval
 }
 
 fn write_parquet(path: &Path, report: &Report, benchmark: &str, version: &str) -> Result<(), EvalError> {
-    use polars::prelude::*;
-    let n = report.metrics.len();
-    let polars_err = |e: PolarsError| EvalError::Io { path: path.to_owned(), reason: e.to_string() };
-    let mut frame = DataFrame::new(
-        n,
-        vec![
-            Column::new("benchmark".into(), vec![benchmark.to_owned(); n]),
-            Column::new("model_version".into(), vec![version.to_owned(); n]),
-            Column::new("metric".into(), report.metrics.iter().map(|m| m.name.clone()).collect::<Vec<_>>()),
-            Column::new("value".into(), report.metrics.iter().map(|m| m.value).collect::<Vec<_>>()),
-            Column::new("count".into(), report.metrics.iter().map(|m| m.count as u64).collect::<Vec<_>>()),
-        ],
-    )
-    .map_err(polars_err)?;
-    let file = std::fs::File::create(path).map_err(io_err(path, "creating"))?;
-    ParquetWriter::new(file).finish(&mut frame).map_err(polars_err)?;
-    Ok(())
+    use tables::Cell;
+    let rows: Vec<Vec<Cell>> = report
+        .metrics
+        .iter()
+        .map(|m| vec![benchmark.into(), version.into(), m.name.as_str().into(), Cell::F64(m.value), Cell::U64(m.count as u64)])
+        .collect();
+    tables::parquet::write(path, &schemas::tables::EVAL_REPORT, &rows)
+        .map_err(|e| EvalError::Io { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Runs a model artifact over a benchmark split and scores it; writes the predictions, the

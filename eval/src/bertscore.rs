@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use model::bert::{BertConfig, BertModel};
+use model::tch::{nn, Device, Kind, Tensor};
 use model::weights::{self, LoadPolicy};
-use tch::{nn, Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::rouge::Prf;
@@ -126,7 +126,7 @@ impl BertScorer {
                 mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, longest - row.len())));
             }
             let shape = [batch.len() as i64, longest as i64];
-            let hidden = tch::no_grad(|| {
+            let hidden = model::tch::no_grad(|| {
                 let ids = Tensor::from_slice(&flat).view(shape).to_device(self.device);
                 let mask = Tensor::from_slice(&mask).view(shape).to_device(self.device);
                 let hidden = self.model.forward(&ids, &mask, self.num_layers).to_kind(Kind::Float);

@@ -109,7 +109,8 @@ fn meteor_matches_nltk_with_wordnet() {
 #[test]
 fn bertscore_matches_bert_score_with_the_same_encoder() {
     let f = fixture();
-    let scorer = BertScorer::load(&BertScorer::default_dir(), None, tch::Device::Cpu).expect("all-MiniLM-L6-v2 (run scripts/setup.sh)");
+    let scorer =
+        BertScorer::load(&BertScorer::default_dir(), None, model::tch::Device::Cpu).expect("all-MiniLM-L6-v2 (run scripts/setup.sh)");
     let plain = scorer.score(&f.candidates, &f.references, None).unwrap();
     for (key, pick) in [("precision", 0), ("recall", 1), ("f1", 2)] {
         let ours: Vec<f64> = plain.iter().map(|s| [s.precision, s.recall, s.fmeasure][pick]).collect();

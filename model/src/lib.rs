@@ -33,6 +33,10 @@ pub mod vlm;
 pub mod weights;
 
 pub use error::ModelError;
+/// tch (libtorch), as this crate links it: the crates that handle tensors (retrieval,
+/// training, evaluation, the inference stage) name `model::tch`, so libtorch's version, link
+/// settings and rpath are decided here alone.
+pub use tch;
 
 /// Where downloaded assets (WordNet, the sentence encoder, the OSM presets) live:
 /// `$STRATA_ASSETS`, else `$STRATA_CACHE/assets`, else `~/.cache/strata/assets` — where

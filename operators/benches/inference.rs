@@ -22,10 +22,10 @@ use model::artifact::Artifact;
 use model::device::{self, DevicePreference};
 use model::generate::{GenerationConfig, Sampling};
 use model::preprocess::RgbImage;
+use model::tch::Tensor;
 use model::vlm::{StrataModel, VlmRequest};
 use operators::stages::infer::task_query;
 use schemas::TaskSpec;
-use tch::Tensor;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -72,7 +72,7 @@ fn main() -> Result<(), BoxError> {
     }
     let (threads, batch_size, new_tokens): (i32, usize, i64) = (args[3].parse()?, args[4].parse()?, args[5].parse()?);
     let preference: DevicePreference = args.get(6).map_or("cpu", String::as_str).parse()?;
-    tch::set_num_threads(threads);
+    model::tch::set_num_threads(threads);
 
     let artifact = Artifact::open(Path::new(&args[0]))?;
     let selected = device::select(preference)?;

@@ -21,10 +21,10 @@ use crate::{
         sink::SinkStage,
         tile::TileStage,
     },
-    tables::Tables,
     tile::{Progress, TilerConfig},
     OperatorError,
 };
+use tables::Tables;
 
 /// Where the inference stage's model comes from. The same rule everywhere: one source or
 /// none, never two.

@@ -80,17 +80,9 @@ pub enum OperatorError {
         /// What is wrong.
         reason: String,
     },
-    /// Writing or reading a result table failed.
-    #[error("table `{table}`: {action}: {source}")]
-    Table {
-        /// Table name.
-        table: String,
-        /// What was being done.
-        action: String,
-        /// polars' error.
-        #[source]
-        source: polars::error::PolarsError,
-    },
+    /// Writing, reading or querying a result table failed.
+    #[error(transparent)]
+    Table(#[from] tables::TableError),
     /// A bug in Strata itself (rows that do not fit their table schema, ...): a report, not a
     /// user error.
     #[error("internal error: {reason}")]
@@ -154,7 +146,14 @@ impl OperatorError {
             Self::InvalidLocation { .. } | Self::BadScene { .. } | Self::Gdal { .. } | Self::Query { .. } | Self::Settings { .. } => {
                 ErrorClass::Permanent
             }
-            Self::Table { .. } => ErrorClass::Retryable,
+            Self::Table(error) => match error {
+                tables::TableError::Storage { source, .. } => ErrorClass::of_store_error(source),
+                tables::TableError::Query { .. } => ErrorClass::Permanent,
+                tables::TableError::Internal { .. } => ErrorClass::Internal,
+                // polars failing to encode rows that fit their schema, or a local file that
+                // cannot be written: nothing about the input, so worth another try.
+                _ => ErrorClass::Retryable,
+            },
         }
     }
 }

@@ -65,8 +65,7 @@ impl LonLatGeometry {
     }
 
     /// ISO/OGC WKB, little-endian, 2D: a `Polygon` (type 3) or a `MultiPolygon` (type 6) —
-    /// the encoding GeoParquet stores; a polygon's bytes equal those of
-    /// [`crate::tables::polygon_wkb`] for the same ring.
+    /// the encoding GeoParquet stores; a polygon's bytes equal GDAL's for the same ring.
     pub fn to_wkb(&self) -> Vec<u8> {
         const POLYGON: u32 = 3;
         const MULTI_POLYGON: u32 = 6;

@@ -5,7 +5,8 @@
 //! - [`vsi`]: a GDAL virtual file system backed by object_store range reads, so GDAL reads
 //!   COGs from any store by ranges, never downloading them whole.
 //! - [`tile`]: cuts a scene into georeferenced, model-ready tiles.
-//! - [`tables`]: GeoParquet result tables — writing them atomically and querying them.
+//! - [`rows`]: a finished scene as the rows of each result table (the `tables` crate writes
+//!   and queries them); [`geometry`]: GDAL as the engine that reads their WKB.
 //! - [`chain`]: the chain builder both runtimes take their stages from; [`inputs`]: scenes
 //!   found from what a user names (files, folders, prefixes, STAC items) as requests.
 //! - [`stage`]: the stage contract (envelopes, acknowledgements, collectors, classified
@@ -15,17 +16,21 @@
 
 pub mod chain;
 mod error;
+pub mod geometry;
 pub mod georef;
 pub mod inputs;
 pub mod merge;
+pub mod rows;
 pub mod runtime;
 pub mod stage;
 pub mod stages;
-pub mod tables;
 pub mod tile;
 pub mod vsi;
 
 pub use error::{ErrorClass, OperatorError};
+/// GDAL, as this crate links it: tests and tools that read or write rasters use it from here,
+/// so GDAL enters the workspace through this crate alone.
+pub use gdal;
 
 /// Runs blocking work (GDAL, libtorch, file hashing) off the async threads; a panic in it
 /// becomes an internal error instead of taking the process down.

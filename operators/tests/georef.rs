@@ -9,10 +9,13 @@ mod common;
 use std::sync::Arc;
 
 use chrono::Utc;
-use gdal::{spatial_ref::SpatialRef, vector::Geometry};
+use gdal::{
+    spatial_ref::SpatialRef,
+    vector::{Geometry, OGRwkbGeometryType},
+};
 use operators::{
+    geometry::Gdal,
     georef::{GeoreferencedBox, LonLatGeometry, TileGeoref, DEFAULT_SEGMENTS_PER_EDGE},
-    tables::polygon_wkb,
     tile::{tile_scene, TilerConfig},
     ErrorClass, OperatorError,
 };
@@ -183,13 +186,24 @@ fn every_ring_is_counter_clockwise_whatever_the_geotransform() {
 }
 
 #[test]
-fn polygon_wkb_matches_the_table_encoder_and_gdal_reads_it() {
+fn polygon_wkb_equals_gdals_and_the_tables_read_it_back() {
+    use tables::GeometryReader as _;
     let placed = georeference(&case("rotated"));
     let LonLatGeometry::Polygon(ring) = &placed.lonlat else { panic!("not a polygon") };
-    assert_eq!(placed.lonlat.to_wkb(), polygon_wkb(ring).unwrap());
+    let mut linear_ring = Geometry::empty(OGRwkbGeometryType::wkbLinearRing).unwrap();
+    for &[x, y] in ring {
+        linear_ring.add_point_2d((x, y));
+    }
+    let mut polygon = Geometry::empty(OGRwkbGeometryType::wkbPolygon).unwrap();
+    polygon.add_geometry(linear_ring).unwrap();
+    assert_eq!(placed.lonlat.to_wkb(), polygon.wkb().unwrap());
     let geometry = Geometry::from_wkb(&placed.lonlat.to_wkb()).unwrap();
     assert_eq!(geometry.geometry_name(), "POLYGON");
     assert!(geometry.is_valid());
+    assert_eq!(Gdal.exterior_rings(&placed.lonlat.to_wkb()), (Some("Polygon"), vec![ring.clone()]));
+    assert!(Gdal.wkt(&placed.lonlat.to_wkb()).unwrap().starts_with("POLYGON (("));
+    assert_eq!(Gdal.geojson(&placed.lonlat.to_wkb()).unwrap()["type"], "Polygon");
+    assert!(Gdal.wkt(b"not wkb").is_err());
 }
 
 #[test]

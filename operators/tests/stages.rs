@@ -30,7 +30,6 @@ use operators::{
         sink::{SinkOutcome, SinkStage},
         tile::TileStage,
     },
-    tables::{query, Tables},
     tile::{TileEvent, TilerConfig},
 };
 use schemas::{
@@ -38,6 +37,7 @@ use schemas::{
     StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult, TiledTile, TilingOptions, SCHEMA_VERSION,
 };
 use storage::Location;
+use tables::{query, Tables};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -54,7 +54,7 @@ fn tiny_artifact(dir: &Path, version: &str) -> PathBuf {
     let config = StrataConfig::from_json(&std::fs::read_to_string(fixtures.join("tiny-model/config.json")).unwrap()).unwrap();
     let tokenizer_path = fixtures.join("tokenizer/tokenizer.json");
     let tokenizer = ChatTokenizer::from_file(&tokenizer_path, &config.system_prompt).unwrap();
-    let model = StrataModel::new(config, tokenizer, tch::Device::Cpu, tch::Kind::Float, ParamInit::Random).unwrap();
+    let model = StrataModel::new(config, tokenizer, model::tch::Device::Cpu, model::tch::Kind::Float, ParamInit::Random).unwrap();
     let out = dir.join(version);
     artifact::save(&model, &tokenizer_path, &out, &Provenance { version: version.to_owned(), ..Provenance::default() }).unwrap();
     out
@@ -160,7 +160,7 @@ impl TileModel for FlakyModel {
     fn top_k(&self) -> usize {
         self.inner.top_k()
     }
-    fn preprocess(&self, image: &RgbImage) -> Result<tch::Tensor, model::ModelError> {
+    fn preprocess(&self, image: &RgbImage) -> Result<model::tch::Tensor, model::ModelError> {
         self.inner.preprocess(image)
     }
     fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
@@ -181,7 +181,7 @@ impl TileModel for FlakyModel {
 fn rows(tables: &Tables, sql: &str) -> Vec<serde_json::Value> {
     let runtime = tokio::runtime::Handle::current();
     let frame = tokio::task::block_in_place(|| runtime.block_on(query::run(tables, sql))).unwrap();
-    let text = query::render(frame, query::OutputFormat::Json).unwrap();
+    let text = query::render(frame, query::OutputFormat::Json, &operators::geometry::Gdal).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -591,7 +591,7 @@ async fn inference_training_and_evaluation_see_the_same_pixels_for_a_tile() {
     let decoded = RgbImage::decode(&bytes, "tile").unwrap();
     assert_eq!((decoded.width, decoded.height, &decoded.pixels), (37, 23, &rgb), "the tile decodes to the bytes encoded");
     let infer_pixels = TileModel::preprocess(&serving, &decoded).unwrap();
-    let trained = model::artifact::Artifact::open(&artifact).unwrap().load(tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let trained = model::artifact::Artifact::open(&artifact).unwrap().load(model::tch::Device::Cpu, model::tch::Kind::Float).unwrap();
     let train_pixels = trained.preprocess(&RgbImage::read(&tile).unwrap()).unwrap();
     assert_eq!(infer_pixels.size(), train_pixels.size());
     assert!(infer_pixels.equal(&train_pixels), "inference and training preprocess the tile alike");

@@ -18,10 +18,10 @@ use operators::{
     merge::MergeConfig,
     runtime::{self, EmbeddedConfig, RunSummary},
     stages::{infer::InferConfig, sink::SinkOutcome},
-    tables::Tables,
     tile::{TileEvent, TilerConfig},
 };
 use schemas::{DeadLetterRecord, Stage};
+use tables::Tables;
 
 use operators::inputs;
 

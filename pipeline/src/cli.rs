@@ -1343,7 +1343,7 @@ pub struct QueryArgs {
 
     /// Output format: table, csv, json or geojson.
     #[arg(long, default_value = "table")]
-    pub format: operators::tables::query::OutputFormat,
+    pub format: tables::query::OutputFormat,
 
     /// Rows shown by the table format.
     #[arg(long, default_value_t = 50)]

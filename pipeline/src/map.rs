@@ -12,11 +12,12 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use object_store::ObjectStoreExt as _;
-use operators::tables::{
+use operators::geometry::Gdal;
+use serde_json::Value;
+use tables::{
     query::{self, OutputFormat},
     Tables,
 };
-use serde_json::Value;
 
 use crate::cli::MapArgs;
 
@@ -49,7 +50,7 @@ fn leaflet() -> anyhow::Result<(String, String)> {
 
 async fn frame_as(tables: &Tables, sql: &str, format: OutputFormat) -> anyhow::Result<Value> {
     let frame = query::run(tables, sql).await?;
-    let text = query::render(frame, format)?;
+    let text = query::render(frame, format, &Gdal)?;
     serde_json::from_str(&text).context("reading the query result")
 }
 

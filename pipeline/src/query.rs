@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use operators::tables::{query, Tables};
+use operators::geometry::Gdal;
+use tables::{query, Tables};
 
 use crate::cli::QueryArgs;
 
@@ -23,6 +24,6 @@ pub fn set_display_options(args: &QueryArgs) {
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
     let frame = query::run(&tables, &args.sql).await?;
-    println!("{}", query::render(frame, args.format)?);
+    println!("{}", query::render(frame, args.format, &Gdal)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -135,7 +135,7 @@ fn bad_inputs_are_dead_lettered_and_the_batch_goes_on() {
     std::fs::write(inputs.join("half.tif"), &original[..original.len() / 2]).unwrap();
     // A PNG cut short, without a CRS either: it is the truncation that must be named.
     {
-        use strata_e2e::gdal::{raster::RasterCreationOptions, Dataset, DriverManager};
+        use operators::gdal::{raster::RasterCreationOptions, Dataset, DriverManager};
         let source = Dataset::open(data("scenes/rmnp-rgb.tif")).unwrap();
         let driver = DriverManager::get_driver_by_name("PNG").unwrap();
         let whole = dir.path().join("whole.png");
@@ -800,7 +800,7 @@ fn twice_area(ring: &serde_json::Value) -> f64 {
 
 #[test]
 fn footprints_in_tables_and_geojson_are_drawable_across_the_antimeridian_and_south_up() {
-    use strata_e2e::gdal::{raster::Buffer, spatial_ref::SpatialRef, DriverManager};
+    use operators::gdal::{raster::Buffer, spatial_ref::SpatialRef, DriverManager};
     let dir = tempfile::tempdir().unwrap();
     // A UTM 60N scene at ~65°N whose east part lies beyond 180° (issue 17, case 01), and a
     // UTM 33N scene stored south-up (positive row step, case 03).
@@ -1397,7 +1397,7 @@ fn generated_scenes_are_georeferenced_and_tile_into_their_renders_with_stretch_n
         dir
     };
     let read = |path: &Path, window: (isize, isize)| -> Vec<u8> {
-        let dataset = strata_e2e::gdal::Dataset::open(path).unwrap();
+        let dataset = operators::gdal::Dataset::open(path).unwrap();
         (1..=3)
             .flat_map(|band| dataset.rasterband(band).unwrap().read_as::<u8>(window, (32, 32), (32, 32), None).unwrap().data().to_vec())
             .collect()

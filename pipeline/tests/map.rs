@@ -13,7 +13,8 @@ use std::{
 };
 
 use common::{batch_small, data, query_json, random_model, strata, text};
-use operators::tables::{
+use operators::{geometry::Gdal, georef::LonLatGeometry};
+use tables::{
     frames::{self, Cell},
     Tables,
 };
@@ -41,14 +42,14 @@ async fn add_detection(tables: &Path, scene: &str) {
     let (lo, hi) =
         (|i: usize| points.iter().map(|p| p[i]).fold(f64::MAX, f64::min), |i: usize| points.iter().map(|p| p[i]).fold(f64::MIN, f64::max));
     let at = |i: usize, f: f64| lo(i) + (hi(i) - lo(i)) * f;
-    let wkb = frames::polygon_wkb(&[
+    let wkb = LonLatGeometry::Polygon(vec![
         [at(0, 0.33), at(1, 0.33)],
         [at(0, 0.66), at(1, 0.33)],
         [at(0, 0.66), at(1, 0.66)],
         [at(0, 0.33), at(1, 0.66)],
         [at(0, 0.33), at(1, 0.33)],
     ])
-    .unwrap();
+    .to_wkb();
     let s = |v: &serde_json::Value| Cell::Str(v.as_str().unwrap().to_owned());
     let now = chrono::Utc::now();
     let mut row =
@@ -58,7 +59,7 @@ async fn add_detection(tables: &Path, scene: &str) {
     row.extend([Cell::Geometry(wkb), Cell::F32(0.87), Cell::List(vec![tile["tile_id"].as_str().unwrap().to_owned()])]);
     row.extend([Cell::List(Vec::new()), Cell::U32(0), Cell::Time(now), Cell::Date(now.date_naive())]);
     let mut frame = frames::frame(&schemas::tables::DETECTIONS, &[row]).unwrap();
-    let bytes = Tables::encode(&schemas::tables::DETECTIONS, &mut frame).unwrap();
+    let bytes = Tables::encode(&schemas::tables::DETECTIONS, &mut frame, &Gdal).unwrap();
     let store = Tables::new(storage::resolve(tables.to_str().unwrap()).unwrap());
     store.put("detections/date=2026-01-01/extra/ship.parquet", bytes).await.unwrap();
 }

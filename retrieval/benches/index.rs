@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(&args[0]);
     let (dim, k, threads): (usize, usize, usize) = (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let work = PathBuf::from(&args[4]);
-    tch::set_num_threads(threads as i32);
+    model::tch::set_num_threads(threads as i32);
     // Single exact queries and HNSW batches run on rayon's pool: the same thread count.
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     let base = read_f32(&dir.join("base.f32"))?;
@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let build_s = (!reuse).then(|| start.elapsed().as_secs_f64());
     drop(base);
     let start = Instant::now();
-    let index = SemanticIndex::open(&work, tch::Device::Cpu)?;
+    let index = SemanticIndex::open(&work, model::tch::Device::Cpu)?;
     let open_s = start.elapsed().as_secs_f64();
 
     let (flat_single, flat_batch, truth) = qps(&index, &queries, k, SearchMode::Exact, 100)?;

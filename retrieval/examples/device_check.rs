@@ -15,10 +15,10 @@ use model::config::StrataConfig;
 use model::device::{select, DevicePreference};
 use model::generate::{GenerationConfig, Sampling};
 use model::layers::ParamInit;
+use model::tch::{Device, Kind};
 use model::vlm::{StrataModel, VlmRequest};
 use retrieval::build::write_index;
 use retrieval::{Description, SearchMode, SemanticIndex};
-use tch::{Device, Kind};
 
 type Check = Result<(), Box<dyn std::error::Error>>;
 
@@ -114,9 +114,9 @@ fn requests(model: &StrataModel) -> Result<Vec<VlmRequest>, Box<dyn std::error::
 }
 
 fn model_on(device: Device) -> Check {
-    tch::manual_seed(3);
+    model::tch::manual_seed(3);
     let mut cpu = tiny_model(Device::Cpu, Kind::Float)?;
-    tch::no_grad(|| {
+    model::tch::no_grad(|| {
         for (name, var) in cpu.var_store().variables() {
             if name.ends_with("lora_b") || name.ends_with("up.weight") {
                 let _ = var.shallow_clone().normal_(0.0, 0.2);

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use polars::prelude::*;
+use schemas::tables::DESCRIPTIONS;
 use serde::{Deserialize, Serialize};
+use tables::Cell;
 
 use crate::RetrievalError;
 
@@ -132,30 +133,18 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Description>, RetrievalError
     Ok(all)
 }
 
-fn optional(column: &str, values: Vec<Option<String>>) -> Column {
-    Column::new(column.into(), values)
-}
-
 /// Writes the database as Parquet.
 ///
 /// # Errors
 /// [`RetrievalError::Index`] when the file cannot be written.
 pub fn write_parquet(path: &Path, descriptions: &[Description]) -> Result<(), RetrievalError> {
-    let fail = |e: &dyn std::fmt::Display| RetrievalError::Index { path: path.to_owned(), reason: e.to_string() };
-    let mut frame = DataFrame::new(
-        descriptions.len(),
-        vec![
-            Column::new("id".into(), descriptions.iter().map(|d| d.id.clone()).collect::<Vec<_>>()),
-            Column::new("text".into(), descriptions.iter().map(|d| d.text.clone()).collect::<Vec<_>>()),
-            optional("level", descriptions.iter().map(|d| d.level.clone()).collect()),
-            optional("category", descriptions.iter().map(|d| d.category.clone()).collect()),
-            optional("source", descriptions.iter().map(|d| d.source.clone()).collect()),
-        ],
-    )
-    .map_err(|e| fail(&e))?;
-    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
-    ParquetWriter::new(file).finish(&mut frame).map_err(|e| fail(&e))?;
-    Ok(())
+    let rows: Vec<Vec<Cell>> = descriptions
+        .iter()
+        .map(|d| {
+            vec![d.id.as_str().into(), d.text.as_str().into(), d.level.clone().into(), d.category.clone().into(), d.source.clone().into()]
+        })
+        .collect();
+    tables::parquet::write(path, &DESCRIPTIONS, &rows).map_err(|e| RetrievalError::Index { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Reads the database back.
@@ -163,16 +152,12 @@ pub fn write_parquet(path: &Path, descriptions: &[Description]) -> Result<(), Re
 /// # Errors
 /// [`RetrievalError::Index`] for a missing or malformed file.
 pub fn read_parquet(path: &Path) -> Result<Vec<Description>, RetrievalError> {
-    let fail = |e: &dyn std::fmt::Display| RetrievalError::Index { path: path.to_owned(), reason: e.to_string() };
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
-    let frame = ParquetReader::new(file).finish().map_err(|e| fail(&e))?;
-    let strings = |name: &str| -> Result<Vec<Option<String>>, RetrievalError> {
-        let column = frame.column(name).map_err(|e| fail(&e))?;
-        let values = column.str().map_err(|e| fail(&e))?;
-        Ok(values.iter().map(|v| v.map(str::to_owned)).collect())
-    };
-    let (ids, texts, levels, categories, sources) =
-        (strings("id")?, strings("text")?, strings("level")?, strings("category")?, strings("source")?);
+    let names: Vec<&str> = DESCRIPTIONS.columns.iter().map(|c| c.name).collect();
+    let columns = tables::parquet::read_text_columns(path, &names)
+        .map_err(|e| RetrievalError::Index { path: path.to_owned(), reason: e.to_string() })?;
+    let [ids, texts, levels, categories, sources]: [Vec<Option<String>>; 5] = columns
+        .try_into()
+        .map_err(|_| RetrievalError::Index { path: path.to_owned(), reason: "the database does not have five columns".to_owned() })?;
     Ok(ids
         .into_iter()
         .zip(texts)

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use model::tch::{Device, Kind, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
 
 use crate::database::{read_parquet, Description};
 use crate::walk::{prefetch, GraphFile};
@@ -141,7 +141,7 @@ fn index_error(path: &Path, reason: impl Into<String>) -> RetrievalError {
 
 /// Copies a 1-D tensor into a `Vec`, naming `what` was read when libtorch refuses: a failed
 /// read must be an error, never an empty list of hits.
-fn read_back<T: tch::kind::Element + Copy>(tensor: &Tensor, dir: &Path, what: &str) -> Result<Vec<T>, RetrievalError> {
+fn read_back<T: model::tch::kind::Element + Copy>(tensor: &Tensor, dir: &Path, what: &str) -> Result<Vec<T>, RetrievalError> {
     Vec::<T>::try_from(tensor).map_err(|e| index_error(dir, format!("reading {what} back from the device failed: {e}")))
 }
 
@@ -287,7 +287,7 @@ impl SemanticIndex {
         let count = self.manifest.count as i64;
         let k = (k as i64).min(count);
         let (mut best_scores, mut best_rows): (Vec<Tensor>, Vec<Tensor>) = (Vec::new(), Vec::new());
-        tch::no_grad(|| {
+        model::tch::no_grad(|| {
             let mut start = 0;
             while start < count {
                 let rows = EXACT_BLOCK_ROWS.min(count - start);

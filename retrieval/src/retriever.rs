@@ -76,7 +76,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 ///
 /// # Errors
 /// When the location is invalid, the download fails, or the index does not verify.
-pub async fn open_index(location: &str, device: tch::Device) -> Result<SemanticIndex, RetrievalError> {
+pub async fn open_index(location: &str, device: model::tch::Device) -> Result<SemanticIndex, RetrievalError> {
     let resolved = storage::resolve(location)?;
     let dir = match resolved.local_path() {
         Some(dir) => dir,
@@ -107,7 +107,7 @@ impl Retriever {
     ///
     /// # Errors
     /// When the index or encoder cannot be opened, or their widths differ.
-    pub async fn open(options: &RetrievalOptions, model_top_k: usize, device: tch::Device) -> Result<Option<Self>, RetrievalError> {
+    pub async fn open(options: &RetrievalOptions, model_top_k: usize, device: model::tch::Device) -> Result<Option<Self>, RetrievalError> {
         let Some(location) = &options.index else { return Ok(None) };
         let index = open_index(location, device).await?;
         let dir = options.encoder.clone().unwrap_or_else(TextEncoder::default_dir);
@@ -120,7 +120,7 @@ impl Retriever {
         dir: &Path,
         options: &RetrievalOptions,
         model_top_k: usize,
-        device: tch::Device,
+        device: model::tch::Device,
         location: &str,
     ) -> Result<Self, RetrievalError> {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -211,7 +211,7 @@ impl Retriever {
 /// Where a query encoder runs next to an index or model on `device`: on a GPU run, on the GPU
 /// when ONNX Runtime can use it (a CPU-only runtime falls back with a warning); on a CPU run,
 /// the CPU.
-pub fn encoder_device(device: tch::Device) -> DevicePreference {
+pub fn encoder_device(device: model::tch::Device) -> DevicePreference {
     if device.is_cuda() {
         DevicePreference::Auto
     } else {

@@ -76,7 +76,7 @@ fn an_interrupted_build_resumes_from_its_finished_shards() {
     let report = build_index(std::slice::from_ref(&input), &out, &mut encoder, &options, &mut |_, _| {}).unwrap();
     assert_eq!(report.count, 50);
     assert_eq!(report.resumed_shards, 3);
-    let index = SemanticIndex::open(&out, tch::Device::Cpu).unwrap();
+    let index = SemanticIndex::open(&out, model::tch::Device::Cpu).unwrap();
     let q = encoder.encode(&["remote sensing description number 42".to_owned()]).unwrap();
     let best = index.search(&q, 1, SearchMode::Exact).unwrap()[0][0];
     assert_eq!(index.description(best.row).id, "many:43");

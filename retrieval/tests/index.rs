@@ -49,7 +49,7 @@ fn exact_top_k_equals_brute_force() {
     let vectors = clustered(count, dim, 30, 1);
     let dir = tempfile::tempdir().unwrap();
     write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", None).unwrap();
-    let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+    let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
     let queries: Vec<Vec<f32>> = clustered(25, dim, 30, 99).chunks(dim).map(<[f32]>::to_vec).collect();
     let hits = index.search(&queries, 10, SearchMode::Exact).unwrap();
     for (q, found) in queries.iter().zip(&hits) {
@@ -73,7 +73,7 @@ fn hnsw_reaches_recall_095_at_its_default_setting_on_clustered_data() {
     let vectors = clustered(count, dim, 200, 7);
     let dir = tempfile::tempdir().unwrap();
     write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(HnswParams::default())).unwrap();
-    let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+    let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
     let queries: Vec<Vec<f32>> = clustered(200, dim, 200, 1234).chunks(dim).map(<[f32]>::to_vec).collect();
     let exact = index.search(&queries, 5, SearchMode::Exact).unwrap();
     let ann = index.search(&queries, 5, SearchMode::Approximate { ef: DEFAULT_EF }).unwrap();
@@ -103,7 +103,7 @@ fn bad_queries_and_corrupt_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let params = HnswParams { m: 8, ef_construction: 50, precision: GraphPrecision::Bf16 };
     write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(params)).unwrap();
-    let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+    let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
     let err = index.search(&[vec![0.0; 7]], 5, SearchMode::Exact).unwrap_err().to_string();
     assert!(err.contains("7 dimensions") && err.contains("16"), "{err}");
     assert!(index.search(&[vec![0.0; dim]], 0, SearchMode::Exact).is_err());
@@ -116,7 +116,7 @@ fn bad_queries_and_corrupt_files_are_errors() {
     let graph = dir.path().join("hnsw.usearch");
     let good_graph = std::fs::read(&graph).unwrap();
     std::fs::write(&graph, &good_graph[..good_graph.len() / 3]).unwrap();
-    let err = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string();
+    let err = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("hnsw"), "{err}");
     std::fs::write(&graph, &good_graph).unwrap();
 
@@ -124,15 +124,15 @@ fn bad_queries_and_corrupt_files_are_errors() {
     let embeddings = dir.path().join("embeddings.f32");
     let good = std::fs::read(&embeddings).unwrap();
     std::fs::write(&embeddings, &good[..good.len() - 8]).unwrap();
-    let err = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string();
+    let err = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
     std::fs::write(&embeddings, &good).unwrap();
 
     // A garbled manifest, then none.
     std::fs::write(dir.path().join("index.json"), b"{not json").unwrap();
-    assert!(SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string().contains("malformed"));
+    assert!(SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap_err().to_string().contains("malformed"));
     std::fs::remove_file(dir.path().join("index.json")).unwrap();
-    assert!(SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap_err().to_string().contains("strata index build"));
+    assert!(SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap_err().to_string().contains("strata index build"));
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn every_graph_precision_finds_the_neighbours_and_old_manifests_open_as_f32() {
         let dir = tempfile::tempdir().unwrap();
         let params = HnswParams { precision, ..HnswParams::default() };
         write_index(dir.path(), &descriptions(count), &vectors, dim, "synthetic", Some(params)).unwrap();
-        let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+        let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
         assert_eq!(index.manifest().hnsw.map(|p| p.precision), Some(precision));
         let exact = index.search(&queries, 5, SearchMode::Exact).unwrap();
         let ann = index.search(&queries, 5, SearchMode::Approximate { ef: DEFAULT_EF }).unwrap();
@@ -157,7 +157,7 @@ fn every_graph_precision_finds_the_neighbours_and_old_manifests_open_as_f32() {
             let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             manifest["hnsw"].as_object_mut().unwrap().remove("precision");
             std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-            let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+            let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
             assert_eq!(index.manifest().hnsw.map(|p| p.precision), Some(GraphPrecision::F32));
             assert_eq!(index.search(&queries, 5, SearchMode::Approximate { ef: DEFAULT_EF }).unwrap(), ann);
         }

@@ -17,7 +17,7 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
         build_index(&[assets().join("osm-presets/descriptions.jsonl")], dir.path(), &mut encoder, &BuildOptions::default(), &mut |_, _| {})
             .unwrap();
     assert!(report.count > 1500);
-    let index = SemanticIndex::open(dir.path(), tch::Device::Cpu).unwrap();
+    let index = SemanticIndex::open(dir.path(), model::tch::Device::Cpu).unwrap();
     // (query, expected id, best rank it must reach), read from what a remote-sensing analyst
     // would accept as the right OSM feature.
     let expectations = [
@@ -55,21 +55,21 @@ fn remote_sensing_queries_retrieve_the_right_osm_presets() {
 
 #[test]
 fn the_onnx_export_matches_the_bert_encoder_in_tch() {
-    use tch::{nn, Kind, Tensor};
+    use model::tch::{nn, Kind, Tensor};
     let dir = TextEncoder::default_dir();
     let mut encoder = TextEncoder::load(&dir, 256, 2).unwrap();
     let texts = vec!["a harbour with many boats".to_owned(), "Rows of solar panels on a roof.".to_owned(), "forest".to_owned()];
     let onnx = encoder.encode(&texts).unwrap();
     let config = model::bert::BertConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let vs = nn::VarStore::new(model::tch::Device::Cpu);
     let bert = model::bert::BertModel::new(&vs.root(), &config);
     model::weights::load(&vs, &[dir.join("model.safetensors")], model::weights::LoadPolicy::Required(&["embeddings.", "encoder."]))
         .unwrap();
     for (text, from_onnx) in texts.iter().zip(&onnx) {
         let ids: Vec<i64> = encoder.token_ids(text).unwrap().into_iter().map(i64::from).collect();
         let n = ids.len() as i64;
-        let hidden = tch::no_grad(|| {
-            bert.forward(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu)), None)
+        let hidden = model::tch::no_grad(|| {
+            bert.forward(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, model::tch::Device::Cpu)), None)
         });
         let mean = hidden.mean_dim(1, false, Kind::Float);
         let normalised = &mean / mean.norm();

@@ -240,7 +240,38 @@ pub const DEAD_LETTER: TableSchema = TableSchema {
 /// The tables with one file per scene, written together when the scene completes.
 pub const SCENE_TABLES: &[TableSchema] = &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES];
 
-/// Every table Strata writes.
+/// The retriever's description database (`descriptions.parquet` in an index; not a result
+/// table, so not in [`ALL`]).
+pub const DESCRIPTIONS: TableSchema = TableSchema {
+    name: "descriptions",
+    doc: "One row per description of the retriever's database",
+    columns: &[
+        col("id", Utf8, "Unique id"),
+        col("text", Utf8, "The text that is embedded and handed to the prompter"),
+        opt("level", Utf8, "Semantic level (scene, object, ...)"),
+        opt("category", Utf8, "Category tag"),
+        opt("source", Utf8, "Where it came from"),
+    ],
+    geometry_column: None,
+    key: &["id"],
+};
+
+/// An evaluation run's report (`report.parquet` beside its predictions; not a result table).
+pub const EVAL_REPORT: TableSchema = TableSchema {
+    name: "report",
+    doc: "One row per metric of one evaluation run",
+    columns: &[
+        col("benchmark", Utf8, "The benchmark's name"),
+        col("model_version", Utf8, "The model artifact's version"),
+        col("metric", Utf8, "The metric's name, as the report table prints it"),
+        col("value", Float64, "Its value"),
+        col("count", UInt64, "How many samples it was computed over"),
+    ],
+    geometry_column: None,
+    key: &["benchmark", "model_version", "metric"],
+};
+
+/// Every result table Strata writes.
 pub const ALL: &[TableSchema] = &[TILES, CAPTIONS, CLASSIFICATIONS, VQA, DETECTIONS, SCENES, DEAD_LETTER];
 
 /// The table with this name.

@@ -5,10 +5,6 @@
 //! (`$STRATA_CACHE`, default `~/.cache/strata`), moto from the project venv. `STRATA_TANSU_BIN`
 //! and `STRATA_MOTO_BIN` override either.
 
-/// GDAL for tests that write or read fixture rasters without depending on it themselves (the
-/// `strata` binary's crate does not: GDAL is `operators`').
-pub use gdal;
-
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},

@@ -57,8 +57,8 @@ async fn indexes_are_pushed_fetched_once_refetched_when_replaced_and_checked() {
     assert!(!fetched.reused);
     assert_eq!(fetched.bytes, pushed.bytes);
     let queries: Vec<Vec<f32>> = vectors(20, dim, 9).chunks(dim).map(<[f32]>::to_vec).collect();
-    let original = SemanticIndex::open(&local, tch::Device::Cpu).unwrap();
-    let copy = SemanticIndex::open(&cache, tch::Device::Cpu).unwrap();
+    let original = SemanticIndex::open(&local, model::tch::Device::Cpu).unwrap();
+    let copy = SemanticIndex::open(&cache, model::tch::Device::Cpu).unwrap();
     for mode in [SearchMode::Exact, SearchMode::Approximate { ef: 64 }] {
         assert_eq!(top_ids(&copy, &queries, mode), top_ids(&original, &queries, mode));
     }
@@ -74,7 +74,7 @@ async fn indexes_are_pushed_fetched_once_refetched_when_replaced_and_checked() {
     push_index(&replacement, store.as_ref(), &prefix).await.unwrap();
     let refetched = fetch_index(store.as_ref(), &prefix, &cache).await.unwrap();
     assert!(!refetched.reused);
-    let copy = SemanticIndex::open(&cache, tch::Device::Cpu).unwrap();
+    let copy = SemanticIndex::open(&cache, model::tch::Device::Cpu).unwrap();
     assert_eq!(copy.len(), 500);
     assert!(copy.description(0).id.starts_with('b'));
     drop(copy);
@@ -89,7 +89,7 @@ async fn indexes_are_pushed_fetched_once_refetched_when_replaced_and_checked() {
     store.put(&damaged_prefix.clone().join("hnsw.usearch"), PutPayload::from(bad)).await.unwrap();
     let damaged_cache = work.path().join("damaged");
     fetch_index(store.as_ref(), &damaged_prefix, &damaged_cache).await.unwrap();
-    let err = SemanticIndex::open(&damaged_cache, tch::Device::Cpu).unwrap_err().to_string();
+    let err = SemanticIndex::open(&damaged_cache, model::tch::Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("corrupt"), "{err}");
 
     // Nothing there: the error says what was expected.
@@ -117,6 +117,6 @@ async fn large_embedding_files_travel_in_several_parts() {
     let cache = work.path().join("cache");
     fetch_index(store.as_ref(), &prefix, &cache).await.unwrap();
     assert_eq!(std::fs::read(cache.join("embeddings.f32")).unwrap(), std::fs::read(local.join("embeddings.f32")).unwrap());
-    let copy = SemanticIndex::open(&cache, tch::Device::Cpu).unwrap();
+    let copy = SemanticIndex::open(&cache, model::tch::Device::Cpu).unwrap();
     assert_eq!(copy.vector(count - 1), &values[(count - 1) * dim..]);
 }

@@ -23,19 +23,19 @@ use operators::{
         sink::SinkStage,
         tile::TileStage,
     },
-    tables::{query, Tables},
     tile::TilerConfig,
 };
 use schemas::{SceneRequest, SceneSource, TaskSpec, TilingOptions};
 use storage::artifacts::{fetch_model_into, push_model};
 use strata_e2e::{workspace_root, S3Server};
+use tables::{query, Tables};
 
 fn tiny_artifact(dir: &Path) -> std::path::PathBuf {
     let fixtures = workspace_root().join("model/tests/fixtures");
     let config = StrataConfig::from_json(&std::fs::read_to_string(fixtures.join("tiny-model/config.json")).unwrap()).unwrap();
     let tokenizer_path = fixtures.join("tokenizer/tokenizer.json");
     let tokenizer = ChatTokenizer::from_file(&tokenizer_path, &config.system_prompt).unwrap();
-    let model = StrataModel::new(config, tokenizer, tch::Device::Cpu, tch::Kind::Float, ParamInit::Random).unwrap();
+    let model = StrataModel::new(config, tokenizer, model::tch::Device::Cpu, model::tch::Kind::Float, ParamInit::Random).unwrap();
     let out = dir.join("tiny-s3");
     artifact::save(&model, &tokenizer_path, &out, &Provenance { version: "tiny-s3".into(), ..Provenance::default() }).unwrap();
     out
@@ -100,7 +100,8 @@ async fn a_model_on_s3_is_fetched_once_and_serves_the_chain() {
     assert!(summary.all_ok(), "{summary:?}");
     assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Delivered));
     let frame = query::run(&tables, "SELECT count(*) AS n FROM captions c JOIN tiles t ON c.tile_id = t.tile_id").await.unwrap();
-    let rows: serde_json::Value = serde_json::from_str(&query::render(frame, query::OutputFormat::Json).unwrap()).unwrap();
+    let rows: serde_json::Value =
+        serde_json::from_str(&query::render(frame, query::OutputFormat::Json, &operators::geometry::Gdal).unwrap()).unwrap();
     assert_eq!(rows[0]["n"].as_u64(), Some(summary.tiles));
     assert!(summary.tiles >= 4);
     let model_cache = work.path().join("strata-cache/models");

@@ -25,8 +25,8 @@ fn tiny_artifact(dir: &Path, version: &str, parent: Option<&str>, seed: i64) -> 
     let config = StrataConfig::from_json(&std::fs::read_to_string(fixtures.join("tiny-model/config.json")).unwrap()).unwrap();
     let tokenizer_path = fixtures.join("tokenizer/tokenizer.json");
     let tokenizer = ChatTokenizer::from_file(&tokenizer_path, &config.system_prompt).unwrap();
-    tch::manual_seed(seed);
-    let model = StrataModel::new(config, tokenizer, tch::Device::Cpu, tch::Kind::Float, ParamInit::Random).unwrap();
+    model::tch::manual_seed(seed);
+    let model = StrataModel::new(config, tokenizer, model::tch::Device::Cpu, model::tch::Kind::Float, ParamInit::Random).unwrap();
     let out = dir.join(format!("{version}-{seed}"));
     let provenance = Provenance { version: version.into(), parent_version: parent.map(str::to_owned), ..Provenance::default() };
     artifact::save(&model, &tokenizer_path, &out, &provenance).unwrap();

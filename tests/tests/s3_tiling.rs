@@ -5,20 +5,21 @@
 
 use std::sync::Arc;
 
-use gdal::{
+use object_store::{path::Path, ObjectStoreExt, PutPayload};
+use operators::gdal::{
     raster::{Buffer, RasterCreationOptions},
     spatial_ref::SpatialRef,
     DriverManager,
 };
-use object_store::{path::Path, ObjectStoreExt, PutPayload};
 use operators::{
-    tables::{query, Tables},
+    gdal,
     tile::{tile_scene, TilerConfig},
     vsi::VsiFile,
 };
 use schemas::{SceneRequest, SceneSource, TilingOptions};
 use storage::Location;
 use strata_e2e::S3Server;
+use tables::{query, Tables};
 
 /// A 2048² 3-band u16 COG with 256 px blocks and overviews, as satellite COGs are laid out.
 fn make_cog(dir: &std::path::Path) -> Vec<u8> {

@@ -10,9 +10,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use model::tch::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use tch::Tensor;
 
 /// `state.json` of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub fn restore_checkpoint(
         );
     }
     let weights: HashMap<String, Tensor> = Tensor::read_safetensors(checkpoint.join("weights.safetensors"))?.into_iter().collect();
-    tch::no_grad(|| -> anyhow::Result<()> {
+    model::tch::no_grad(|| -> anyhow::Result<()> {
         for (name, saved) in &weights {
             let mut variable =
                 variables.get(name).with_context(|| format!("the checkpoint holds `{name}`, which is not trained here"))?.shallow_clone();

@@ -36,7 +36,7 @@ use std::{
 
 use anyhow::bail;
 use model::device::DevicePreference;
-use tch::Tensor;
+use model::tch::Tensor;
 
 use crate::{
     checkpoint::{latest_checkpoint, restart_table, restore_checkpoint, write_checkpoint, Checkpoint, CheckpointState, RunIdentity},
@@ -314,7 +314,7 @@ pub(crate) fn run_loop<O: Objective>(mut objective: O, settings: LoopSettings<'_
     let accumulation = objective.grad_accumulation();
     for step in first_step..steps {
         // Dropout draws from libtorch's generator: reseeded per step, a resumed run draws alike.
-        tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);
+        model::tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(step as u64) as i64);
         let indices = batch_indices(objective.samples(), batch_size, seed, step);
         let report = objective.step(&indices)?;
         let rate = batch_size as f64 / report.seconds.max(1e-9);

@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use model::tch::{Kind, Tensor};
 use model::{
     artifact::Artifact,
     device::SelectedDevice,
@@ -23,7 +24,6 @@ use model::{
     train::{AdamW, Precision, Stage, TrainConfig},
 };
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
 
 use crate::{
     check_counts,
@@ -172,7 +172,7 @@ impl PixelCache {
 }
 
 /// Unit text embeddings `[texts, D]` from the locked encoder, on `device`.
-fn embed_texts(encoder: &mut TextEncoder, texts: &[String], device: tch::Device) -> anyhow::Result<Tensor> {
+fn embed_texts(encoder: &mut TextEncoder, texts: &[String], device: model::tch::Device) -> anyhow::Result<Tensor> {
     let rows = encoder.encode(texts).context("embedding the texts with the locked text encoder")?;
     let dim = encoder.dim() as i64;
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
@@ -195,7 +195,7 @@ fn held_out_recall(
         let _autocast = precision.scope(tower.device());
         embeddings.push(tower.embed(&pixels));
     }
-    let scores = Tensor::cat(&embeddings, 0).matmul(&gallery.tr()).to_device(tch::Device::Cpu).contiguous();
+    let scores = Tensor::cat(&embeddings, 0).matmul(&gallery.tr()).to_device(model::tch::Device::Cpu).contiguous();
     let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&scores).context("reading the similarity matrix")?;
     eval::retrieval::recall_at_k(&rows, &pairs.relevant, &KS).map_err(anyhow::Error::msg)
 }
@@ -229,7 +229,7 @@ fn config_digest(file: &RetrieverFile, start: &str, text_encoder: &Path) -> RunI
 }
 
 /// The tower to start from, and an identity of it for the configuration digest.
-fn start_tower(start: &Path, text_encoder: &TextEncoder, device: tch::Device) -> anyhow::Result<(ImageTower, String)> {
+fn start_tower(start: &Path, text_encoder: &TextEncoder, device: model::tch::Device) -> anyhow::Result<(ImageTower, String)> {
     if ImageTower::is_dir(start) {
         let tower = ImageTower::load(start, device).with_context(|| format!("loading the tower `{}`", start.display()))?;
         if !model::image_tower::same_text_encoder(&tower.config().text_encoder, text_encoder.name()) {
@@ -513,7 +513,7 @@ pub fn run(config: &Path, options: &RunOptions) -> anyhow::Result<Outcome> {
     let text_encoder = TextEncoder::load_on(&text_dir, 256, threads, retrieval::retriever::encoder_device(device.device()))
         .with_context(|| format!("loading the text encoder `{}`", text_dir.display()))?;
     // The projection starts random: from the seed, so a rerun or a resume starts alike.
-    tch::manual_seed(file.seed as i64);
+    model::tch::manual_seed(file.seed as i64);
     let (tower, start_id) = start_tower(&file.start, &text_encoder, device.device())?;
     if tower.config().embed_dim != text_encoder.dim() as i64 {
         bail!(

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use model::tch::Tensor;
 use model::{
     artifact::{self, Artifact, Provenance},
     device::SelectedDevice,
@@ -21,7 +22,6 @@ use model::{
 };
 use retrieval::{RetrievalOptions, Retriever};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::{
     check_counts,
@@ -433,8 +433,8 @@ impl Objective for VlmObjective {
             let requests: Vec<VlmRequest> = chunk.iter().map(|s| self.inputs.request(&self.model, s)).collect::<anyhow::Result<_>>()?;
             let responses: Vec<String> = chunk.iter().map(|s| s.response.clone()).collect();
             let _autocast = self.precision.scope(self.device.device());
-            total +=
-                tch::no_grad(|| self.model.loss(&requests, &responses))?.to_kind(tch::Kind::Float).double_value(&[]) * chunk.len() as f64;
+            total += model::tch::no_grad(|| self.model.loss(&requests, &responses))?.to_kind(model::tch::Kind::Float).double_value(&[])
+                * chunk.len() as f64;
         }
         let loss = total / take as f64;
         writeln!(metrics, "{done},held_out,{loss:.6},,,{elapsed:.1}")?;
@@ -515,7 +515,7 @@ pub fn run(stage: Stage, config: &Path, options: &RunOptions) -> anyhow::Result<
     let device = model::device::select(options.device)?;
     // Weights and AdamW's moments in f32 on every device (no pure-bf16 optimiser); on CUDA the
     // forward passes run under bf16 autocast unless the file says `precision = "f32"`.
-    let model = artifact.load(device.device(), tch::Kind::Float).with_context(|| format!("loading `{}`", file.model.display()))?;
+    let model = artifact.load(device.device(), model::tch::Kind::Float).with_context(|| format!("loading `{}`", file.model.display()))?;
     let train_config = TrainConfig {
         stage,
         learning_rate: optimiser.learning_rate,

@@ -27,7 +27,7 @@ fn tiny_artifact(dir: &Path) -> PathBuf {
     let tokenizer_json = fixtures().join("tokenizer/tokenizer.json");
     let tokenizer = ChatTokenizer::from_file(&tokenizer_json, &config.system_prompt).unwrap();
     model::device::manual_seed(3);
-    let model = StrataModel::new(config, tokenizer, tch::Device::Cpu, tch::Kind::Float, ParamInit::Random).unwrap();
+    let model = StrataModel::new(config, tokenizer, model::tch::Device::Cpu, model::tch::Kind::Float, ParamInit::Random).unwrap();
     let out = dir.join("base");
     let provenance = Provenance { version: "tiny".to_owned(), parent_version: None, training_run: None };
     artifact::save(&model, &tokenizer_json, &out, &provenance).unwrap();

@@ -21,6 +21,7 @@ use std::{
 };
 
 use chrono::Utc;
+use model::tch::Tensor;
 use model::{
     generate::{GenerationConfig, Sampling},
     preprocess::RgbImage,
@@ -33,7 +34,6 @@ use schemas::{
     ResultMessage, RetrievedDescription, Stage as StageName, StageTimings, TaskAnswer, TaskOutput, TaskSpec, TileMessage, TileResult,
     TiledTile, SCHEMA_VERSION,
 };
-use tch::Tensor;
 use tracing::Instrument as _;
 
 use crate::{
@@ -91,7 +91,7 @@ impl LoadedModel {
     }
 
     /// The device the weights are on.
-    pub fn device(&self) -> tch::Device {
+    pub fn device(&self) -> model::tch::Device {
         self.model.device()
     }
 }

@@ -21,10 +21,12 @@ use schemas::{DeadLetterRecord, SinkMessage, Stage as StageName};
 use sha2::{Digest as _, Sha256};
 
 use crate::{
+    geometry::Gdal,
+    rows,
     stage::{Ack, AckStatus, Collector, Envelope, Position, Stage, StageError, StageErrorKind},
-    tables::{self, SceneIndex, Tables},
     OperatorError,
 };
+use tables::{SceneIndex, Tables};
 
 /// What the sink reports for each committed item.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,11 +93,11 @@ impl SinkStage {
     }
 
     fn stage_scene(scene: &schemas::SceneResults, ack: Ack) -> Result<Staged, OperatorError> {
-        let date = tables::scene_date(scene);
+        let date = rows::scene_date(scene);
         let (request, scene_id) = (&scene.scene.request_id, &scene.scene.scene_id);
         let mut files = Vec::new();
-        for (table, mut frame) in tables::scene_frames(scene)? {
-            files.push((Tables::scene_file(table, date, request, scene_id), Tables::encode(table, &mut frame)?));
+        for (table, mut frame) in rows::scene_frames(scene)? {
+            files.push((Tables::scene_file(table, date, request, scene_id), Tables::encode(table, &mut frame, &Gdal)?));
         }
         let mut dead_letters = Vec::new();
         if !scene.failed.is_empty() {
@@ -105,7 +107,7 @@ impl SinkStage {
                 schemas::tables::DEAD_LETTER.name,
                 date.format("%Y-%m-%d")
             );
-            dead_letters.push((path, Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame)?));
+            dead_letters.push((path, Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal)?));
             ack.update(AckStatus::Rejected);
         }
         let outcome = SinkOutcome::Committed {
@@ -122,7 +124,7 @@ impl SinkStage {
 
     fn stage_failure(record: &DeadLetterRecord, ack: Ack) -> Result<Staged, OperatorError> {
         let mut frame = tables::dead_letter_frame(std::slice::from_ref(record))?;
-        let bytes = Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame)?;
+        let bytes = Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal)?;
         let date = record.failed_at.date_naive().format("%Y-%m-%d");
         let table = schemas::tables::DEAD_LETTER.name;
         let path = match (&record.request_id, &record.scene_id) {

@@ -166,11 +166,11 @@ async fn every_offset_is_committed_through_a_down_broker_request_errors_and_a_co
 }
 
 /// The `tiles` rows of `tables` that do not depend on when or where they were written.
-async fn tile_rows(tables: &operators::tables::Tables) -> String {
+async fn tile_rows(tables: &tables::Tables) -> String {
     let sql =
         "SELECT scene_id, tile_id, col_off, row_off, width, height, output_size_px, valid_fraction, geometry FROM tiles ORDER BY tile_id";
-    let frame = operators::tables::query::run(tables, sql).await.unwrap();
-    operators::tables::query::render(frame, operators::tables::query::OutputFormat::Json).unwrap()
+    let frame = tables::query::run(tables, sql).await.unwrap();
+    tables::query::render(frame, tables::query::OutputFormat::Json, &operators::geometry::Gdal).unwrap()
 }
 
 /// One scene, one chain builder, two runtimes: in-process (`strata batch`) and as Kafka roles
@@ -186,7 +186,7 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
     request.tiling.tile_size_px = 256;
     let settings = |name: &str| ChainSettings {
         tiles: storage::resolve(work.path().join(name).join("tiles").to_str().unwrap()).unwrap(),
-        tables: operators::tables::Tables::new(storage::resolve(work.path().join(name).join("tables").to_str().unwrap()).unwrap()),
+        tables: tables::Tables::new(storage::resolve(work.path().join(name).join("tables").to_str().unwrap()).unwrap()),
         tiler: operators::tile::TilerConfig::default(),
         tile_workers: 1,
         progress: std::sync::Arc::new(|_| {}),

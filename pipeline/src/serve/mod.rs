@@ -23,11 +23,11 @@ use operators::{
         merge::MergeStage,
         sink::{SinkOutcome, SinkStage},
     },
-    tables::Tables,
     tile::{TileEvent, TilerConfig},
 };
 use rdkafka::producer::FutureProducer;
 use schemas::{DeadLetterRecord, Message, SinkMessage};
+use tables::Tables;
 use tokio::sync::{mpsc, watch};
 
 use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, RoleReport};

@@ -5,14 +5,14 @@
 use polars::prelude::{DataFrame, KeyValueMetadata, ParquetCompression, ParquetWriter};
 use schemas::tables::{ColumnType, TableSchema};
 
-use crate::OperatorError;
+use crate::{GeometryReader, TableError};
 
 /// The `geo` metadata document for a table.
-fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
+fn geo_metadata(table: &TableSchema, frame: &DataFrame, geometry: &dyn GeometryReader) -> Option<String> {
     let primary = table.geometry_column?;
     let mut columns = serde_json::Map::new();
     for column in table.columns.iter().filter(|c| c.ty == ColumnType::GeometryWkb) {
-        let (types, bbox) = column_summary(frame, column.name);
+        let (types, bbox) = column_summary(frame, column.name, geometry);
         // Every polygon Strata writes is wound counter-clockwise (georef), so readers may rely
         // on it (GeoParquet 1.1 `orientation`).
         let mut meta = serde_json::json!({ "encoding": "WKB", "geometry_types": types, "orientation": "counterclockwise" });
@@ -26,12 +26,12 @@ fn geo_metadata(table: &TableSchema, frame: &DataFrame) -> Option<String> {
 
 /// The geometry types a WKB column holds (sorted, as GeoParquet lists them; `Polygon` for an
 /// empty column, which is what the tables hold) and its bounding box.
-fn column_summary(frame: &DataFrame, column: &str) -> (Vec<&'static str>, Option<[f64; 4]>) {
+fn column_summary(frame: &DataFrame, column: &str, geometry: &dyn GeometryReader) -> (Vec<&'static str>, Option<[f64; 4]>) {
     let mut types = std::collections::BTreeSet::new();
     let mut rings = Vec::new();
     if let Some(values) = frame.column(column).ok().and_then(|c| c.binary().ok().cloned()) {
         for wkb in values.iter().flatten() {
-            let (kind, parts) = super::frames::exterior_rings(wkb);
+            let (kind, parts) = geometry.exterior_rings(wkb);
             types.extend(kind);
             rings.extend(parts);
         }
@@ -81,21 +81,19 @@ pub(crate) fn bbox(rings: &[Vec<[f64; 2]>]) -> Option<[f64; 4]> {
 }
 
 /// Encodes a frame as one Parquet file, checking its columns against the table schema.
-pub fn encode(table: &TableSchema, frame: &mut DataFrame) -> Result<Vec<u8>, OperatorError> {
+pub fn encode(table: &TableSchema, frame: &mut DataFrame, geometry: &dyn GeometryReader) -> Result<Vec<u8>, TableError> {
     let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
     let expected: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
     if names != expected {
-        return Err(OperatorError::Internal {
-            reason: format!("frame for `{}` has columns {names:?}, schema says {expected:?}", table.name),
-        });
+        return Err(TableError::Internal { reason: format!("frame for `{}` has columns {names:?}, schema says {expected:?}", table.name) });
     }
     let mut bytes = Vec::new();
-    let metadata = geo_metadata(table, frame).map(|geo| KeyValueMetadata::from_static(vec![("geo".to_owned(), geo)]));
+    let metadata = geo_metadata(table, frame, geometry).map(|geo| KeyValueMetadata::from_static(vec![("geo".to_owned(), geo)]));
     ParquetWriter::new(&mut bytes)
         .with_compression(ParquetCompression::Zstd(None))
         .with_key_value_metadata(metadata)
         .finish(frame)
-        .map_err(|source| OperatorError::Table { table: table.name.to_owned(), action: "encoding Parquet".to_owned(), source })?;
+        .map_err(|source| TableError::Frame { table: table.name.to_owned(), action: "encoding Parquet".to_owned(), source })?;
     Ok(bytes)
 }
 
@@ -115,8 +113,21 @@ mod tests {
 
     #[test]
     fn geo_metadata_declares_counter_clockwise_rings() {
-        let frame = crate::tables::frame(&schemas::tables::SCENES, &[]).unwrap();
-        let geo: serde_json::Value = serde_json::from_str(&super::geo_metadata(&schemas::tables::SCENES, &frame).unwrap()).unwrap();
+        struct NoRows;
+        impl crate::GeometryReader for NoRows {
+            fn wkt(&self, _: &[u8]) -> Result<String, String> {
+                unreachable!("no rows to read")
+            }
+            fn geojson(&self, _: &[u8]) -> Option<serde_json::Value> {
+                unreachable!("no rows to read")
+            }
+            fn exterior_rings(&self, _: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>) {
+                unreachable!("no rows to read")
+            }
+        }
+        let frame = crate::frame(&schemas::tables::SCENES, &[]).unwrap();
+        let geo: serde_json::Value =
+            serde_json::from_str(&super::geo_metadata(&schemas::tables::SCENES, &frame, &NoRows).unwrap()).unwrap();
         let column = &geo["columns"]["geometry"];
         assert_eq!(column["orientation"], "counterclockwise");
         assert_eq!(column["geometry_types"], serde_json::json!(["Polygon"]));

@@ -6,7 +6,6 @@
 use std::io::Cursor;
 
 use futures::TryStreamExt as _;
-use gdal::vector::Geometry;
 use object_store::ObjectStoreExt;
 use polars::{
     prelude::{
@@ -16,8 +15,7 @@ use polars::{
     sql::SQLContext,
 };
 
-use super::{frames, Tables};
-use crate::OperatorError;
+use crate::{frames, GeometryReader, TableError, Tables};
 
 /// How query results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,15 +46,15 @@ impl std::str::FromStr for OutputFormat {
     }
 }
 
-fn table_err(table: &str, action: &str) -> impl FnOnce(polars::error::PolarsError) -> OperatorError {
+fn table_err(table: &str, action: &str) -> impl FnOnce(polars::error::PolarsError) -> TableError {
     let (table, action) = (table.to_owned(), action.to_owned());
-    move |source| OperatorError::Table { table, action, source }
+    move |source| TableError::Frame { table, action, source }
 }
 
 /// Loads one table: every Parquet file under its folder, or an empty frame of its schema.
-async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Result<LazyFrame, OperatorError> {
+async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Result<LazyFrame, TableError> {
     let folder = tables.root().join(table.name);
-    let store_err = |uri: String| move |source| OperatorError::Storage { uri, source };
+    let store_err = |uri: String| move |source| TableError::Storage { uri, source };
     let mut files: Vec<_> = folder
         .store()
         .list(Some(folder.path()))
@@ -81,15 +79,15 @@ async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Re
 /// Runs `sql` over the tables at `tables`.
 ///
 /// # Errors
-/// [`OperatorError::Query`] for SQL errors (unknown table or column, syntax), storage and
+/// [`TableError::Query`] for SQL errors (unknown table or column, syntax), storage and
 /// Parquet errors while loading.
-pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, OperatorError> {
+pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, TableError> {
     let mut context = SQLContext::new();
     for table in schemas::tables::ALL {
         context.register(table.name, load_table(tables, table).await?);
     }
-    let plan = context.execute(sql).map_err(|e| OperatorError::Query { reason: e.to_string() })?;
-    plan.collect().map_err(|e| OperatorError::Query { reason: e.to_string() })
+    let plan = context.execute(sql).map_err(|e| TableError::Query { reason: e.to_string() })?;
+    plan.collect().map_err(|e| TableError::Query { reason: e.to_string() })
 }
 
 /// Names of binary (WKB geometry) columns.
@@ -98,13 +96,11 @@ fn geometry_columns(frame: &DataFrame) -> Vec<String> {
 }
 
 /// Replaces WKB columns by WKT text, for formats that cannot show binary.
-fn with_wkt(mut frame: DataFrame) -> Result<DataFrame, OperatorError> {
+fn with_wkt(mut frame: DataFrame, geometry: &dyn GeometryReader) -> Result<DataFrame, TableError> {
     for name in geometry_columns(&frame) {
         let wkb = frame.column(&name).and_then(|c| c.binary().cloned()).map_err(table_err("result", "reading geometry"))?;
-        let wkt: Vec<Option<String>> = wkb
-            .iter()
-            .map(|v| v.map(|bytes| Geometry::from_wkb(bytes).and_then(|g| g.wkt()).unwrap_or_else(|e| format!("<invalid WKB: {e}>"))))
-            .collect();
+        let wkt: Vec<Option<String>> =
+            wkb.iter().map(|v| v.map(|bytes| geometry.wkt(bytes).unwrap_or_else(|e| format!("<invalid WKB: {e}>")))).collect();
         frame.with_column(Column::from(Series::new(name.as_str().into(), wkt))).map_err(table_err("result", "converting geometry"))?;
     }
     Ok(frame)
@@ -114,39 +110,39 @@ fn with_wkt(mut frame: DataFrame) -> Result<DataFrame, OperatorError> {
 ///
 /// # Errors
 /// When the result cannot be serialised.
-pub fn render(frame: DataFrame, format: OutputFormat) -> Result<String, OperatorError> {
+pub fn render(frame: DataFrame, format: OutputFormat, geometry: &dyn GeometryReader) -> Result<String, TableError> {
     match format {
-        OutputFormat::Table => Ok(format!("{}", with_wkt(frame)?)),
+        OutputFormat::Table => Ok(format!("{}", with_wkt(frame, geometry)?)),
         OutputFormat::Csv => {
-            let mut frame = with_wkt(frame)?;
+            let mut frame = with_wkt(frame, geometry)?;
             let mut out = Vec::new();
             CsvWriter::new(&mut out).finish(&mut frame).map_err(table_err("result", "writing CSV"))?;
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
         OutputFormat::Json => {
-            let mut frame = with_wkt(frame)?;
+            let mut frame = with_wkt(frame, geometry)?;
             Ok(json_rows(&mut frame)?.to_string())
         }
-        OutputFormat::GeoJson => geojson(frame),
+        OutputFormat::GeoJson => geojson(frame, geometry),
     }
 }
 
-fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, OperatorError> {
+fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, TableError> {
     let mut out = Vec::new();
     JsonWriter::new(&mut out).with_json_format(JsonFormat::Json).finish(frame).map_err(table_err("result", "writing JSON"))?;
-    serde_json::from_slice(&out).map_err(|e| OperatorError::Internal { reason: format!("polars wrote invalid JSON: {e}") })
+    serde_json::from_slice(&out).map_err(|e| TableError::Internal { reason: format!("polars wrote invalid JSON: {e}") })
 }
 
-fn geojson(frame: DataFrame) -> Result<String, OperatorError> {
+fn geojson(frame: DataFrame, geometry: &dyn GeometryReader) -> Result<String, TableError> {
     let geometry_cols = geometry_columns(&frame);
     let Some(primary) = geometry_cols.first().cloned() else {
-        return Err(OperatorError::Query {
+        return Err(TableError::Query {
             reason: "the result has no geometry column; select `geometry` (from tiles, scenes or detections) for GeoJSON".to_owned(),
         });
     };
     let wkb = frame.column(&primary).and_then(|c| c.binary().cloned()).map_err(table_err("result", "reading geometry"))?;
     let mut properties = frame.drop(&primary).map_err(table_err("result", "splitting geometry"))?;
-    let mut properties = with_wkt(std::mem::take(&mut properties))?;
+    let mut properties = with_wkt(std::mem::take(&mut properties), geometry)?;
     let rows = match json_rows(&mut properties)? {
         serde_json::Value::Array(rows) => rows,
         _ => Vec::new(),
@@ -154,11 +150,9 @@ fn geojson(frame: DataFrame) -> Result<String, OperatorError> {
     let features: Vec<serde_json::Value> = wkb
         .iter()
         .zip(rows)
-        .map(|(geometry, props)| {
-            let geometry = geometry
-                .and_then(|bytes| Geometry::from_wkb(bytes).ok())
-                .and_then(|g| g.json().ok())
-                .and_then(|json: String| serde_json::from_str::<serde_json::Value>(&json).ok())
+        .map(|(wkb, props)| {
+            let geometry = wkb
+                .and_then(|bytes| geometry.geojson(bytes))
                 .map(|mut geometry| {
                     rfc7946_winding(&mut geometry);
                     geometry

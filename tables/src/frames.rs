@@ -2,14 +2,13 @@
 //! column's declared type and nullability here, once, for every table.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use gdal::vector::{Geometry, OGRwkbGeometryType};
 use polars::prelude::{Column, DataFrame, DataType, IntoSeries, ListChunked, NamedFrom, Series, TimeUnit, TimeZone};
 use schemas::{
     tables::{self, ColumnType, TableSchema},
     DeadLetterRecord,
 };
 
-use crate::OperatorError;
+use crate::TableError;
 
 /// One cell, typed loosely; [`frame`] checks it against the column.
 #[derive(Debug, Clone)]
@@ -67,17 +66,17 @@ impl From<f32> for Cell {
     }
 }
 
-fn mismatch(table: &TableSchema, column: &str, cell: &Cell) -> OperatorError {
-    OperatorError::Internal { reason: format!("table `{}` column `{column}` cannot hold {cell:?}", table.name) }
+fn mismatch(table: &TableSchema, column: &str, cell: &Cell) -> TableError {
+    TableError::Internal { reason: format!("table `{}` column `{column}` cannot hold {cell:?}", table.name) }
 }
 
 /// Builds a frame for `table` from rows whose cells are in column order.
 ///
 /// # Errors
 /// When a row has the wrong length, a cell the wrong type, or a null in a non-null column.
-pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, OperatorError> {
+pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, TableError> {
     if let Some(row) = rows.iter().find(|r| r.len() != table.columns.len()) {
-        return Err(OperatorError::Internal {
+        return Err(TableError::Internal {
             reason: format!("table `{}` has {} columns, a row has {}", table.name, table.columns.len(), row.len()),
         });
     }
@@ -110,7 +109,7 @@ pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, Opera
             ColumnType::Float32 => Series::new(name, collect!(F32, |v: &f32| *v)),
             ColumnType::Float64 => Series::new(name, collect!(F64, |v: &f64| *v)),
             ColumnType::Int64 | ColumnType::Bool => {
-                return Err(OperatorError::Internal { reason: format!("no writer for column type {:?}", spec.ty) })
+                return Err(TableError::Internal { reason: format!("no writer for column type {:?}", spec.ty) })
             }
             ColumnType::TimestampMicros => Series::new(name, collect!(Time, |v: &DateTime<Utc>| v.timestamp_micros()))
                 .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))
@@ -132,69 +131,15 @@ pub fn frame(table: &TableSchema, rows: &[Vec<Cell>]) -> Result<DataFrame, Opera
     DataFrame::new(rows.len(), columns).map_err(|source| table_err(table, source))
 }
 
-fn table_err(table: &TableSchema, source: polars::error::PolarsError) -> OperatorError {
-    OperatorError::Table { table: table.name.to_owned(), action: "building rows".to_owned(), source }
-}
-
-/// WKB of a polygon from a closed lon/lat ring.
-///
-/// # Errors
-/// When GDAL cannot build the geometry (it always can for a finite ring).
-pub fn polygon_wkb(ring: &[[f64; 2]]) -> Result<Vec<u8>, OperatorError> {
-    let build = || -> gdal::errors::Result<Vec<u8>> {
-        let mut linear_ring = Geometry::empty(OGRwkbGeometryType::wkbLinearRing)?;
-        for &[x, y] in ring {
-            linear_ring.add_point_2d((x, y));
-        }
-        let mut polygon = Geometry::empty(OGRwkbGeometryType::wkbPolygon)?;
-        polygon.add_geometry(linear_ring)?;
-        polygon.wkb()
-    };
-    build().map_err(|e| OperatorError::Internal { reason: format!("cannot encode a footprint as WKB: {e}") })
-}
-
-/// The exterior ring points of a WKB polygon (empty when it is not one).
-pub fn polygon_points(wkb: &[u8]) -> Vec<[f64; 2]> {
-    let Ok(geometry) = Geometry::from_wkb(wkb) else { return Vec::new() };
-    if geometry.geometry_count() == 0 {
-        return Vec::new();
-    }
-    let ring = geometry.get_geometry(0);
-    (0..ring.point_count())
-        .map(|i| {
-            let (x, y, _) = ring.get_point(i32::try_from(i).unwrap_or(i32::MAX));
-            [x, y]
-        })
-        .collect()
-}
-
-/// The exterior rings of a WKB polygon or multipolygon (one per part; empty for anything
-/// else or bytes that are not WKB), with the geometry's type name as GeoParquet spells it.
-pub fn exterior_rings(wkb: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>) {
-    let Ok(geometry) = Geometry::from_wkb(wkb) else { return (None, Vec::new()) };
-    let ring_points = |ring: &Geometry| -> Vec<[f64; 2]> {
-        (0..ring.point_count())
-            .map(|i| {
-                let (x, y, _) = ring.get_point(i32::try_from(i).unwrap_or(i32::MAX));
-                [x, y]
-            })
-            .collect()
-    };
-    let exterior = |polygon: &Geometry| (polygon.geometry_count() > 0).then(|| ring_points(&polygon.get_geometry(0)));
-    match geometry.geometry_type() {
-        OGRwkbGeometryType::wkbPolygon => (Some("Polygon"), exterior(&geometry).into_iter().collect()),
-        OGRwkbGeometryType::wkbMultiPolygon => {
-            (Some("MultiPolygon"), (0..geometry.geometry_count()).filter_map(|i| exterior(&geometry.get_geometry(i))).collect())
-        }
-        _ => (None, Vec::new()),
-    }
+fn table_err(table: &TableSchema, source: polars::error::PolarsError) -> TableError {
+    TableError::Frame { table: table.name.to_owned(), action: "building rows".to_owned(), source }
 }
 
 /// Rows of the `dead_letter` table.
 ///
 /// # Errors
 /// Only on an internal schema mismatch.
-pub fn dead_letter_frame(records: &[DeadLetterRecord]) -> Result<DataFrame, OperatorError> {
+pub fn dead_letter_frame(records: &[DeadLetterRecord]) -> Result<DataFrame, TableError> {
     let rows: Vec<Vec<Cell>> = records
         .iter()
         .map(|r| {

@@ -1,18 +1,17 @@
-//! The rows a completed scene puts in each table, as frames ready to encode. Column order and
-//! types are checked against [`schemas::tables`] by [`frame`].
+//! The rows a completed scene puts in each result table, as frames ready to encode. Column
+//! order and types are checked against [`schemas::tables`] by [`tables::frame`].
 
 use chrono::{DateTime, NaiveDate, Utc};
-use polars::prelude::DataFrame;
 use schemas::{
     tables::{self, TableSchema},
     SceneResults, SceneTiled, TaskAnswer, TaskOutput, TileMessage, TileTask,
 };
 
-use super::frames::{frame, Cell};
 use crate::{
     georef::{LonLatGeometry, TileGeoref},
     OperatorError,
 };
+use ::tables::{frame, Cell, DataFrame};
 
 /// The partition date of a scene's rows: the day its request was made.
 pub fn scene_date(scene: &SceneResults) -> NaiveDate {

@@ -1,5 +1,9 @@
-//! GeoParquet result tables: written under names derived from what a file holds, read back
-//! for queries. Column names and types come from [`schemas::tables`] only.
+//! Strata's result tables: rows become GeoParquet files written under names derived from what
+//! they hold, and SQL reads them back. Column names and types come from [`schemas::tables`]
+//! only. This crate is where polars enters the workspace (the retriever's description
+//! database and the evaluation report are Parquet files written through [`parquet`] too);
+//! geometries are WKB bytes here, read by the engine a caller hands in ([`GeometryReader`]:
+//! GDAL, from `operators`), so the text users see is that engine's.
 //!
 //! Layout: `{root}/{table}/date={YYYY-MM-DD}/request={request_id}/{scene_id}.parquet` for the
 //! tables a scene fills (ids are `[A-Za-z0-9._-]` and cannot contain `/`, so distinct ids
@@ -14,21 +18,37 @@
 //! (object stores publish whole objects; the local store writes a temporary file and renames
 //! it), so readers never see half a file.
 
+mod error;
 pub mod frames;
 mod geoparquet;
+pub mod parquet;
 pub mod query;
-mod rows;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use object_store::{ObjectStoreExt, PutPayload};
-use polars::prelude::DataFrame;
 use schemas::tables::TableSchema;
 
-pub use frames::{dead_letter_frame, frame, polygon_points, polygon_wkb, Cell};
-pub use rows::{scene_date, scene_frames};
-
-use crate::OperatorError;
+pub use error::TableError;
+pub use frames::{dead_letter_frame, frame, Cell};
+/// The frames rows are built in and queries answer with (polars').
+pub use polars::prelude::DataFrame;
 use storage::Location;
+
+/// What the tables need of a geometry engine: they hold geometries as WKB (ISO, 2D) and leave
+/// reading them to one engine, so the WKT and GeoJSON users see are that engine's and the
+/// GeoParquet metadata agrees with it.
+pub trait GeometryReader: Send + Sync {
+    /// The geometry as WKT, or why the bytes are not WKB.
+    ///
+    /// # Errors
+    /// Bytes that are not WKB, in the engine's words.
+    fn wkt(&self, wkb: &[u8]) -> Result<String, String>;
+    /// The geometry as a GeoJSON geometry object (`None` for bytes that are not WKB).
+    fn geojson(&self, wkb: &[u8]) -> Option<serde_json::Value>;
+    /// The exterior rings of a polygon or multipolygon (one per part; empty for anything else
+    /// or bytes that are not WKB), with the geometry's type name as GeoParquet spells it.
+    fn exterior_rings(&self, wkb: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>);
+}
 
 /// Where the result tables live.
 #[derive(Debug, Clone)]
@@ -66,25 +86,27 @@ impl Tables {
         format!("{}/date={}/request={request_id}/{scene_id}.parquet", table.name, date.format("%Y-%m-%d"))
     }
 
-    /// Encodes `frame` for `table` (the first phase of a two-phase write: nothing is stored).
+    /// Encodes `frame` for `table` as GeoParquet 1.1 (the first phase of a two-phase write:
+    /// nothing is stored); `geometry` reads the WKB columns for the `geo` metadata's types and
+    /// bounding boxes.
     ///
     /// # Errors
     /// When the frame does not match the table schema.
-    pub fn encode(table: &TableSchema, frame: &mut DataFrame) -> Result<Vec<u8>, OperatorError> {
-        geoparquet::encode(table, frame)
+    pub fn encode(table: &TableSchema, frame: &mut DataFrame, geometry: &dyn GeometryReader) -> Result<Vec<u8>, TableError> {
+        geoparquet::encode(table, frame, geometry)
     }
 
     /// Stores `bytes` at `relative` (below the root), replacing what was there.
     ///
     /// # Errors
     /// When the store refuses the write.
-    pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<Location, OperatorError> {
+    pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<Location, TableError> {
         let target = self.root.join(relative);
         target
             .store()
             .put(target.path(), PutPayload::from(bytes))
             .await
-            .map_err(|source| OperatorError::Storage { uri: target.url(), source })?;
+            .map_err(|source| TableError::Storage { uri: target.url(), source })?;
         Ok(target)
     }
 
@@ -92,11 +114,11 @@ impl Tables {
     ///
     /// # Errors
     /// When the store refuses the delete.
-    pub async fn delete(&self, relative: &str) -> Result<(), OperatorError> {
+    pub async fn delete(&self, relative: &str) -> Result<(), TableError> {
         let target = self.root.join(relative);
         match target.store().delete(target.path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(OperatorError::Storage { uri: target.url(), source }),
+            Err(source) => Err(TableError::Storage { uri: target.url(), source }),
         }
     }
 
@@ -108,14 +130,14 @@ impl Tables {
     ///
     /// # Errors
     /// When the store fails (a missing index is not an error) or the index is unreadable.
-    pub async fn scene_index(&self, request_id: &str, scene_id: &str) -> Result<SceneIndex, OperatorError> {
+    pub async fn scene_index(&self, request_id: &str, scene_id: &str) -> Result<SceneIndex, TableError> {
         let at = self.root.join(&Self::index_path(request_id, scene_id));
-        let store_err = |source| OperatorError::Storage { uri: at.url(), source };
+        let store_err = |source| TableError::Storage { uri: at.url(), source };
         match at.store().get(at.path()).await {
             Ok(found) => {
                 let bytes = found.bytes().await.map_err(store_err)?;
                 serde_json::from_slice(&bytes)
-                    .map_err(|e| OperatorError::Internal { reason: format!("`{}` is not a scene index: {e}", at.url()) })
+                    .map_err(|e| TableError::Internal { reason: format!("`{}` is not a scene index: {e}", at.url()) })
             }
             Err(object_store::Error::NotFound { .. }) => Ok(SceneIndex::default()),
             Err(source) => Err(store_err(source)),
@@ -126,8 +148,8 @@ impl Tables {
     ///
     /// # Errors
     /// When the store refuses the write.
-    pub async fn set_scene_index(&self, request_id: &str, scene_id: &str, index: &SceneIndex) -> Result<(), OperatorError> {
-        let bytes = serde_json::to_vec(index).map_err(|e| OperatorError::Internal { reason: e.to_string() })?;
+    pub async fn set_scene_index(&self, request_id: &str, scene_id: &str, index: &SceneIndex) -> Result<(), TableError> {
+        let bytes = serde_json::to_vec(index).map_err(|e| TableError::Internal { reason: e.to_string() })?;
         self.put(&Self::index_path(request_id, scene_id), bytes).await.map(drop)
     }
 }
