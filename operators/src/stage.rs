@@ -203,6 +203,18 @@ pub enum StageErrorKind {
     Internal,
 }
 
+impl StageErrorKind {
+    /// How a dead letter names a failure of this kind: a retryable one reaches the dead
+    /// letters only once its retries are exhausted.
+    pub const fn dead_letter_kind(self) -> ErrorKind {
+        match self {
+            Self::Retryable => ErrorKind::RetriesExhausted,
+            Self::Permanent => ErrorKind::Permanent,
+            Self::Internal => ErrorKind::Internal,
+        }
+    }
+}
+
 /// A stage failure: which stage, what kind, and the cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{} stage: {source}", stage.as_str())]
@@ -251,11 +263,7 @@ impl StageError {
     /// The dead-letter record for `payload` failing with this error after `attempts` tries.
     pub fn dead_letter<P: Payload>(&self, payload: &P, position: &Position, attempts: u32) -> DeadLetterRecord {
         let ids = payload.ids();
-        let error_kind = match self.kind {
-            StageErrorKind::Retryable => ErrorKind::RetriesExhausted,
-            StageErrorKind::Permanent => ErrorKind::Permanent,
-            StageErrorKind::Internal => ErrorKind::Internal,
-        };
+        let error_kind = self.kind.dead_letter_kind();
         let mut message = self.chain();
         if self.kind == StageErrorKind::Retryable {
             message.push_str(&format!(" (gave up after {attempts} attempts)"));

@@ -135,7 +135,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
             let request =
                 schemas::SceneRequest::new(&request_id, &failure.scene_id, schemas::SceneSource::Uri { uri: failure.input.clone() });
             let error = operators::stage::StageError::from_operator(Stage::Ingest, failure.error);
-            error.dead_letter(&request, &operators::stage::Position::Derived, 1)
+            DeadLetterRecord::ingest(error.kind.dead_letter_kind(), &error.chain(), &schemas::encode(&request), None)
         })
         .collect();
 

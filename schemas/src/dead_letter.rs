@@ -5,7 +5,12 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, SchemaError};
+use crate::{Message, SchemaError, SCHEMA_VERSION};
+
+/// Bytes of an input's payload kept in its ingest dead-letter record. An oversized payload
+/// cannot travel on whole (the broker would refuse it again on the way to the dead letters),
+/// so its first bytes and its digest are kept instead.
+pub const MAX_KEPT_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// A record of a permanent failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +40,47 @@ pub struct DeadLetterRecord {
     pub original_payload: OriginalPayload,
     /// When the stage gave up.
     pub failed_at: DateTime<Utc>,
+}
+
+impl DeadLetterRecord {
+    /// The record of an input that never became a stage's payload: bytes that do not decode
+    /// as a message (the Kafka runtime), or a scene a batch names that cannot be found. The
+    /// one constructor of [`Stage::Ingest`] records, for both runtimes.
+    ///
+    /// `message` says what is wrong and where (`source`, when the input came from a log). A
+    /// payload over [`MAX_KEPT_PAYLOAD_BYTES`] keeps its first bytes, and the message gains its
+    /// length and SHA-256. Ids are recovered from the payload when it is JSON readable enough
+    /// to name them (at the top level or under `task`), so the record can be found.
+    pub fn ingest(error_kind: ErrorKind, message: &str, payload: &[u8], source: Option<SourcePosition>) -> Self {
+        use sha2::Digest as _;
+        let (kept, cut) = if payload.len() > MAX_KEPT_PAYLOAD_BYTES {
+            let digest: String = sha2::Sha256::digest(payload).iter().map(|b| format!("{b:02x}")).collect();
+            (
+                &payload[..MAX_KEPT_PAYLOAD_BYTES],
+                format!("; original payload cut to its first {MAX_KEPT_PAYLOAD_BYTES} of {} bytes, sha256 {digest}", payload.len()),
+            )
+        } else {
+            (payload, String::new())
+        };
+        let ids: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let id = |name: &str| {
+            let named =
+                |value: Option<&serde_json::Value>| value.and_then(|v| v.get(name)).and_then(serde_json::Value::as_str).map(str::to_owned);
+            named(Some(&ids)).or_else(|| named(ids.get("task")))
+        };
+        Self {
+            schema_version: SCHEMA_VERSION,
+            stage: Stage::Ingest,
+            error_kind,
+            message: format!("{message}{cut}"),
+            request_id: id("request_id"),
+            scene_id: id("scene_id"),
+            tile_id: id("tile_id"),
+            source,
+            original_payload: OriginalPayload::from_bytes(kept),
+            failed_at: Utc::now(),
+        }
+    }
 }
 
 /// Pipeline stages, as named in dead-letter records and metrics.
@@ -145,5 +191,44 @@ impl Message for DeadLetterRecord {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod ingest_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(offset: i64) -> Option<SourcePosition> {
+        Some(SourcePosition { topic: "scenes".to_owned(), partition: 2, offset })
+    }
+
+    #[test]
+    fn an_oversized_payload_keeps_its_first_bytes_and_digest_so_its_dead_letter_can_travel() {
+        let payload = vec![b'x'; 3 << 20];
+        let record = DeadLetterRecord::ingest(ErrorKind::Permanent, "tile input at scenes/2@7: not JSON", &payload, at(7));
+        let kept = record.original_payload.to_bytes().unwrap();
+        assert_eq!(kept.len(), MAX_KEPT_PAYLOAD_BYTES);
+        assert!(record.message.starts_with("tile input at scenes/2@7: not JSON"), "{}", record.message);
+        assert!(record.message.contains(&format!("of {} bytes, sha256 ", payload.len())), "{}", record.message);
+        // The record as it travels stays well under a broker's default limit.
+        assert!(crate::encode(&record).len() < 1 << 20);
+    }
+
+    #[test]
+    fn an_input_keeps_whatever_ids_it_names_and_its_bytes() {
+        let payload = br#"{"schema_version": 99, "request_id": "r1", "scene_id": "s1"}"#;
+        let record = DeadLetterRecord::ingest(ErrorKind::Permanent, "bad version", payload, at(0));
+        assert_eq!((record.request_id.as_deref(), record.scene_id.as_deref(), record.tile_id.as_deref()), (Some("r1"), Some("s1"), None));
+        assert_eq!(record.original_payload.to_bytes().unwrap(), payload.to_vec());
+        assert_eq!((record.stage, record.error_kind), (Stage::Ingest, ErrorKind::Permanent));
+        // A tile message names its ids under `task`; bytes that are no JSON name none.
+        let tile = br#"{"kind": "tile", "task": {"request_id": "r2", "scene_id": "s2", "tile_id": "t2"}}"#;
+        let record = DeadLetterRecord::ingest(ErrorKind::Permanent, "bad tile", tile, None);
+        assert_eq!(record.tile_id.as_deref(), Some("t2"));
+        let record = DeadLetterRecord::ingest(ErrorKind::RetriesExhausted, "store down", &[0xff, 0xfe], None);
+        assert_eq!((&record.request_id, &record.original_payload), (&None, &OriginalPayload::Base64("//4=".to_owned())));
+        record.validate().unwrap();
     }
 }

@@ -26,7 +26,7 @@ mod stream;
 pub mod tables;
 mod tile;
 
-pub use dead_letter::{DeadLetterRecord, ErrorKind, OriginalPayload, SourcePosition, Stage};
+pub use dead_letter::{DeadLetterRecord, ErrorKind, OriginalPayload, SourcePosition, Stage, MAX_KEPT_PAYLOAD_BYTES};
 pub use envelope::{decode, encode, DecodeLimits, Message, SchemaError, SCHEMA_VERSION};
 pub use model::{ModelPublished, ModelServing};
 pub use result::{GridBox, RetrievedDescription, StageTimings, TaskAnswer, TaskOutput, TileResult};

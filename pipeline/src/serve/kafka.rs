@@ -22,7 +22,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use chrono::Utc;
 use futures::StreamExt as _;
 use operators::{
     runtime::{drive, SharedReceiver},
@@ -39,8 +38,7 @@ use rdkafka::{
     types::RDKafkaErrorCode,
     ClientContext, Message as _, Offset, TopicPartitionList,
 };
-use schemas::{DeadLetterRecord, DecodeLimits, ErrorKind, Message, OriginalPayload, SourcePosition, Stage as StageName, SCHEMA_VERSION};
-use sha2::Digest as _;
+use schemas::{DeadLetterRecord, DecodeLimits, ErrorKind, Message, SourcePosition};
 use tokio::sync::{mpsc, watch};
 
 use super::offsets::{OffsetTracker, TopicPartition};
@@ -503,39 +501,10 @@ where
     Ok(report)
 }
 
-/// Bytes of an undecodable payload kept in its dead-letter record.
-const MAX_KEPT_PAYLOAD_BYTES: usize = 64 * 1024;
-
 /// The dead-letter record of a message that is not a valid input.
 fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, position: SourcePosition) -> DeadLetterRecord {
-    // An oversized payload cannot travel on as it is (it would be refused again by the broker
-    // on the way to the dead letters): its first bytes and its digest are kept instead.
-    let (kept, cut) = if payload.len() > MAX_KEPT_PAYLOAD_BYTES {
-        let digest: String = sha2::Sha256::digest(payload).iter().map(|b| format!("{b:02x}")).collect();
-        (
-            &payload[..MAX_KEPT_PAYLOAD_BYTES],
-            format!("; original payload cut to its first {MAX_KEPT_PAYLOAD_BYTES} of {} bytes, sha256 {digest}", payload.len()),
-        )
-    } else {
-        (payload, String::new())
-    };
-    // Ids are kept when the JSON is readable enough to name them, so the record can be found.
-    let ids: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let id = |name: &str| ids.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
-    let task = ids.get("task");
-    let nested = |name: &str| task.and_then(|t| t.get(name)).and_then(serde_json::Value::as_str).map(str::to_owned);
-    DeadLetterRecord {
-        schema_version: SCHEMA_VERSION,
-        stage: StageName::Ingest,
-        error_kind: ErrorKind::Permanent,
-        message: format!("{role} input at {}/{}@{}: {error}{cut}", position.topic, position.partition, position.offset),
-        request_id: id("request_id").or_else(|| nested("request_id")),
-        scene_id: id("scene_id").or_else(|| nested("scene_id")),
-        tile_id: id("tile_id").or_else(|| nested("tile_id")),
-        source: Some(position),
-        original_payload: OriginalPayload::from_bytes(kept),
-        failed_at: Utc::now(),
-    }
+    let message = format!("{role} input at {}/{}@{}: {error}", position.topic, position.partition, position.offset);
+    DeadLetterRecord::ingest(ErrorKind::Permanent, &message, payload, Some(position))
 }
 
 /// Produces each output to `topic`, keyed by scene, up to `concurrency` at a time, and
@@ -626,26 +595,14 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_payload_keeps_its_first_bytes_and_digest_so_its_dead_letter_can_travel() {
-        let payload = vec![b'x'; 3 << 20];
-        let error = schemas::decode::<schemas::SceneRequest>(&payload, &DecodeLimits::default()).unwrap_err();
-        let record = undecodable("tile", &payload, &error, at(7));
-        let kept = record.original_payload.to_bytes().unwrap();
-        assert_eq!(kept.len(), MAX_KEPT_PAYLOAD_BYTES);
-        assert!(record.message.contains("scenes/2@7"), "{}", record.message);
-        assert!(record.message.contains(&format!("of {} bytes, sha256 ", payload.len())), "{}", record.message);
-        // The record as it travels stays well under the broker's default limit.
-        assert!(schemas::encode(&record).len() < 1 << 20);
-    }
-
-    #[test]
     fn an_undecodable_payload_keeps_whatever_ids_it_names_and_its_bytes() {
         let payload = br#"{"schema_version": 99, "request_id": "r1", "scene_id": "s1"}"#;
         let error = schemas::decode::<schemas::SceneRequest>(payload, &DecodeLimits::default()).unwrap_err();
         let record = undecodable("tile", payload, &error, at(0));
         assert_eq!((record.request_id.as_deref(), record.scene_id.as_deref()), (Some("r1"), Some("s1")));
         assert_eq!(record.original_payload.to_bytes().unwrap(), payload.to_vec());
-        assert_eq!(record.stage, StageName::Ingest);
+        assert_eq!(record.stage, schemas::Stage::Ingest);
+        assert!(record.message.starts_with("tile input at scenes/2@0: "), "{}", record.message);
         assert!(record.message.contains("version 99"), "{}", record.message);
     }
 }
