@@ -13,7 +13,7 @@ use schemas::{ResultMessage, Stage as StageName, TileMessage};
 use storage::{registry::Registry, Location};
 
 use crate::{
-    runtime::Chain,
+    runtime::{Chain, Then},
     stage::{Collector, Envelope, Stage, StageError},
     stages::{
         infer::{InferConfig, InferStage, LoadedModel, TileModel as _, TilesOnly},
@@ -187,7 +187,13 @@ pub struct ChainSettings {
     pub retrieval: RetrievalOptions,
     /// Where the model and the query encoder run.
     pub device: DevicePreference,
+    /// Attempts per input for retryable failures, the first included: the runtime's, handed
+    /// to the sink inside the merge role too ([`Then`]).
+    pub max_attempts: u32,
 }
+
+/// The merge role's stage: cross-tile merge, then the sink's two-phase commit, as one.
+pub type MergeAndSink = Then<MergeStage, SinkStage>;
 
 /// Which roles a process runs (the embedded runtime runs all of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,10 +217,8 @@ pub struct BuiltChain {
     pub tile: Vec<TileStage>,
     /// Inference.
     pub infer: Option<Inference>,
-    /// Merge.
-    pub merge: Option<MergeStage>,
-    /// The sink after merge (the merge role commits what it merges).
-    pub sink: Option<SinkStage>,
+    /// Merge followed by the sink (the merge role commits what it merges).
+    pub merge: Option<MergeAndSink>,
     /// The registry the model came from and the version it serves, for a runtime that follows
     /// the registry's later promotions.
     pub serving: Option<(Registry, String)>,
@@ -225,9 +229,9 @@ impl BuiltChain {
     ///
     /// # Errors
     /// [`OperatorError::Internal`] when it was built without every role.
-    pub fn into_embedded(self) -> Result<Chain<TileStage, Inference, MergeStage, SinkStage>, OperatorError> {
-        match (self.tile.is_empty(), self.infer, self.merge, self.sink) {
-            (false, Some(infer), Some(merge), Some(sink)) => Ok(Chain { tile: self.tile, infer, merge, sink }),
+    pub fn into_embedded(self) -> Result<Chain<TileStage, Inference, MergeAndSink>, OperatorError> {
+        match (self.tile.is_empty(), self.infer, self.merge) {
+            (false, Some(infer), Some(merge)) => Ok(Chain { tile: self.tile, infer, merge }),
             _ => Err(OperatorError::Internal { reason: "the embedded runtime needs a chain built with every role".to_owned() }),
         }
     }
@@ -276,7 +280,8 @@ pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain,
     } else {
         Vec::new()
     };
-    let (merge, sink) =
-        if roles.merge { (Some(MergeStage::new(settings.merge)), Some(SinkStage::new(settings.tables.clone(), 1))) } else { (None, None) };
-    Ok(BuiltChain { tile, infer, merge, sink, serving })
+    let merge = roles
+        .merge
+        .then(|| Then::new(MergeStage::new(settings.merge), SinkStage::new(settings.tables.clone(), 1), settings.max_attempts.max(1)));
+    Ok(BuiltChain { tile, infer, merge, serving })
 }

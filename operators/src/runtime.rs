@@ -3,8 +3,12 @@
 //! the same stages between topics.
 //!
 //! ```text
-//! scene requests ─► tile ×N ─► infer ─► merge ─► sink ─► outcomes
+//! scene requests ─► tile ×N ─► infer ─► merge + sink ─► outcomes
 //! ```
+//!
+//! Merge and sink run as one composed stage ([`Then`]): the merge stage's output is the
+//! sink's input, in the same task, in both runtimes. An [`OutcomeReporter`] sees every
+//! committed outcome (progress bars here; metrics and the dead-letter topic on Kafka).
 //!
 //! Backpressure: every channel holds at most `channel_capacity` envelopes and a full channel
 //! blocks the stage before it, so memory does not grow with the batch. Each scene request
@@ -85,6 +89,114 @@ pub async fn process_one<S: Stage>(
         );
         let record = error.dead_letter(&envelope.payload, &envelope.position, attempt);
         return out.collect(Envelope::new(S::Out::from(record), envelope.position.clone(), envelope.ack.clone())).await;
+    }
+}
+
+/// Two stages run as one: every output of `first` goes straight into `second`, in the same
+/// task. `second`'s failures are retried and dead-lettered by [`process_one`] as a runtime
+/// would, so an input of `first` is never processed twice because of what happened after it
+/// (the merge stage, whose state an input changes, followed by the sink). Errors of `first`
+/// are the composed stage's own: the runtime retries or dead-letters that input.
+pub struct Then<A, B> {
+    first: A,
+    second: B,
+    max_attempts: u32,
+}
+
+impl<A, B> Then<A, B> {
+    /// `first` followed by `second`, whose retryable failures get `max_attempts` tries.
+    pub fn new(first: A, second: B, max_attempts: u32) -> Self {
+        Self { first, second, max_attempts }
+    }
+
+    /// The two stages.
+    pub fn stages(&self) -> (&A, &B) {
+        (&self.first, &self.second)
+    }
+}
+
+impl<A, B> Then<A, B>
+where
+    A: Stage,
+    B: Stage<In = A::Out>,
+    A::Out: crate::stage::Payload,
+{
+    /// Runs what `first` collected through `second`.
+    async fn pass_on(&mut self, collected: Vec<Envelope<A::Out>>, out: &mut Collector<B::Out>) -> Result<(), StageError> {
+        let name = self.second.name();
+        for envelope in collected {
+            process_one(&mut self.second, envelope, out, self.max_attempts)
+                .await
+                .map_err(|closed| StageError::new(name, StageErrorKind::Internal, closed))?;
+        }
+        Ok(())
+    }
+}
+
+impl<A, B> Stage for Then<A, B>
+where
+    A: Stage + Sync,
+    B: Stage<In = A::Out> + Sync,
+    A::Out: crate::stage::Payload + Sync,
+{
+    type In = A::In;
+    type Out = B::Out;
+
+    fn name(&self) -> schemas::Stage {
+        self.first.name()
+    }
+
+    async fn process(&mut self, input: Envelope<A::In>, out: &mut Collector<B::Out>) -> Result<(), StageError> {
+        let mut collected = Collector::buffer();
+        let first = self.first.process(input, &mut collected).await;
+        // What `first` collected stands even when it then failed (the stage contract).
+        self.pass_on(collected.drain(), out).await?;
+        first
+    }
+
+    async fn on_start(&mut self) -> Result<(), StageError> {
+        self.first.on_start().await?;
+        self.second.on_start().await
+    }
+
+    async fn flush(&mut self, out: &mut Collector<B::Out>) -> Result<(), StageError> {
+        let mut collected = Collector::buffer();
+        let first = self.first.flush(&mut collected).await;
+        self.pass_on(collected.drain(), out).await?;
+        self.second.flush(out).await?;
+        first
+    }
+
+    async fn on_close(&mut self) -> Result<(), StageError> {
+        let first = self.first.on_close().await;
+        let second = self.second.on_close().await;
+        first.and(second)
+    }
+
+    fn max_wait(&self) -> Option<std::time::Duration> {
+        match (self.first.max_wait(), self.second.max_wait()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What a runtime does with each committed outcome, after it is in the tables and before the
+/// input's ack is released: show progress (the embedded runtime's bars), or count it and
+/// copy its dead letters to the dead-letter topic (the Kafka runtime).
+pub trait OutcomeReporter: Send {
+    /// Reports one outcome.
+    fn report(&mut self, outcome: &SinkOutcome) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A reporter that does nothing.
+impl OutcomeReporter for () {
+    async fn report(&mut self, _: &SinkOutcome) {}
+}
+
+impl<R: OutcomeReporter> OutcomeReporter for &mut R {
+    fn report(&mut self, outcome: &SinkOutcome) -> impl std::future::Future<Output = ()> + Send {
+        (**self).report(outcome)
     }
 }
 
@@ -184,41 +296,37 @@ impl RunSummary {
 }
 
 /// The stages of one chain (the tile stage is cloned per worker).
-pub struct Chain<T, I, M, K> {
+pub struct Chain<T, I, M> {
     /// Tile workers.
     pub tile: Vec<T>,
     /// Inference.
     pub infer: I,
-    /// Merge.
+    /// Merge followed by the sink ([`Then`]).
     pub merge: M,
-    /// Sink.
-    pub sink: K,
 }
 
 /// Runs `scenes` through the chain. `dead_letters` are inputs that never became requests
-/// (reported through the sink like any failure). `on_outcome` sees every committed outcome
+/// (committed by the sink like any failure). `reporter` sees every committed outcome
 /// (progress bars).
 ///
 /// # Errors
 /// Never for bad input (that is dead-lettered); the summary lists runtime failures.
-pub async fn run<T, I, M, K>(
+pub async fn run<T, I, M>(
     scenes: Vec<SceneRequest>,
     dead_letters: Vec<DeadLetterRecord>,
-    chain: Chain<T, I, M, K>,
+    chain: Chain<T, I, M>,
     config: &EmbeddedConfig,
-    mut on_outcome: impl FnMut(&SinkOutcome) + Send,
+    mut reporter: impl OutcomeReporter,
 ) -> RunSummary
 where
     T: Stage<In = SceneRequest, Out = schemas::TileMessage>,
     I: Stage<In = schemas::TileMessage, Out = schemas::ResultMessage>,
-    M: Stage<In = schemas::ResultMessage, Out = schemas::SinkMessage>,
-    K: Stage<In = schemas::SinkMessage, Out = SinkOutcome>,
+    M: Stage<In = schemas::ResultMessage, Out = SinkOutcome>,
 {
     let capacity = config.channel_capacity.max(1);
     let (scene_tx, scene_rx) = mpsc::channel(capacity);
     let (tile_tx, tile_rx) = mpsc::channel(capacity);
     let (result_tx, result_rx) = mpsc::channel(capacity);
-    let (merged_tx, merged_rx) = mpsc::channel(capacity);
     let (outcome_tx, mut outcome_rx) = mpsc::channel(capacity);
 
     let acks: Arc<Mutex<BTreeMap<String, AckStatus>>> = Arc::default();
@@ -230,22 +338,22 @@ where
         tasks.push(("tile", tokio::spawn(drive(worker, rx, tx, attempts))));
     }
     drop(tile_tx);
-    tasks.push(("infer", tokio::spawn(drive(chain.infer, SharedReceiver::new(tile_rx), result_tx, attempts))));
-    tasks.push(("merge", tokio::spawn(drive(chain.merge, SharedReceiver::new(result_rx), merged_tx.clone(), attempts))));
-    tasks.push(("sink", tokio::spawn(drive(chain.sink, SharedReceiver::new(merged_rx), outcome_tx, attempts))));
+    tasks.push(("infer", tokio::spawn(drive(chain.infer, SharedReceiver::new(tile_rx), result_tx.clone(), attempts))));
+    tasks.push(("merge", tokio::spawn(drive(chain.merge, SharedReceiver::new(result_rx), outcome_tx, attempts))));
 
-    // Inputs that never became requests go straight to the sink.
+    // Inputs that never became requests go to the merge stage as failures of a whole scene,
+    // which it passes to the sink as they are.
     let early = dead_letters;
     let feeder_acks = Arc::clone(&acks);
     let feeder = tokio::spawn(async move {
         for record in early {
             let key = record.scene_id.clone().unwrap_or_else(|| "(unnamed input)".to_owned());
             let ack = scene_ack(&feeder_acks, key);
-            if merged_tx.send(Envelope::new(schemas::SinkMessage::Failed(record), Position::Derived, ack)).await.is_err() {
+            if result_tx.send(Envelope::new(schemas::ResultMessage::Failed(record), Position::Derived, ack)).await.is_err() {
                 return;
             }
         }
-        drop(merged_tx);
+        drop(result_tx);
         for (index, scene) in scenes.into_iter().enumerate() {
             let ack = scene_ack(&feeder_acks, scene.scene_id.clone());
             if scene_tx.send(Envelope::new(scene, Position::Batch { index: index as u64 }, ack)).await.is_err() {
@@ -256,7 +364,7 @@ where
 
     let mut summary = RunSummary::default();
     while let Some(envelope) = outcome_rx.recv().await {
-        on_outcome(&envelope.payload);
+        reporter.report(&envelope.payload).await;
         match &envelope.payload {
             SinkOutcome::Committed { scene_id, tiles, tiles_failed, tiles_skipped_nodata, detections, .. } => {
                 summary.tiles += tiles;

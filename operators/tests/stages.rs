@@ -192,10 +192,9 @@ where
     let chain = Chain {
         tile: vec![tile_stage(tiles)],
         infer,
-        merge: MergeStage::new(MergeConfig::default()),
-        sink: SinkStage::new(tables.clone(), 1),
+        merge: operators::runtime::Then::new(MergeStage::new(MergeConfig::default()), SinkStage::new(tables.clone(), 1), 4),
     };
-    runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), |_| {}).await
+    runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), ()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +246,7 @@ async fn every_stage_passes_the_conformance_suite() {
     // Merge: one scene output once every tile outcome is in.
     let result_messages: Vec<ResultMessage> = report.outputs.into_iter().map(|e| e.payload).collect();
     let mut merge = MergeStage::new(MergeConfig::default());
-    let report = check_stage(&mut merge, result_messages, Vec::new()).await;
+    let report = check_stage(&mut merge, result_messages.clone(), Vec::new()).await;
     assert_eq!(report.outputs.len(), 1);
     assert_eq!(merge.open_scenes(), 0);
     let SinkMessage::Scene(scene) = &report.outputs[0].payload else { panic!("expected a scene") };
@@ -260,6 +259,19 @@ async fn every_stage_passes_the_conformance_suite() {
     let report = check_stage(&mut sink, inputs, Vec::new()).await;
     assert_eq!(report.acks, vec![Some(AckStatus::Delivered)]);
     assert!(matches!(report.outputs[0].payload, SinkOutcome::Committed { .. }));
+
+    // Merge and sink as one stage (the merge role of both runtimes): one commit for the
+    // scene, and every result's ack delivered only once its scene is in the tables.
+    let tables = Tables::new(storage::resolve("memory://conformance/composed").unwrap());
+    let mut merge_and_sink = operators::runtime::Then::new(MergeStage::new(MergeConfig::default()), SinkStage::new(tables.clone(), 1), 4);
+    let report = check_stage(&mut merge_and_sink, result_messages.clone(), Vec::new()).await;
+    assert_eq!(report.outputs.len(), 1);
+    let SinkOutcome::Committed { tiles, .. } = &report.outputs[0].payload else { panic!("expected a commit") };
+    assert_eq!(*tiles, scene.scene.tiles_written);
+    assert_eq!(report.acks, vec![Some(AckStatus::Delivered); result_messages.len()]);
+    assert_eq!(merge_and_sink.stages().0.open_scenes(), 0);
+    let counted = rows(&tables, "SELECT count(*) AS n FROM tiles");
+    assert_eq!(counted[0]["n"], serde_json::json!(scene.scene.tiles_written));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,9 +534,13 @@ async fn a_stage_that_panics_fails_the_run_instead_of_being_swallowed() {
     let work = tempfile::tempdir().unwrap();
     let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
     let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
-    let chain = Chain { tile: vec![tile_stage(&tiles)], infer: TilesOnly, merge: PanickingMerge, sink: SinkStage::new(tables, 1) };
+    let chain = Chain {
+        tile: vec![tile_stage(&tiles)],
+        infer: TilesOnly,
+        merge: operators::runtime::Then::new(PanickingMerge, SinkStage::new(tables, 1), 4),
+    };
     let scenes = vec![request("rmnp", &scene_url("rmnp-rgb.tif"), Vec::new())];
-    let summary = runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), |_| {}).await;
+    let summary = runtime::run(scenes, Vec::new(), chain, &EmbeddedConfig::default(), ()).await;
     assert!(!summary.all_ok(), "{summary:?}");
     assert!(summary.internal_errors.iter().any(|e| e.contains("merge") && e.contains("panic")), "{:?}", summary.internal_errors);
     assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Errored), "a scene lost to the panic reports errored, not delivered");
@@ -623,11 +639,12 @@ async fn an_index_without_a_model_is_refused_only_for_the_infer_role() {
         model: ModelSource::None,
         retrieval: retrieval::RetrievalOptions { index: Some("/nonexistent".to_owned()), ..Default::default() },
         device: model::device::DevicePreference::Cpu,
+        max_attempts: 4,
     };
     let Err(err) = chain::build(&settings, Roles::ALL).await else { panic!("an index without a model was accepted") };
     assert!(err.to_string().contains("--index needs --model"), "{err}");
     let tile_only = chain::build(&settings, Roles { tile: true, infer: false, merge: false }).await.unwrap();
     assert_eq!(tile_only.tile.len(), 2);
-    assert!(tile_only.infer.is_none() && tile_only.merge.is_none() && tile_only.sink.is_none());
+    assert!(tile_only.infer.is_none() && tile_only.merge.is_none());
     assert!(ModelSource::from_settings(Some("a"), Some("b")).is_err(), "two model sources are refused");
 }

@@ -2,21 +2,14 @@
 //! the embedded runtime (tile → infer → merge → sink) with no broker, and prints a summary.
 //! The stages come from the chain builder ([`operators::chain`]), as `strata serve`'s do.
 
-use std::{
-    process::ExitCode,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Instant,
-};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use anyhow::{bail, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use operators::{
     chain::{self, ChainSettings, ModelSource, Roles},
     merge::MergeConfig,
-    runtime::{self, EmbeddedConfig, RunSummary},
+    runtime::{self, EmbeddedConfig, OutcomeReporter, RunSummary},
     stages::{infer::InferConfig, sink::SinkOutcome},
     tile::{TileEvent, TilerConfig},
 };
@@ -87,7 +80,30 @@ fn chain_settings(
         model,
         retrieval: crate::retriever::options(&args.retrieval),
         device: args.device,
+        max_attempts: EmbeddedConfig::default().max_attempts,
     })
+}
+
+/// The embedded runtime's outcome reporter: the scene and answer bars, and the count of
+/// answers the summary prints.
+struct BarReporter {
+    scenes: ProgressBar,
+    answers: ProgressBar,
+    tasks_per_tile: u64,
+    answered: u64,
+}
+
+impl OutcomeReporter for BarReporter {
+    async fn report(&mut self, outcome: &SinkOutcome) {
+        match outcome {
+            SinkOutcome::Committed { tiles, .. } => {
+                self.answered += tiles * self.tasks_per_tile;
+                self.answers.inc(tiles * self.tasks_per_tile);
+            }
+            SinkOutcome::DeadLettered(record) => self.scenes.println(format!("failed: {}", record.message)),
+        }
+        self.scenes.inc(1);
+    }
 }
 
 /// `strata batch`.
@@ -140,23 +156,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         .collect();
 
     bars.scenes.set_length(total as u64);
-    let (bar, answers) = (bars.scenes.clone(), bars.answers.clone());
-    let tasks_per_tile = tasks.len() as u64;
-    let answered = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&answered);
-    let on_outcome = move |outcome: &SinkOutcome| {
-        match outcome {
-            SinkOutcome::Committed { tiles, .. } => {
-                counter.fetch_add(tiles * tasks_per_tile, Ordering::Relaxed);
-                answers.inc(tiles * tasks_per_tile);
-            }
-            SinkOutcome::DeadLettered(record) => bar.println(format!("failed: {}", record.message)),
-        }
-        bar.inc(1);
-    };
-    let summary = runtime::run(requests, dead_letters, chain, &EmbeddedConfig::default(), on_outcome).await;
+    let mut reporter =
+        BarReporter { scenes: bars.scenes.clone(), answers: bars.answers.clone(), tasks_per_tile: tasks.len() as u64, answered: 0 };
+    let summary = runtime::run(requests, dead_letters, chain, &EmbeddedConfig::default(), &mut reporter).await;
     bars.finish();
-    let answers = (!tasks.is_empty()).then(|| answered.load(Ordering::Relaxed));
+    let answers = (!tasks.is_empty()).then_some(reporter.answered);
     print_summary(&summary, total, started.elapsed().as_secs_f64(), answers);
     println!("tables: {}", tables.root().url());
     println!("tiles:  {}/{request_id}/", settings.tiles.url());

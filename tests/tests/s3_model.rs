@@ -93,10 +93,9 @@ async fn a_model_on_s3_is_fetched_once_and_serves_the_chain() {
     let chain = Chain {
         tile: vec![TileStage::new(tiles, TilerConfig { threads: 2, ..TilerConfig::default() }, progress)],
         infer: InferStage::new(model, None, InferConfig { max_batch_tiles: 4, max_new_tokens: 3, ..InferConfig::default() }),
-        merge: MergeStage::new(MergeConfig::default()),
-        sink: SinkStage::new(tables.clone(), 1),
+        merge: operators::runtime::Then::new(MergeStage::new(MergeConfig::default()), SinkStage::new(tables.clone(), 1), 4),
     };
-    let summary = runtime::run(vec![request], Vec::new(), chain, &EmbeddedConfig::default(), |_| {}).await;
+    let summary = runtime::run(vec![request], Vec::new(), chain, &EmbeddedConfig::default(), ()).await;
     assert!(summary.all_ok(), "{summary:?}");
     assert_eq!(summary.acks.get("rmnp"), Some(&AckStatus::Delivered));
     let frame = query::run(&tables, "SELECT count(*) AS n FROM captions c JOIN tiles t ON c.tile_id = t.tile_id").await.unwrap();

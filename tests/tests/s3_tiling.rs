@@ -97,10 +97,13 @@ async fn cogs_on_s3_are_read_by_range_and_results_written_back() {
     let chain = operators::runtime::Chain {
         tile: vec![operators::stages::tile::TileStage::new(tiles_root, TilerConfig { threads: 2, ..Default::default() }, Arc::new(|_| {}))],
         infer: operators::stages::infer::TilesOnly,
-        merge: operators::stages::merge::MergeStage::default(),
-        sink: operators::stages::sink::SinkStage::new(tables.clone(), 1),
+        merge: operators::runtime::Then::new(
+            operators::stages::merge::MergeStage::default(),
+            operators::stages::sink::SinkStage::new(tables.clone(), 1),
+            4,
+        ),
     };
-    let summary = operators::runtime::run(vec![request], Vec::new(), chain, &Default::default(), |_| {}).await;
+    let summary = operators::runtime::run(vec![request], Vec::new(), chain, &Default::default(), ()).await;
     assert!(summary.all_ok(), "{summary:?}");
     let counted = query::run(&tables, "SELECT count(*) AS n FROM tiles").await.unwrap();
     assert_eq!(counted.column("n").unwrap().u32().unwrap().get(0), Some(4));

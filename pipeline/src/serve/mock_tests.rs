@@ -195,12 +195,13 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
         model: ModelSource::None,
         retrieval: retrieval::RetrievalOptions::default(),
         device: model::device::DevicePreference::Cpu,
+        max_attempts: 4,
     };
 
     let embedded = settings("embedded");
     let chain = chain::build(&embedded, Roles::ALL).await.unwrap().into_embedded().unwrap();
     let config = operators::runtime::EmbeddedConfig::default();
-    let summary = operators::runtime::run(vec![request.clone()], Vec::new(), chain, &config, |_| {}).await;
+    let summary = operators::runtime::run(vec![request.clone()], Vec::new(), chain, &config, ()).await;
     assert!(summary.all_ok() && summary.tiles > 1, "{summary:?}");
 
     let mock = MockCluster::new(1).unwrap();

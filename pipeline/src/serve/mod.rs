@@ -14,19 +14,15 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use operators::{
-    chain::{self, ChainSettings, ModelSource, Roles},
+    chain::{self, ChainSettings, MergeAndSink, ModelSource, Roles},
     merge::MergeConfig,
-    runtime::{drive, SharedReceiver},
+    runtime::OutcomeReporter,
     stage::{Envelope, Payload, Stage},
-    stages::{
-        infer::InferConfig,
-        merge::MergeStage,
-        sink::{SinkOutcome, SinkStage},
-    },
+    stages::{infer::InferConfig, sink::SinkOutcome},
     tile::{TileEvent, TilerConfig},
 };
 use rdkafka::producer::FutureProducer;
-use schemas::{DeadLetterRecord, Message, SinkMessage};
+use schemas::{DeadLetterRecord, Message};
 use tables::Tables;
 use tokio::sync::{mpsc, watch};
 
@@ -68,7 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = on_signal.send(true);
     });
 
-    let (roles_run, chain_settings) = chain_settings(&args, &tables, &tiles_root)?;
+    let (roles_run, chain_settings) = chain_settings(&args, &tables, &tiles_root, settings.max_attempts)?;
     // The model first: a wrong path fails before anything is read.
     match (&chain_settings.model, roles_run.infer) {
         (ModelSource::Artifact(location), true) => eprintln!("strata serve: loading the model {location}"),
@@ -115,7 +111,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The roles `args.role` names and the chain's settings from the flags.
-fn chain_settings(args: &ServeArgs, tables: &Tables, tiles: &storage::Location) -> anyhow::Result<(Roles, ChainSettings)> {
+fn chain_settings(
+    args: &ServeArgs,
+    tables: &Tables,
+    tiles: &storage::Location,
+    max_attempts: u32,
+) -> anyhow::Result<(Roles, ChainSettings)> {
     let roles = Roles {
         tile: matches!(args.role, Role::Tile | Role::All),
         infer: matches!(args.role, Role::Infer | Role::All),
@@ -132,6 +133,7 @@ fn chain_settings(args: &ServeArgs, tables: &Tables, tiles: &storage::Location) 
         model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
         retrieval: crate::retriever::options(&args.retrieval),
         device: args.device,
+        max_attempts,
     };
     Ok((roles, settings))
 }
@@ -173,31 +175,22 @@ fn spawn_roles(
     for stage in built.tile {
         roles.spawn(link().serve("tile", stage, settings.topics.scenes.clone(), settings.topics.tiles.clone()));
     }
-    if let (Some(stage), Some(sink)) = (built.merge, built.sink) {
-        roles.spawn(serve_merge(stage, sink, settings.clone(), producer.clone(), stop.clone()));
+    if let Some(stage) = built.merge {
+        roles.spawn(serve_merge(stage, settings.clone(), producer.clone(), stop.clone()));
     }
     roles
 }
 
-/// The merge role: merged scenes go to the sink, which commits them to the tables
-/// ([`write_tables`]).
-async fn serve_merge(
-    stage: MergeStage,
-    sink: SinkStage,
-    mut settings: KafkaSettings,
-    producer: FutureProducer,
-    stop: watch::Receiver<bool>,
-) -> RoleTask {
+/// The merge role: an ordinary role whose stage merges each scene's results and commits them
+/// to the tables; its outcomes go to a [`TopicReporter`] instead of a topic.
+async fn serve_merge(stage: MergeAndSink, mut settings: KafkaSettings, producer: FutureProducer, stop: watch::Receiver<bool>) -> RoleTask {
     // The merge stage holds every result of a scene until the scene is complete: a cap on
     // in-flight messages could stop reading before a big scene's last tile and never
     // resume. Its memory is bounded by the open scenes instead.
     settings.max_in_flight = usize::MAX;
-    let dead_letter_topic = settings.topics.dead_letter.clone();
-    let max_attempts = settings.max_attempts;
+    let reporter = TopicReporter { producer, topic: settings.topics.dead_letter.clone() };
     let input = settings.topics.results.clone();
-    let report =
-        serve_stage("merge", stage, &input, &settings, stop, move |rx| write_tables(rx, sink, producer, dead_letter_topic, max_attempts))
-            .await;
+    let report = serve_stage("merge", stage, &input, &settings, stop, move |rx| report_outcomes(rx, reporter)).await;
     ("merge", report)
 }
 
@@ -234,20 +227,16 @@ fn report_role(role: &str, report: &RoleReport, failed: &mut bool) {
     }
 }
 
-/// The merge role's output: the sink stage commits each merged scene (or dead letter) to the
-/// tables; dead letters then also go to the dead-letter topic, and only after both is the
-/// input's ack released.
-async fn write_tables(
-    merged: mpsc::Receiver<Envelope<SinkMessage>>,
-    sink: SinkStage,
+/// The Kafka runtime's outcome reporter: the row and dead-letter metrics, and a copy of each
+/// dead letter on the dead-letter topic (the records are in the `dead_letter` table already).
+struct TopicReporter {
     producer: FutureProducer,
-    dead_letter_topic: String,
-    max_attempts: u32,
-) -> anyhow::Result<()> {
-    let (outcome_tx, mut outcome_rx) = mpsc::channel::<Envelope<SinkOutcome>>(64);
-    let sink = tokio::spawn(drive(sink, SharedReceiver::new(merged), outcome_tx, max_attempts));
-    while let Some(envelope) = outcome_rx.recv().await {
-        let records: &[DeadLetterRecord] = match &envelope.payload {
+    topic: String,
+}
+
+impl OutcomeReporter for TopicReporter {
+    async fn report(&mut self, outcome: &SinkOutcome) {
+        let records: &[DeadLetterRecord] = match outcome {
             SinkOutcome::Committed { request_id, scene_id, tiles, tiles_failed, detections, dead_letters, .. } => {
                 tracing::info!(%request_id, %scene_id, tiles, tiles_failed, detections, "Scene committed.");
                 let rows = &observe::metrics().rows;
@@ -258,8 +247,6 @@ async fn write_tables(
             }
             SinkOutcome::DeadLettered(record) => std::slice::from_ref(record),
         };
-        // The records are in the `dead_letter` table already (a scene's failed tiles with its
-        // rows); the topic and the metric get a copy of each.
         for record in records {
             observe::metrics().dead_letters.with_label_values(&[record.stage.as_str()]).inc();
             let key = operators::stage::PayloadIds {
@@ -268,22 +255,21 @@ async fn write_tables(
                 tile_id: record.tile_id.clone(),
             }
             .partition_key();
-            if let Err(error) = produce_until_delivered(&producer, &dead_letter_topic, key.as_deref(), &schemas::encode(record)).await {
+            if let Err(error) = produce_until_delivered(&self.producer, &self.topic, key.as_deref(), &schemas::encode(record)).await {
                 tracing::error!(%error, "A dead letter is in the table but cannot go to the dead-letter topic.");
             }
         }
-        drop(envelope); // releases the ack: the offset may now be stored
     }
-    match sink.await {
-        Ok(Ok(errors)) => {
-            for error in errors {
-                tracing::error!(error = %error.chain(), "Sink error.");
-            }
-            Ok(())
-        }
-        Ok(Err(error)) => anyhow::bail!("the sink failed: {}", error.chain()),
-        Err(join) => anyhow::bail!("the sink stopped: {join}"),
+}
+
+/// The merge role's output: each committed outcome is reported, and only then is the input's
+/// ack released (the offset may then be stored).
+async fn report_outcomes(mut outcomes: mpsc::Receiver<Envelope<SinkOutcome>>, mut reporter: impl OutcomeReporter) -> anyhow::Result<()> {
+    while let Some(envelope) = outcomes.recv().await {
+        reporter.report(&envelope.payload).await;
+        drop(envelope);
     }
+    Ok(())
 }
 
 async fn wait_for_signal() {
