@@ -280,8 +280,10 @@ pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain,
     } else {
         Vec::new()
     };
-    let merge = roles
-        .merge
-        .then(|| Then::new(MergeStage::new(settings.merge), SinkStage::new(settings.tables.clone(), 1), settings.max_attempts.max(1)));
+    let merge = roles.merge.then(|| {
+        // The sink owns its commits' retries; the same budget as the runtime's.
+        let sink = SinkStage::new(settings.tables.clone(), 1).with_max_attempts(settings.max_attempts);
+        Then::new(MergeStage::new(settings.merge), sink, settings.max_attempts.max(1))
+    });
     Ok(BuiltChain { tile, infer, merge, serving })
 }

@@ -82,9 +82,19 @@ pub struct SinkStage {
 }
 
 impl SinkStage {
-    /// A sink writing to `tables`, committing every `commit_every` staged items (at least 1).
+    /// A sink writing to `tables`, committing every `commit_every` staged items (at least 1),
+    /// with [`crate::runtime::EmbeddedConfig`]'s default attempts per commit.
     pub fn new(tables: Tables, commit_every: usize) -> Self {
-        Self { tables, commit_every: commit_every.max(1), max_attempts: 5, staged: Vec::new() }
+        let max_attempts = crate::runtime::EmbeddedConfig::default().max_attempts;
+        Self { tables, commit_every: commit_every.max(1), max_attempts, staged: Vec::new() }
+    }
+
+    /// The attempts a commit gets against transient store failures (at least 1). The sink
+    /// owns this budget: a commit that exhausts it is not retried again by the runtime.
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
     }
 
     /// Items staged and not yet committed.
