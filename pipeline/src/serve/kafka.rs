@@ -91,7 +91,8 @@ pub struct KafkaSettings {
     pub max_in_flight: usize,
     /// How long a shutdown waits for in-flight work before leaving it to be replayed.
     pub drain_timeout: Duration,
-    /// Attempts per input for retryable stage failures, the first included.
+    /// Attempts per input for retryable stage failures, the first included (the embedded
+    /// runtime's default: both runtimes give a stage the same budget).
     pub max_attempts: u32,
     /// Payloads larger than this are dead-lettered unparsed.
     pub max_message_bytes: usize,
@@ -111,7 +112,7 @@ impl KafkaSettings {
             partitions: 4,
             max_in_flight: 256,
             drain_timeout: Duration::from_secs(30),
-            max_attempts: 4,
+            max_attempts: operators::runtime::EmbeddedConfig::default().max_attempts,
             max_message_bytes: 1 << 20,
             instance_id: None,
             options: Vec::new(),
