@@ -1225,30 +1225,45 @@ impl TaskArgs {
     /// The tasks the flags ask for, in flag order, then those of `--tasks`.
     pub fn tasks(&self) -> anyhow::Result<Vec<schemas::TaskSpec>> {
         let args = self;
-        let mut tasks = Vec::new();
+        // Each task with the flag it came from, so an error names what the user typed.
+        let mut tasks: Vec<(schemas::TaskSpec, String)> = Vec::new();
         if args.caption {
-            tasks.push(schemas::TaskSpec::Caption { prompt: None });
+            tasks.push((schemas::TaskSpec::Caption { prompt: None }, "--caption".to_owned()));
         }
         let classes = match (&args.classify, &args.classes) {
-            (Some(list), _) => Some(list.clone()),
-            (None, Some(file)) => Some(std::fs::read_to_string(file).with_context(|| format!("reading --classes `{}`", file.display()))?),
+            (Some(list), _) => Some((list.clone(), "--classify".to_owned())),
+            (None, Some(file)) => Some((
+                std::fs::read_to_string(file).with_context(|| format!("reading --classes `{}`", file.display()))?,
+                format!("--classes `{}`", file.display()),
+            )),
             (None, None) => None,
         };
-        if let Some(text) = classes {
+        if let Some((text, origin)) = classes {
             let classes: Vec<String> =
                 text.split([',', '\n']).map(str::trim).filter(|c| !c.is_empty() && !c.starts_with('#')).map(str::to_owned).collect();
-            tasks.push(schemas::TaskSpec::Classify { classes, prompt: None });
+            tasks.push((schemas::TaskSpec::Classify { classes, prompt: None }, origin));
         }
-        tasks.extend(args.vqa.iter().map(|question| schemas::TaskSpec::Vqa { question: question.clone() }));
-        tasks.extend(args.detect.iter().map(|target| schemas::TaskSpec::Detect { target: target.clone() }));
+        tasks.extend(args.vqa.iter().map(|question| (schemas::TaskSpec::Vqa { question: question.clone() }, "--vqa".to_owned())));
+        tasks.extend(args.detect.iter().map(|target| (schemas::TaskSpec::Detect { target: target.clone() }, "--detect".to_owned())));
         if let Some(file) = &args.tasks {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading --tasks `{}`", file.display()))?;
             let mut de = serde_json::Deserializer::from_str(&text);
             let more: Vec<schemas::TaskSpec> =
                 serde_path_to_error::deserialize(&mut de).with_context(|| format!("`{}` is not a JSON list of tasks", file.display()))?;
-            tasks.extend(more);
+            tasks.extend(more.into_iter().enumerate().map(|(i, task)| (task, format!("--tasks `{}`, task {}", file.display(), i + 1))));
         }
-        // The same checks a scene request gets, with the flag named.
+        for (task, origin) in &tasks {
+            let mut probe = schemas::SceneRequest::new("probe", "probe", schemas::SceneSource::Uri { uri: "probe".to_owned() });
+            probe.tasks = vec![task.clone()];
+            if let Err(schemas::SchemaError::Invalid { field, reason, .. }) = schemas::Message::validate(&probe) {
+                match field.trim_start_matches("tasks[0].") {
+                    "question" | "target" => anyhow::bail!("{origin}: {reason}"),
+                    field => anyhow::bail!("{origin}, {field}: {reason}"),
+                }
+            }
+        }
+        let tasks: Vec<schemas::TaskSpec> = tasks.into_iter().map(|(task, _)| task).collect();
+        // The checks of the tasks together (a scene request's).
         let mut probe = schemas::SceneRequest::new("probe", "probe", schemas::SceneSource::Uri { uri: "probe".to_owned() });
         probe.tasks = tasks.clone();
         schemas::Message::validate(&probe).context("checking the tasks")?;

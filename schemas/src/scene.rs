@@ -145,8 +145,47 @@ impl TaskSpec {
             Self::Detect { target } if target.trim().is_empty() => return Err(invalid("target", "must not be blank")),
             _ => {}
         }
+        for (field, text, one_line) in self.texts() {
+            if let Some(reason) = prompt_text_problem(text, one_line) {
+                return Err(invalid(&field, &reason));
+            }
+        }
         Ok(())
     }
+
+    /// The texts a user gave that go into the prompt, with their field names and whether
+    /// each must be one line (a class name, a question, a target; an instruction may run over
+    /// several lines).
+    fn texts(&self) -> Vec<(String, &str, bool)> {
+        match self {
+            Self::Caption { prompt } => prompt.iter().map(|p| ("prompt".to_owned(), p.as_str(), false)).collect(),
+            Self::Classify { classes, prompt } => classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("classes[{i}]"), c.as_str(), true))
+                .chain(prompt.iter().map(|p| ("prompt".to_owned(), p.as_str(), false)))
+                .collect(),
+            Self::Vqa { question } => vec![("question".to_owned(), question.as_str(), true)],
+            Self::Detect { target } => vec![("target".to_owned(), target.as_str(), true)],
+        }
+    }
+}
+
+/// Why a user's text cannot go into a prompt as it is, if it cannot: a line break or another
+/// control character would split a class list, a question or a target across lines of the
+/// user's turn, and a chat-template token (`<|im_end|>`, `<|im_start|>`, `<|endoftext|>`, ...)
+/// would be read by the tokenizer as the token itself, ending the user's turn early
+/// (MODEL_SPEC section 6: one user turn).
+fn prompt_text_problem(text: &str, one_line: bool) -> Option<String> {
+    let control = |c: char| c.is_control() && (one_line || !matches!(c, '\n' | '\r' | '\t'));
+    if let Some(c) = text.chars().find(|&c| control(c)) {
+        let line = if one_line { " (it must be one line of text)" } else { "" };
+        return Some(format!("must not hold the control character {c:?}{line}"));
+    }
+    let start = text.find("<|")?;
+    let end = text[start..].find("|>")?;
+    let token = &text[start..start + end + 2];
+    Some(format!("must not hold the chat-template token `{token}`"))
 }
 
 const fn default_tile_size_px() -> u32 {
