@@ -108,6 +108,31 @@ impl ChatTokenizer {
         self.end_of_text.unwrap_or(self.im_end)
     }
 
+    /// Checks that `query` (a task's prompt text) fits `max_query_tokens`.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] when it is longer (it is never cut: a cut class list or
+    /// question would change the task); [`ModelError::Tokenizer`] when encoding fails.
+    pub fn check_query(&self, query: &str, max_query_tokens: i64) -> Result<(), ModelError> {
+        self.query_ids(query, max_query_tokens).map(drop)
+    }
+
+    /// The query's token ids, when it fits (see [`Self::check_query`]).
+    fn query_ids(&self, query: &str, max_query_tokens: i64) -> Result<Vec<i64>, ModelError> {
+        let ids = self.encode(query)?;
+        let tokens = ids.len();
+        if i64::try_from(tokens).unwrap_or(i64::MAX) > max_query_tokens {
+            return Err(ModelError::Request {
+                reason: format!(
+                    "the task's text has {tokens} tokens, over this model's budget of {max_query_tokens} (`max_query_tokens`); \
+                     it is refused rather than cut\n\
+                     hint: shorten the class list, question or target"
+                ),
+            });
+        }
+        Ok(ids)
+    }
+
     /// Encodes one request. The descriptions are joined by newlines in rank order; those that
     /// do not fit `max_semantic_tokens` are dropped whole, from the last (never cut inside a
     /// description), and [`EncodedRequest::descriptions_used`] says how many remain.
@@ -124,16 +149,7 @@ impl ChatTokenizer {
         (max_query_tokens, max_semantic_tokens): (i64, i64),
     ) -> Result<EncodedRequest, ModelError> {
         let prefix = self.encode(&format!("{IM_START}system\n{}{IM_END}\n{IM_START}user\n", self.system_prompt))?;
-        let query_ids = self.encode(query)?;
-        if i64::try_from(query_ids.len()).unwrap_or(i64::MAX) > max_query_tokens {
-            return Err(ModelError::Request {
-                reason: format!(
-                    "the query has {} tokens, over the budget of {max_query_tokens} tokens; it is refused rather than cut\n\
-                     hint: raise `max_query_tokens` in the model's config.json",
-                    query_ids.len()
-                ),
-            });
-        }
+        let query_ids = self.query_ids(query, max_query_tokens)?;
         let suffix = self.encode(&format!("\n{query}{IM_END}\n{IM_START}assistant\n"))?;
         let (semantic, descriptions_used) = self.encode_descriptions(descriptions, max_semantic_tokens)?;
         if descriptions_used < descriptions.len() {
@@ -221,11 +237,12 @@ mod tests {
         assert_eq!(t.decode(&r.query).unwrap(), query);
         let err = t.encode_request(query, &[], None, (length as i64 - 1, 16)).unwrap_err();
         assert!(matches!(err, ModelError::Request { .. }), "{err:?}");
+        assert_eq!(t.check_query(query, length as i64 - 1).unwrap_err().to_string(), err.to_string(), "one check");
         let message = err.to_string();
         assert!(
             message.contains(&format!("{length} tokens"))
-                && message.contains(&format!("budget of {} tokens", length - 1))
-                && message.contains("hint: raise `max_query_tokens`"),
+                && message.contains(&format!("budget of {} (`max_query_tokens`)", length - 1))
+                && message.contains("hint: shorten the class list, question or target"),
             "{message}"
         );
     }

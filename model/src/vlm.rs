@@ -231,6 +231,15 @@ impl StrataModel {
         Ok(Tensor::from_slice(&pixels).view([3, side, side]))
     }
 
+    /// Checks that a task's prompt text fits this model's `max_query_tokens`, as a request
+    /// carrying it would be checked when it is answered.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] naming the length and the budget; [`ModelError::Tokenizer`].
+    pub fn check_query(&self, query: &str) -> Result<(), ModelError> {
+        self.tokenizer.check_query(query, self.config.max_query_tokens)
+    }
+
     /// The SigLIP image processor of this model: bicubic resize to the tower's resolution
     /// (Pillow's arithmetic), rescale, the configured mean/std.
     pub fn image_processor(&self) -> ImageProcessor {

@@ -101,6 +101,18 @@ pub enum Inference {
 }
 
 impl Inference {
+    /// Checks that every task fits the model ([`InferStage::check_tasks`]); without a model
+    /// there is nothing to check.
+    ///
+    /// # Errors
+    /// The first task that does not fit, and why.
+    pub fn check_tasks(&self, tasks: &[schemas::TaskSpec]) -> Result<(), OperatorError> {
+        match self {
+            Self::Model(stage) => stage.check_tasks(tasks),
+            Self::TilesOnly(_) => Ok(()),
+        }
+    }
+
     /// The model version results are tagged with, when a model answers.
     pub fn version(&self) -> Option<&str> {
         match self {

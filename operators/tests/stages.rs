@@ -307,6 +307,40 @@ async fn the_chain_answers_every_task_on_every_tile_and_a_rerun_replaces_its_row
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_the_models_budget_fails_its_own_tiles_and_no_other() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
+    let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+    let model =
+        LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 8, max_new_tokens: 3, ..InferConfig::default() });
+    // Far over the default budget of 1,024 query tokens.
+    let long = TaskSpec::Detect { target: "ship ".repeat(3000).trim().to_owned() };
+    let short = TaskSpec::Caption { prompt: None };
+    let err = infer.check_tasks(&[short.clone(), long.clone()]).unwrap_err().to_string();
+    assert!(err.contains("task 2 (detect)") && err.contains("over this model's budget of 1024"), "{err}");
+    infer.check_tasks(std::slice::from_ref(&short)).unwrap();
+
+    // Two scenes whose tiles share micro-batches: only the one asking the long task fails.
+    let scenes = vec![request("good", &scene_url("rmnp-rgb.tif"), vec![short]), request("long", &scene_url("rmnp-rgb.tif"), vec![long])];
+    let summary = run_chain(scenes, infer, &tables, &tiles).await;
+    assert_eq!(summary.acks.get("good"), Some(&AckStatus::Delivered), "{summary:?}");
+    assert_eq!(summary.acks.get("long"), Some(&AckStatus::Rejected), "{summary:?}");
+    let dead = rows(&tables, "SELECT scene_id, stage, error_kind, message FROM dead_letter");
+    assert!(!dead.is_empty());
+    for row in &dead {
+        assert_eq!(
+            (row["scene_id"].as_str(), row["stage"].as_str(), row["error_kind"].as_str()),
+            (Some("long"), Some("infer"), Some("permanent"))
+        );
+        assert!(row["message"].as_str().unwrap().contains("hint: shorten the class list, question or target"), "{row}");
+    }
+    let answered = rows(&tables, "SELECT count(*) AS n FROM captions WHERE scene_id = 'good'");
+    let tiled = rows(&tables, "SELECT count(*) AS n FROM tiles WHERE scene_id = 'good'");
+    assert_eq!(answered[0]["n"], tiled[0]["n"], "every tile of the good scene is answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_failure_dead_letters_exactly_that_batch_and_the_rest_succeeds() {
     for panic in [false, true] {
         let work = tempfile::tempdir().unwrap();

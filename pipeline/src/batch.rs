@@ -135,6 +135,10 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("strata batch: loading the model {location}");
     }
     let built = chain::build(&settings, Roles::ALL).await?;
+    if let Some(infer) = &built.infer {
+        // Each tile would refuse an over-long task; refused once, before any scene is read.
+        infer.check_tasks(&tasks).context("checking the tasks")?;
+    }
     if let Some((registry, version)) = &built.serving {
         eprintln!("strata batch: loaded version {version} served by the registry {}", registry.url());
     }

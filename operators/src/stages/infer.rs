@@ -58,6 +58,15 @@ pub trait TileModel: Send + 'static {
     /// # Errors
     /// Any model failure.
     fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError>;
+    /// Whether a task's prompt text fits the model ([`StrataModel::check_query`]); a model
+    /// without a budget accepts everything.
+    ///
+    /// # Errors
+    /// Why it does not fit, in words a user can act on.
+    fn check_query(&self, query: &str) -> Result<(), model::ModelError> {
+        let _ = query;
+        Ok(())
+    }
 }
 
 /// A verified artifact loaded on a device.
@@ -111,6 +120,10 @@ impl TileModel for LoadedModel {
 
     fn answer(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, model::ModelError> {
         self.model.generate(requests, config)
+    }
+
+    fn check_query(&self, query: &str) -> Result<(), model::ModelError> {
+        self.model.check_query(query)
     }
 }
 
@@ -199,6 +212,22 @@ impl<M: TileModel> InferStage<M> {
         &self.version
     }
 
+    /// Checks that every task's text fits the model (what each tile would be checked for),
+    /// so a batch can refuse a task before any scene is read.
+    ///
+    /// # Errors
+    /// [`OperatorError::Model`] naming the first task that does not fit, and why.
+    pub fn check_tasks(&self, tasks: &[TaskSpec]) -> Result<(), OperatorError> {
+        let engine = self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, task) in tasks.iter().enumerate() {
+            engine.model.check_query(&task_query(task)).map_err(|source| OperatorError::Model {
+                action: format!("task {} ({}) does not fit the model `{}`", i + 1, task.kind().as_str(), self.version),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Runs the pending micro-batch and emits its results (or its tiles' dead letters).
     async fn run_pending(&mut self, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
         if self.pending.is_empty() {
@@ -227,6 +256,20 @@ impl<M: TileModel> InferStage<M> {
                     load_errors.insert(i, error);
                 }
             }
+        }
+        // A task whose text is over the model's budget fails its own tile, as the input's
+        // fault, before the batch runs: one over-long target must not fail the other tiles
+        // (maybe other users' scenes) that share its micro-batch.
+        let mut rejected: HashMap<usize, String> = HashMap::new();
+        {
+            let engine = self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            jobs.retain(|(i, tile, _, _)| match tile.task.tasks.iter().find_map(|t| engine.model.check_query(&task_query(t)).err()) {
+                Some(error) => {
+                    rejected.insert(*i, error.to_string());
+                    false
+                }
+                None => true,
+            });
         }
         let engine = Arc::clone(&self.engine);
         let config = self.config.clone();
@@ -260,6 +303,11 @@ impl<M: TileModel> InferStage<M> {
             let payload = TileMessage::Tile(envelope.payload.clone());
             let message = match (results.remove(&i), load_errors.remove(&i)) {
                 (Some(result), _) => ResultMessage::Result(result),
+                (None, None) if rejected.contains_key(&i) => {
+                    let reason = rejected.remove(&i).unwrap_or_default();
+                    let error = StageError::new(StageName::Infer, StageErrorKind::Permanent, reason);
+                    ResultMessage::Failed(error.dead_letter(&payload, &envelope.position, 1))
+                }
                 (None, Some(error)) => {
                     let error = StageError::from_operator(StageName::Infer, error);
                     ResultMessage::Failed(error.dead_letter(&payload, &envelope.position, 1))
