@@ -87,14 +87,7 @@ pub async fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     if let Some(folder) = args.out.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
         anyhow::bail!("the folder of --out, `{}`, does not exist", folder.display());
     }
-    let root = storage::resolve(&args.tables).context("resolving --tables")?;
-    if root.local_path().is_some_and(|p| !p.is_dir()) {
-        anyhow::bail!(
-            "`{}` does not exist\nhint: --tables is the folder (or URL) `strata batch` or `strata serve` wrote the tables to",
-            args.tables
-        );
-    }
-    let tables = Tables::new(root);
+    let tables = crate::query::open_tables(&args.tables)?;
     let condition = args.filter.as_deref().map_or_else(String::new, |w| format!(" WHERE {w}"));
     let tiles_sql = format!(
         "SELECT request_id, scene_id, tile_id, tile_uri, valid_fraction, geometry FROM tiles{condition} ORDER BY request_id, scene_id, tile_id"

@@ -21,8 +21,23 @@ pub fn set_display_options(args: &QueryArgs) {
     std::env::set_var("POLARS_FMT_MAX_COLS", "40");
 }
 
+/// The tables at `--tables`, for reading: a local folder that does not exist is refused (an
+/// object-store prefix cannot be told apart from an empty one, so it reads as empty tables).
+///
+/// # Errors
+/// An unusable URL, or a local folder that is not there.
+pub fn open_tables(location: &str) -> anyhow::Result<Tables> {
+    let root = storage::resolve(location).context("resolving --tables")?;
+    if root.local_path().is_some_and(|p| !p.is_dir()) {
+        anyhow::bail!(
+            "`{location}` does not exist\nhint: --tables is the folder (or URL) `strata batch` or `strata serve` wrote the tables to"
+        );
+    }
+    Ok(Tables::new(root))
+}
+
 pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let tables = Tables::new(storage::resolve(&args.tables).context("resolving --tables")?);
+    let tables = open_tables(&args.tables)?;
     let frame = query::run(&tables, &args.sql).await?;
     println!("{}", query::render(frame, args.format, &Gdal)?);
     Ok(ExitCode::SUCCESS)

@@ -236,7 +236,11 @@ fn help_teaches_and_bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("request_id"), "{}", text(&out.stderr));
 
-    let out = strata(&["query", "--tables", "/nonexistent-strata", "SELECT nope FROM tiles"]);
+    let out = strata(&["query", "--tables", "/nonexistent-strata", "SELECT * FROM tiles"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`/nonexistent-strata` does not exist"), "a typo is not an empty table: {}", text(&out.stderr));
+    let empty = tempfile::tempdir().unwrap();
+    let out = strata(&["query", "--tables", empty.path().to_str().unwrap(), "SELECT nope FROM tiles"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
 

@@ -14,7 +14,8 @@ use crate::RetrievalError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Description {
-    /// Unique id.
+    /// Unique id (`FILE_STEM:LINE` when an input leaves it out).
+    #[serde(default)]
     pub id: String,
     /// The text that is embedded and handed to the prompter.
     pub text: String,
@@ -72,7 +73,15 @@ pub fn read_file(path: &Path) -> Result<Vec<Description>, RetrievalError> {
     match extension.as_str() {
         "jsonl" | "ndjson" => {
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let d: Description = serde_json::from_str(line).map_err(|e| input(path, format!("line {}: {e}", n + 1)))?;
+                let mut d: Description = serde_json::from_str(line).map_err(|e| {
+                    // serde's own position counts within this one line; say the file's line.
+                    let message = e.to_string();
+                    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+                    input(path, format!("line {}, column {}: {message}", n + 1, e.column()))
+                })?;
+                if d.id.trim().is_empty() {
+                    d.id = format!("{stem}:{}", n + 1);
+                }
                 out.push((n + 1, d));
             }
         }
@@ -153,8 +162,14 @@ pub fn write_parquet(path: &Path, descriptions: &[Description]) -> Result<(), Re
 /// [`RetrievalError::Index`] for a missing or malformed file.
 pub fn read_parquet(path: &Path) -> Result<Vec<Description>, RetrievalError> {
     let names: Vec<&str> = DESCRIPTIONS.columns.iter().map(|c| c.name).collect();
-    let columns = tables::parquet::read_text_columns(path, &names)
-        .map_err(|e| RetrievalError::Index { path: path.to_owned(), reason: e.to_string() })?;
+    let columns = tables::parquet::read_text_columns(path, &DESCRIPTIONS, &names).map_err(|e| RetrievalError::Index {
+        path: path.to_owned(),
+        // The path is the index error's own; the table error's words without it.
+        reason: match e {
+            tables::TableError::Io { action, source, .. } => format!("{action}: {source}"),
+            other => other.to_string(),
+        },
+    })?;
     let [ids, texts, levels, categories, sources]: [Vec<Option<String>>; 5] = columns
         .try_into()
         .map_err(|_| RetrievalError::Index { path: path.to_owned(), reason: "the database does not have five columns".to_owned() })?;

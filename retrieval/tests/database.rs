@@ -21,17 +21,18 @@ fn jsonl_csv_and_text_inputs_are_read_with_ids() {
     let jsonl = write(
         dir.path(),
         "a.jsonl",
-        "{\"id\": \"h1\", \"text\": \"A harbour with ships\", \"level\": \"scene\"}\n\n{\"id\": \"h2\", \"text\": \"Cranes on a quay\"}\n",
+        "{\"id\": \"h1\", \"text\": \"A harbour with ships\", \"level\": \"scene\"}\n\n{\"id\": \"h2\", \"text\": \"Cranes on a quay\"}\n{\"text\": \"A dry dock\"}\n",
     );
     let csv = write(dir.path(), "b.csv", "id,text,category\nc1,\"Fields, green and wide\",land\n,Unnamed row,\n");
     let txt = write(dir.path(), "c.txt", "A runway\n\n  A taxiway  \n");
     let all = read_inputs(&[jsonl, csv, txt]).unwrap();
     let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids, ["h1", "h2", "c1", "b:3", "c:1", "c:3"]);
-    assert_eq!(all[2].text, "Fields, green and wide");
-    assert_eq!(all[2].category.as_deref(), Some("land"));
+    // An id is optional in every format: a missing one is FILE_STEM:LINE.
+    assert_eq!(ids, ["h1", "h2", "a:4", "c1", "b:3", "c:1", "c:3"]);
+    assert_eq!(all[3].text, "Fields, green and wide");
+    assert_eq!(all[3].category.as_deref(), Some("land"));
     assert_eq!(all[0].level.as_deref(), Some("scene"));
-    assert_eq!(all[5].text, "A taxiway");
+    assert_eq!(all[6].text, "A taxiway");
 
     let parquet = dir.path().join("d.parquet");
     write_parquet(&parquet, &all).unwrap();
@@ -44,8 +45,10 @@ fn bad_inputs_name_the_file_and_line() {
     let empty = write(dir.path(), "e.jsonl", "{\"id\": \"x\", \"text\": \"ok\"}\n{\"id\": \"y\", \"text\": \"  \"}\n");
     let err = read_file(&empty).unwrap_err().to_string();
     assert!(err.contains("e.jsonl") && err.contains("line 2") && err.contains("empty"), "{err}");
-    let typo = write(dir.path(), "t.jsonl", "{\"id\": \"x\", \"txt\": \"ok\"}\n");
-    assert!(read_file(&typo).unwrap_err().to_string().contains("line 1"));
+    let typo = write(dir.path(), "t.jsonl", "{\"id\": \"x\", \"text\": \"ok\"}\n{\"id\": \"y\", \"txt\": \"ok\"}\n");
+    let err = read_file(&typo).unwrap_err().to_string();
+    // The file's line, not serde's count within the line.
+    assert!(err.contains("line 2, column ") && err.contains("unknown field `txt`") && !err.contains("at line 1"), "{err}");
     let no_text = write(dir.path(), "n.csv", "id,description\n1,foo\n");
     assert!(read_file(&no_text).unwrap_err().to_string().contains("no `text` column"));
     let one = write(dir.path(), "one.jsonl", "{\"id\": \"same\", \"text\": \"a\"}\n");

@@ -27,8 +27,8 @@ pub enum OutputFormat {
     Csv,
     /// A JSON array of row objects; geometries as WKT.
     Json,
-    /// A GeoJSON FeatureCollection: the first geometry column becomes each feature's
-    /// geometry, the other columns its properties.
+    /// A GeoJSON FeatureCollection: the `geometry` column (or else the first geometry column)
+    /// becomes each feature's geometry, the other columns its properties.
     GeoJson,
 }
 
@@ -68,6 +68,19 @@ async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Re
         let file = tables.root().with_path(meta.location);
         let bytes = file.store().get(file.path()).await.map_err(store_err(file.url()))?.bytes().await.map_err(store_err(file.url()))?;
         let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(table_err(table.name, &format!("reading `{}`", file.url())))?;
+        // A file that is not one of this table's (another writer's, a stray copy) is named
+        // here, rather than failing the union of every file with a plan dump.
+        let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
+        let expected: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        if names != expected {
+            return Err(TableError::Query {
+                reason: format!(
+                    "`{}` is not a file of the `{}` table: its columns are {names:?}, the table's are {expected:?}",
+                    file.url(),
+                    table.name
+                ),
+            });
+        }
         frames.push(frame.lazy());
     }
     if frames.is_empty() {
@@ -83,11 +96,27 @@ async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Re
 /// Parquet errors while loading.
 pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, TableError> {
     let mut context = SQLContext::new();
-    for table in schemas::tables::ALL {
+    // Only the tables the SQL names are read: one table's unreadable file does not fail a
+    // query over another, and nothing is read that the query cannot use.
+    for table in schemas::tables::ALL.iter().filter(|t| names_table(sql, t.name)) {
         context.register(table.name, load_table(tables, table).await?);
     }
-    let plan = context.execute(sql).map_err(|e| TableError::Query { reason: e.to_string() })?;
-    plan.collect().map_err(|e| TableError::Query { reason: e.to_string() })
+    let plan = context.execute(sql).map_err(query_error)?;
+    plan.collect().map_err(query_error)
+}
+
+/// Whether `sql` names `table` as a word (`tiles`, not `tiles_written`), in any case. A
+/// mention in a string literal loads the table for nothing, which is harmless.
+fn names_table(sql: &str, table: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|word| word.eq_ignore_ascii_case(table))
+}
+
+/// polars' SQL error, without the plan it appends after a failure (internal node names that
+/// say nothing about the SQL the user wrote).
+fn query_error(error: polars::error::PolarsError) -> TableError {
+    let text = error.to_string();
+    let reason = text.split("\n\nResolved plan until failure").next().unwrap_or(&text);
+    TableError::Query { reason: reason.trim_end().to_owned() }
 }
 
 /// Names of binary (WKB geometry) columns.
@@ -135,7 +164,9 @@ fn json_rows(frame: &mut DataFrame) -> Result<serde_json::Value, TableError> {
 
 fn geojson(frame: DataFrame, geometry: &dyn GeometryReader) -> Result<String, TableError> {
     let geometry_cols = geometry_columns(&frame);
-    let Some(primary) = geometry_cols.first().cloned() else {
+    // The column called `geometry` when the result has one, else the first geometry column.
+    let primary = geometry_cols.iter().find(|c| c.as_str() == "geometry").or_else(|| geometry_cols.first()).cloned();
+    let Some(primary) = primary else {
         return Err(TableError::Query {
             reason: "the result has no geometry column; select `geometry` (from tiles, scenes or detections) for GeoJSON".to_owned(),
         });
@@ -206,6 +237,15 @@ fn rfc7946_winding(geometry: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::rfc7946_winding;
+
+    #[test]
+    fn only_the_tables_a_query_names_are_read() {
+        use super::names_table;
+        assert!(names_table("SELECT count(*) FROM tiles", "tiles"));
+        assert!(names_table("select * from TILES t join Scenes s using (scene_id)", "scenes"));
+        assert!(!names_table("SELECT tiles_written FROM scenes", "tiles"));
+        assert!(!names_table("SELECT * FROM dead_letter", "tiles"));
+    }
 
     #[test]
     fn geojson_polygons_are_wound_as_rfc7946_says() {
