@@ -137,7 +137,9 @@ fn bad_requests_are_errors() {
     batch[1].query = long_query;
     let err = model.generate(&batch, &greedy(2)).unwrap_err();
     assert!(matches!(err, model::ModelError::Request { .. }), "{err:?}");
-    assert!(err.to_string().contains(&format!("budget of {budget} tokens")) && err.to_string().contains("max_query_tokens"), "{err}");
+    assert!(err.to_string().contains(&format!("budget of {budget} (`max_query_tokens`)")), "{err}");
+    assert_eq!(model.check_query(&batch[1].query).unwrap_err().to_string(), err.to_string(), "the check a stage runs first says the same");
+    model.check_query(&batch[0].query).unwrap();
     assert_eq!(model.generate(&requests(&model), &greedy(2)).unwrap().len(), 3);
 }
 
