@@ -196,8 +196,12 @@ async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_inf
     let value = |metrics: &str, series: &str| -> f64 {
         metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
     };
-    assert_eq!(value(&metrics, "strata_rows_total{table=\"scenes\"}"), 2.0, "{metrics}");
-    assert_eq!(value(&metrics, "strata_rows_total{table=\"tiles\"}"), tiles_n as f64, "{metrics}");
+    // Commits, counted at least once: results an infer worker redelivers after the rebalance
+    // that lets the second worker in can complete a scene again, and its rerun commits the
+    // same rows again (the tables hold each once, asserted above).
+    let scenes_committed = value(&metrics, "strata_rows_total{table=\"scenes\"}");
+    assert!(scenes_committed >= 2.0, "{metrics}");
+    assert!(value(&metrics, "strata_rows_total{table=\"tiles\"}") >= tiles_n as f64, "{metrics}");
     // At least once: a redelivery after a rebalance counts a record again (the table holds it once).
     assert!(value(&metrics, "strata_dead_letters_total{stage=\"ingest\"}") >= 1.0, "{metrics}");
     assert!(value(&metrics, "strata_messages_done_total{outcome=\"delivered\",role=\"merge\"}") >= tiles_n as f64, "{metrics}");
