@@ -1,6 +1,6 @@
-//! SQL over the result tables (polars SQL). Every table of [`schemas::tables::ALL`] is
-//! registered under its name, empty when nothing has been written yet, so a query never fails
-//! just because a table has no rows. Files are read through the object store, so the same
+//! SQL over the result tables (polars SQL). Every table of [`schemas::tables::ALL`] that the
+//! SQL names is registered under its name, empty when nothing has been written yet, so a query
+//! never fails just because a table has no rows. Files are read through the object store, so the same
 //! query works on a local folder, S3 or memory.
 
 use std::io::Cursor;
