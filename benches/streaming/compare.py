@@ -4,13 +4,13 @@ Embedded: `strata batch` on the scenes; timed from the stderr line `strata batch
 (printed once the model is loaded) to the process's exit. A scene's latency is its `scenes`
 row's `produced_at` minus that moment.
 
-Broker: a tansu broker (memory storage) on a free loopback port and one `strata serve --role
+Broker: a nisshi broker (memory storage) on a free loopback port and one `strata serve --role
 all` on it; once serving (model loaded, every role assigned its partitions), `strata submit`
 sends every scene at once. Timed from just before the submit to the last scene committed to
 the tables (the serve log's `Scene committed.` lines, which cost nothing to watch). A scene's
 latency is its commit time minus that start.
 
-    python3 benches/streaming/compare.py STRATA TANSU MODEL OUT THREADS SCENES NEW SCENE_FILE...
+    python3 benches/streaming/compare.py STRATA NISSHI MODEL OUT THREADS SCENES NEW SCENE_FILE...
 """
 import csv
 import io
@@ -28,7 +28,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-strata, tansu, model, out = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
+strata, nisshi, model, out = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
 threads, n_scenes, new_tokens = map(int, sys.argv[5:8])
 sources = [pathlib.Path(p) for p in sys.argv[8:]]
 TILING = ["--tile-size", "192", "--overlap", "32"]
@@ -114,9 +114,9 @@ def broker():
     base.mkdir(parents=True)
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    tansu_log = open(base / "tansu.log", "w")
-    broker = subprocess.Popen([tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                               "--storage-engine", "memory://tansu/"], stdout=tansu_log, stderr=tansu_log)
+    broker_log = open(base / "nisshi.log", "w")
+    broker = subprocess.Popen([nisshi, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                               "--storage-engine", "memory://nisshi/"], stdout=broker_log, stderr=broker_log)
     brokers = f"127.0.0.1:{port}"
     serve_log_path = base / "serve.log"
     serve_log = open(serve_log_path, "w")
@@ -126,7 +126,7 @@ def broker():
                                   "--tiles", str(base / "tiles"), "--threads", str(threads), "--listen", "off", *MODEL_FLAGS],
                                  stdout=subprocess.DEVNULL, stderr=serve_log, env=dict(os.environ, STRATA_LOG="info"))
         log = lambda: re.sub(r"\x1b\[[0-9;]*m", "", serve_log_path.read_text())
-        processes = [("tansu", broker), ("strata serve", serve)]
+        processes = [("nisshi", broker), ("strata serve", serve)]
         wait_for("the roles to be assigned their partitions",
                  lambda: all(f'Partition assigned. topic="{t}"' in log() for t in ("scenes", "tiles", "results")), 180, processes)
         start = time.time()
@@ -148,7 +148,7 @@ def broker():
     tiles = sum(int(r["tiles_written"]) for r in rows)
     latencies = [t - start for t in times]
     seconds = max(times) - start
-    return {"impl": "strata submit -> tansu -> strata serve --role all", "scenes": len(rows), "tiles": tiles, "seconds": seconds,
+    return {"impl": "strata submit -> nisshi -> strata serve --role all", "scenes": len(rows), "tiles": tiles, "seconds": seconds,
             "tiles_per_s": tiles / seconds, "latency_p50_s": statistics.median(latencies),
             "latency_p95_s": percentile(latencies, 0.95), "peak_rss_mib": usage.ru_maxrss / 1024}
 

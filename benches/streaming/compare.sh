@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Streaming benchmark, one run, same artifact, same scenes, same tasks, same threads: tiles per
-# second end to end through the broker — `strata submit` onto a tansu broker on 127.0.0.1, one
+# second end to end through the broker — `strata submit` onto a nisshi broker on 127.0.0.1, one
 # `strata serve --role all` process (tile -> infer -> merge -> tables) — vs the embedded runtime
 # (`strata batch`), reported as a ratio (target >= 0.9: pipeline overhead <= 10 %), with the
 # latency from submitting a scene to its rows being in the tables (median and p95 over the
@@ -28,7 +28,7 @@ cd "$ROOT"
 cargo build -q --profile bench --locked -p pipeline --bin strata
 STRATA=${CARGO_TARGET_DIR:-$ROOT/target}/release/strata
 source "$ROOT/benches/inference/artifact.sh"
-TANSU=${STRATA_TANSU_BIN:-$CACHE/tools/tansu-0.6.0/bin/tansu}
+NISSHI=${STRATA_NISSHI_BIN:-$CACHE/tools/nisshi-0.8.1/bin/nisshi}
 
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-python3 benches/streaming/compare.py "$STRATA" "$TANSU" "$ART" "$OUT" "$THREADS" "$SCENES" "$NEW" data/scenes/*.tif
+python3 benches/streaming/compare.py "$STRATA" "$NISSHI" "$ART" "$OUT" "$THREADS" "$SCENES" "$NEW" data/scenes/*.tif

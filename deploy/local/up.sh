@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A Strata cluster on this machine, without containers: a moto S3 server, the tansu Kafka
+# A Strata cluster on this machine, without containers: a moto S3 server, the nisshi Kafka
 # broker (its log on that S3 server, so it survives its own restarts) and one `strata serve`
 # process per role, with two infer workers in one consumer group. All on 127.0.0.1, on free
 # ports. Stop it with deploy/local/down.sh.
@@ -51,7 +51,7 @@ if [ -z "$STRATA" ]; then
   STRATA=${CARGO_TARGET_DIR:-$ROOT/target}/debug/strata
 fi
 CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
-TANSU=${STRATA_TANSU_BIN:-$CACHE/tools/tansu-0.6.0/bin/tansu}
+NISSHI=${STRATA_NISSHI_BIN:-$CACHE/tools/nisshi-0.8.1/bin/nisshi}
 
 free_port() { "$ROOT/.venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { # port, name, pid file
@@ -73,17 +73,17 @@ S3_PORT=$(free_port)
 say "starting the S3 server (moto) on 127.0.0.1:$S3_PORT"
 start s3 "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
 wait_port "$S3_PORT" s3 "$RUN/pids/s3.pid"
-for bucket in strata tansu; do
+for bucket in strata nisshi; do
   curl -fsS -X PUT "http://127.0.0.1:$S3_PORT/$bucket" >/dev/null
 done
 S3_ENV=(AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=local
   AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1)
 
 BROKER_PORT=$(free_port)
-say "starting the broker (tansu) on 127.0.0.1:$BROKER_PORT"
-start broker env "${S3_ENV[@]}" "$TANSU" broker \
+say "starting the broker (nisshi) on 127.0.0.1:$BROKER_PORT"
+start broker env "${S3_ENV[@]}" "$NISSHI" broker \
   --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-  --storage-engine s3://tansu/
+  --storage-engine s3://nisshi/
 wait_port "$BROKER_PORT" broker "$RUN/pids/broker.pid"
 
 # Every process reads the same settings (`strata config keys` lists them).
@@ -93,11 +93,6 @@ wait_port "$BROKER_PORT" broker "$RUN/pids/broker.pid"
   echo "STRATA_BROKERS=127.0.0.1:$BROKER_PORT"
   echo "STRATA_TABLES=s3://strata/tables"
   echo "STRATA_TILES=s3://strata/tiles"
-  # tansu 0.6 returns nothing to a consumer resuming mid multi-record batch; and killed
-  # mid-write on S3 it can keep a producer's sequence number without the batch, so an
-  # idempotent resend would be taken for a duplicate and lost (docs/architecture.md). A plain
-  # resend is at worst a duplicate, which the stages and the tables absorb.
-  echo "STRATA_KAFKA_OPTIONS=batch.num.messages=1,enable.idempotence=false"
   if [ -n "$MODEL" ]; then echo "STRATA_MODEL=$MODEL"; fi
   echo "STRATA_DEVICE=cpu"
 } > "$RUN/strata.env"

@@ -313,9 +313,7 @@ pub struct KafkaArgs {
     pub partitions: i32,
 
     /// A librdkafka property KEY=VALUE applied over Strata's own (repeatable): security
-    /// (security.protocol, sasl.mechanism, ...) or tuning. Against the tansu test broker add
-    /// batch.num.messages=1: tansu 0.6 returns nothing to a consumer that resumes in the
-    /// middle of a multi-record batch.
+    /// (security.protocol, sasl.mechanism, ...) or tuning.
     /// In a config file: a table (`[kafka_options]`, `"batch.num.messages" = "1"`); in the
     /// environment: comma-separated KEY=VALUE pairs.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value, env = "STRATA_KAFKA_OPTIONS", value_delimiter = ',')]

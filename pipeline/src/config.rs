@@ -53,7 +53,7 @@ pub const ENVIRONMENT: [(&str, &str); 19] = [
     ("STRATA_DEVICE", "scripts/demo.sh: cpu (default), cuda or auto (CUDA when present) for training and batch"),
     ("STRATA_DEMO_OUT", "scripts/demo.sh: the output folder when --out is not given (default strata-out/)"),
     ("STRATA_ACCELERATOR", "scripts/setup.sh: cuda installs libtorch with its CUDA libraries (default: CPU only)"),
-    ("STRATA_TANSU_BIN", "Tests and benches: the tansu broker binary (default: the one setup built)"),
+    ("STRATA_NISSHI_BIN", "Tests, benches and deploy/local: the nisshi broker binary (default: the one setup built)"),
     ("STRATA_MOTO_BIN", "Tests: the moto_server binary (default: the project venv's)"),
     ("STRATA_BENCH_DIR", "benches/*/compare.sh: working folder (default $STRATA_CACHE/bench)"),
     ("STRATA_BENCH_PHASES", "The training bench: also time forward, backward and optimiser separately"),

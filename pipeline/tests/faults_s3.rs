@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{count, data, random_model, strata, text, Worker};
 use object_store::{ObjectStoreExt as _, PutPayload};
-use strata_e2e::{S3Server, TansuBroker, TcpProxy};
+use strata_e2e::{NisshiBroker, S3Server, TcpProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_store_outage_of_seconds_mid_stream_loses_and_duplicates_nothing() {
@@ -39,27 +39,14 @@ async fn an_object_store_outage_of_seconds_mid_stream_loses_and_duplicates_nothi
         store.put(&object_store::path::Path::from(format!("scenes/{name}")), PutPayload::from(bytes)).await.unwrap();
     }
 
-    let broker = TansuBroker::start().await.unwrap();
+    let broker = NisshiBroker::start().await.unwrap();
     let brokers = broker.bootstrap_servers();
     let work = tempfile::tempdir().unwrap();
     let model = random_model(work.path(), "tiny-s3-outage");
     let tables = "s3://imagery/tables";
     let mut workers = Vec::new();
     for role in ["tile", "infer", "merge"] {
-        let mut args = vec![
-            "--role",
-            role,
-            "--brokers",
-            &brokers,
-            "--tables",
-            tables,
-            "--tiles",
-            "s3://imagery/tiles",
-            "--listen",
-            "off",
-            "--kafka-option",
-            "batch.num.messages=1",
-        ];
+        let mut args = vec!["--role", role, "--brokers", &brokers, "--tables", tables, "--tiles", "s3://imagery/tiles", "--listen", "off"];
         if role == "infer" {
             args.extend(["--model", model.to_str().unwrap(), "--device", "cpu", "--max-new-tokens", "3", "--batch-size", "2"]);
         }
@@ -79,8 +66,6 @@ async fn an_object_store_outage_of_seconds_mid_stream_loses_and_duplicates_nothi
             "32",
             "--output-size",
             "64",
-            "--kafka-option",
-            "batch.num.messages=1",
             "s3://imagery/scenes/",
         ]);
         assert!(out.status.success(), "submit {request}: {}{}", text(&out.stdout), text(&out.stderr));

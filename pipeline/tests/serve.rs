@@ -1,5 +1,5 @@
 //! `strata serve` and `strata submit` as operators run them, against a real Kafka-protocol
-//! broker (tansu) started on 127.0.0.1 by the test: scenes in through `submit`, one tile
+//! broker (nisshi) started on 127.0.0.1 by the test: scenes in through `submit`, one tile
 //! worker, two infer workers sharing the `tiles` partitions in one consumer group, one merge
 //! worker writing the tables; a poison message on the `scenes` topic; graceful shutdown.
 
@@ -14,20 +14,29 @@ use common::{count, data, http_get, logs, query_json, random_model, strata, text
 use schemas::{SceneRequest, SceneSource, TaskSpec};
 
 use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
     config::ClientConfig,
     producer::{FutureProducer, FutureRecord},
 };
-use strata_e2e::TansuBroker;
+use strata_e2e::NisshiBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_scenes_reach_every_table_once_through_the_broker_with_two_infer_workers() {
-    let broker = TansuBroker::start().await.unwrap();
+    let broker = NisshiBroker::start().await.unwrap();
     let brokers = broker.bootstrap_servers();
     let work = tempfile::tempdir().unwrap();
     let model = random_model(work.path(), "tiny-serve");
     let tables = work.path().join("tables");
     let tiles = work.path().join("tiles");
     let (tables_arg, tiles_arg, model_arg) = (tables.to_str().unwrap(), tiles.to_str().unwrap(), model.to_str().unwrap());
+    // The oversized poison below must reach Strata's own limit (1 MiB), so the `scenes` topic
+    // takes larger records than Kafka's default `max.message.bytes` (which the broker enforces).
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let scenes_topic = NewTopic::new("scenes", 4, TopicReplication::Fixed(1)).set("max.message.bytes", "4000000");
+    for created in admin.create_topics([&scenes_topic], &AdminOptions::new()).await.unwrap() {
+        created.unwrap();
+    }
 
     // Scenes first, so the workers find a backlog (and the topics exist).
     let scenes = [data("scenes/rmnp-rgb.tif"), data("scenes/L7_ETMs.tif")];
@@ -261,7 +270,7 @@ fn a_broker_that_is_not_there_is_named_and_the_command_exits_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
-    let broker = TansuBroker::start().await.unwrap();
+    let broker = NisshiBroker::start().await.unwrap();
     let brokers = broker.bootstrap_servers();
     let work = tempfile::tempdir().unwrap();
     let registry = work.path().join("registry");
@@ -386,7 +395,7 @@ async fn infer_workers_switch_to_a_promoted_version_and_refuse_a_corrupt_one() {
 /// `strata_dead_letters_total`, where operators look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiles_failing_inside_a_scene_reach_the_dead_letter_topic_and_metrics() {
-    let broker = TansuBroker::start().await.unwrap();
+    let broker = NisshiBroker::start().await.unwrap();
     let brokers = broker.bootstrap_servers();
     let work = tempfile::tempdir().unwrap();
     let (tables, tiles) = (work.path().join("tables"), work.path().join("tiles"));
@@ -396,7 +405,7 @@ async fn tiles_failing_inside_a_scene_reach_the_dead_letter_topic_and_metrics() 
         work.path(),
         &["--role", "all", "--brokers", &brokers, "--tables", tables.to_str().unwrap(), "--tiles", tiles.to_str().unwrap()]
             .into_iter()
-            .chain(["--listen", "127.0.0.1:0", "--kafka-option", "batch.num.messages=1"])
+            .chain(["--listen", "127.0.0.1:0"])
             .collect::<Vec<_>>(),
     );
     let out = strata(&[

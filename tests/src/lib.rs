@@ -1,8 +1,8 @@
-//! Real services for end-to-end tests: a tansu Kafka-protocol broker and a moto S3 server,
+//! Real services for end-to-end tests: a nisshi Kafka-protocol broker and a moto S3 server,
 //! each started on a free 127.0.0.1 port, awaited until it answers, and stopped on drop.
 //!
-//! Binaries come from `scripts/setup.sh`: tansu from the tool cache outside the checkout
-//! (`$STRATA_CACHE`, default `~/.cache/strata`), moto from the project venv. `STRATA_TANSU_BIN`
+//! Binaries come from `scripts/setup.sh`: nisshi from the tool cache outside the checkout
+//! (`$STRATA_CACHE`, default `~/.cache/strata`), moto from the project venv. `STRATA_NISSHI_BIN`
 //! and `STRATA_MOTO_BIN` override either.
 
 use std::{
@@ -86,6 +86,15 @@ fn locate(service: &'static str, env: &'static str, default: PathBuf) -> Result<
     }
 }
 
+/// The broker's version, as `scripts/setup.sh` builds it (`NISSHI_VERSION`).
+pub const NISSHI_VERSION: &str = "0.8.1";
+
+/// The nisshi binary: `STRATA_NISSHI_BIN`, else the one `scripts/setup.sh --tests` built.
+fn nisshi_program() -> Result<PathBuf, ServiceError> {
+    let default = tool_cache().join(format!("tools/nisshi-{NISSHI_VERSION}/bin/nisshi"));
+    locate("nisshi", "STRATA_NISSHI_BIN", default)
+}
+
 /// A free TCP port on 127.0.0.1. Another process could take it before the service binds it;
 /// readiness checks then fail loudly rather than talk to a stranger.
 fn free_port() -> std::io::Result<u16> {
@@ -149,9 +158,9 @@ impl ServiceProcess {
     }
 }
 
-/// A tansu broker with in-memory storage, or with its log on an S3 server (then it can be
-/// restarted and keeps its topics, messages and committed offsets).
-pub struct TansuBroker {
+/// A nisshi broker (tansu's successor) with in-memory storage, or with its log on an S3 server
+/// (then it can be restarted and keeps its topics, messages and committed offsets).
+pub struct NisshiBroker {
     addr: SocketAddr,
     // Held for its Drop: the broker lives exactly as long as this value.
     _process: ServiceProcess,
@@ -159,11 +168,11 @@ pub struct TansuBroker {
     env: Vec<(String, String)>,
 }
 
-impl TansuBroker {
+impl NisshiBroker {
     /// Starts a broker on a free loopback port and waits until it answers metadata requests.
     ///
     /// # Errors
-    /// When tansu is not installed or does not become ready within 60 s.
+    /// When nisshi is not installed or does not become ready within 60 s.
     pub async fn start() -> Result<Self, ServiceError> {
         Self::start_advertising(None).await
     }
@@ -172,16 +181,16 @@ impl TansuBroker {
     /// of it, so that every connection goes through the proxy) instead of its own address.
     ///
     /// # Errors
-    /// As [`TansuBroker::start`].
+    /// As [`NisshiBroker::start`].
     pub async fn start_advertising(advertised: Option<SocketAddr>) -> Result<Self, ServiceError> {
-        Self::launch(advertised, "memory://tansu/", Vec::new()).await
+        Self::launch(advertised, "memory://nisshi/", Vec::new()).await
     }
 
     /// Starts a broker storing everything in `bucket` on `s3` (which must exist), so that
-    /// [`TansuBroker::start_again`] brings it back with its data.
+    /// [`NisshiBroker::start_again`] brings it back with its data.
     ///
     /// # Errors
-    /// As [`TansuBroker::start`].
+    /// As [`NisshiBroker::start`].
     pub async fn start_on_s3(s3: &S3Server, bucket: &str) -> Result<Self, ServiceError> {
         let env = [
             ("AWS_ENDPOINT", s3.endpoint()),
@@ -201,9 +210,8 @@ impl TansuBroker {
     pub async fn start_again(&mut self, down: Duration) -> Result<(), ServiceError> {
         let _ = self._process.child.kill().await;
         tokio::time::sleep(down).await;
-        let default = tool_cache().join("tools/tansu-0.6.0/bin/tansu");
-        let program = locate("tansu", "STRATA_TANSU_BIN", default)?;
-        let mut process = ServiceProcess::spawn_with_env("tansu", &program, &self.args, &self.env)?;
+        let program = nisshi_program()?;
+        let mut process = ServiceProcess::spawn_with_env("nisshi", &program, &self.args, &self.env)?;
         let bootstrap = self.addr.to_string();
         process
             .wait_ready(self.addr, Duration::from_secs(60), || {
@@ -216,9 +224,8 @@ impl TansuBroker {
     }
 
     async fn launch(advertised: Option<SocketAddr>, storage: &str, env: Vec<(String, String)>) -> Result<Self, ServiceError> {
-        let default = tool_cache().join("tools/tansu-0.6.0/bin/tansu");
-        let program = locate("tansu", "STRATA_TANSU_BIN", default)?;
-        let port = free_port().map_err(|source| ServiceError::Spawn { service: "tansu", source })?;
+        let program = nisshi_program()?;
+        let port = free_port().map_err(|source| ServiceError::Spawn { service: "nisshi", source })?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let url = format!("tcp://{addr}");
         let args = [
@@ -230,7 +237,7 @@ impl TansuBroker {
             "--storage-engine".to_owned(),
             storage.to_owned(),
         ];
-        let mut process = ServiceProcess::spawn_with_env("tansu", &program, &args, &env)?;
+        let mut process = ServiceProcess::spawn_with_env("nisshi", &program, &args, &env)?;
         let bootstrap = addr.to_string();
         process
             .wait_ready(addr, Duration::from_secs(60), || {

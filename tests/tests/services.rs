@@ -1,5 +1,5 @@
 //! Each real test service round-trips data through the clients Strata uses: rdkafka against
-//! tansu, object_store against moto.
+//! nisshi, object_store against moto.
 
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     Message, Offset, TopicPartitionList,
 };
-use strata_e2e::{S3Server, TansuBroker};
+use strata_e2e::{NisshiBroker, S3Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tansu_round_trips_a_message_through_a_consumer_group() {
-    let broker = TansuBroker::start().await.unwrap();
+async fn the_broker_round_trips_a_message_through_a_consumer_group() {
+    let broker = NisshiBroker::start().await.unwrap();
     let bootstrap = broker.bootstrap_servers();
     let topic = "strata.smoke.v1";
 
@@ -27,7 +27,7 @@ async fn tansu_round_trips_a_message_through_a_consumer_group() {
 
     let producer: FutureProducer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().unwrap();
-    let payload = br#"{"schema_version":1,"hello":"tansu"}"#;
+    let payload = br#"{"schema_version":1,"hello":"nisshi"}"#;
     let delivery = producer
         .send(FutureRecord::to(topic).key("scene-1").payload(&payload[..]), Duration::from_secs(10))
         .await

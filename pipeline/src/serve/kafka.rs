@@ -153,11 +153,17 @@ impl KafkaSettings {
     }
 
     /// A producer that waits for every in-sync replica and never writes a message twice on
-    /// its own retries.
+    /// its own retries, and that replaces itself after a fatal error ([`Producer`]).
     ///
     /// # Errors
     /// When librdkafka rejects the configuration.
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    pub fn producer(&self) -> Result<Producer, KafkaError> {
+        let config = self.producer_config();
+        let first = config.create()?;
+        Ok(Producer { config, current: Arc::new(Mutex::new((0, first))) })
+    }
+
+    fn producer_config(&self) -> ClientConfig {
         let mut config = self.client();
         config
             .set("enable.idempotence", "true")
@@ -167,7 +173,7 @@ impl KafkaSettings {
         for (key, value) in &self.options {
             config.set(key, value);
         }
-        config.create()
+        config
     }
 
     fn consumer(
@@ -517,7 +523,7 @@ fn undecodable(role: &str, payload: &[u8], error: &schemas::SchemaError, positio
 /// Never for broker outages (they are waited out).
 pub async fn produce_outputs<T: Message + Payload>(
     mut outputs: mpsc::Receiver<Envelope<T>>,
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     concurrency: usize,
 ) -> anyhow::Result<()> {
@@ -543,13 +549,51 @@ pub async fn produce_outputs<T: Message + Payload>(
     Ok(())
 }
 
+/// The runtime's Kafka producer: librdkafka's, replaced by a new instance after a fatal error.
+///
+/// An idempotent producer whose sequence numbers the broker refused (OUT_OF_ORDER_SEQUENCE_NUMBER,
+/// seen from a broker with its log on S3 under load) raises a fatal error, after which every
+/// send fails at once, for good; librdkafka's documentation leaves recovery to the
+/// application: drop it and create another. Records that were not acknowledged are then sent
+/// again by the new instance, under a new producer id: at worst a duplicate, which the stages
+/// and the sink absorb (a scene's rows are keyed and replaced, never appended twice).
+#[derive(Clone)]
+pub struct Producer {
+    config: ClientConfig,
+    /// The instance in use and how many have been replaced before it.
+    current: Arc<Mutex<(u64, FutureProducer)>>,
+}
+
+impl Producer {
+    fn current(&self) -> (u64, FutureProducer) {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        (current.0, current.1.clone())
+    }
+
+    /// Replaces instance `generation` after its fatal error, unless another sender already did.
+    fn replace(&self, generation: u64, fatal: &KafkaError) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 != generation {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(error = %fatal, replaced = generation + 1, "The producer failed for good; replaced it with a new one (unacknowledged records are sent again).");
+                *current = (generation + 1, fresh);
+            }
+            Err(error) => tracing::error!(%error, "Cannot create a producer to replace one that failed; retrying."),
+        }
+    }
+}
+
 /// Sends one record, retrying with exponential backoff and jitter (backon) until the broker
 /// acknowledges it; only errors no retry can fix (a record larger than the broker accepts, an
-/// invalid record) end the retries.
+/// invalid record) end the retries. After a fatal producer error the producer is replaced
+/// ([`Producer`]) and the record sent by the new one.
 ///
 /// # Errors
 /// Those permanent errors.
-pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key: Option<&str>, bytes: &[u8]) -> Result<(), KafkaError> {
+pub async fn produce_until_delivered(producer: &Producer, topic: &str, key: Option<&str>, bytes: &[u8]) -> Result<(), KafkaError> {
     let mut delays = backon::BackoffBuilder::build(
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -562,9 +606,11 @@ pub async fn produce_until_delivered(producer: &FutureProducer, topic: &str, key
         if let Some(key) = key {
             record = record.key(key);
         }
-        match producer.send(record, Duration::from_secs(30)).await {
+        let (generation, instance) = producer.current();
+        match instance.send(record, Duration::from_secs(30)).await {
             Ok(_) => return Ok(()),
             Err((error, _)) if is_permanent(&error) => return Err(error),
+            Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => producer.replace(generation, &error),
             Err((error, _)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(%topic, %error, ?delay, "Producing failed; retrying.");

@@ -20,7 +20,7 @@ use rdkafka::{
 use schemas::{DeadLetterRecord, ErrorKind, OriginalPayload, ResultMessage, Stage, TileMessage, SCHEMA_VERSION};
 use tokio::sync::watch;
 
-use super::kafka::{produce_outputs, serve_stage, KafkaSettings};
+use super::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings};
 use super::{spawn_roles, Follow};
 
 const MESSAGES: usize = 30;
@@ -212,8 +212,7 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
     }
     let producer = kafka.producer().unwrap();
     let payload = schemas::encode(&request);
-    let record = FutureRecord::to(&kafka.topics.scenes).key("both/rmnp").payload(&payload);
-    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    produce_until_delivered(&producer, &kafka.topics.scenes, Some("both/rmnp"), &payload).await.unwrap();
     let served = settings("kafka");
     let built = chain::build(&served, Roles::ALL).await.unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -235,4 +234,99 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
     ended.sort_unstable();
     assert_eq!(ended, ["infer", "merge", "tile"], "one role per stage the builder returned");
     assert_eq!(tile_rows(&served.tables).await, tile_rows(&embedded.tables).await, "the same tiles, tile for tile");
+}
+
+/// Sends inputs `range` to `tiles`, keyed by scene.
+async fn produce_inputs(producer: &FutureProducer, range: std::ops::Range<usize>) {
+    for i in range {
+        let payload = schemas::encode(&input(i));
+        let key = format!("scene-{i}");
+        producer.send(FutureRecord::to("tiles").key(&key).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// A member of the `strata-infer` group, and the sender that stops it.
+fn member(bootstrap: &str) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<super::kafka::RoleReport>>) {
+    let settings = KafkaSettings::new(bootstrap);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let output_producer = settings.producer().unwrap();
+    let task = tokio::spawn(async move {
+        serve_stage("infer", TilesOnly, "tiles", &settings, stop_rx, move |rx| {
+            produce_outputs(rx, output_producer, "results".to_owned(), 8)
+        })
+        .await
+    });
+    (stop_tx, task)
+}
+
+/// Waits until the group has committed `wanted` offsets on `tiles` (of 2 partitions).
+async fn committed_reaches(bootstrap: &str, wanted: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = committed(bootstrap, "strata-infer", "tiles", 2);
+        if now >= wanted || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The group's membership changes under a stream, as a deployment scales: a second member
+/// joins, the first leaves (SIGTERM's path: drain, commit, leave the group), a third joins.
+/// Partitions move to whoever is left, and every input is read, produced and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_a_group_mid_stream_lose_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    for topic in ["tiles", "results"] {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    let producer: FutureProducer = client(&bootstrap).create().unwrap();
+
+    let (first_stop, first) = member(&bootstrap);
+    produce_inputs(&producer, 0..10).await;
+    assert_eq!(committed_reaches(&bootstrap, 10).await, 10, "the first member alone");
+
+    let (second_stop, second) = member(&bootstrap);
+    produce_inputs(&producer, 10..20).await;
+    assert_eq!(committed_reaches(&bootstrap, 20).await, 20, "with a second member joining");
+
+    first_stop.send(true).unwrap();
+    let report = first.await.unwrap().unwrap();
+    assert_eq!((report.left_in_flight, report.lost), (0, 0), "the first member drained before leaving: {report:?}");
+    produce_inputs(&producer, 20..25).await;
+    let (third_stop, third) = member(&bootstrap);
+    produce_inputs(&producer, 25..MESSAGES).await;
+    assert_eq!(committed_reaches(&bootstrap, MESSAGES as i64).await, MESSAGES as i64, "after the first left and a third joined");
+
+    assert_eq!(outputs(&bootstrap, MESSAGES).await.len(), MESSAGES, "every input reached the output topic");
+    let mut reports = Vec::new();
+    for (stop, task) in [(second_stop, second), (third_stop, third)] {
+        stop.send(true).unwrap();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!((report.left_in_flight, report.lost, report.undecodable), (0, 0, 0), "{report:?}");
+        reports.push(report);
+    }
+    // Alone after the first left, the second member held both partitions.
+    assert!(reports[0].read >= 5, "the second member took over the first's partitions: {reports:?}");
+}
+
+/// An idempotent producer whose sequence numbers the broker refuses fails for good (a fatal
+/// error, after which librdkafka refuses every send): the runtime's producer replaces itself
+/// and delivers the record, where it used to retry the dead instance forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_fails_for_good_is_replaced_and_the_record_delivered() {
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock.create_topic("results", 1, 1).unwrap();
+    let producer = KafkaSettings::new(&bootstrap).producer().unwrap();
+    produce_until_delivered(&producer, "results", Some("a"), &schemas::encode(&input(0))).await.unwrap();
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER]);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(60),
+        produce_until_delivered(&producer, "results", Some("a"), &schemas::encode(&input(1))),
+    )
+    .await;
+    assert!(matches!(sent, Ok(Ok(()))), "delivered after the producer was replaced: {sent:?}");
+    assert_eq!(outputs(&bootstrap, 2).await.len(), 2, "both records are on the topic");
 }

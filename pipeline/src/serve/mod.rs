@@ -21,12 +21,11 @@ use operators::{
     stages::{infer::InferConfig, sink::SinkOutcome},
     tile::{TileEvent, TilerConfig},
 };
-use rdkafka::producer::FutureProducer;
 use schemas::{DeadLetterRecord, Message};
 use tables::Tables;
 use tokio::sync::{mpsc, watch};
 
-use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, RoleReport};
+use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, Producer, RoleReport};
 use crate::cli::{Role, ServeArgs, SubmitArgs};
 
 /// Outputs produced to the broker at the same time, per role.
@@ -154,7 +153,7 @@ type RoleTask = (&'static str, anyhow::Result<RoleReport>);
 fn spawn_roles(
     built: chain::BuiltChain,
     settings: &KafkaSettings,
-    producer: &FutureProducer,
+    producer: &Producer,
     stop: &watch::Receiver<bool>,
     follow: Follow,
 ) -> tokio::task::JoinSet<RoleTask> {
@@ -183,7 +182,7 @@ fn spawn_roles(
 
 /// The merge role: an ordinary role whose stage merges each scene's results and commits them
 /// to the tables; its outcomes go to a [`TopicReporter`] instead of a topic.
-async fn serve_merge(stage: MergeAndSink, mut settings: KafkaSettings, producer: FutureProducer, stop: watch::Receiver<bool>) -> RoleTask {
+async fn serve_merge(stage: MergeAndSink, mut settings: KafkaSettings, producer: Producer, stop: watch::Receiver<bool>) -> RoleTask {
     // The merge stage holds every result of a scene until the scene is complete: a cap on
     // in-flight messages could stop reading before a big scene's last tile and never
     // resume. Its memory is bounded by the open scenes instead.
@@ -197,7 +196,7 @@ async fn serve_merge(stage: MergeAndSink, mut settings: KafkaSettings, producer:
 /// What a role that produces to a topic needs.
 struct Link {
     settings: KafkaSettings,
-    producer: FutureProducer,
+    producer: Producer,
     stop: watch::Receiver<bool>,
 }
 
@@ -230,7 +229,7 @@ fn report_role(role: &str, report: &RoleReport, failed: &mut bool) {
 /// The Kafka runtime's outcome reporter: the row and dead-letter metrics, and a copy of each
 /// dead letter on the dead-letter topic (the records are in the `dead_letter` table already).
 struct TopicReporter {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 #![allow(clippy::unwrap_used)] // a test fails by panicking; an unwrap says where
 
+pub mod cluster;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
