@@ -571,17 +571,22 @@ impl Producer {
     }
 
     /// Replaces instance `generation` after its fatal error, unless another sender already did.
-    fn replace(&self, generation: u64, fatal: &KafkaError) {
+    /// Returns whether a newer instance is in place.
+    fn replace(&self, generation: u64, fatal: &KafkaError) -> bool {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if current.0 != generation {
-            return;
+            return true;
         }
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
                 tracing::warn!(error = %fatal, replaced = generation + 1, "The producer failed for good; replaced it with a new one (unacknowledged records are sent again).");
                 *current = (generation + 1, fresh);
+                true
             }
-            Err(error) => tracing::error!(%error, "Cannot create a producer to replace one that failed; retrying."),
+            Err(error) => {
+                tracing::error!(%error, "Cannot create a producer to replace one that failed; retrying.");
+                false
+            }
         }
     }
 }
@@ -610,7 +615,7 @@ pub async fn produce_until_delivered(producer: &Producer, topic: &str, key: Opti
         match instance.send(record, Duration::from_secs(30)).await {
             Ok(_) => return Ok(()),
             Err((error, _)) if is_permanent(&error) => return Err(error),
-            Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => producer.replace(generation, &error),
+            Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) && producer.replace(generation, &error) => {}
             Err((error, _)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(%topic, %error, ?delay, "Producing failed; retrying.");
