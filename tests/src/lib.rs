@@ -444,3 +444,28 @@ async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&s
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{workspace_root, NISSHI_VERSION};
+
+    /// The tests, the local cluster and the streaming bench start the broker that setup builds,
+    /// so bumping its version in one place and not the others fails here, not as a missing
+    /// binary on the next fresh machine.
+    #[test]
+    fn every_script_starts_the_broker_version_setup_builds() {
+        let root = workspace_root();
+        let setup = std::fs::read_to_string(root.join("scripts/setup.sh")).unwrap();
+        assert!(
+            setup.contains(&format!("\nNISSHI_VERSION={NISSHI_VERSION}\n")),
+            "scripts/setup.sh builds another version than {NISSHI_VERSION}"
+        );
+        for script in ["deploy/local/up.sh", "benches/streaming/compare.sh"] {
+            let text = std::fs::read_to_string(root.join(script)).unwrap();
+            assert!(
+                text.contains(&format!("/tools/nisshi-{NISSHI_VERSION}/bin/nisshi")),
+                "{script} starts another broker than nisshi {NISSHI_VERSION}"
+            );
+        }
+    }
+}
