@@ -1,8 +1,8 @@
 //! Consumer groups of several workers, as users scale them: two infer and two merge workers
 //! against the real broker with its log on S3 (moto), with the settings `deploy/local/up.sh`
 //! gives its workers (static membership) and those of the Kubernetes Deployments (dynamic). A
-//! member of each group is SIGKILLed at a random point of a burst of requests and restarted;
-//! then a third infer worker joins mid-stream, another is SIGKILLed while it joins, and a
+//! member of each group is SIGKILLed at a random point of a burst of requests and restarted,
+//! at once and after its session has expired; then a third infer worker joins mid-stream, another is SIGKILLed while it joins, and a
 //! first one leaves with SIGTERM. Every scene completes and every table holds each tile's rows
 //! exactly once. (With tansu 0.6 as the broker, such a group stalled for good:
 //! docs/architecture.md, "Consumer groups of several workers".)
@@ -66,6 +66,17 @@ async fn scale_and_kill(membership: Membership, runs: usize) {
             println!("run {run}: SIGKILLed and restarted {victim} {at} ms into a burst; complete {took:?} after the restart");
             requests.extend((0..BURST).map(|i| format!("kill-{victim}-{run}-{i}")));
         }
+    }
+
+    // Down for longer than the session (10 s): the group expires the dead member before it is
+    // back, as when a pod is rescheduled. Each member in turn, so that one of them is the
+    // group's leader. (tansu 0.6 never formed the group again after this, docs/architecture.md.)
+    for victim in ["infer-1", "infer-2", "merge-1", "merge-2"] {
+        let at = random.millis(0, window);
+        let name = format!("down-{victim}");
+        let took = burst(&mut cluster, tiles, &name, &[(at, Action::Down(victim.to_owned(), Duration::from_secs(15)))]);
+        println!("{victim} SIGKILLed {at} ms into a burst and back 15 s later; complete {took:?} after");
+        requests.extend((0..BURST).map(|i| format!("{name}-{i}")));
     }
 
     // Scaling while requests flow: a third infer worker joins, a member is SIGKILLed while it

@@ -182,6 +182,9 @@ pub const BURST: usize = 3;
 pub enum Action {
     /// SIGKILL, then started again with the same flags (and instance id, when static).
     Kill(String),
+    /// SIGKILL, then started again only after this long: longer than the session timeout, as
+    /// a pod rescheduled on another node, so the group expires the dead member first.
+    Down(String, Duration),
     /// A new member joins.
     Start(String),
     /// SIGTERM: drains, commits and leaves; it must exit cleanly.
@@ -201,6 +204,11 @@ pub fn burst(cluster: &mut Cluster, tiles: u64, name: &str, actions: &[(u64, Act
         match action {
             Action::Kill(worker) => {
                 cluster.worker(worker).kill();
+                cluster.start(worker);
+            }
+            Action::Down(worker, down) => {
+                cluster.worker(worker).kill();
+                std::thread::sleep(*down);
                 cluster.start(worker);
             }
             Action::Start(worker) => cluster.start(worker),
