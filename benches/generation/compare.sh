@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Generation benchmark: strata's Qwen2 decoder vs transformers' generate, on CPU, same random
 # checkpoint (Qwen2.5-0.5B-shaped, 12 layers, 32k vocabulary), same prompt length, same new
-# tokens, same thread count. Prints both JSON lines and the ratios.
+# tokens, same thread count, same batch, same weight precision. Prints every JSON line and the
+# ratios, and strata's decode speed as a fraction of the memory-bandwidth bound (a STREAM-style
+# copy measured in the same run: at batch 1 each step reads every weight once).
 #
 #   bash benches/generation/compare.sh [THREADS] [PROMPT] [NEW] [RUNS]   (default 2 128 64 3)
+#
+# Environment: BATCHES (rows decoded together, default "1 16"), PRECISIONS (default "f32 bf16";
+# bf16 is what `--precision auto` picks on CPUs with AVX-512 BF16).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 THREADS=${1:-2}
@@ -28,14 +33,27 @@ cd "$ROOT"
 cargo build -q --profile bench --locked -p model --bench generation
 BENCH=$(ls -t "${CARGO_TARGET_DIR:-$ROOT/target}"/release/deps/generation-* | grep -v '\.d$' | head -n 1)
 cat "$CKPT/model.safetensors" > /dev/null
-STRATA_JSON=$("$BENCH" "$CKPT" "$THREADS" "$PROMPT" "$NEW" "$RUNS")
-echo "$STRATA_JSON"
-PEER_JSON=$(OMP_NUM_THREADS=$THREADS "$PEER/bin/python" "$ROOT/benches/generation/transformers_generate.py" "$CKPT" "$THREADS" "$PROMPT" "$NEW" "$RUNS")
-echo "$PEER_JSON"
-python3 - "$STRATA_JSON" "$PEER_JSON" <<'PY'
+BATCHES=${BATCHES:-1 16}
+PRECISIONS=${PRECISIONS:-f32 bf16}
+LINES=()
+for precision in $PRECISIONS; do
+  for batch in $BATCHES; do
+    STRATA_JSON=$("$BENCH" "$CKPT" "$THREADS" "$PROMPT" "$NEW" "$RUNS" "$batch" "$precision")
+    echo "$STRATA_JSON"
+    PEER_JSON=$(OMP_NUM_THREADS=$THREADS "$PEER/bin/python" "$ROOT/benches/generation/transformers_generate.py" "$CKPT" "$THREADS" "$PROMPT" "$NEW" "$RUNS" "$batch" "$precision")
+    echo "$PEER_JSON"
+    LINES+=("$STRATA_JSON" "$PEER_JSON")
+  done
+done
+python3 - "${LINES[@]}" <<'PY'
 import json, sys
-s, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
-    print(f"{key}: strata {s[key]:.1f} vs peer {p[key]:.1f} -> {s[key] / p[key]:.2f}x")
-print(f"peak RSS: strata {s['peak_rss_mib']:.0f} MiB vs peer {p['peak_rss_mib']:.0f} MiB")
+lines = [json.loads(a) for a in sys.argv[1:]]
+for s, p in zip(lines[0::2], lines[1::2]):
+    head = f"{s['precision']} batch {s['batch']}:"
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        print(f"{head} {key}: strata {s[key]:.1f} vs transformers {p[key]:.1f} -> {s[key] / p[key]:.2f}x")
+    print(f"{head} decode is {100 * s['fraction_of_bandwidth_bound']:.0f}% of the bandwidth bound "
+          f"({s['bandwidth_bound_tokens_per_s']:.1f} tokens/s: {s['weight_bytes_per_step'] / 1e6:.0f} MB per step, "
+          f"STREAM copy {s['stream_copy_gb_s']:.1f} GB/s)")
+    print(f"{head} peak RSS: strata {s['peak_rss_mib']:.0f} MiB vs transformers {p['peak_rss_mib']:.0f} MiB")
 PY

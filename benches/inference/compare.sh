@@ -6,7 +6,12 @@
 #       overhead;
 #   (b) transformers' Qwen2ForCausalLM `generate` called once per tile and task with
 #       `inputs_embeds` as long as strata's prompts, on the same Qwen2 weights: how
-#       remote-sensing LVLM repositories run inference.
+#       remote-sensing LVLM repositories run inference;
+#   (c) transformers' `generate` once per micro-batch, left-padded, the same micro-batches as
+#       strata ran: the peer an engineer who cares about throughput would run.
+# Every side runs in the same precision: PRECISION (auto, f32 or bf16) as strata resolves it;
+# auto is bf16 on CUDA, and on CPUs with AVX-512 BF16 for LLMs at least 512 wide (this one is
+# 896).
 # The model: a random artifact made by `strata model init` from a SigLIP (4 layers, 224 px) and
 # the generation benchmark's Qwen2.5-0.5B-shaped checkpoint with fewer layers, whose stop
 # tokens greedy decoding never picks, so every side generates exactly NEW tokens per answer.
@@ -17,7 +22,8 @@
 # TILES: scenes are whole, so the bundled GeoTIFFs (data/scenes) are taken in turn, copied
 # under new names when more are needed, until at least TILES tiles (192 px windows, 32 px
 # overlap, 384 px PNGs); the JSON says how many. Environment: BATCH (tiles per micro-batch,
-# default 4), LAYERS (LLM layers, default 8), DEVICE (cpu, or cuda on a GPU machine).
+# default 4), LAYERS (LLM layers, default 8), DEVICE (cpu, or cuda on a GPU machine),
+# PRECISION (default auto).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 THREADS=${1:-2}
@@ -26,6 +32,7 @@ NEW=${3:-32}
 BATCH=${BATCH:-4}
 LAYERS=${LAYERS:-8}
 DEVICE=${DEVICE:-cpu}
+export PRECISION=${PRECISION:-auto}
 WORK=${STRATA_BENCH_DIR:-${STRATA_CACHE:-$HOME/.cache/strata}/bench}/inference
 mkdir -p "$WORK"
 bash "$ROOT/scripts/setup.sh"
@@ -54,6 +61,7 @@ rm -rf "$WORK/scenes" && mkdir -p "$WORK/scenes"
 SCENES=() total=0 round=1
 while [ "$total" -lt "$TILES" ]; do
   while read -r scene n; do
+    [ -n "$scene" ] || continue  # the query's CSV ends with an empty line
     [ "$total" -ge "$TILES" ] && break
     cp "data/scenes/$scene.tif" "$WORK/scenes/$scene-$round.tif"
     SCENES+=("$WORK/scenes/$scene-$round.tif")
@@ -77,20 +85,27 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 BATCH_JSON=$(python3 benches/inference/run_batch.py "$STRATA" "$WORK" "$WORK/tiles.txt" "$THREADS" "$BATCH" "$NEW" "$DEVICE" "$ART" \
   -- "${TASK_FLAGS[@]}" -- "${SCENES[@]}")
 echo "$BATCH_JSON"
-DIRECT_JSON=$("$BENCH" "$ART" "$WORK/tiles.txt" "$WORK/tasks.json" "$THREADS" "$BATCH" "$NEW" "$DEVICE")
+DIRECT_JSON=$("$BENCH" "$ART" "$WORK/tiles.txt" "$WORK/tasks.json" "$THREADS" "$BATCH" "$NEW" "$DEVICE" "$PRECISION")
 echo "$DIRECT_JSON"
-PROMPTS=$(python3 -c 'import json, sys; print(",".join(map(str, json.loads(sys.argv[1])["prompt_tokens_per_task"])))' "$DIRECT_JSON")
-N=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["tiles"])' "$DIRECT_JSON")
-PEER_JSON=$("$PEER/bin/python" benches/inference/transformers_loop.py "$QWEN" "$THREADS" "$N" "$NEW" "$PROMPTS" "$STOP" "$DEVICE")
+field() { python3 -c 'import json, sys; v = json.loads(sys.argv[1])[sys.argv[2]]; print(",".join(map(str, v)) if isinstance(v, list) else v)' "$DIRECT_JSON" "$1"; }
+PROMPTS=$(field prompt_tokens_per_task)
+N=$(field tiles)
+BATCHES=$(field batches)
+# The precision strata resolved `auto` to, for the peers.
+RESOLVED=$(field precision)
+PEER_JSON=$("$PEER/bin/python" benches/inference/transformers_loop.py "$QWEN" "$THREADS" "$N" "$NEW" "$PROMPTS" "$STOP" "$DEVICE" "$RESOLVED")
 echo "$PEER_JSON"
-python3 - "$BATCH_JSON" "$DIRECT_JSON" "$PEER_JSON" <<'PY'
+BATCHED_JSON=$("$PEER/bin/python" benches/inference/transformers_batched.py "$QWEN" "$THREADS" "$BATCHES" "$NEW" "$PROMPTS" "$STOP" "$DEVICE" "$RESOLVED")
+echo "$BATCHED_JSON"
+python3 - "$BATCH_JSON" "$DIRECT_JSON" "$PEER_JSON" "$BATCHED_JSON" <<'PY'
 import json, sys
-b, d, p = (json.loads(a) for a in sys.argv[1:4])
+b, d, p, q = (json.loads(a) for a in sys.argv[1:5])
 rows = d["tiles"] * d["tasks_per_tile"]
 print(f"tiles {d['tiles']} x {d['tasks_per_tile']} tasks, batch {d['batch_size']} tiles, prompts {d['prompt_tokens_per_task']} tokens, "
-      f"{d['max_new_tokens']} new tokens, {d['threads']} threads, {d['device']}")
+      f"{d['max_new_tokens']} new tokens, {d['threads']} threads, {d['device']}, {d['precision']}")
 print(f"generated tokens: direct {d['generated_tokens']} ({d['answers_ended_by_stop_token']} answers stopped early), "
       f"peer {p['generated_tokens']}, expected {rows * d['max_new_tokens']}")
+print(f"decoder slot occupancy (direct, {d['decode_slots']} slots per batch): {100 * d['slot_occupancy']:.1f}%")
 if b["batches"] != d["batches"]:
     print(f"note: strata batch ran micro-batches {b['batches']}, the direct loop {d['batches']}")
 if not b["same_pngs_as_tiles_only_run"]:
@@ -100,5 +115,8 @@ print(f"strata batch {b['tiles_per_s']:.3f} tiles/s vs direct generate {d['tiles
       f"(tiling subtracted: {100 * (1 - b['tiles_per_s_minus_tiles_only'] / d['tiles_per_s']):.1f}%)")
 print(f"strata batch {b['tiles_per_s']:.3f} tiles/s vs transformers generate loop {p['tiles_per_s']:.3f} tiles/s "
       f"-> {b['tiles_per_s'] / p['tiles_per_s']:.2f}x (direct generate: {d['tiles_per_s'] / p['tiles_per_s']:.2f}x)")
-print(f"peak RSS: strata batch {b['peak_rss_mib']:.0f} MiB, direct {d['peak_rss_mib']:.0f} MiB, peer {p['peak_rss_mib']:.0f} MiB")
+print(f"strata batch {b['tiles_per_s']:.3f} tiles/s vs transformers batched generate {q['tiles_per_s']:.3f} tiles/s "
+      f"-> {b['tiles_per_s'] / q['tiles_per_s']:.2f}x (direct generate: {d['tiles_per_s'] / q['tiles_per_s']:.2f}x)")
+print(f"peak RSS: strata batch {b['peak_rss_mib']:.0f} MiB, direct {d['peak_rss_mib']:.0f} MiB, "
+      f"transformers loop {p['peak_rss_mib']:.0f} MiB, batched {q['peak_rss_mib']:.0f} MiB")
 PY

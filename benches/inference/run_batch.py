@@ -16,6 +16,8 @@ wrote are checked to be byte for byte the same. The micro-batches strata ran are
 from the result rows: every tile of one batch gets its row time stamp in the same instant.
 
     python3 benches/inference/run_batch.py STRATA WORK TILE_LIST THREADS BATCH NEW DEVICE MODEL -- TASK_FLAGS... -- SCENE...
+
+Environment: PRECISION (`--precision` of strata batch, default auto).
 """
 import csv
 import hashlib
@@ -34,6 +36,8 @@ from datetime import datetime
 strata, work, tile_list = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 threads, batch, new_tokens = map(int, sys.argv[4:7])
 device, model = sys.argv[7], sys.argv[8]
+# The weights' type (`strata batch --precision`), from compare.sh's PRECISION.
+precision = os.environ.get("PRECISION", "auto")
 rest = sys.argv[9:]
 assert rest[0] == "--" and rest.count("--") == 2, "usage: ... MODEL -- TASK_FLAGS... -- SCENE..."
 split = rest.index("--", 1)
@@ -102,7 +106,7 @@ def timestamp(text):
 
 tiles_only = run("tiles-only", [])
 with_model = run("model", ["--model", model, *task_flags, "--max-new-tokens", str(new_tokens), "--batch-size", str(batch),
-                           "--device", device])
+                           "--device", device, "--precision", precision])
 
 reference = tiles_of(tiles_only)
 tile_list.write_text("".join(f"{scene}\t{path}\n" for (scene, _), path in reference.items()))
@@ -127,6 +131,7 @@ tiles_only_span = tiles_only["wall"] - tiles_only["ready"]
 print(json.dumps({
     "impl": "strata batch --model (embedded runtime: tile -> infer -> merge -> sink)",
     "device": device,
+    "precision": precision,
     "threads": threads,
     "scenes": len(scenes),
     "tiles": tiles,

@@ -9,10 +9,11 @@ not run here: the peer gets them for free.
 Timed: the whole loop (building each call's embeddings, which is negligible, and `generate`),
 one pass, no warm-up. Prints one JSON line.
 
-    python benches/inference/transformers_loop.py QWEN_DIR THREADS TILES NEW PROMPT_LEN,... STOP_ID,... [DEVICE]
+    python benches/inference/transformers_loop.py QWEN_DIR THREADS TILES NEW PROMPT_LEN,... STOP_ID,... [DEVICE] [PRECISION]
 
-DEVICE: cpu (default, f32) or cuda (bf16, as strata runs there; the clock stops after a
-device synchronisation).
+DEVICE: cpu (default) or cuda (the clock stops after a device synchronisation). PRECISION: the
+weights' dtype, f32 or bf16 (default: bf16 on cuda, f32 on cpu); compare.sh passes the one
+strata ran in.
 """
 import json
 import resource
@@ -28,7 +29,8 @@ threads, tiles, new_tokens = map(int, sys.argv[2:5])
 prompt_lengths = [int(n) for n in sys.argv[5].split(",")]
 stop_ids = [int(n) for n in sys.argv[6].split(",")]
 device = torch.device(sys.argv[7] if len(sys.argv) > 7 else "cpu")
-dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+precision = sys.argv[8] if len(sys.argv) > 8 else ("bf16" if device.type == "cuda" else "f32")
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[precision]
 torch.set_num_threads(threads)
 model = Qwen2ForCausalLM.from_pretrained(directory, torch_dtype=dtype, attn_implementation="sdpa").eval().to(device)
 embed = model.get_input_embeddings()

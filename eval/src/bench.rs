@@ -115,6 +115,8 @@ pub struct BenchmarkSettings {
     pub batch_size: usize,
     /// Where the model runs.
     pub device: DevicePreference,
+    /// The type its weights are loaded in there.
+    pub precision: model::device::Precision,
     /// The index the prompter's descriptions come from (none by default).
     pub retrieval: RetrievalOptions,
     /// Where predictions, references and the report go.
@@ -215,8 +217,9 @@ pub fn run_benchmark(settings: &BenchmarkSettings) -> Result<BenchmarkRun, EvalE
         benchmark.samples = spread(std::mem::take(&mut benchmark.samples), limit);
     }
     let artifact = Artifact::open(&settings.model)?;
-    let device = model::device::select(settings.device)?;
-    let mut model = artifact.load(device.device(), device.dtype())?;
+    let device = model::device::select(settings.device)?.with_precision(settings.precision);
+    let mut model = artifact.load_for_inference(&device)?;
+    let weights = model::device::kind_name(model.kind());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -286,16 +289,17 @@ pub fn run_benchmark(settings: &BenchmarkSettings) -> Result<BenchmarkRun, EvalE
     let version = artifact.manifest.version.clone();
     let summary = serde_json::json!({
         "benchmark": name, "split": settings.split, "model_version": version, "samples": benchmark.samples.len(),
-        "failed_samples": failures, "protocol": report.protocol, "warnings": report.warnings, "report": report.to_json(),
+        "failed_samples": failures, "device": device.describe(), "precision": device.precision().name(), "weights": weights, "protocol": report.protocol, "warnings": report.warnings, "report": report.to_json(),
     });
     let report_json = out.join("report.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| EvalError::Io { path: report_json.clone(), reason: e.to_string() })?;
     std::fs::write(&report_json, text).map_err(io_err(&report_json, "writing"))?;
     write_parquet(&out.join("report.parquet"), &report, name, &version)?;
     let header = format!(
-        "{name} ({} split, {} samples, model {version}){}",
+        "{name} ({} split, {} samples, model {version}, {} {weights}){}",
         settings.split,
         benchmark.samples.len(),
+        device.describe(),
         if failures > 0 { format!(", {failures} samples could not be read") } else { String::new() }
     );
     Ok(BenchmarkRun { report, header, failed_samples: failures })

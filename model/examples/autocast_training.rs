@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = device::select(DevicePreference::Auto)?.device();
     let config = config()?;
     let tokenizer_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.json");
-    for precision in [Precision::F32, Precision::Bf16Autocast] {
+    for precision in [Precision::F32, Precision::Bf16] {
         tch::manual_seed(0);
         let tokenizer = ChatTokenizer::from_file(&tokenizer_path, &config.system_prompt)?;
         let mut model = StrataModel::new(config.clone(), tokenizer, device, Kind::Float, ParamInit::Random)?;

@@ -151,6 +151,24 @@ impl Artifact {
         weights::load(model.var_store(), &self.weight_files(), LoadPolicy::Complete)?;
         Ok(model)
     }
+
+    /// Loads the model for inference on `device`, its weights in the type the device's
+    /// precision gives for this model's width ([`crate::device::SelectedDevice::dtype_for`]):
+    /// the artifact's f32 weights are cast as they load.
+    ///
+    /// # Errors
+    /// As [`Artifact::load`].
+    pub fn load_for_inference(&self, device: &crate::device::SelectedDevice) -> Result<StrataModel, ModelError> {
+        let kind = device.dtype_for(self.config.llm.hidden_size);
+        tracing::info!(
+            model = %self.manifest.version,
+            device = %device.describe(),
+            precision = %device.precision(),
+            weights = %crate::device::kind_name(kind),
+            "Loading the model for inference."
+        );
+        self.load(device.device(), kind)
+    }
 }
 
 /// Saves `model` as an artifact in `dir` (created if needed): config, tokenizer (copied from

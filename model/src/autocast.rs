@@ -113,46 +113,7 @@ impl Drop for Autocast {
     }
 }
 
-/// The numeric precision of training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// bf16 autocast on CUDA, f32 on CPU (where bf16 matrix products are slow without AMX).
-    #[default]
-    Auto,
-    /// f32 everywhere.
-    F32,
-    /// bf16 autocast for the forward pass over f32 master weights, on any device.
-    Bf16Autocast,
-}
-
-impl Precision {
-    /// Whether the forward pass runs under bf16 autocast on `device`.
-    pub fn autocasts(self, device: Device) -> bool {
-        match self {
-            Self::Auto => device.is_cuda(),
-            Self::F32 => false,
-            Self::Bf16Autocast => true,
-        }
-    }
-
-    /// Enters bf16 autocast when this precision asks for it on `device`.
-    pub fn scope(self, device: Device) -> Option<Autocast> {
-        self.autocasts(device).then(|| Autocast::bf16(device))
-    }
-
-    /// Parses `auto`, `f32` or `bf16`.
-    ///
-    /// # Errors
-    /// A message naming the accepted values.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "auto" => Ok(Self::Auto),
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16Autocast),
-            other => Err(format!("unknown precision `{other}`: expected `auto`, `f32` or `bf16` (autocast over f32 weights)")),
-        }
-    }
-}
+pub use crate::device::Precision;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -208,14 +169,5 @@ mod tests {
         let exact = 2.0 * x.matmul(&w).detach();
         let expected = x.tr().matmul(&exact) / 12.0;
         assert!((w.grad() - expected).abs().max().double_value(&[]) < 0.05, "bf16 gradients are close to f32 ones");
-    }
-
-    #[test]
-    fn precision_names_parse_and_auto_autocasts_on_cuda_only() {
-        assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16Autocast);
-        assert!(Precision::parse("fp16").unwrap_err().contains("expected `auto`"));
-        assert!(!Precision::Auto.autocasts(Device::Cpu));
-        assert!(Precision::Auto.autocasts(Device::Cuda(0)));
-        assert!(Precision::Bf16Autocast.autocasts(Device::Cpu));
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! let device = model::device::select(model::device::DevicePreference::Auto).unwrap();
-//! println!("running on {} in {:?}", device.describe(), device.dtype());
+//! println!("running on {}, precision {}", device.describe(), device.describe_precision());
 //! ```
 
 pub mod artifact;

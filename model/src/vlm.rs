@@ -446,6 +446,20 @@ impl StrataModel {
     /// `max_query_tokens` or an invalid generation config; [`ModelError::Tokenizer`] when
     /// encoding or decoding fails; [`ModelError::Torch`] when libtorch fails.
     pub fn generate(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
+        self.generate_with_stats(requests, config).map(|(answers, _)| answers)
+    }
+
+    /// As [`StrataModel::generate`], with what the decoder computed: prefill rows, decode
+    /// steps and row-steps ([`generate::GenerationStats`]), from which a caller measures how
+    /// full its decoding batches ran (`benches/inference`'s slot occupancy).
+    ///
+    /// # Errors
+    /// As [`StrataModel::generate`].
+    pub fn generate_with_stats(
+        &mut self,
+        requests: &[VlmRequest],
+        config: &GenerationConfig,
+    ) -> Result<(Vec<Answer>, generate::GenerationStats), ModelError> {
         let result = guarded("generating answers", || self.generate_unguarded(requests, config));
         if result.is_err() {
             self.llm.clear_kv_cache();
@@ -453,7 +467,11 @@ impl StrataModel {
         result
     }
 
-    fn generate_unguarded(&mut self, requests: &[VlmRequest], config: &GenerationConfig) -> Result<Vec<Answer>, ModelError> {
+    fn generate_unguarded(
+        &mut self,
+        requests: &[VlmRequest],
+        config: &GenerationConfig,
+    ) -> Result<(Vec<Answer>, generate::GenerationStats), ModelError> {
         let (prompt, descriptions_used) = tch::no_grad(|| self.assemble_shared(requests))?;
         let mut config = config.clone();
         if config.stop_tokens.is_empty() {
@@ -470,8 +488,8 @@ impl StrataModel {
         } else {
             None
         };
-        let (generations, _) = generate::generate_shared_prefix_constrained(&mut self.llm, &prompt, &config, constraint)?;
-        generations
+        let (generations, stats) = generate::generate_shared_prefix_constrained(&mut self.llm, &prompt, &config, constraint)?;
+        let answers = generations
             .into_iter()
             .zip(descriptions_used)
             .map(|(g, descriptions_used)| {
@@ -486,7 +504,8 @@ impl StrataModel {
                     descriptions_used,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok((answers, stats))
     }
 
     /// Folds LoRA into the LLM weights for serving.

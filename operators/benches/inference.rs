@@ -10,8 +10,9 @@
 //! so the device is synchronised when the clock stops. Prints one JSON line, with each task's
 //! prompt length for the transformers peer.
 //!
-//!     inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE]
+//!     inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION]
 //!
+//! PRECISION: `auto` (default), `f32` or `bf16`, as `strata batch --precision` reads it.
 //! TILE_LIST: one `scene_id<TAB>png path` line per tile, a scene's tiles together.
 //! TASKS_JSON: the tasks as `strata batch --tasks` reads them.
 
@@ -67,16 +68,17 @@ fn prompt_tokens(model: &StrataModel, query: &str) -> Result<i64, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if !(6..=7).contains(&args.len()) {
-        return Err("usage: inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE]".into());
+    if !(6..=8).contains(&args.len()) {
+        return Err("usage: inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION]".into());
     }
     let (threads, batch_size, new_tokens): (i32, usize, i64) = (args[3].parse()?, args[4].parse()?, args[5].parse()?);
     let preference: DevicePreference = args.get(6).map_or("cpu", String::as_str).parse()?;
     model::tch::set_num_threads(threads);
 
     let artifact = Artifact::open(Path::new(&args[0]))?;
-    let selected = device::select(preference)?;
-    let mut model = artifact.load(selected.device(), selected.dtype())?;
+    let precision: device::Precision = args.get(7).map_or("auto", String::as_str).parse()?;
+    let selected = device::select(preference)?.with_precision(precision);
+    let mut model = artifact.load_for_inference(&selected)?;
     let tasks: Vec<TaskSpec> = serde_json::from_str(&std::fs::read_to_string(&args[2])?)?;
     let queries: Vec<String> = tasks.iter().map(task_query).collect();
 
@@ -100,6 +102,12 @@ fn main() -> Result<(), BoxError> {
     let mut batches = Vec::new();
     let mut lengths = Vec::new();
     let mut complete = 0usize;
+    // Slot occupancy: a decoding batch has room for BATCH tiles × tasks rows; each decode step
+    // computes only the rows still generating (finished rows leave, the last batch of a scene
+    // may be short). Occupied row-steps over offered row-steps is what continuous batching
+    // would raise toward 1.
+    let slots = batch_size.max(1) * queries.len();
+    let (mut row_steps, mut slot_steps) = (0usize, 0usize);
     let started = Instant::now();
     for (_, scene_tiles) in &scenes {
         for chunk in scene_tiles.chunks(batch_size.max(1)) {
@@ -113,7 +121,9 @@ fn main() -> Result<(), BoxError> {
                     })
                 })
                 .collect();
-            let answers = model.generate(&requests, &generation)?;
+            let (answers, stats) = model.generate_with_stats(&requests, &generation)?;
+            row_steps += stats.decode_row_steps;
+            slot_steps += stats.decode_steps * slots;
             batches.push(chunk.len());
             lengths.extend(answers.iter().map(|a| a.tokens.len()));
             complete += answers.iter().filter(|a| a.complete).count();
@@ -127,7 +137,8 @@ fn main() -> Result<(), BoxError> {
         serde_json::json!({
             "impl": "strata direct: StrataModel::generate in a loop (tch 0.24, libtorch 2.11.0)",
             "device": selected.describe(),
-            "kind": format!("{:?}", selected.dtype()),
+            "kind": format!("{:?}", model.kind()),
+            "precision": device::kind_name(model.kind()),
             "threads": threads,
             "tiles": tiles,
             "scenes": scenes.len(),
@@ -137,6 +148,8 @@ fn main() -> Result<(), BoxError> {
             "max_new_tokens": new_tokens,
             "prompt_tokens_per_task": prompts,
             "generated_tokens": generated,
+            "decode_slots": slots,
+            "slot_occupancy": row_steps as f64 / slot_steps.max(1) as f64,
             "generated_tokens_per_row": {"min": lengths.iter().min(), "max": lengths.iter().max()},
             "answers_ended_by_stop_token": complete,
             "preprocess_s_untimed": preprocess_s,

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use model::device::DevicePreference;
+use model::device::{DevicePreference, Precision};
 use retrieval::{RetrievalOptions, Retriever};
 use schemas::{ResultMessage, Stage as StageName, TileMessage};
 use storage::{registry::Registry, Location};
@@ -63,7 +63,7 @@ impl ModelSource {
 /// # Errors
 /// [`OperatorError::Registry`] when no version serves yet (with what to do); as
 /// [`load_version`].
-pub async fn load_serving(registry: &Registry, device: DevicePreference) -> Result<LoadedModel, OperatorError> {
+pub async fn load_serving(registry: &Registry, device: DevicePreference, precision: Precision) -> Result<LoadedModel, OperatorError> {
     let Some(serving) = registry.serving().await? else {
         let url = registry.url();
         // A mistyped URL and an empty registry read alike: say which it is.
@@ -76,20 +76,25 @@ pub async fn load_serving(registry: &Registry, device: DevicePreference) -> Resu
         };
         return Err(OperatorError::Registry { registry: url, reason });
     };
-    load_version(registry, &serving.version, device).await
+    load_version(registry, &serving.version, device, precision).await
 }
 
 /// Fetches, verifies and loads one published version of `registry`.
 ///
 /// # Errors
 /// When the version is not published, does not verify, or does not load.
-pub async fn load_version(registry: &Registry, version: &str, device: DevicePreference) -> Result<LoadedModel, OperatorError> {
+pub async fn load_version(
+    registry: &Registry,
+    version: &str,
+    device: DevicePreference,
+    precision: Precision,
+) -> Result<LoadedModel, OperatorError> {
     let dir = registry.fetch(version).await?;
     let location = dir.to_str().ok_or_else(|| OperatorError::InvalidLocation {
         location: dir.display().to_string(),
         reason: "the model cache path is not UTF-8".to_owned(),
     })?;
-    LoadedModel::load(location, device).await
+    LoadedModel::load(location, device, precision).await
 }
 
 /// The inference role: the model, or tiles passed through unanswered when there is none.
@@ -199,6 +204,8 @@ pub struct ChainSettings {
     pub retrieval: RetrievalOptions,
     /// Where the model and the query encoder run.
     pub device: DevicePreference,
+    /// The type the model's weights are loaded in ([`Precision::inference_kind`]).
+    pub precision: Precision,
     /// Attempts per input for retryable failures, the first included: the runtime's, handed
     /// to the sink inside the merge role too ([`Then`]).
     pub max_attempts: u32,
@@ -265,10 +272,10 @@ pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain,
     let infer = if roles.infer {
         let model = match &settings.model {
             ModelSource::None => None,
-            ModelSource::Artifact(location) => Some(LoadedModel::load(location, settings.device).await?),
+            ModelSource::Artifact(location) => Some(LoadedModel::load(location, settings.device, settings.precision).await?),
             ModelSource::Registry(url) => {
                 let registry = Registry::new(storage::resolve(url)?);
-                let model = load_serving(&registry, settings.device).await?;
+                let model = load_serving(&registry, settings.device, settings.precision).await?;
                 serving = Some((registry, model.version().to_owned()));
                 Some(model)
             }

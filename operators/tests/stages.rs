@@ -98,10 +98,16 @@ fn count_files(dir: &Path, extension: &str) -> usize {
         .sum()
 }
 
+/// Loads an artifact as the infer role does, on the CPU in the precision `auto` picks.
+async fn load_on_cpu(location: &str) -> LoadedModel {
+    LoadedModel::load(location, model::device::DevicePreference::Cpu, model::device::Precision::Auto).await.unwrap()
+}
+
 /// Inference must not wait for a whole scene to be cut: the tile stage hands each tile on as
 /// soon as its PNG is stored. With a next stage that takes one message and then stalls, most
 /// of the scene is still uncut when the first tile arrives; and once drained, every tile came
 /// through exactly once, before the marker that counts them.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tile_stage_hands_on_each_tile_as_it_is_written() {
     let work = tempfile::tempdir().unwrap();
@@ -216,8 +222,7 @@ async fn every_stage_passes_the_conformance_suite() {
 
     // Infer: every tile gets one answer per task, the marker passes through after them.
     let messages: Vec<TileMessage> = report.outputs.into_iter().map(|e| e.payload).collect();
-    let model =
-        LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let model = load_on_cpu(tiny_artifact(work.path(), "tiny-1").to_str().unwrap()).await;
     let mut infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 3, max_new_tokens: 4, ..InferConfig::default() });
     let report = check_stage(&mut infer, messages.clone(), Vec::new()).await;
     assert_eq!(report.outputs.len(), messages.len());
@@ -281,7 +286,7 @@ async fn the_chain_answers_every_task_on_every_tile_and_a_rerun_replaces_its_row
     let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
     let artifact = tiny_artifact(work.path(), "tiny-1");
     for run in 0..2 {
-        let model = LoadedModel::load(artifact.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+        let model = load_on_cpu(artifact.to_str().unwrap()).await;
         let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 4, max_new_tokens: 4, ..InferConfig::default() });
         let summary = run_chain(vec![request("rmnp", &scene_url("rmnp-rgb.tif"), all_tasks())], infer, &tables, &tiles).await;
         assert!(summary.all_ok(), "run {run}: {summary:?}");
@@ -311,8 +316,7 @@ async fn a_task_over_the_models_budget_fails_its_own_tiles_and_no_other() {
     let work = tempfile::tempdir().unwrap();
     let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
     let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
-    let model =
-        LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let model = load_on_cpu(tiny_artifact(work.path(), "tiny-1").to_str().unwrap()).await;
     let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 8, max_new_tokens: 3, ..InferConfig::default() });
     // Far over the default budget of 1,024 query tokens.
     let long = TaskSpec::Detect { target: "ship ".repeat(3000).trim().to_owned() };
@@ -346,8 +350,7 @@ async fn a_model_failure_dead_letters_exactly_that_batch_and_the_rest_succeeds()
         let work = tempfile::tempdir().unwrap();
         let tables = Tables::new(storage::resolve(work.path().join("tables").to_str().unwrap()).unwrap());
         let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
-        let inner =
-            LoadedModel::load(tiny_artifact(work.path(), "tiny-1").to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+        let inner = load_on_cpu(tiny_artifact(work.path(), "tiny-1").to_str().unwrap()).await;
         let calls = Arc::new(AtomicUsize::new(0));
         let model = FlakyModel { inner, calls: Arc::clone(&calls), fail_on: vec![2], panic, on_first_call: None };
         let infer = InferStage::new(model, None, InferConfig { max_batch_tiles: 2, max_new_tokens: 3, ..InferConfig::default() });
@@ -587,7 +590,7 @@ async fn a_new_model_takes_over_between_batches_and_each_row_names_its_version()
     let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
     let load = |version: &'static str| {
         let dir = tiny_artifact(work.path(), version);
-        async move { LoadedModel::load(dir.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap() }
+        async move { load_on_cpu(dir.to_str().unwrap()).await }
     };
     let (first, second) = (load("tiny-1").await, load("tiny-2").await);
     let (updates, received) = tokio::sync::mpsc::channel(1);
@@ -637,7 +640,7 @@ async fn inference_training_and_evaluation_see_the_same_pixels_for_a_tile() {
     let tile = work.path().join("r0000_c0000.png");
     std::fs::write(&tile, &bytes).unwrap();
 
-    let serving = LoadedModel::load(artifact.to_str().unwrap(), model::device::DevicePreference::Cpu).await.unwrap();
+    let serving = load_on_cpu(artifact.to_str().unwrap()).await;
     let decoded = RgbImage::decode(&bytes, "tile").unwrap();
     assert_eq!((decoded.width, decoded.height, &decoded.pixels), (37, 23, &rgb), "the tile decodes to the bytes encoded");
     let infer_pixels = TileModel::preprocess(&serving, &decoded).unwrap();
@@ -673,6 +676,7 @@ async fn an_index_without_a_model_is_refused_only_for_the_infer_role() {
         model: ModelSource::None,
         retrieval: retrieval::RetrievalOptions { index: Some("/nonexistent".to_owned()), ..Default::default() },
         device: model::device::DevicePreference::Cpu,
+        precision: model::device::Precision::Auto,
         max_attempts: 4,
     };
     let Err(err) = chain::build(&settings, Roles::ALL).await else { panic!("an index without a model was accepted") };

@@ -80,6 +80,7 @@ fn chain_settings(
         model,
         retrieval: crate::retriever::options(&args.retrieval),
         device: args.device,
+        precision: args.precision,
         max_attempts: EmbeddedConfig::default().max_attempts,
     })
 }

@@ -422,6 +422,12 @@ pub struct ServeArgs {
     /// Device for the model: auto, cpu, cuda or cuda:N.
     #[arg(long, env = "STRATA_DEVICE", default_value = "auto")]
     pub device: model::device::DevicePreference,
+    /// Numeric type of the model's weights: auto, f32 or bf16. auto is bf16 on CUDA, and on
+    /// CPUs with AVX-512 BF16 for language models at least 512 wide (bf16 halves the bytes
+    /// each decoding step reads; narrower models run faster in f32); f32 elsewhere. `strata
+    /// info` says what auto picks on this machine.
+    #[arg(long, env = "STRATA_PRECISION", default_value = "auto")]
+    pub precision: model::device::Precision,
 
     /// Refuse scenes declaring more pixels than this (protects against decompression bombs).
     #[arg(long, env = "STRATA_MAX_SCENE_MEGAPIXELS", default_value_t = 4295)]
@@ -790,6 +796,12 @@ pub struct EvalRunArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+    /// Numeric type of the model's weights: auto, f32 or bf16. auto is bf16 on CUDA, and on
+    /// CPUs with AVX-512 BF16 for language models at least 512 wide (bf16 halves the bytes
+    /// each decoding step reads; narrower models run faster in f32); f32 elsewhere. `strata
+    /// info` says what auto picks on this machine.
+    #[arg(long, default_value = "auto")]
+    pub precision: model::device::Precision,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
     /// Table format on stdout.
@@ -1106,6 +1118,12 @@ pub struct ModelAskArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+    /// Numeric type of the model's weights: auto, f32 or bf16. auto is bf16 on CUDA, and on
+    /// CPUs with AVX-512 BF16 for language models at least 512 wide (bf16 halves the bytes
+    /// each decoding step reads; narrower models run faster in f32); f32 elsewhere. `strata
+    /// info` says what auto picks on this machine.
+    #[arg(long, default_value = "auto")]
+    pub precision: model::device::Precision,
 }
 
 /// Retrieval for the prompter (`strata model ask`, `strata eval`).
@@ -1338,6 +1356,13 @@ pub struct BatchArgs {
     /// Device for the model: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: model::device::DevicePreference,
+
+    /// Numeric type of the model's weights: auto, f32 or bf16. auto is bf16 on CUDA, and on
+    /// CPUs with AVX-512 BF16 for language models at least 512 wide (bf16 halves the bytes
+    /// each decoding step reads; narrower models run faster in f32); f32 elsewhere. `strata
+    /// info` says what auto picks on this machine.
+    #[arg(long, default_value = "auto")]
+    pub precision: model::device::Precision,
 
     /// Do not draw progress bars.
     #[arg(long)]

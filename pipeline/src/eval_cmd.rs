@@ -68,6 +68,7 @@ fn run_benchmark(args: &EvalRunArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
         batch_size: args.batch_size,
         device: args.device,
+        precision: args.precision,
         retrieval: crate::retriever::options(&args.retrieval),
         out: args.out.clone(),
         scorers: scorer_settings(&args.scorers),

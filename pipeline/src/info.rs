@@ -12,7 +12,8 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
     println!("message schema version: {}", schemas::SCHEMA_VERSION);
 
     let device = model::device::select(args.device).context("selecting the compute device")?;
-    println!("device: {} ({:?})", device.describe(), device.dtype());
+    println!("device: {}", device.describe());
+    println!("model precision: {} (--precision auto|f32|bf16)", device.describe_precision());
     println!("libtorch: ok (probe sum = {})", device.probe().context("running a libtorch probe on the device")?);
 
     match model::onnx::environment() {

@@ -11,6 +11,7 @@ use model::config::StrataConfig;
 use model::generate::{GenerationConfig, Sampling};
 use model::layers::ParamInit;
 use model::preprocess::RgbImage;
+use model::tch::Kind;
 use model::vlm::{StrataModel, VlmRequest};
 
 use std::collections::BTreeMap;
@@ -168,6 +169,8 @@ fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
     let config = StrataConfig::from_json(&text).with_context(|| format!("in `{}`", args.config.display()))?;
     let tokenizer = ChatTokenizer::from_file(&args.tokenizer, &config.system_prompt)?;
     let device = model::device::select(args.device)?;
+    // An artifact holds f32 weights whatever the device: training loads them as its f32
+    // master weights, and inference casts them at load (`--precision`).
     // libtorch's global generator draws every initial weight: seeded, the artifact is
     // reproducible. (A seed past i64::MAX wraps; it is only a seed.)
     model::device::manual_seed(args.seed);
@@ -175,9 +178,9 @@ fn init(args: &ModelInitArgs) -> anyhow::Result<ExitCode> {
         if !args.random {
             bail!("no --checkpoint given\nhint: pass the SigLIP and Qwen2 `*.safetensors` files, or --random for an untrained model");
         }
-        StrataModel::new(config, tokenizer, device.device(), device.dtype(), ParamInit::Random)?
+        StrataModel::new(config, tokenizer, device.device(), Kind::Float, ParamInit::Random)?
     } else {
-        StrataModel::from_base_checkpoints(config, tokenizer, &args.checkpoint, device.device(), device.dtype())?
+        StrataModel::from_base_checkpoints(config, tokenizer, &args.checkpoint, device.device(), Kind::Float)?
     };
     let provenance =
         Provenance { version: args.model_version.clone(), parent_version: args.parent.clone(), training_run: args.training_run.clone() };
@@ -227,8 +230,8 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
 
 fn ask(args: &ModelAskArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::open(&args.model)?;
-    let device = model::device::select(args.device)?;
-    let mut model = artifact.load(device.device(), device.dtype()).with_context(|| format!("loading `{}`", args.model.display()))?;
+    let device = model::device::select(args.device)?.with_precision(args.precision);
+    let mut model = artifact.load_for_inference(&device).with_context(|| format!("loading `{}`", args.model.display()))?;
     let mut retriever = crate::retriever::open(&args.retrieval, model.config().retrieval.top_k, &device, runtime)?;
     let mut requests = Vec::with_capacity(args.images.len());
     for image in &args.images {

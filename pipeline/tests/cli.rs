@@ -305,25 +305,30 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pngs: Vec<PathBuf> = files_with_extension(&tiles, "png").into_iter().take(2).collect();
     assert_eq!(pngs.len(), 2);
-    let out = strata(&[
-        "model",
-        "ask",
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--image",
-        pngs[0].to_str().unwrap(),
-        "--image",
-        pngs[1].to_str().unwrap(),
-        "--description",
-        "A forest.",
-        "--max-new-tokens",
-        "3",
-        "--format",
-        "json",
-        "--device",
-        "cpu",
-        "What colour is the image?",
-    ]);
+    let ask = |precision: &str| {
+        strata(&[
+            "model",
+            "ask",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--image",
+            pngs[0].to_str().unwrap(),
+            "--image",
+            pngs[1].to_str().unwrap(),
+            "--description",
+            "A forest.",
+            "--max-new-tokens",
+            "3",
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+            "What colour is the image?",
+        ])
+    };
+    let out = ask("auto");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
@@ -333,6 +338,24 @@ fn model_artifacts_are_made_verified_refused_when_tampered_and_asked() {
         assert_eq!(line["model_version"], "v1");
         assert_eq!(line["descriptions"], serde_json::json!(["A forest."]));
     }
+
+    // The same question with bf16 weights (`--precision bf16`, what `auto` picks for wide
+    // models on CPUs with AVX-512 BF16) answers both images; a precision it does not know is
+    // refused before anything loads, naming the accepted ones.
+    let out = ask("bf16");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let halved: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(halved.len(), 2);
+    for (exact, half) in lines.iter().zip(&halved) {
+        let (a, b) = (exact["score"].as_f64().unwrap(), half["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 0.1, "f32 {exact} vs bf16 {half}");
+    }
+    let out = ask("fp16");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown precision `fp16`: expected `auto`"), "{}", text(&out.stderr));
+    // `strata info` says what `auto` picks on this machine.
+    let out = strata(&["info", "--device", "cpu"]);
+    assert!(text(&out.stdout).contains("model precision: auto: "), "{}", text(&out.stdout));
 
     // Descriptions retrieved per image from an index built with a CLIP encoder's text tower,
     // queried with the image tower.

@@ -158,7 +158,7 @@ fn main() -> Check {
     let rows = args.first().map_or(Ok(1_000_000), |a| a.parse())?;
     let dim = args.get(1).map_or(Ok(512), |a| a.parse())?;
     let selected = select(DevicePreference::Cuda(0))?;
-    println!("{}", serde_json::json!({"device": selected.describe(), "dtype": format!("{:?}", selected.dtype())}));
+    println!("{}", serde_json::json!({"device": selected.describe(), "precision": selected.describe_precision()}));
     exact_search(rows, dim, selected.device())?;
     model_on(selected.device())?;
     Ok(())

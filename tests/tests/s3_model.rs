@@ -83,7 +83,8 @@ async fn a_model_on_s3_is_fetched_once_and_serves_the_chain() {
     std::env::set_var("STRATA_CACHE", work.path().join("strata-cache"));
     let scene = std::fs::read(workspace_root().join("data/scenes/rmnp-rgb.tif")).unwrap();
     server.store("imagery").unwrap().put(&object_store::path::Path::from("scenes/rmnp.tif"), PutPayload::from(scene)).await.unwrap();
-    let model = LoadedModel::load("s3://models/tiny-s3", model::device::DevicePreference::Cpu).await.unwrap();
+    let model =
+        LoadedModel::load("s3://models/tiny-s3", model::device::DevicePreference::Cpu, model::device::Precision::Auto).await.unwrap();
     let tables = Tables::new(storage::resolve("s3://imagery/tables").unwrap());
     let tiles = storage::resolve("s3://imagery/tiles").unwrap();
     let progress: operators::tile::Progress = Arc::new(|_| {});

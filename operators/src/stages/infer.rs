@@ -78,11 +78,16 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads the artifact at `location` (a directory or an object-store URL, fetched once into
-    /// the cache) on `device` after checking every file's sha256.
+    /// the cache) on `device` after checking every file's sha256, with its weights in the type
+    /// `precision` gives there (f32 or bf16; the artifact holds f32).
     ///
     /// # Errors
     /// When the artifact cannot be fetched, does not verify, or does not load.
-    pub async fn load(location: &str, device: model::device::DevicePreference) -> Result<Self, OperatorError> {
+    pub async fn load(
+        location: &str,
+        device: model::device::DevicePreference,
+        precision: model::device::Precision,
+    ) -> Result<Self, OperatorError> {
         let resolved = storage::resolve(location)?;
         let (dir, reused) = storage::artifacts::fetch_model(&resolved).await?;
         if resolved.local_path().is_none() {
@@ -91,8 +96,8 @@ impl LoadedModel {
         let action = format!("loading the model `{location}`");
         crate::blocking(move || {
             let artifact = model::artifact::Artifact::open(&dir)?;
-            let device = model::device::select(device)?;
-            let model = artifact.load(device.device(), device.dtype())?;
+            let device = model::device::select(device)?.with_precision(precision);
+            let model = artifact.load_for_inference(&device)?;
             Ok(Self { model, version: artifact.manifest.version })
         })
         .await?

@@ -195,6 +195,7 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
         model: ModelSource::None,
         retrieval: retrieval::RetrievalOptions::default(),
         device: model::device::DevicePreference::Cpu,
+        precision: model::device::Precision::Auto,
         max_attempts: 4,
     };
 
@@ -216,7 +217,8 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
     let served = settings("kafka");
     let built = chain::build(&served, Roles::ALL).await.unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let follow = Follow { device: model::device::DevicePreference::Cpu, poll: Duration::from_secs(30) };
+    let follow =
+        Follow { device: model::device::DevicePreference::Cpu, precision: model::device::Precision::Auto, poll: Duration::from_secs(30) };
     let mut roles = spawn_roles(built, &kafka, &producer, &stop_rx, follow);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while served.tables.scene_index("both", "rmnp").await.unwrap().files.is_empty() {

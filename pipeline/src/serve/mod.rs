@@ -26,6 +26,7 @@ use tables::Tables;
 use tokio::sync::{mpsc, watch};
 
 use self::kafka::{produce_outputs, produce_until_delivered, serve_stage, KafkaSettings, Producer, RoleReport};
+use self::models::Follow;
 use crate::cli::{Role, ServeArgs, SubmitArgs};
 
 /// Outputs produced to the broker at the same time, per role.
@@ -72,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (_, false) => {}
     }
     let built = chain::build(&chain_settings, roles_run).await?;
-    let follow = Follow { device: args.device, poll: Duration::from_secs(args.model_poll) };
+    let follow = Follow { device: args.device, precision: args.precision, poll: Duration::from_secs(args.model_poll) };
     let mut roles = spawn_roles(built, &settings, &producer, &stop_rx, follow);
     eprintln!(
         "strata serve: {} on {} (tables {}, tiles {}); Ctrl-C or SIGTERM to stop",
@@ -132,16 +133,10 @@ fn chain_settings(
         model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
         retrieval: crate::retriever::options(&args.retrieval),
         device: args.device,
+        precision: args.precision,
         max_attempts,
     };
     Ok((roles, settings))
-}
-
-/// How an infer worker following a registry loads the versions it promotes.
-#[derive(Debug, Clone, Copy)]
-struct Follow {
-    device: model::device::DevicePreference,
-    poll: Duration,
 }
 
 /// A role's task: its name and how it ended.
@@ -167,7 +162,7 @@ fn spawn_roles(
             let (updates, received) = mpsc::channel(1);
             stage = stage.with_updates(received);
             eprintln!("strata serve: serving model `{version}`; following {}", registry.url());
-            tokio::spawn(models::follow(registry, version, follow.device, follow.poll, settings.clone(), updates, stop.clone()));
+            tokio::spawn(models::follow(registry, version, follow, settings.clone(), updates, stop.clone()));
         }
         roles.spawn(link().serve("infer", stage, settings.topics.tiles.clone(), settings.topics.results.clone()));
     }

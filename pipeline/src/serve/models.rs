@@ -21,13 +21,23 @@ use tokio::sync::{mpsc, watch};
 
 use super::kafka::KafkaSettings;
 
+/// How an infer worker following a registry loads the versions it promotes.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    /// Where each version is loaded.
+    pub device: model::device::DevicePreference,
+    /// The type its weights are loaded in.
+    pub precision: model::device::Precision,
+    /// How often the registry's serving version is read without an announcement.
+    pub poll: Duration,
+}
+
 /// Follows the registry's serving pointer until `stop`, sending each newly verified and
 /// loaded version on `updates`. `current` is the version loaded at start.
 pub async fn follow(
     registry: Registry,
     mut current: String,
-    device: model::device::DevicePreference,
-    poll: Duration,
+    Follow { device, precision, poll }: Follow,
     settings: KafkaSettings,
     updates: mpsc::Sender<LoadedModel>,
     mut stop: watch::Receiver<bool>,
@@ -77,7 +87,7 @@ pub async fn follow(
             continue;
         }
         tracing::info!(from = %current, to = %serving.version, "The registry serves a new version; loading it in the background.");
-        match load_version(&registry, &serving.version, device).await {
+        match load_version(&registry, &serving.version, device, precision).await {
             Ok(model) => {
                 if updates.send(model).await.is_err() {
                     return; // the stage stopped
