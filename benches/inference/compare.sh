@@ -22,8 +22,9 @@
 # TILES: scenes are whole, so the bundled GeoTIFFs (data/scenes) are taken in turn, copied
 # under new names when more are needed, until at least TILES tiles (192 px windows, 32 px
 # overlap, 384 px PNGs); the JSON says how many. Environment: BATCH (tiles per micro-batch,
-# default 4), LAYERS (LLM layers, default 8), DEVICE (cpu, or cuda on a GPU machine),
-# PRECISION (default auto).
+# default 4), SLOTS (rows decoded at once, continuous batching; default all: every row of a
+# micro-batch at once), LAYERS (LLM layers, default 8), DEVICE (cpu, or cuda on a GPU
+# machine), PRECISION (default auto).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 THREADS=${1:-2}
@@ -32,7 +33,7 @@ NEW=${3:-32}
 BATCH=${BATCH:-4}
 LAYERS=${LAYERS:-8}
 DEVICE=${DEVICE:-cpu}
-export PRECISION=${PRECISION:-auto}
+export PRECISION=${PRECISION:-auto} SLOTS=${SLOTS:-all}
 WORK=${STRATA_BENCH_DIR:-${STRATA_CACHE:-$HOME/.cache/strata}/bench}/inference
 mkdir -p "$WORK"
 bash "$ROOT/scripts/setup.sh"
@@ -85,7 +86,7 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 BATCH_JSON=$(python3 benches/inference/run_batch.py "$STRATA" "$WORK" "$WORK/tiles.txt" "$THREADS" "$BATCH" "$NEW" "$DEVICE" "$ART" \
   -- "${TASK_FLAGS[@]}" -- "${SCENES[@]}")
 echo "$BATCH_JSON"
-DIRECT_JSON=$("$BENCH" "$ART" "$WORK/tiles.txt" "$WORK/tasks.json" "$THREADS" "$BATCH" "$NEW" "$DEVICE" "$PRECISION")
+DIRECT_JSON=$("$BENCH" "$ART" "$WORK/tiles.txt" "$WORK/tasks.json" "$THREADS" "$BATCH" "$NEW" "$DEVICE" "$PRECISION" "$SLOTS")
 echo "$DIRECT_JSON"
 field() { python3 -c 'import json, sys; v = json.loads(sys.argv[1])[sys.argv[2]]; print(",".join(map(str, v)) if isinstance(v, list) else v)' "$DIRECT_JSON" "$1"; }
 PROMPTS=$(field prompt_tokens_per_task)
@@ -105,7 +106,7 @@ print(f"tiles {d['tiles']} x {d['tasks_per_tile']} tasks, batch {d['batch_size']
       f"{d['max_new_tokens']} new tokens, {d['threads']} threads, {d['device']}, {d['precision']}")
 print(f"generated tokens: direct {d['generated_tokens']} ({d['answers_ended_by_stop_token']} answers stopped early), "
       f"peer {p['generated_tokens']}, expected {rows * d['max_new_tokens']}")
-print(f"decoder slot occupancy (direct, {d['decode_slots']} slots per batch): {100 * d['slot_occupancy']:.1f}%")
+print(f"decoder slot occupancy (direct, {d['decode_slots']} slots): {100 * d['slot_occupancy']:.1f}%")
 if b["batches"] != d["batches"]:
     print(f"note: strata batch ran micro-batches {b['batches']}, the direct loop {d['batches']}")
 if not b["same_pngs_as_tiles_only_run"]:

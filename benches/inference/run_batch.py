@@ -17,7 +17,8 @@ from the result rows: every tile of one batch gets its row time stamp in the sam
 
     python3 benches/inference/run_batch.py STRATA WORK TILE_LIST THREADS BATCH NEW DEVICE MODEL -- TASK_FLAGS... -- SCENE...
 
-Environment: PRECISION (`--precision` of strata batch, default auto).
+Environment: PRECISION (`--precision` of strata batch, default auto), SLOTS (`--decode-slots`,
+default all: every row of a micro-batch at once).
 """
 import csv
 import hashlib
@@ -105,8 +106,10 @@ def timestamp(text):
 
 
 tiles_only = run("tiles-only", [])
+slots = os.environ.get("SLOTS", "all")
 with_model = run("model", ["--model", model, *task_flags, "--max-new-tokens", str(new_tokens), "--batch-size", str(batch),
-                           "--device", device, "--precision", precision])
+                           "--device", device, "--precision", precision,
+                           *([] if slots in ("", "all") else ["--decode-slots", slots])])
 
 reference = tiles_of(tiles_only)
 tile_list.write_text("".join(f"{scene}\t{path}\n" for (scene, _), path in reference.items()))
@@ -137,6 +140,7 @@ print(json.dumps({
     "tiles": tiles,
     "tasks_per_tile": sum(1 for f in task_flags if f.startswith("--")),
     "batch_size": batch,
+    "decode_slots": slots,
     "batches": batches,
     "max_new_tokens": new_tokens,
     "same_pngs_as_tiles_only_run": same_pngs,

@@ -231,6 +231,7 @@ pub fn run_benchmark(settings: &BenchmarkSettings) -> Result<BenchmarkRun, EvalE
         sampling: Sampling::Greedy,
         stop_tokens: Vec::new(),
         seed: None,
+        slots: None,
     };
 
     let progress =

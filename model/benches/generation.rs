@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows = vec![ids.clone(); usize::try_from(batch)?];
     let prompt = PromptBatch::from_token_ids(&llm, &rows, Device::Cpu)?;
     let input = Tensor::from_slice(&ids).view([1, prompt_len]).repeat([batch, 1]);
-    let generation = GenerationConfig { max_new_tokens: new_tokens, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None };
+    let generation =
+        GenerationConfig { max_new_tokens: new_tokens, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None, slots: None };
 
     let mut prefill = Vec::new();
     let mut total = Vec::new();

@@ -361,6 +361,26 @@ pub struct DecoderInput<'a> {
     pub train: bool,
 }
 
+/// Cached keys and values taken out of a [`Qwen2ForCausalLM`]: per layer `(k, v)`, each
+/// `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Cached positions per row.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The decoder with its language-model head, holding a per-layer KV cache.
 #[derive(Debug)]
 pub struct Qwen2ForCausalLM {
@@ -419,6 +439,65 @@ impl Qwen2ForCausalLM {
                 layer.self_attn.cache = Some((k.index_select(0, rows), v.index_select(0, rows)));
             }
         }
+    }
+
+    /// Takes the KV cache out of the model, leaving it empty: the running sequences of a
+    /// continuous batch are set aside while newcomers are prefilled, then merged back with
+    /// [`Qwen2ForCausalLM::prepend_kv_cache`]. `None` when nothing is cached.
+    pub fn take_kv_cache(&mut self) -> Option<KvCache> {
+        let len = std::mem::take(&mut self.cached_len);
+        let layers: Option<Vec<(Tensor, Tensor)>> = self.layers.iter_mut().map(|l| l.self_attn.cache.take()).collect();
+        layers.map(|layers| KvCache { layers, len })
+    }
+
+    /// Adds the sequences of `earlier` (a cache taken with [`Qwen2ForCausalLM::take_kv_cache`])
+    /// to the cache's batch, before the rows cached now: `[earlier rows; current rows]`. Both
+    /// are left-padded with zero keys and values to the longer length — the caller extends the
+    /// key masks the same way so padded keys stay masked (continuous batching: running
+    /// sequences and newly prefilled ones decode as one batch, each at its own position).
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] when `earlier` was taken from a model with another layer count.
+    pub fn prepend_kv_cache(&mut self, earlier: KvCache) -> Result<(), ModelError> {
+        if earlier.layers.len() != self.layers.len() {
+            return Err(ModelError::Request {
+                reason: format!("a KV cache of {} layers cannot join a model of {}", earlier.layers.len(), self.layers.len()),
+            });
+        }
+        let len = self.cached_len.max(earlier.len);
+        let current_len = self.cached_len;
+        for (layer, (past_k, past_v)) in self.layers.iter_mut().zip(earlier.layers) {
+            let merged = match layer.self_attn.cache.take() {
+                Some((k, v)) => {
+                    let pad = |t: &Tensor, from: i64| t.constant_pad_nd([0, 0, len - from, 0]);
+                    (
+                        Tensor::cat(&[pad(&past_k, earlier.len), pad(&k, current_len)], 0),
+                        Tensor::cat(&[pad(&past_v, earlier.len), pad(&v, current_len)], 0),
+                    )
+                }
+                None => (past_k, past_v),
+            };
+            layer.self_attn.cache = Some(merged);
+        }
+        self.cached_len = len;
+        Ok(())
+    }
+
+    /// Drops the first `columns` cached positions of every row (keys no row attends any
+    /// more: the left padding that remains after the longest sequences have left a continuous
+    /// batch), so later steps stop paying for them.
+    pub fn drop_leading_kv(&mut self, columns: i64) {
+        let columns = columns.clamp(0, self.cached_len);
+        if columns == 0 {
+            return;
+        }
+        let keep = self.cached_len - columns;
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.self_attn.cache.take() {
+                layer.self_attn.cache = Some((k.narrow(2, columns, keep), v.narrow(2, columns, keep)));
+            }
+        }
+        self.cached_len = keep;
     }
 
     /// The layers that carry semantic experts.

@@ -50,6 +50,7 @@ fn smollm2_generates_what_transformers_generates_token_for_token() {
         sampling: Sampling::Greedy,
         stop_tokens: vec![golden["stop_token"].as_i64().unwrap()],
         seed: None,
+        slots: None,
     };
     for case in golden["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();

@@ -62,7 +62,7 @@ fn bf16_inference_gives_the_trained_answers(trained: &StrataModel) {
     let mut bf16_model = artifact.load(device, Precision::Bf16.inference_kind(device, 0)).unwrap();
     assert!(bf16_model.var_store().variables().values().all(|v| v.kind() == Kind::BFloat16), "bf16 weights");
 
-    let config = GenerationConfig { max_new_tokens: 4, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None };
+    let config = GenerationConfig { max_new_tokens: 4, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None, slots: None };
     let held_out = |model: &StrataModel| {
         let mut requests = Vec::new();
         for seed in 0..5u64 {
@@ -165,7 +165,7 @@ fn learn_colours(model: &mut StrataModel, precision: Precision) -> Trainer {
     for (i, (_, rgb)) in COLOURS.iter().enumerate() {
         requests.push(request(colour_image(model, *rgb, 10_000 + i as u64), QUERY, &["The image shows a area seen from above."]));
     }
-    let config = GenerationConfig { max_new_tokens: 4, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None };
+    let config = GenerationConfig { max_new_tokens: 4, sampling: Sampling::Greedy, stop_tokens: vec![], seed: None, slots: None };
     let answers = model.generate(&requests, &config).unwrap();
     let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
     assert_eq!(texts, COLOURS.iter().map(|(name, _)| *name).collect::<Vec<_>>(), "answers: {answers:?}");

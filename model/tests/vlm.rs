@@ -25,7 +25,7 @@ fn requests(model: &model::vlm::StrataModel) -> Vec<VlmRequest> {
 
 fn greedy(max_new_tokens: i64) -> GenerationConfig {
     // No stop tokens besides the tokenizer's; random weights rarely emit them.
-    GenerationConfig { max_new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None }
+    GenerationConfig { max_new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None, slots: None }
 }
 
 #[test]
@@ -89,6 +89,7 @@ fn sampling_is_reproducible_with_a_seed_and_respects_the_token_limit() {
         sampling: Sampling::TopP { temperature: 1.5, top_p: 0.9 },
         stop_tokens: vec![],
         seed: Some(42),
+        slots: None,
     };
     let a = model.generate(&requests(&model), &config).unwrap();
     let b = model.generate(&requests(&model), &config).unwrap();
@@ -262,7 +263,7 @@ fn the_model_runs_in_bf16_the_gpu_dtype_with_masked_attention() {
     model.var_store_mut().bfloat16();
     let bf16_loss = f64::try_from(model.loss(&requests(&model), &responses).unwrap().to_kind(Kind::Float)).unwrap();
     assert!((bf16_loss - f32_loss).abs() < 0.05 * f32_loss.abs(), "bf16 {bf16_loss} vs f32 {f32_loss}");
-    let greedy = GenerationConfig { max_new_tokens: 3, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let greedy = GenerationConfig { max_new_tokens: 3, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None, slots: None };
     let answers = model.generate(&requests(&model), &greedy).unwrap();
     assert_eq!(answers.len(), 3);
     assert!(answers.iter().all(|a| a.score.is_finite() && a.score > 0.0));
@@ -296,5 +297,12 @@ fn locate_queries_are_answered_in_the_box_grammar_beside_free_text_rows() {
             assert!(b.x1 < b.x2 && b.y1 < b.y2 && b.x2 <= 1000 && b.y2 <= 1000, "{b:?} in {:?}", answer.text);
         }
         assert!(answer.score > 0.0 && answer.score <= 1.0, "the score is the model's own probability: {}", answer.score);
+    }
+    // Two decoding slots: rows wait and join as others finish, each keeping its grammar
+    // state, and every answer is the one all-at-once decoding gave.
+    let continuous = model.generate(&batch, &GenerationConfig { slots: Some(2), ..config }).unwrap();
+    for (i, (a, b)) in continuous.iter().zip(&answers).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "row {i}");
+        assert!((a.score - b.score).abs() < 1e-5, "row {i}: score {} vs {}", a.score, b.score);
     }
 }

@@ -1,8 +1,10 @@
 //! The model's batched generation called directly, the reference of the pipeline-overhead
 //! figure in `benches/inference/compare.sh`: the same artifact, the same tile PNGs, the same
-//! tasks and prompts (the infer stage's own [`task_query`]), the same micro-batches (a scene's
-//! tiles in chunks of `BATCH`, the last chunk of a scene flushed alone, as the infer stage does
-//! at each scene marker), greedy, the same `max_new_tokens` and stop tokens.
+//! tasks and prompts (the infer stage's own [`task_query`]), the same micro-batches (the tiles
+//! in order in chunks of `BATCH`, across scenes, as the infer stage gathers them: a scene
+//! marker waits behind the tiles before it without cutting the batch short), the same decoding
+//! slots (`SLOTS`, `strata batch --decode-slots`; none: every row of a batch at once), greedy,
+//! the same `max_new_tokens` and stop tokens.
 //!
 //! Untimed: loading the artifact, decoding the PNGs and preprocessing them (once). Timed: the
 //! loop of [`StrataModel::generate`] calls over every batch, one pass, no warm-up (the pipeline
@@ -10,9 +12,10 @@
 //! so the device is synchronised when the clock stops. Prints one JSON line, with each task's
 //! prompt length for the transformers peer.
 //!
-//!     inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION]
+//!     inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION] [SLOTS]
 //!
 //! PRECISION: `auto` (default), `f32` or `bf16`, as `strata batch --precision` reads it.
+//! SLOTS: rows decoded at once, or `all` (default).
 //! TILE_LIST: one `scene_id<TAB>png path` line per tile, a scene's tiles together.
 //! TASKS_JSON: the tasks as `strata batch --tasks` reads them.
 
@@ -68,9 +71,13 @@ fn prompt_tokens(model: &StrataModel, query: &str) -> Result<i64, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    if !(6..=8).contains(&args.len()) {
-        return Err("usage: inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION]".into());
+    if !(6..=9).contains(&args.len()) {
+        return Err("usage: inference ARTIFACT TILE_LIST TASKS_JSON THREADS BATCH NEW_TOKENS [DEVICE] [PRECISION] [SLOTS]".into());
     }
+    let slots: Option<usize> = match args.get(8).map(String::as_str) {
+        None | Some("all" | "") => None,
+        Some(n) => Some(n.parse()?),
+    };
     let (threads, batch_size, new_tokens): (i32, usize, i64) = (args[3].parse()?, args[4].parse()?, args[5].parse()?);
     let preference: DevicePreference = args.get(6).map_or("cpu", String::as_str).parse()?;
     model::tch::set_num_threads(threads);
@@ -98,36 +105,32 @@ fn main() -> Result<(), BoxError> {
     let preprocess_s = started.elapsed().as_secs_f64();
     let tiles: usize = scenes.iter().map(|(_, t)| t.len()).sum();
 
-    let generation = GenerationConfig { max_new_tokens: new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let generation =
+        GenerationConfig { max_new_tokens: new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None, slots };
     let mut batches = Vec::new();
     let mut lengths = Vec::new();
     let mut complete = 0usize;
-    // Slot occupancy: a decoding batch has room for BATCH tiles × tasks rows; each decode step
-    // computes only the rows still generating (finished rows leave, the last batch of a scene
-    // may be short). Occupied row-steps over offered row-steps is what continuous batching
-    // would raise toward 1.
-    let slots = batch_size.max(1) * queries.len();
+    // Slot occupancy: a decoding batch has room for SLOTS rows (BATCH tiles × tasks without
+    // a limit); each decode step computes only the rows still generating (finished rows
+    // leave, waiting rows take their slots, the last batch may be short). Occupied row-steps
+    // over offered row-steps: what continuous batching raises toward 1.
+    let full_batch = batch_size.max(1) * queries.len();
     let (mut row_steps, mut slot_steps) = (0usize, 0usize);
     let started = Instant::now();
-    for (_, scene_tiles) in &scenes {
-        for chunk in scene_tiles.chunks(batch_size.max(1)) {
-            let requests: Vec<VlmRequest> = chunk
-                .iter()
-                .flat_map(|pixels| {
-                    queries.iter().map(|query| VlmRequest {
-                        pixels: pixels.shallow_clone(),
-                        query: query.clone(),
-                        descriptions: Vec::new(),
-                    })
-                })
-                .collect();
-            let (answers, stats) = model.generate_with_stats(&requests, &generation)?;
-            row_steps += stats.decode_row_steps;
-            slot_steps += stats.decode_steps * slots;
-            batches.push(chunk.len());
-            lengths.extend(answers.iter().map(|a| a.tokens.len()));
-            complete += answers.iter().filter(|a| a.complete).count();
-        }
+    let all_tiles: Vec<&Tensor> = scenes.iter().flat_map(|(_, tiles)| tiles).collect();
+    for chunk in all_tiles.chunks(batch_size.max(1)) {
+        let requests: Vec<VlmRequest> = chunk
+            .iter()
+            .flat_map(|pixels| {
+                queries.iter().map(|query| VlmRequest { pixels: pixels.shallow_clone(), query: query.clone(), descriptions: Vec::new() })
+            })
+            .collect();
+        let (answers, stats) = model.generate_with_stats(&requests, &generation)?;
+        row_steps += stats.decode_row_steps;
+        slot_steps += stats.decode_steps * slots.map_or(full_batch, |s| s.min(full_batch));
+        batches.push(chunk.len());
+        lengths.extend(answers.iter().map(|a| a.tokens.len()));
+        complete += answers.iter().filter(|a| a.complete).count();
     }
     let generate_s = started.elapsed().as_secs_f64();
     let generated: usize = lengths.iter().sum();
@@ -148,7 +151,7 @@ fn main() -> Result<(), BoxError> {
             "max_new_tokens": new_tokens,
             "prompt_tokens_per_task": prompts,
             "generated_tokens": generated,
-            "decode_slots": slots,
+            "decode_slots": slots.map_or(full_batch, |s| s.min(full_batch)),
             "slot_occupancy": row_steps as f64 / slot_steps.max(1) as f64,
             "generated_tokens_per_row": {"min": lengths.iter().min(), "max": lengths.iter().max()},
             "answers_ended_by_stop_token": complete,

@@ -10,6 +10,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use model::{
@@ -373,6 +374,39 @@ async fn a_model_failure_dead_letters_exactly_that_batch_and_the_rest_succeeds()
         let tiled = rows(&tables, "SELECT count(*) AS n FROM tiles")[0]["n"].as_u64().unwrap();
         assert_eq!(answered + 2, tiled, "every other tile has its caption; failed tiles still have their tile row");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_scenes_share_a_micro_batch_and_continuous_decoding_keeps_every_answer() {
+    let work = tempfile::tempdir().unwrap();
+    let tiles = storage::resolve(work.path().join("tiles").to_str().unwrap()).unwrap();
+    let artifact = tiny_artifact(work.path(), "tiny-1");
+    let scenes = || ["first", "second"].iter().map(|id| request(id, &scene_url("rmnp-rgb.tif"), all_tasks())).collect::<Vec<_>>();
+    let mut answers = Vec::new();
+    for (run, decode_slots) in [None, Some(3)].into_iter().enumerate() {
+        let tables = Tables::new(storage::resolve(work.path().join(format!("tables-{run}")).to_str().unwrap()).unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = load_on_cpu(artifact.to_str().unwrap()).await;
+        let model = FlakyModel { inner, calls: Arc::clone(&calls), fail_on: vec![], panic: false, on_first_call: None };
+        // Room for both scenes' tiles, and no flush on a timer: only a scene marker could cut
+        // the batch, and it must not.
+        let config = InferConfig { max_batch_tiles: 1000, max_wait: Duration::from_secs(600), max_new_tokens: 6, decode_slots };
+        let summary = run_chain(scenes(), InferStage::new(model, None, config), &tables, &tiles).await;
+        assert!(summary.all_ok(), "{summary:?}");
+        for scene in ["first", "second"] {
+            assert_eq!(summary.acks.get(scene), Some(&AckStatus::Delivered), "{scene}: {summary:?}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "both scenes' tiles were answered as one micro-batch");
+        let per_scene = rows(&tables, "SELECT scene_id, count(*) AS n FROM captions GROUP BY scene_id ORDER BY scene_id");
+        let tiled = rows(&tables, "SELECT scene_id, count(*) AS n FROM tiles GROUP BY scene_id ORDER BY scene_id");
+        assert_eq!(per_scene, tiled, "every tile of both scenes has its caption");
+        answers.push((
+            rows(&tables, "SELECT scene_id, tile_id, caption FROM captions ORDER BY scene_id, tile_id"),
+            rows(&tables, "SELECT scene_id, tile_id, raw_answer FROM classifications ORDER BY scene_id, tile_id"),
+            rows(&tables, "SELECT scene_id, tile_id, answer FROM vqa ORDER BY scene_id, tile_id"),
+        ));
+    }
+    assert_eq!(answers[0], answers[1], "3 decoding slots give every tile the answers all-at-once decoding gives");
 }
 
 /// A tile result with detection boxes given in scene pixels (converted to the tile's grid).

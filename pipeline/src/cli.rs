@@ -411,6 +411,13 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_BATCH_SIZE", default_value_t = operators::stages::infer::default_max_batch_tiles(), value_parser = at_least_one)]
     pub batch_size: usize,
 
+    /// Answers decoded at once at most (continuous batching): when one finishes, the next
+    /// waiting task of the micro-batch takes its slot at the next decoding step, so the batch
+    /// stays full while answers of different lengths end. Set it below --batch-size × tasks
+    /// per tile; by default every task of the micro-batch decodes at once.
+    #[arg(long, env = "STRATA_DECODE_SLOTS", value_name = "ROWS", value_parser = at_least_one)]
+    pub decode_slots: Option<usize>,
+
     /// Longest answer, in tokens.
     #[arg(long, env = "STRATA_MAX_NEW_TOKENS", default_value_t = operators::stages::infer::default_max_new_tokens(), value_parser = clap::value_parser!(i64).range(1..))]
     pub max_new_tokens: i64,
@@ -1344,6 +1351,13 @@ pub struct BatchArgs {
     /// Tiles per inference micro-batch.
     #[arg(long, default_value_t = operators::stages::infer::default_max_batch_tiles())]
     pub batch_size: usize,
+
+    /// Answers decoded at once at most (continuous batching): when one finishes, the next
+    /// waiting task of the micro-batch takes its slot at the next decoding step, so the batch
+    /// stays full while answers of different lengths end. Set it below --batch-size × tasks
+    /// per tile; by default every task of the micro-batch decodes at once.
+    #[arg(long, value_name = "ROWS", value_parser = at_least_one)]
+    pub decode_slots: Option<usize>,
 
     /// Longest answer, in tokens.
     #[arg(long, default_value_t = operators::stages::infer::default_max_new_tokens())]

@@ -251,7 +251,7 @@ fn ask(args: &ModelAskArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result
         Some(temperature) => Sampling::TopP { temperature, top_p: args.top_p },
         None => Sampling::Greedy,
     };
-    let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: Vec::new(), seed: args.seed };
+    let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: Vec::new(), seed: args.seed, slots: None };
     let answers = model.generate(&requests, &config)?;
     for ((image, answer), request) in args.images.iter().zip(&answers).zip(&requests) {
         match args.format {

@@ -128,7 +128,7 @@ fn model_on(device: Device) -> Check {
     let responses = vec!["a harbour".to_owned(), "blue".to_owned(), "yes".to_owned()];
     let cpu_loss = f64::try_from(cpu.loss(&requests(&cpu)?, &responses)?)?;
     let gpu_loss = f64::try_from(gpu.loss(&requests(&gpu)?, &responses)?.to_device(Device::Cpu))?;
-    let greedy = GenerationConfig { max_new_tokens: 12, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let greedy = GenerationConfig { max_new_tokens: 12, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None, slots: None };
     let cpu_answers = cpu.generate(&requests(&cpu)?, &greedy)?;
     let gpu_answers = gpu.generate(&requests(&gpu)?, &greedy)?;
     let same_answers = cpu_answers.iter().zip(&gpu_answers).filter(|(a, b)| a.text == b.text).count();

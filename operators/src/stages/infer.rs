@@ -1,17 +1,19 @@
 //! The inference stage: tiles in, per-task answers out (MODEL_SPEC §2–6).
 //!
 //! Tiles are gathered into micro-batches (at most `max_batch_tiles`, waiting at most
-//! `max_wait` for more). Per batch: read and decode the tile images, preprocess them as the
+//! `max_wait` for more; a scene marker does not cut one short). Per batch: read and decode the tile images, preprocess them as the
 //! vision tower expects, retrieve the top-k descriptions (by image with a CLIP encoder, else
 //! by each task's query text — once per distinct query), run every requested task of every
-//! tile as one batched generation (rows that finish early leave the decoding batch), parse the
+//! tile as one batched generation (rows that finish early leave the decoding batch; with
+//! `decode_slots`, waiting rows take their slots: continuous batching), parse the
 //! answers (class matching, VQA normalisation, the total box parser) and tag each with the
 //! model version, the retrieved description ids and timings.
 //!
 //! A model failure (a libtorch error, out of memory, even a panic) fails exactly that batch's
 //! tiles as internal errors — each becomes a dead-letter record that travels on to the sink —
 //! and the stage keeps serving; a tile is never lost silently. Scene markers and upstream
-//! failures pass through after the tiles sent before them, so order is kept.
+//! failures wait in the micro-batch and pass through after the results of the tiles sent
+//! before them, so order is kept.
 
 use std::{
     collections::HashMap,
@@ -153,6 +155,10 @@ pub struct InferConfig {
     pub max_wait: Duration,
     /// Longest answer, in tokens (detections with many boxes need more).
     pub max_new_tokens: i64,
+    /// Answers decoded at once at most (`--decode-slots`): when one finishes, the next
+    /// waiting task of the micro-batch takes its slot at the next step (continuous batching,
+    /// [`GenerationConfig::slots`]); `None`: every task of the micro-batch at once.
+    pub decode_slots: Option<usize>,
 }
 
 impl Default for InferConfig {
@@ -161,6 +167,7 @@ impl Default for InferConfig {
             max_batch_tiles: default_max_batch_tiles(),
             max_wait: Duration::from_millis(default_max_wait_ms()),
             max_new_tokens: default_max_new_tokens(),
+            decode_slots: None,
         }
     }
 }
@@ -170,7 +177,11 @@ pub struct InferStage<M: TileModel> {
     engine: Arc<Mutex<Engine<M>>>,
     version: String,
     config: InferConfig,
-    pending: Vec<Envelope<TiledTile>>,
+    /// Tiles waiting for the next micro-batch, with the scene markers and failure records
+    /// that arrived between them (they go out in arrival order, after the results before them).
+    pending: Vec<Envelope<TileMessage>>,
+    /// Tiles in `pending`.
+    pending_tiles: usize,
     /// New model versions, loaded and verified elsewhere, switched to between batches.
     updates: Option<tokio::sync::mpsc::Receiver<M>>,
 }
@@ -184,7 +195,14 @@ impl<M: TileModel> InferStage<M> {
     /// A stage answering with `model`, retrieving with `retriever` when given.
     pub fn new(model: M, retriever: Option<Retriever>, config: InferConfig) -> Self {
         let version = model.version().to_owned();
-        Self { engine: Arc::new(Mutex::new(Engine { model, retriever })), version, config, pending: Vec::new(), updates: None }
+        Self {
+            engine: Arc::new(Mutex::new(Engine { model, retriever })),
+            version,
+            config,
+            pending: Vec::new(),
+            pending_tiles: 0,
+            updates: None,
+        }
     }
 
     /// Hot swap: models sent on `updates` (loaded and verified by the sender) replace the
@@ -240,23 +258,25 @@ impl<M: TileModel> InferStage<M> {
         }
         self.take_update();
         let batch = std::mem::take(&mut self.pending);
-        let span = tracing::info_span!("infer_batch", tiles = batch.len(), model_version = %self.version);
+        let tiles = std::mem::take(&mut self.pending_tiles);
+        let span = tracing::info_span!("infer_batch", tiles, model_version = %self.version);
         self.answer_and_emit(batch, out).instrument(span).await
     }
 
-    async fn answer_and_emit(&mut self, batch: Vec<Envelope<TiledTile>>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
+    async fn answer_and_emit(&mut self, batch: Vec<Envelope<TileMessage>>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
         // Images first (async object-store reads); a tile whose image cannot be read fails alone.
         let mut jobs = Vec::with_capacity(batch.len());
         let mut load_errors: HashMap<usize, OperatorError> = HashMap::new();
         for (i, envelope) in batch.iter().enumerate() {
+            let TileMessage::Tile(tile) = &envelope.payload else { continue };
             let started = Instant::now();
             // A store that is briefly away is waited for; a missing or corrupt image fails now.
-            let load = || load_tile_image(&envelope.payload);
+            let load = || load_tile_image(tile);
             let loaded = backon::Retryable::retry(load, crate::stage::retry_policy(4))
                 .when(|e: &OperatorError| e.class() == crate::ErrorClass::Retryable)
                 .await;
             match loaded {
-                Ok(image) => jobs.push((i, envelope.payload.clone(), image, started.elapsed().as_secs_f64() * 1e3)),
+                Ok(image) => jobs.push((i, tile.clone(), image, started.elapsed().as_secs_f64() * 1e3)),
                 Err(error) => {
                     load_errors.insert(i, error);
                 }
@@ -290,8 +310,9 @@ impl<M: TileModel> InferStage<M> {
         })
         .await
         .unwrap_or_else(|e| Err(format!("the inference worker failed: {e}")));
+        let tiles = batch.iter().filter(|e| matches!(e.payload, TileMessage::Tile(_))).count();
         let metrics = batch_metrics();
-        metrics.tiles.observe(batch.len() as f64);
+        metrics.tiles.observe(tiles as f64);
         metrics.seconds.observe(batch_started.elapsed().as_secs_f64());
         let mut results: HashMap<usize, TileResult> = HashMap::new();
         let batch_error = match answered {
@@ -300,12 +321,16 @@ impl<M: TileModel> InferStage<M> {
                 None
             }
             Err(reason) => {
-                tracing::error!(error = %reason, tiles = batch.len(), "Inference failed for a batch; dead-lettering its tiles.");
+                tracing::error!(error = %reason, tiles, "Inference failed for a batch; dead-lettering its tiles.");
                 Some(reason)
             }
         };
         for (i, envelope) in batch.into_iter().enumerate() {
-            let payload = TileMessage::Tile(envelope.payload.clone());
+            if let Some(passed) = passed_through(&envelope.payload) {
+                out.collect(envelope.derive(passed)).await.map_err(|e| StageError::new(StageName::Infer, StageErrorKind::Internal, e))?;
+                continue;
+            }
+            let payload = envelope.payload.clone();
             let message = match (results.remove(&i), load_errors.remove(&i)) {
                 (Some(result), _) => ResultMessage::Result(result),
                 (None, None) if rejected.contains_key(&i) => {
@@ -355,6 +380,16 @@ fn batch_metrics() -> &'static BatchMetrics {
         )
         .expect("register"),
     })
+}
+
+/// What the stage forwards unchanged: a scene marker or an upstream failure record (`None`
+/// for a tile, which is answered).
+fn passed_through(message: &TileMessage) -> Option<ResultMessage> {
+    match message {
+        TileMessage::Tile(_) => None,
+        TileMessage::SceneTiled(marker) => Some(ResultMessage::SceneTiled(marker.clone())),
+        TileMessage::Failed(record) => Some(ResultMessage::Failed(record.clone())),
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -465,8 +500,13 @@ fn answer_batch<M: TileModel>(
         }
     }
     let started = Instant::now();
-    let generation =
-        GenerationConfig { max_new_tokens: config.max_new_tokens, sampling: Sampling::Greedy, stop_tokens: Vec::new(), seed: None };
+    let generation = GenerationConfig {
+        max_new_tokens: config.max_new_tokens,
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        seed: None,
+        slots: config.decode_slots,
+    };
     let answers = if requests.is_empty() { Vec::new() } else { engine.model.answer(&requests, &generation).map_err(model_err)? };
     if answers.len() != requests.len() {
         return Err(format!("the model returned {} answers for {} prompts", answers.len(), requests.len()));
@@ -512,26 +552,23 @@ impl<M: TileModel> Stage for InferStage<M> {
 
     async fn process(&mut self, input: Envelope<TileMessage>, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {
         let closed = |e| StageError::new(StageName::Infer, StageErrorKind::Internal, e);
-        match &input.payload {
-            TileMessage::Tile(tile) => {
-                let tile = tile.clone();
-                self.pending.push(input.derive(tile));
-                if self.pending.len() >= self.config.max_batch_tiles.max(1) {
-                    self.run_pending(out).await?;
-                }
-                Ok(())
-            }
-            TileMessage::SceneTiled(marker) => {
-                // Results of the scene's tiles go out before its marker.
-                self.run_pending(out).await?;
-                let marker = ResultMessage::SceneTiled(marker.clone());
-                out.collect(input.derive(marker)).await.map_err(closed)
-            }
-            TileMessage::Failed(record) => {
-                self.run_pending(out).await?;
-                out.collect(input.derive(ResultMessage::Failed(record.clone()))).await.map_err(closed)
+        if self.pending.is_empty() {
+            // Nothing to keep in order with: a marker or failure record goes on now.
+            if let Some(passed) = passed_through(&input.payload) {
+                return out.collect(input.derive(passed)).await.map_err(closed);
             }
         }
+        // A scene marker or failure record waits behind the tiles before it (their results
+        // go out first) without cutting the micro-batch short: the next scene's tiles may
+        // join it, so small scenes still fill the decoding batch.
+        if matches!(input.payload, TileMessage::Tile(_)) {
+            self.pending_tiles += 1;
+        }
+        self.pending.push(input);
+        if self.pending_tiles >= self.config.max_batch_tiles.max(1) {
+            self.run_pending(out).await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self, out: &mut Collector<ResultMessage>) -> Result<(), StageError> {

@@ -129,7 +129,12 @@ fn chain_settings(
         tile_workers: 1,
         progress: Arc::new(|_: TileEvent| {}),
         merge: MergeConfig { iou_threshold: args.iou_threshold },
-        infer: InferConfig { max_batch_tiles: args.batch_size.max(1), max_new_tokens: args.max_new_tokens, ..InferConfig::default() },
+        infer: InferConfig {
+            max_batch_tiles: args.batch_size.max(1),
+            max_new_tokens: args.max_new_tokens,
+            decode_slots: args.decode_slots,
+            ..InferConfig::default()
+        },
         model: ModelSource::from_settings(args.model.as_deref(), args.model_registry.as_deref())?,
         retrieval: crate::retriever::options(&args.retrieval),
         device: args.device,
