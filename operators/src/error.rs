@@ -150,6 +150,12 @@ impl OperatorError {
                 tables::TableError::Storage { source, .. } => ErrorClass::of_store_error(source),
                 tables::TableError::Query { .. } => ErrorClass::Permanent,
                 tables::TableError::Internal { .. } => ErrorClass::Internal,
+                tables::TableError::Delta { source, .. } => match source.as_ref() {
+                    tables::delta::DeltaTableError::ObjectStore { source } => ErrorClass::of_store_error(source),
+                    // A commit that lost a race with another writer (or a log read that did)
+                    // succeeds when redone on the new version: commits are idempotent.
+                    _ => ErrorClass::Retryable,
+                },
                 // polars failing to encode rows that fit their schema, or a local file that
                 // cannot be written: nothing about the input, so worth another try.
                 _ => ErrorClass::Retryable,

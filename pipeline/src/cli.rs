@@ -89,6 +89,11 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Map(MapArgs),
 
+    /// Maintain the result tables (Delta Lake tables: a transaction log beside GeoParquet
+    /// files, readable by DuckDB, polars, Spark and GeoPandas through their Delta readers).
+    #[command(subcommand)]
+    Tables(TablesCommand),
+
     /// Show what this installation can do: devices, native libraries, schema version, tables.
     ///
     /// Example: strata info --device auto --tables
@@ -1381,6 +1386,27 @@ pub struct BatchArgs {
     /// Do not draw progress bars.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `strata tables` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TablesCommand {
+    /// Turn tables written before Strata used Delta Lake (one Parquet file per scene and table,
+    /// an `_index/` folder) into Delta tables, in place: the files stay where they are and
+    /// each table gets one commit adding them all, so no row is lost or duplicated. Run it
+    /// again after an interruption; migrated tables are left alone.
+    ///
+    /// Example: strata tables migrate --tables s3://results/tables
+    #[command(verbatim_doc_comment)]
+    Migrate(TablesArgs),
+}
+
+/// Which tables `strata tables` works on.
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    /// Where the result tables are.
+    #[arg(long, env = "STRATA_TABLES", default_value = DEFAULT_TABLES)]
+    pub tables: String,
 }
 
 /// Arguments of `strata query`.

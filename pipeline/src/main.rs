@@ -79,6 +79,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Batch(batch_args) => runtime.block_on(batch::run(batch_args)),
         cli::Command::Query(query_args) => runtime.block_on(query::run(query_args)),
         cli::Command::Map(map_args) => runtime.block_on(map::run(map_args)),
+        cli::Command::Tables(command) => runtime.block_on(query::tables(command)),
         cli::Command::Info(info_args) => info::run(&info_args),
         cli::Command::Model(command) => model_cmd::run(command, &runtime),
         cli::Command::Eval(eval_args) => eval_cmd::run(eval_args),

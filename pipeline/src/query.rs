@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use operators::geometry::Gdal;
 use tables::{query, Tables};
 
-use crate::cli::QueryArgs;
+use crate::cli::{QueryArgs, TablesCommand};
 
 /// polars' table printer reads its limits from the environment; they are set here, before the
 /// async runtime starts any thread, because changing the environment while other threads run
@@ -41,4 +41,24 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let frame = query::run(&tables, &args.sql).await?;
     println!("{}", query::render(frame, args.format, &Gdal)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `strata tables …`.
+pub async fn tables(command: TablesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TablesCommand::Migrate(args) => {
+            let tables = open_tables(&args.tables)?;
+            let migrated = tables
+                .migrate(|m| match (m.already, m.files) {
+                    (true, _) => println!("{:<16} already a Delta table", m.table),
+                    (false, 0) => println!("{:<16} nothing to migrate", m.table),
+                    (false, files) => println!("{:<16} {files} files, {} rows committed", m.table, m.rows),
+                })
+                .await
+                .context("migrating the tables (run it again to finish: migrated tables are skipped)")?;
+            let rows: u64 = migrated.iter().map(|m| m.rows).sum();
+            println!("migrated {} tables, {rows} rows, at {}", migrated.iter().filter(|m| m.files > 0).count(), tables.root().url());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

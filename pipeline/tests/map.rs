@@ -16,7 +16,7 @@ use common::{batch_small, data, query_json, random_model, strata, text};
 use operators::{geometry::Gdal, georef::LonLatGeometry};
 use tables::{
     frames::{self, Cell},
-    Tables,
+    Commit, DataFile, Tables,
 };
 
 /// One detection on the first tile of `scene`, as the merge stage writes them: the middle of
@@ -59,9 +59,11 @@ async fn add_detection(tables: &Path, scene: &str) {
     row.extend([Cell::Geometry(wkb), Cell::F32(0.87), Cell::List(vec![tile["tile_id"].as_str().unwrap().to_owned()])]);
     row.extend([Cell::List(Vec::new()), Cell::U32(0), Cell::Time(now), Cell::Date(now.date_naive())]);
     let mut frame = frames::frame(&schemas::tables::DETECTIONS, &[row]).unwrap();
-    let bytes = Tables::encode(&schemas::tables::DETECTIONS, &mut frame, &Gdal).unwrap();
+    // Another writer's commit to the same table: the map reads it like the sink's own.
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let file = DataFile::encode(&schemas::tables::DETECTIONS, &mut frame, &Gdal, date, "extra", "ship").unwrap();
     let store = Tables::new(storage::resolve(tables.to_str().unwrap()).unwrap());
-    store.put("detections/date=2026-01-01/extra/ship.parquet", bytes).await.unwrap();
+    store.commit(&Commit { files: vec![file], replaces: Vec::new() }, &Gdal).await.unwrap();
 }
 
 /// Headless Chromium with no network: every host unresolvable, every proxy connection refused.

@@ -35,6 +35,18 @@ pub enum TableError {
         #[source]
         source: polars::error::PolarsError,
     },
+    /// A Delta Lake operation on a table failed (its log could not be read, a commit conflicted
+    /// with a concurrent one).
+    #[error("table `{table}`: {action}: {source}")]
+    Delta {
+        /// Table name.
+        table: String,
+        /// What was being done.
+        action: String,
+        /// delta-rs' error.
+        #[source]
+        source: Box<deltalake_core::DeltaTableError>,
+    },
     /// A query could not run (unknown table or column, SQL syntax) or cannot be shown in the
     /// format asked for.
     #[error("query failed: {reason}")]

@@ -1,21 +1,18 @@
-//! SQL over the result tables (polars SQL). Every table of [`schemas::tables::ALL`] that the
+//! SQL over the result tables (polars SQL), read through their Delta logs. Every table of [`schemas::tables::ALL`] that the
 //! SQL names is registered under its name, empty when nothing has been written yet, so a query
 //! never fails just because a table has no rows. Files are read through the object store, so the same
 //! query works on a local folder, S3 or memory.
 
-use std::io::Cursor;
-
-use futures::TryStreamExt as _;
-use object_store::ObjectStoreExt;
+use futures::{StreamExt as _, TryStreamExt as _};
 use polars::{
     prelude::{
-        concat, Column, CsvWriter, DataFrame, DataType, IntoLazy, JsonFormat, JsonWriter, LazyFrame, NamedFrom, ParquetReader, SerReader,
-        SerWriter, Series, UnionArgs,
+        concat, Column, CsvWriter, DataFrame, DataType, IntoLazy, JsonFormat, JsonWriter, LazyFrame, NamedFrom, SerWriter, Series,
+        UnionArgs,
     },
     sql::SQLContext,
 };
 
-use crate::{frames, GeometryReader, TableError, Tables};
+use crate::{frames, prune::QueryNeeds, GeometryReader, TableError, Tables};
 
 /// How query results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,40 +48,58 @@ fn table_err(table: &str, action: &str) -> impl FnOnce(polars::error::PolarsErro
     move |source| TableError::Frame { table, action, source }
 }
 
-/// Loads one table: every Parquet file under its folder, or an empty frame of its schema.
-async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Result<LazyFrame, TableError> {
-    let folder = tables.root().join(table.name);
-    let store_err = |uri: String| move |source| TableError::Storage { uri, source };
-    let mut files: Vec<_> = folder
-        .store()
-        .list(Some(folder.path()))
-        .try_filter(|m| std::future::ready(m.location.extension() == Some("parquet")))
-        .try_collect()
-        .await
-        .map_err(store_err(folder.url()))?;
-    files.sort_by(|a, b| a.location.cmp(&b.location));
-    let mut frames = Vec::with_capacity(files.len());
-    for meta in files {
-        let file = tables.root().with_path(meta.location);
-        let bytes = file.store().get(file.path()).await.map_err(store_err(file.url()))?.bytes().await.map_err(store_err(file.url()))?;
-        let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(table_err(table.name, &format!("reading `{}`", file.url())))?;
-        // A file that is not one of this table's (another writer's, a stray copy) is named
-        // here, rather than failing the union of every file with a plan dump.
-        let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
-        let expected: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
-        if names != expected {
-            return Err(TableError::Query {
-                reason: format!(
-                    "`{}` is not a file of the `{}` table: its columns are {names:?}, the table's are {expected:?}",
-                    file.url(),
-                    table.name
-                ),
-            });
+/// How many data files a query reads at once.
+const CONCURRENT_READS: usize = 16;
+
+/// Loads what a query needs of one table: through its Delta log, only the files whose
+/// statistics can match the query's conditions ([`QueryNeeds::predicate`]), only the columns
+/// it names, [`CONCURRENT_READS`] files at a time. A table never written is an empty frame of
+/// its schema; one in the layout before Delta is refused with a hint to migrate.
+async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema, needs: &QueryNeeds) -> Result<LazyFrame, TableError> {
+    let Some(delta) = tables.open(table).await? else {
+        if tables.is_old_layout(table).await? {
+            return Err(tables.old_layout_error(table));
         }
-        frames.push(frame.lazy());
-    }
-    if frames.is_empty() {
         return Ok(frames::frame(table, &[])?.lazy());
+    };
+    let predicate = needs.predicate(table).map(std::sync::Arc::new);
+    let mut paths: Vec<String> =
+        delta.get_active_add_actions_by_predicate(predicate).map_ok(|view| view.path().into_owned()).try_collect().await.map_err(
+            |source| TableError::Delta { table: table.name.to_owned(), action: "listing files".to_owned(), source: Box::new(source) },
+        )?;
+    paths.sort();
+    let columns = needs.columns(table);
+    let expected: Vec<&str> = match &columns {
+        Some(columns) => columns.iter().map(String::as_str).collect(),
+        None => table.columns.iter().map(|c| c.name).collect(),
+    };
+    let (columns, expected) = (&columns, &expected);
+    let frames: Vec<LazyFrame> = futures::stream::iter(paths)
+        .map(|path| async move {
+            let frame = tables.read_file(table, &path, columns.as_deref()).await?;
+            // A file that is not one of this table's (another writer's) is named here,
+            // rather than failing the union of every file with a plan dump.
+            let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
+            if names != *expected {
+                return Err(TableError::Query {
+                    reason: format!(
+                        "`{}` is not a file of the `{}` table: its columns are {names:?}, the table's are {expected:?}",
+                        tables.root().join(table.name).join(&path).url(),
+                        table.name
+                    ),
+                });
+            }
+            Ok(frame.lazy())
+        })
+        .buffered(CONCURRENT_READS)
+        .try_collect()
+        .await?;
+    if frames.is_empty() {
+        let empty = frames::frame(table, &[])?;
+        return Ok(match columns {
+            Some(columns) => empty.select(columns.iter().map(String::as_str)).map_err(table_err(table.name, "selecting columns"))?.lazy(),
+            None => empty.lazy(),
+        });
     }
     concat(&frames, UnionArgs::default()).map_err(table_err(table.name, "combining files"))
 }
@@ -92,14 +107,15 @@ async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema) -> Re
 /// Runs `sql` over the tables at `tables`.
 ///
 /// # Errors
-/// [`TableError::Query`] for SQL errors (unknown table or column, syntax), storage and
-/// Parquet errors while loading.
+/// [`TableError::Query`] for SQL errors (unknown table or column, syntax) and tables in the
+/// layout before Delta, storage and Parquet errors while loading.
 pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, TableError> {
     let mut context = SQLContext::new();
+    let needs = QueryNeeds::of(sql);
     // Only the tables the SQL names are read: one table's unreadable file does not fail a
     // query over another, and nothing is read that the query cannot use.
     for table in schemas::tables::ALL.iter().filter(|t| names_table(sql, t.name)) {
-        context.register(table.name, load_table(tables, table).await?);
+        context.register(table.name, load_table(tables, table, &needs).await?);
     }
     let plan = context.execute(sql).map_err(query_error)?;
     plan.collect().map_err(query_error)

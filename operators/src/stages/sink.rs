@@ -1,15 +1,17 @@
 //! The sink: the one writer of the result tables, in two phases (arroyo's two-phase
 //! committer). `process` *stages* a completed scene or a failure: every row is built and
-//! encoded as Parquet in memory, so a scene that cannot be encoded fails before anything is
+//! encoded as GeoParquet in memory, so a scene that cannot be encoded fails before anything is
 //! stored. A *commit* (when `commit_every` items are staged, at `flush`, and at the end) then
-//! stores each staged item: its files at their content-derived paths, its scene index (the
-//! commit point), and only then removes what an earlier run of the same scene left elsewhere.
+//! writes every staged item as one Delta transaction per table ([`tables::Tables::commit`]):
+//! small scenes share commits, and readers see whole commits only.
 //!
 //! What a rerun does to a scene's rows:
-//! - it succeeds: its new files replace the old ones (same paths) and any old file the new run
-//!   did not write is removed, old dead letters of the scene included — the rows appear once;
-//! - it fails: its dead letter is recorded and the earlier good rows are **kept**.
+//! - it succeeds: the transaction that adds its new rows removes the old ones, old dead
+//!   letters of the scene included — the rows appear once;
+//! - it fails: its dead letter is added and the earlier good rows are **kept**.
 //!
+//! A replay of items already committed (a kill after the commit, before the source offsets
+//! were stored) finds its files in the tables (they are named by content) and commits nothing.
 //! A committed item's acks are released as delivered (rejected for dead letters); a commit
 //! that fails marks them errored, so a Kafka offset is never stored for rows that are not
 //! durable.
@@ -18,7 +20,6 @@ use std::time::Duration;
 
 use backon::Retryable as _;
 use schemas::{DeadLetterRecord, SinkMessage, Stage as StageName};
-use sha2::{Digest as _, Sha256};
 
 use crate::{
     geometry::Gdal,
@@ -26,7 +27,7 @@ use crate::{
     stage::{Ack, AckStatus, Collector, Envelope, Position, Stage, StageError, StageErrorKind},
     OperatorError,
 };
-use tables::{SceneIndex, Tables};
+use tables::{Commit, DataFile, Tables};
 
 /// What the sink reports for each committed item.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,14 +62,9 @@ impl From<DeadLetterRecord> for SinkOutcome {
 
 /// One item ready to commit.
 struct Staged {
-    request_id: Option<String>,
     scene_id: Option<String>,
-    /// `(path, bytes)` of result files.
-    files: Vec<(String, Vec<u8>)>,
-    /// `(path, bytes)` of dead-letter files.
-    dead_letters: Vec<(String, Vec<u8>)>,
-    /// Whether the item is a success (replaces the scene's rows) or a failure (keeps them).
-    success: bool,
+    /// Its files, and the scene it replaces (a success replaces; a failure keeps).
+    commit: Commit,
     outcome: SinkOutcome,
     ack: Ack,
 }
@@ -105,19 +101,14 @@ impl SinkStage {
     fn stage_scene(scene: &schemas::SceneResults, ack: Ack) -> Result<Staged, OperatorError> {
         let date = rows::scene_date(scene);
         let (request, scene_id) = (&scene.scene.request_id, &scene.scene.scene_id);
+        let folder = format!("request={request}");
         let mut files = Vec::new();
         for (table, mut frame) in rows::scene_frames(scene)? {
-            files.push((Tables::scene_file(table, date, request, scene_id), Tables::encode(table, &mut frame, &Gdal)?));
+            files.push(DataFile::encode(table, &mut frame, &Gdal, date, &folder, scene_id)?);
         }
-        let mut dead_letters = Vec::new();
         if !scene.failed.is_empty() {
             let mut frame = tables::dead_letter_frame(&scene.failed)?;
-            let path = format!(
-                "{}/date={}/request={request}/{scene_id}/tiles.parquet",
-                schemas::tables::DEAD_LETTER.name,
-                date.format("%Y-%m-%d")
-            );
-            dead_letters.push((path, Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal)?));
+            files.push(DataFile::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal, date, &folder, &format!("{scene_id}-tiles"))?);
             ack.update(AckStatus::Rejected);
         }
         let outcome = SinkOutcome::Committed {
@@ -129,88 +120,86 @@ impl SinkStage {
             detections: scene.detections.len() as u64,
             dead_letters: scene.failed.clone(),
         };
-        Ok(Staged { request_id: Some(request.clone()), scene_id: Some(scene_id.clone()), files, dead_letters, success: true, outcome, ack })
+        let commit = Commit { files, replaces: vec![(request.clone(), scene_id.clone())] };
+        Ok(Staged { scene_id: Some(scene_id.clone()), commit, outcome, ack })
     }
 
     fn stage_failure(record: &DeadLetterRecord, ack: Ack) -> Result<Staged, OperatorError> {
         let mut frame = tables::dead_letter_frame(std::slice::from_ref(record))?;
-        let bytes = Tables::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal)?;
-        let date = record.failed_at.date_naive().format("%Y-%m-%d");
-        let table = schemas::tables::DEAD_LETTER.name;
-        let path = match (&record.request_id, &record.scene_id) {
-            (Some(request), Some(scene)) => match &record.tile_id {
-                None => format!("{table}/date={date}/request={request}/{scene}/{}.parquet", record.stage.as_str()),
-                Some(tile) => format!("{table}/date={date}/request={request}/{scene}/{}-{tile}.parquet", record.stage.as_str()),
-            },
+        let date = record.failed_at.date_naive();
+        let stage = record.stage.as_str();
+        let (folder, stem) = match (&record.request_id, &record.scene_id) {
+            (Some(request), Some(scene)) => (
+                format!("request={request}"),
+                match &record.tile_id {
+                    None => format!("{scene}-{stage}"),
+                    Some(tile) => format!("{scene}-{stage}-{tile}"),
+                },
+            ),
             // Too broken to name: the file is named by what it holds.
-            _ => {
-                let digest = Sha256::digest(schemas::encode(record));
-                let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-                format!("{table}/date={date}/unidentified/{}-{hex}.parquet", record.stage.as_str())
-            }
+            _ => ("unidentified".to_owned(), stage.to_owned()),
         };
+        let file = DataFile::encode(&schemas::tables::DEAD_LETTER, &mut frame, &Gdal, date, &folder, &stem)?;
         ack.update(AckStatus::Rejected);
         Ok(Staged {
-            request_id: record.request_id.clone(),
             scene_id: record.scene_id.clone(),
-            files: Vec::new(),
-            dead_letters: vec![(path, bytes)],
-            success: false,
+            commit: Commit { files: vec![file], replaces: Vec::new() },
             outcome: SinkOutcome::DeadLettered(record.clone()),
             ack,
         })
     }
 
-    async fn commit_one(&self, item: &Staged) -> Result<(), OperatorError> {
-        for (path, bytes) in item.files.iter().chain(&item.dead_letters) {
-            self.tables.put(path, bytes.clone()).await?;
-        }
-        let (Some(request), Some(scene)) = (&item.request_id, &item.scene_id) else { return Ok(()) };
-        let old = self.tables.scene_index(request, scene).await?;
-        let new_dead: Vec<String> = item.dead_letters.iter().map(|(p, _)| p.clone()).collect();
-        let index = if item.success {
-            SceneIndex { files: item.files.iter().map(|(p, _)| p.clone()).collect(), dead_letters: new_dead }
-        } else {
-            // A failed rerun keeps the scene's good rows.
-            SceneIndex { files: old.files.clone(), dead_letters: new_dead }
-        };
-        self.tables.set_scene_index(request, scene, &index).await?;
-        for stale in old.files.iter().chain(&old.dead_letters) {
-            if !index.files.contains(stale) && !index.dead_letters.contains(stale) {
-                tracing::info!(file = %stale, "Removing a result file a rerun replaced.");
-                self.tables.delete(stale).await?;
+    /// The staged items as one commit. A later success of a scene replaces what earlier items
+    /// of the same commit staged for it, as it replaces what earlier commits wrote.
+    fn combined(items: &[Staged]) -> Commit {
+        let mut commit = Commit::default();
+        for item in items {
+            for replaced in &item.commit.replaces {
+                commit.files.retain(|f| f.scene().as_ref() != Some(replaced));
+                if !commit.replaces.contains(replaced) {
+                    commit.replaces.push(replaced.clone());
+                }
+            }
+            for file in &item.commit.files {
+                if !commit.files.iter().any(|f| f.table.name == file.table.name && f.path == file.path) {
+                    commit.files.push(file.clone());
+                }
             }
         }
-        Ok(())
+        commit
     }
 
-    /// Commits every staged item, retrying transient store failures with backoff. An item
-    /// that still cannot be committed is dropped with its acks marked errored (its source is
-    /// not released, so a replay redoes it) and the first such failure is returned.
+    /// Commits every staged item in one commit, retrying transient failures (store errors,
+    /// races with other writers) with backoff. When it still fails, every item's acks are
+    /// marked errored (its source is not released, so a replay redoes it) and the failure is
+    /// returned.
     async fn commit(&mut self, out: &mut Collector<SinkOutcome>) -> Result<(), StageError> {
-        let mut first_error = None;
-        for item in std::mem::take(&mut self.staged) {
-            let committed = (|| self.commit_one(&item))
-                .retry(crate::stage::retry_policy(self.max_attempts))
-                .when(|e: &OperatorError| e.class() == crate::ErrorClass::Retryable)
-                .notify(|e, wait| tracing::warn!(error = %e, ?wait, "Retrying a table commit after a transient failure."))
-                .await;
-            match committed {
-                Ok(()) => {
-                    item.ack.update(AckStatus::Delivered);
-                    let envelope = Envelope::new(item.outcome, Position::Derived, item.ack);
-                    out.collect(envelope).await.map_err(|e| StageError::new(StageName::Sink, StageErrorKind::Internal, e))?;
-                }
-                Err(error) => {
-                    tracing::error!(%error, scene_id = ?item.scene_id, "Could not commit a scene's rows; its source is not released.");
-                    item.ack.update(AckStatus::Errored);
-                    // Not retried by the runtime: the retries are spent, and the input is
-                    // already staged (a second process call would stage it twice).
-                    first_error.get_or_insert(StageError::new(StageName::Sink, StageErrorKind::Internal, error));
-                }
-            }
+        let items = std::mem::take(&mut self.staged);
+        if items.is_empty() {
+            return Ok(());
         }
-        first_error.map_or(Ok(()), Err)
+        let commit = Self::combined(&items);
+        let committed = (|| async { self.tables.commit(&commit, &Gdal).await.map_err(OperatorError::from) })
+            .retry(crate::stage::retry_policy(self.max_attempts))
+            .when(|e: &OperatorError| e.class() == crate::ErrorClass::Retryable)
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "Retrying a table commit after a transient failure."))
+            .await;
+        if let Err(error) = committed {
+            let scenes: Vec<_> = items.iter().filter_map(|i| i.scene_id.as_deref()).collect();
+            tracing::error!(%error, ?scenes, "Could not commit scenes' rows; their sources are not released.");
+            for item in &items {
+                item.ack.update(AckStatus::Errored);
+            }
+            // Not retried by the runtime: the retries are spent, and the inputs are already
+            // staged (a second process call would stage them twice).
+            return Err(StageError::new(StageName::Sink, StageErrorKind::Internal, error));
+        }
+        for item in items {
+            item.ack.update(AckStatus::Delivered);
+            let envelope = Envelope::new(item.outcome, Position::Derived, item.ack);
+            out.collect(envelope).await.map_err(|e| StageError::new(StageName::Sink, StageErrorKind::Internal, e))?;
+        }
+        Ok(())
     }
 }
 

@@ -221,7 +221,8 @@ async fn the_chain_builder_gives_both_runtimes_the_same_stages_and_rows() {
         Follow { device: model::device::DevicePreference::Cpu, precision: model::device::Precision::Auto, poll: Duration::from_secs(30) };
     let mut roles = spawn_roles(built, &kafka, &producer, &stop_rx, follow);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while served.tables.scene_index("both", "rmnp").await.unwrap().files.is_empty() {
+    let committed = "SELECT count(*) AS n FROM scenes WHERE request_id = 'both' AND scene_id = 'rmnp'";
+    while tables::query::run(&served.tables, committed).await.unwrap().column("n").unwrap().u32().unwrap().get(0) != Some(1) {
         assert!(tokio::time::Instant::now() < deadline, "the scene was not committed through the Kafka roles");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
