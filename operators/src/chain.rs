@@ -301,7 +301,9 @@ pub async fn build(settings: &ChainSettings, roles: Roles) -> Result<BuiltChain,
     };
     let merge = roles.merge.then(|| {
         // The sink owns its commits' retries; the same budget as the runtime's.
-        let sink = SinkStage::new(settings.tables.clone(), 1).with_max_attempts(settings.max_attempts);
+        // Scenes share commits (64 at most, 1 s for the oldest): small scenes would otherwise
+        // make a Delta transaction per table each.
+        let sink = SinkStage::new(settings.tables.clone(), 64).with_max_attempts(settings.max_attempts);
         Then::new(MergeStage::new(settings.merge), sink, settings.max_attempts.max(1))
     });
     Ok(BuiltChain { tile, infer, merge, serving })

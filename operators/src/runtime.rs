@@ -151,6 +151,10 @@ where
         let first = self.first.process(input, &mut collected).await;
         // What `first` collected stands even when it then failed (the stage contract).
         self.pass_on(collected.drain(), out).await?;
+        // `second` sees input only when `first` emits, so its time bound is checked here.
+        if self.second.flush_due() {
+            self.second.flush(out).await?;
+        }
         first
     }
 
@@ -178,6 +182,10 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    fn flush_due(&self) -> bool {
+        self.first.flush_due() || self.second.flush_due()
     }
 }
 
@@ -240,6 +248,12 @@ pub async fn drive<S: Stage>(
         };
         let Some(envelope) = next else { break };
         process_one(&mut stage, envelope, &mut out, max_attempts).await.map_err(gone)?;
+        if stage.flush_due() {
+            if let Err(error) = stage.flush(&mut out).await {
+                tracing::error!(stage = name.as_str(), error = %error.chain(), "Flush failed.");
+                errors.push(error);
+            }
+        }
     }
     if let Err(error) = stage.flush(&mut out).await {
         errors.push(error);

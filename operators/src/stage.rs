@@ -419,6 +419,12 @@ pub trait Stage: Send + 'static {
     fn max_wait(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether buffered input has waited as long as it may even while inputs keep coming
+    /// (the runtime then calls [`Stage::flush`] after the input at hand).
+    fn flush_due(&self) -> bool {
+        false
+    }
 }
 
 /// A well-kept retry policy for retryable stage errors: exponential backoff with jitter.

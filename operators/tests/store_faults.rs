@@ -11,13 +11,13 @@ use std::{
     fmt,
     ops::Range,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
 };
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::{stream::BoxStream, TryStreamExt as _};
 use object_store::{
     memory::InMemory, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
@@ -48,11 +48,22 @@ struct FaultStore {
     fault: Fault,
     ranged_reads: AtomicUsize,
     failures: AtomicUsize,
+    /// While set, writes into a Delta log fail: a writer that stored its data files and dies
+    /// before its commit.
+    refuse_commits: AtomicBool,
 }
 
 impl FaultStore {
     fn new(pass: usize, fail: usize, fault: Fault) -> Self {
-        Self { inner: InMemory::new(), pass, fail, fault, ranged_reads: AtomicUsize::new(0), failures: AtomicUsize::new(0) }
+        Self {
+            inner: InMemory::new(),
+            pass,
+            fail,
+            fault,
+            ranged_reads: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+            refuse_commits: AtomicBool::new(false),
+        }
     }
 
     fn check(&self, location: &Path) -> object_store::Result<()> {
@@ -77,6 +88,12 @@ impl fmt::Display for FaultStore {
 #[async_trait::async_trait]
 impl ObjectStore for FaultStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        if self.refuse_commits.load(Ordering::SeqCst) && location.as_ref().contains("_delta_log/") {
+            return Err(object_store::Error::Generic {
+                store: "FaultStore",
+                source: "the writer died before its commit (injected)".into(),
+            });
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -178,4 +195,82 @@ async fn an_object_gone_mid_read_is_permanent() {
     let err = tile(&request, &config(5)).await.unwrap_err();
     assert!(matches!(&err, OperatorError::Storage { source: object_store::Error::NotFound { .. }, .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Permanent);
+}
+
+/// A finished scene with no tiles answered (its `scenes` row is what the sink writes).
+fn finished_scene(scene_id: &str) -> schemas::SceneResults {
+    let ring = vec![[-105.6, 40.3], [-105.5, 40.3], [-105.5, 40.4], [-105.6, 40.3]];
+    let marker = schemas::SceneTiled {
+        schema_version: schemas::SCHEMA_VERSION,
+        request_id: "req-commits".into(),
+        scene_id: scene_id.into(),
+        source_uri: format!("s3://scenes/{scene_id}.tif"),
+        width: 100,
+        height: 100,
+        band_count: 3,
+        dtype: "Byte".into(),
+        crs_epsg: Some(4326),
+        footprint_lonlat: ring.clone(),
+        footprint_parts: vec![ring],
+        tiles_written: 0,
+        tiles_skipped_nodata: 0,
+        tasks: Vec::new(),
+        submitted_at: chrono::Utc::now(),
+        tile_ms: 1.0,
+    };
+    operators::stages::merge::merge_scene(marker, Vec::new(), Vec::new(), &operators::merge::MergeConfig::default())
+}
+
+/// One sink run over one scene (a process of the merge role): whether its commit succeeded.
+async fn sink_once(tables: &tables::Tables, scene: schemas::SceneResults) -> bool {
+    use operators::stage::{Ack, Collector, Envelope, Position, Stage as _};
+    let mut sink = operators::stages::sink::SinkStage::new(tables.clone(), 1).with_max_attempts(1);
+    let mut out = Collector::buffer();
+    let envelope = Envelope::new(schemas::SinkMessage::Scene(Box::new(scene)), Position::Batch { index: 0 }, Ack::new(|_| {}));
+    sink.process(envelope, &mut out).await.is_ok() && out.drain().len() == 1
+}
+
+async fn scene_ids(tables: &tables::Tables) -> Vec<String> {
+    let frame = tables::query::run(tables, "SELECT scene_id FROM scenes ORDER BY scene_id").await.unwrap();
+    let json = tables::query::render(frame, tables::query::OutputFormat::Json, &operators::geometry::Gdal).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    rows.iter().map(|r| r["scene_id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_dies_between_its_files_and_its_commit_loses_and_duplicates_nothing() {
+    let store = Arc::new(FaultStore::new(usize::MAX, 0, Fault::Generic));
+    storage::register_store("faulty://commits", Arc::clone(&store) as Arc<dyn ObjectStore>).unwrap();
+    let tables = tables::Tables::new(storage::resolve("faulty://commits/tables").unwrap());
+    assert!(sink_once(&tables, finished_scene("a")).await);
+
+    // Scene b's file is stored, its commit is not: b is not in the table, a is untouched.
+    store.refuse_commits.store(true, Ordering::SeqCst);
+    assert!(!sink_once(&tables, finished_scene("b")).await, "the commit must fail");
+    assert_eq!(scene_ids(&tables).await, ["a"]);
+    let files = |store: Arc<FaultStore>| async move {
+        store
+            .list(Some(&Path::from("tables/scenes")))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.location.extension() == Some("parquet"))
+            .count()
+    };
+    assert_eq!(files(Arc::clone(&store)).await, 2, "b's data file was stored before the commit failed");
+
+    // The restarted role replays b: it is committed once, and a second replay adds nothing.
+    store.refuse_commits.store(false, Ordering::SeqCst);
+    assert!(sink_once(&tables, finished_scene("b")).await);
+    assert_eq!(scene_ids(&tables).await, ["a", "b"]);
+    assert!(sink_once(&tables, finished_scene("b")).await);
+    assert_eq!(scene_ids(&tables).await, ["a", "b"]);
+
+    // Compaction and vacuum: one file holds both rows; the orphan of the dead commit is gone.
+    let report =
+        tables.compact_table(&schemas::tables::SCENES, 1 << 30, Some(std::time::Duration::ZERO), &operators::geometry::Gdal).await.unwrap();
+    assert_eq!(report.files_after, 1, "{report:?}");
+    assert_eq!(files(Arc::clone(&store)).await, 1, "{report:?}");
+    assert_eq!(scene_ids(&tables).await, ["a", "b"]);
 }

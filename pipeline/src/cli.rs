@@ -431,6 +431,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_IOU_THRESHOLD", default_value_t = operators::merge::default_iou_threshold(), value_parser = fraction)]
     pub iou_threshold: f64,
 
+    /// Merge role: every this many minutes, compact the result tables and vacuum what no
+    /// version younger than 7 days references, as `strata tables compact` does (one merge
+    /// worker of a group is enough). Off by default.
+    #[arg(long, env = "STRATA_COMPACT_EVERY", value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub compact_every: Option<u64>,
+
     /// Device for the model: auto, cpu, cuda or cuda:N.
     #[arg(long, env = "STRATA_DEVICE", default_value = "auto")]
     pub device: model::device::DevicePreference,
@@ -1399,6 +1405,32 @@ pub enum TablesCommand {
     /// Example: strata tables migrate --tables s3://results/tables
     #[command(verbatim_doc_comment)]
     Migrate(TablesArgs),
+
+    /// Rewrite the many small files the sink writes (one per scene and table) into files near
+    /// --target-mib, per date, without changing any row (Delta's OPTIMIZE), then delete the
+    /// files that no version younger than --retain-hours still needs (VACUUM). Safe beside
+    /// running writers: a compaction that races a commit gives way, and readers of the
+    /// versions kept can still read them.
+    ///
+    /// Example: strata tables compact --tables s3://results/tables --retain-hours 24
+    #[command(verbatim_doc_comment)]
+    Compact(CompactArgs),
+}
+
+/// Arguments of `strata tables compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub tables: TablesArgs,
+
+    /// Size of the files compaction writes, MiB; files under half of it are compacted.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub target_mib: u64,
+
+    /// Hours a removed file is kept for readers of older versions before it is deleted
+    /// (Delta's default is 168); 0 deletes every file the latest version does not reference.
+    #[arg(long, default_value_t = 168)]
+    pub retain_hours: u64,
 }
 
 /// Which tables `strata tables` works on.

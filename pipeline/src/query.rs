@@ -49,7 +49,7 @@ pub async fn tables(command: TablesCommand) -> anyhow::Result<ExitCode> {
         TablesCommand::Migrate(args) => {
             let tables = open_tables(&args.tables)?;
             let migrated = tables
-                .migrate(|m| match (m.already, m.files) {
+                .migrate(&Gdal, |m| match (m.already, m.files) {
                     (true, _) => println!("{:<16} already a Delta table", m.table),
                     (false, 0) => println!("{:<16} nothing to migrate", m.table),
                     (false, files) => println!("{:<16} {files} files, {} rows committed", m.table, m.rows),
@@ -58,6 +58,31 @@ pub async fn tables(command: TablesCommand) -> anyhow::Result<ExitCode> {
                 .context("migrating the tables (run it again to finish: migrated tables are skipped)")?;
             let rows: u64 = migrated.iter().map(|m| m.rows).sum();
             println!("migrated {} tables, {rows} rows, at {}", migrated.iter().filter(|m| m.files > 0).count(), tables.root().url());
+            Ok(ExitCode::SUCCESS)
+        }
+        TablesCommand::Compact(args) => {
+            let tables = open_tables(&args.tables.tables)?;
+            let retention = std::time::Duration::from_secs(args.retain_hours.saturating_mul(3600));
+            let done = tables
+                .compact(args.target_mib.saturating_mul(1024 * 1024), Some(retention), &Gdal, |c| {
+                    println!(
+                        "{:<16} {} files -> {} ({} written{}), {} old files deleted",
+                        c.table,
+                        c.files_before,
+                        c.files_after,
+                        c.written,
+                        if c.conflicts > 0 {
+                            format!(", {} left for next time: another writer changed them", c.conflicts)
+                        } else {
+                            String::new()
+                        },
+                        c.vacuumed
+                    )
+                })
+                .await
+                .context("compacting the tables")?;
+            let (before, after): (usize, usize) = done.iter().fold((0, 0), |(b, a), c| (b + c.files_before, a + c.files_after));
+            println!("{before} files -> {after} at {}", tables.root().url());
             Ok(ExitCode::SUCCESS)
         }
     }

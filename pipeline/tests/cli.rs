@@ -117,9 +117,33 @@ assert -34.93 < minx < maxx < -34.81 and -8.05 < miny < maxy < -7.94, (minx, min
 assert all(g.geom_type == "Polygon" and g.is_valid for g in frame.geometry)
 print(len(frame))
 "#;
-    let out = Command::new(python).arg("-c").arg(script).arg(&tables).output().expect("the project venv has geopandas (scripts/setup.sh)");
+    let out = Command::new(&python).arg("-c").arg(script).arg(&tables).output().expect("the project venv has geopandas (scripts/setup.sh)");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "22");
+
+    // Every table, as analysts open it: polars and DuckDB through the Delta reader count what
+    // `strata query` counts.
+    let script = r#"
+import json, os, sys, deltalake, duckdb, polars
+counts = {}
+for name in sorted(os.listdir(sys.argv[1])):
+    path = os.path.join(sys.argv[1], name)
+    if os.path.isdir(os.path.join(path, "_delta_log")):
+        dataset = deltalake.DeltaTable(path).to_pyarrow_dataset()
+        by_duckdb = duckdb.sql("SELECT count(*) FROM dataset").fetchall()[0][0]
+        by_polars = polars.read_delta(path).height
+        assert by_duckdb == by_polars, (name, by_duckdb, by_polars)
+        counts[name] = by_polars
+print(json.dumps(counts))
+"#;
+    let out = Command::new(&python).arg("-c").arg(script).arg(&tables).output().expect("the project venv has duckdb and polars");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(counts.as_object().is_some_and(|c| c.len() >= 2), "{counts}");
+    for (table, n) in counts.as_object().unwrap() {
+        let ours = query_json(&tables, &format!("SELECT count(*) AS n FROM {table}"));
+        assert_eq!(&ours[0]["n"], n, "{table}");
+    }
 }
 
 #[test]

@@ -39,8 +39,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{GeometryReader, TableError, Tables};
 
-/// The longest string whose value goes into a file's statistics. Longer strings are left out
-/// (Delta readers compare truncated prefixes differently), so a filter on them reads the file.
+/// The longest string whose value goes into a file's statistics, except in the columns of the
+/// table's key (ids, which replacing a scene looks up and which always get exact bounds).
+/// Longer text (captions, answers) is left out rather than truncated, so a filter on it reads
+/// the file, and the log stays small.
 const MAX_STRING_STAT: usize = 32;
 
 /// One encoded data file of a table, ready to store and commit.
@@ -70,6 +72,7 @@ impl DataFile {
         folder: &str,
         stem: &str,
     ) -> Result<Self, TableError> {
+        to_delta_types(table, frame)?;
         let stats = statistics(table, frame);
         let bytes = crate::geoparquet::encode(table, frame, geometry)?;
         let digest = Sha256::digest(&bytes);
@@ -109,6 +112,24 @@ fn delta_type(ty: ColumnType) -> DataType {
     }
 }
 
+/// Casts the columns whose type Delta lacks to the one the table declares: `UInt64` becomes
+/// `Int64` (`long`), since readers refuse to narrow an unsigned 64-bit column into it (polars'
+/// `read_delta` does); `UInt32` widens into `long` safely and stays as it is.
+///
+/// # Errors
+/// Only when polars cannot cast (a value over `i64::MAX`, which no table holds).
+pub(crate) fn to_delta_types(table: &TableSchema, frame: &mut DataFrame) -> Result<(), TableError> {
+    let unsigned: Vec<String> = frame.columns().iter().filter(|c| c.dtype() == &PolarsType::UInt64).map(|c| c.name().to_string()).collect();
+    for name in unsigned {
+        let cast = frame
+            .column(&name)
+            .and_then(|c| c.strict_cast(&PolarsType::Int64))
+            .map_err(frame_err(table, &format!("casting `{name}` to a signed integer")))?;
+        frame.with_column(cast).map_err(frame_err(table, "casting columns"))?;
+    }
+    Ok(())
+}
+
 /// Delta statistics of a frame (PROTOCOL.md "Per-file Statistics"): row count, and for
 /// strings (up to [`MAX_STRING_STAT`] characters), integers, floats without NaN and dates
 /// their minimum, maximum and null count. Timestamps, binary and lists get none, so filters
@@ -118,12 +139,14 @@ pub(crate) fn statistics(table: &TableSchema, frame: &DataFrame) -> String {
     for spec in table.columns {
         let Ok(column) = frame.column(spec.name) else { continue };
         let series = column.as_materialized_series();
+        let limit = if table.key.contains(&spec.name) { usize::MAX } else { MAX_STRING_STAT };
         let json = |value: AnyValue| -> Option<serde_json::Value> {
             match value {
-                AnyValue::String(s) if s.chars().count() <= MAX_STRING_STAT => Some(s.into()),
-                AnyValue::StringOwned(s) if s.chars().count() <= MAX_STRING_STAT => Some(s.as_str().into()),
+                AnyValue::String(s) if s.chars().count() <= limit => Some(s.into()),
+                AnyValue::StringOwned(s) if s.chars().count() <= limit => Some(s.as_str().into()),
                 AnyValue::UInt32(v) => Some(v.into()),
                 AnyValue::UInt64(v) => Some(v.into()),
+                AnyValue::Int32(v) => Some(v.into()),
                 AnyValue::Int64(v) => Some(v.into()),
                 AnyValue::Float32(v) if v.is_finite() => Some(f64::from(v).into()),
                 AnyValue::Float64(v) if v.is_finite() => Some(v.into()),
@@ -190,10 +213,18 @@ impl Tables {
     ///
     /// # Errors
     /// When the log cannot be read.
-    pub async fn open(&self, table: &TableSchema) -> Result<Option<DeltaTable>, TableError> {
+    pub async fn open(&self, table: &'static TableSchema) -> Result<Option<DeltaTable>, TableError> {
+        let mut opened = self.opened.lock().await;
+        if let Some(delta) = opened.get_mut(table.name) {
+            delta.update_incremental(None).await.map_err(delta_err(table, "reading the log"))?;
+            return Ok(Some(delta.clone()));
+        }
         let mut delta = DeltaTable::new(self.log_store(table)?);
         match delta.load().await {
-            Ok(()) => Ok(Some(delta)),
+            Ok(()) => {
+                opened.insert(table.name, delta.clone());
+                Ok(Some(delta))
+            }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             // A local folder that does not exist yet is refused as a location rather than
             // reported as no table: with no log entry at all, it is no table.

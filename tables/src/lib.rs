@@ -15,6 +15,7 @@
 //! The layout before Delta (one file per scene and table, `_index/` files, no log) is refused
 //! by readers with a hint to run `strata tables migrate` ([`migrate`]).
 
+pub mod compact;
 pub mod delta;
 mod error;
 pub mod frames;
@@ -49,16 +50,25 @@ pub trait GeometryReader: Send + Sync {
     fn exterior_rings(&self, wkb: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>);
 }
 
-/// Where the result tables live.
-#[derive(Debug, Clone)]
+/// Where the result tables live. Clones share the tables' open logs.
+#[derive(Clone)]
 pub struct Tables {
     root: Location,
+    /// Tables opened before, brought up to date at each use: reading a table's log from its
+    /// checkpoint for every commit would cost more than the commit as the table grows.
+    opened: std::sync::Arc<futures::lock::Mutex<std::collections::HashMap<&'static str, deltalake_core::DeltaTable>>>,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl Tables {
     /// Tables under `root`.
     pub fn new(root: Location) -> Self {
-        Self { root }
+        Self { root, opened: std::sync::Arc::default() }
     }
 
     /// The root location.
@@ -70,4 +80,23 @@ impl Tables {
 /// The partition date of a timestamp (UTC).
 pub fn partition_date(at: DateTime<Utc>) -> NaiveDate {
     at.date_naive()
+}
+
+/// What the crate's tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A geometry engine for tables without geometries (or tests that do not read them).
+    pub(crate) struct NoGeometry;
+
+    impl super::GeometryReader for NoGeometry {
+        fn wkt(&self, _: &[u8]) -> Result<String, String> {
+            Err("no geometry here".to_owned())
+        }
+        fn geojson(&self, _: &[u8]) -> Option<serde_json::Value> {
+            None
+        }
+        fn exterior_rings(&self, _: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>) {
+            (None, Vec::new())
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! From the layout before Delta Lake (one GeoParquet file per scene and table, and
-//! `_index/request=…/{scene}.json` records of what each scene wrote) to Delta tables. The data
-//! files stay where they are: each table's migration is one Delta commit that adds every file
-//! of the table with its statistics, so no row is copied, lost or duplicated, and a migration
-//! stopped part-way is finished by running it again (a table with a log is already migrated).
+//! `_index/request=…/{scene}.json` records of what each scene wrote) to Delta tables. Each
+//! table's migration is one Delta commit that adds every file of the table with its statistics,
+//! so no row is lost or duplicated, and a migration stopped part-way is finished by running it
+//! again (a table with a log is already migrated). Files stay where they are, except those with
+//! unsigned 64-bit columns (`tiles`, `scenes`), which Delta readers cannot take as `long`: they
+//! are rewritten with signed columns beside the old ones, which are deleted after the commit.
 
 use deltalake_core::{
     kernel::{
@@ -12,10 +14,10 @@ use deltalake_core::{
     protocol::{DeltaOperation, SaveMode},
 };
 use futures::TryStreamExt as _;
-use object_store::ObjectStoreExt as _;
+use object_store::{ObjectStoreExt as _, PutPayload};
 use schemas::tables::TableSchema;
 
-use crate::{delta, TableError, Tables};
+use crate::{delta, DataFile, GeometryReader, TableError, Tables};
 
 /// What a migration did to one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,10 +65,10 @@ impl Tables {
     /// # Errors
     /// Store failures, unreadable files (named), and a commit that fails; tables migrated
     /// before the failure stay migrated.
-    pub async fn migrate(&self, mut progress: impl FnMut(&Migrated)) -> Result<Vec<Migrated>, TableError> {
+    pub async fn migrate(&self, geometry: &dyn GeometryReader, mut progress: impl FnMut(&Migrated)) -> Result<Vec<Migrated>, TableError> {
         let mut done = Vec::new();
         for table in schemas::tables::ALL {
-            let migrated = self.migrate_table(table).await?;
+            let migrated = self.migrate_table(table, geometry).await?;
             progress(&migrated);
             done.push(migrated);
         }
@@ -87,7 +89,7 @@ impl Tables {
         Ok(done)
     }
 
-    async fn migrate_table(&self, table: &'static TableSchema) -> Result<Migrated, TableError> {
+    async fn migrate_table(&self, table: &'static TableSchema, geometry: &dyn GeometryReader) -> Result<Migrated, TableError> {
         if self.open(table).await?.is_some() {
             return Ok(Migrated { table: table.name, files: 0, rows: 0, already: true });
         }
@@ -107,6 +109,8 @@ impl Tables {
         let prefix = format!("{}/", folder.path());
         let mut actions = Vec::with_capacity(files.len());
         let mut rows = 0;
+        // Old files rewritten with signed columns: deleted once the new ones are committed.
+        let mut replaced = Vec::new();
         for meta in &files {
             let relative = meta.location.as_ref().strip_prefix(&prefix).unwrap_or(meta.location.as_ref()).to_owned();
             let frame = self.read_file(table, &relative, None).await?;
@@ -122,6 +126,30 @@ impl Tables {
                 });
             }
             rows += frame.height() as u64;
+            if frame.columns().iter().any(|c| c.dtype() == &polars::prelude::DataType::UInt64) {
+                let mut frame = frame;
+                let mut parts = relative.split('/');
+                let date =
+                    parts.next().and_then(|d| d.strip_prefix("date=")).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+                let in_folder = parts.next().filter(|p| !p.ends_with(".parquet")).unwrap_or("migrated").to_owned();
+                let stem = relative.rsplit('/').next().and_then(|n| n.strip_suffix(".parquet")).unwrap_or("migrated").to_owned();
+                let file = DataFile::encode(table, &mut frame, geometry, date.unwrap_or_default(), &in_folder, &stem)?;
+                let at = folder.join(&file.path);
+                at.store()
+                    .put(at.path(), PutPayload::from(file.bytes.clone()))
+                    .await
+                    .map_err(|source| TableError::Storage { uri: at.url(), source })?;
+                actions.push(Action::Add(Add {
+                    path: file.path.clone(),
+                    size: i64::try_from(file.bytes.len()).unwrap_or(i64::MAX),
+                    modification_time: chrono::Utc::now().timestamp_millis(),
+                    data_change: true,
+                    stats: Some(file.stats),
+                    ..Default::default()
+                }));
+                replaced.push(relative);
+                continue;
+            }
             actions.push(Action::Add(Add {
                 path: relative,
                 size: i64::try_from(meta.size).unwrap_or(i64::MAX),
@@ -146,6 +174,13 @@ impl Tables {
                 action: "committing the migration".to_owned(),
                 source: Box::new(source),
             })?;
+        for relative in replaced {
+            let at = folder.join(&relative);
+            match at.store().delete(at.path()).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(TableError::Storage { uri: at.url(), source }),
+            }
+        }
         Ok(Migrated { table: table.name, files: files.len(), rows, already: false })
     }
 }
@@ -155,20 +190,7 @@ mod tests {
     use chrono::TimeZone as _;
     use object_store::{ObjectStoreExt as _, PutPayload};
 
-    use crate::{frames::Cell, query, GeometryReader, Tables};
-
-    struct NoGeometry;
-    impl GeometryReader for NoGeometry {
-        fn wkt(&self, _: &[u8]) -> Result<String, String> {
-            Err("no geometry here".to_owned())
-        }
-        fn geojson(&self, _: &[u8]) -> Option<serde_json::Value> {
-            None
-        }
-        fn exterior_rings(&self, _: &[u8]) -> (Option<&'static str>, Vec<Vec<[f64; 2]>>) {
-            (None, Vec::new())
-        }
-    }
+    use crate::{frames::Cell, query, test_support::NoGeometry, Tables};
 
     fn caption_row(scene: &str, tile: &str) -> Vec<Cell> {
         let at = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("time");
@@ -201,10 +223,34 @@ mod tests {
             let index = tables.root().join(&format!("_index/request=r1/{scene}.json"));
             index.store().put(index.path(), PutPayload::from(b"{}".to_vec())).await.expect("put");
         }
+        // A tile row: its unsigned 64-bit offsets make the file one Delta readers refuse.
+        let at = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("time");
+        let tile: Vec<Cell> = vec![
+            "r1".into(),
+            "s1".into(),
+            "t0".into(),
+            "s3://tiles/t0.png".into(),
+            Cell::U64(512),
+            Cell::U64(1024),
+            512u32.into(),
+            512u32.into(),
+            256u32.into(),
+            "GEOGCS[\"WGS 84\"]".into(),
+            Cell::Null,
+            "[0,1,0,0,0,-1]".into(),
+            Cell::Geometry(vec![1, 3, 0, 0, 0, 0, 0, 0, 0]),
+            1.0f32.into(),
+            Cell::Time(at),
+            Cell::Date(at.date_naive()),
+        ];
+        let mut frame = crate::frames::frame(&schemas::tables::TILES, &[tile]).expect("frame");
+        let bytes = crate::geoparquet::encode(&schemas::tables::TILES, &mut frame, &NoGeometry).expect("encode");
+        let old_tile = tables.root().join("tiles/date=2026-03-01/request=r1/s1.parquet");
+        old_tile.store().put(old_tile.path(), PutPayload::from(bytes)).await.expect("put");
         let refused = query::run(&tables, "SELECT count(*) AS n FROM captions").await.expect_err("old layout");
         assert!(refused.to_string().contains("strata tables migrate"), "{refused}");
 
-        let migrated = tables.migrate(|_| {}).await.expect("migrate");
+        let migrated = tables.migrate(&NoGeometry, |_| {}).await.expect("migrate");
         let captions = migrated.iter().find(|m| m.table == "captions").expect("captions");
         assert_eq!((captions.files, captions.rows, captions.already), (2, 5, false));
         let count = |sql: &'static str| {
@@ -214,9 +260,14 @@ mod tests {
         assert_eq!(count("SELECT count(*) AS n FROM captions").await, Some(5));
         assert_eq!(count("SELECT count(*) AS n FROM captions WHERE scene_id = 's2'").await, Some(3));
         assert!(!dir.path().join("_index").join("request=r1").join("s1.json").exists(), "the old index is removed");
+        // The tile file was rewritten with signed offsets, the old one removed.
+        let offsets = query::run(&tables, "SELECT col_off, row_off FROM tiles").await.expect("tiles");
+        assert_eq!(offsets.column("col_off").expect("col_off").dtype(), &polars::prelude::DataType::Int64);
+        assert_eq!(offsets.column("row_off").expect("row_off").i64().expect("i64").get(0), Some(1024));
+        assert!(!dir.path().join("tiles/date=2026-03-01/request=r1/s1.parquet").exists(), "the unsigned file is gone");
 
         // Again: nothing is added twice.
-        let again = tables.migrate(|_| {}).await.expect("migrate again");
+        let again = tables.migrate(&NoGeometry, |_| {}).await.expect("migrate again");
         assert!(again.iter().find(|m| m.table == "captions").expect("captions").already);
         assert_eq!(count("SELECT count(*) AS n FROM captions").await, Some(5));
     }

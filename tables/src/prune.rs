@@ -98,7 +98,9 @@ impl QueryNeeds {
             .filter(|(name, _)| name == table.name)
             .flat_map(|(name, alias)| std::iter::once(name.as_str()).chain(alias.as_deref()))
             .collect();
-        if names.is_empty() {
+        // A table joined with itself gets different conditions per alias; its files are
+        // read for all of them, so none prunes.
+        if self.from.iter().filter(|(name, _)| name == table.name).count() != 1 {
             return None;
         }
         let single = self.from.len() == 1;
@@ -227,6 +229,12 @@ mod tests {
         let join = QueryNeeds::of("SELECT * FROM tiles t JOIN captions c USING (tile_id) WHERE c.caption = 'x' AND t.scene_id = 's'");
         let tiles = join.predicate(&schemas::tables::TILES).map(|p| p.to_string()).unwrap_or_default();
         assert!(tiles.contains("scene_id") && !tiles.contains("caption"), "{tiles}");
+        // A self-join's aliases have conditions of their own: none prunes the table.
+        assert!(QueryNeeds::of(
+            "SELECT a.tile_id FROM tiles a JOIN tiles b ON a.tile_id = b.tile_id WHERE a.scene_id = 'x' AND b.scene_id = 'y'"
+        )
+        .predicate(&schemas::tables::TILES)
+        .is_none());
         // Unqualified columns in a join are not placed on either side.
         assert!(QueryNeeds::of("SELECT * FROM tiles JOIN captions USING (tile_id) WHERE scene_id = 's'")
             .predicate(&schemas::tables::TILES)

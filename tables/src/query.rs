@@ -55,7 +55,7 @@ const CONCURRENT_READS: usize = 16;
 /// statistics can match the query's conditions ([`QueryNeeds::predicate`]), only the columns
 /// it names, [`CONCURRENT_READS`] files at a time. A table never written is an empty frame of
 /// its schema; one in the layout before Delta is refused with a hint to migrate.
-async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema, needs: &QueryNeeds) -> Result<LazyFrame, TableError> {
+async fn load_table(tables: &Tables, table: &'static schemas::tables::TableSchema, needs: &QueryNeeds) -> Result<LazyFrame, TableError> {
     let Some(delta) = tables.open(table).await? else {
         if tables.is_old_layout(table).await? {
             return Err(tables.old_layout_error(table));
@@ -101,7 +101,7 @@ async fn load_table(tables: &Tables, table: &schemas::tables::TableSchema, needs
             None => empty.lazy(),
         });
     }
-    concat(&frames, UnionArgs::default()).map_err(table_err(table.name, "combining files"))
+    concat(&frames, UnionArgs { to_supertypes: true, ..UnionArgs::default() }).map_err(table_err(table.name, "combining files"))
 }
 
 /// Runs `sql` over the tables at `tables`.
@@ -121,9 +121,28 @@ pub async fn run(tables: &Tables, sql: &str) -> Result<DataFrame, TableError> {
     plan.collect().map_err(query_error)
 }
 
+/// Runs `sql` over frames loaded elsewhere, each table the union of its frames: the same SQL
+/// engine over another layout's files (how `benches/tables` times the layout before Delta).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_frames(tables: Vec<(&'static str, Vec<DataFrame>)>, sql: &str) -> Result<DataFrame, TableError> {
+    let mut context = SQLContext::new();
+    for (name, frames) in tables {
+        let lazy: Vec<LazyFrame> = frames.into_iter().map(IntoLazy::lazy).collect();
+        if !lazy.is_empty() {
+            context.register(
+                name,
+                concat(&lazy, UnionArgs { to_supertypes: true, ..UnionArgs::default() }).map_err(table_err(name, "combining files"))?,
+            );
+        }
+    }
+    context.execute(sql).map_err(query_error)?.collect().map_err(query_error)
+}
+
 /// Whether `sql` names `table` as a word (`tiles`, not `tiles_written`), in any case. A
 /// mention in a string literal loads the table for nothing, which is harmless.
-fn names_table(sql: &str, table: &str) -> bool {
+pub fn names_table(sql: &str, table: &str) -> bool {
     sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|word| word.eq_ignore_ascii_case(table))
 }
 

@@ -69,20 +69,57 @@ struct Staged {
     ack: Ack,
 }
 
+/// How long the first staged item waits for others to share its commit, at most.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_secs(1);
+
+/// Encoded bytes staged at which the sink commits without waiting for more items.
+pub const DEFAULT_COMMIT_BYTES: usize = 64 * 1024 * 1024;
+
 /// The table sink.
 pub struct SinkStage {
     tables: Tables,
     commit_every: usize,
+    commit_bytes: usize,
+    commit_delay: Duration,
     max_attempts: u32,
     staged: Vec<Staged>,
+    /// When the oldest staged item was staged.
+    staged_since: Option<std::time::Instant>,
 }
 
 impl SinkStage {
-    /// A sink writing to `tables`, committing every `commit_every` staged items (at least 1),
-    /// with [`crate::runtime::EmbeddedConfig`]'s default attempts per commit.
+    /// A sink writing to `tables` that commits its staged items together, as Kafka Connect
+    /// sinks roll files: when `commit_every` items (at least 1) or [`DEFAULT_COMMIT_BYTES`] are
+    /// staged, when the oldest has waited [`DEFAULT_COMMIT_DELAY`], when no input came for as
+    /// long, and at the end; with [`crate::runtime::EmbeddedConfig`]'s default attempts per
+    /// commit. A source offset is therefore held back by the delay at most.
     pub fn new(tables: Tables, commit_every: usize) -> Self {
         let max_attempts = crate::runtime::EmbeddedConfig::default().max_attempts;
-        Self { tables, commit_every: commit_every.max(1), max_attempts, staged: Vec::new() }
+        Self {
+            tables,
+            commit_every: commit_every.max(1),
+            commit_bytes: DEFAULT_COMMIT_BYTES,
+            commit_delay: DEFAULT_COMMIT_DELAY,
+            max_attempts,
+            staged: Vec::new(),
+            staged_since: None,
+        }
+    }
+
+    /// Commits once `bytes` of encoded files are staged (at least 1) or the oldest staged item
+    /// has waited `delay`.
+    #[must_use]
+    pub fn with_commit_bounds(mut self, bytes: usize, delay: Duration) -> Self {
+        self.commit_bytes = bytes.max(1);
+        self.commit_delay = delay;
+        self
+    }
+
+    fn due(&self) -> bool {
+        let bytes: usize = self.staged.iter().flat_map(|i| &i.commit.files).map(|f| f.bytes.len()).sum();
+        self.staged.len() >= self.commit_every
+            || bytes >= self.commit_bytes
+            || self.staged_since.is_some_and(|since| since.elapsed() >= self.commit_delay)
     }
 
     /// The attempts a commit gets against transient store failures (at least 1). The sink
@@ -175,6 +212,7 @@ impl SinkStage {
     /// returned.
     async fn commit(&mut self, out: &mut Collector<SinkOutcome>) -> Result<(), StageError> {
         let items = std::mem::take(&mut self.staged);
+        self.staged_since = None;
         if items.is_empty() {
             return Ok(());
         }
@@ -221,7 +259,8 @@ impl Stage for SinkStage {
         }
         .map_err(|e| StageError::new(StageName::Sink, StageErrorKind::Internal, e))?;
         self.staged.push(staged);
-        if self.staged.len() >= self.commit_every {
+        self.staged_since.get_or_insert_with(std::time::Instant::now);
+        if self.due() {
             self.commit(out).await?;
         }
         Ok(())
@@ -239,6 +278,10 @@ impl Stage for SinkStage {
     }
 
     fn max_wait(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
+        Some(self.commit_delay)
+    }
+
+    fn flush_due(&self) -> bool {
+        self.staged_since.is_some_and(|since| since.elapsed() >= self.commit_delay)
     }
 }

@@ -75,6 +75,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let built = chain::build(&chain_settings, roles_run).await?;
     let follow = Follow { device: args.device, precision: args.precision, poll: Duration::from_secs(args.model_poll) };
     let mut roles = spawn_roles(built, &settings, &producer, &stop_rx, follow);
+    if let (Some(minutes), true) = (args.compact_every, roles_run.merge) {
+        tokio::spawn(compact_periodically(tables.clone(), Duration::from_secs(minutes * 60), stop_rx.clone()));
+    }
     eprintln!(
         "strata serve: {} on {} (tables {}, tiles {}); Ctrl-C or SIGTERM to stop",
         match args.role {
@@ -108,6 +111,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `--compact-every`: compacts and vacuums the tables every `every` until the process stops.
+/// A failed round is logged and the next one tries again (compaction never loses rows).
+async fn compact_periodically(tables: Tables, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let retention = Some(tables::compact::DEFAULT_RETENTION);
+        let report = |c: &tables::compact::Compacted| {
+            tracing::info!(table = c.table, before = c.files_before, after = c.files_after, vacuumed = c.vacuumed, "Compacted a table.");
+        };
+        if let Err(error) = tables.compact(tables::compact::DEFAULT_TARGET_BYTES, retention, &operators::geometry::Gdal, report).await {
+            tracing::warn!(%error, "Compacting the tables failed; the next round tries again.");
+        }
+    }
 }
 
 /// The roles `args.role` names and the chain's settings from the flags.
