@@ -148,7 +148,7 @@ impl OperatorError {
             }
             Self::Table(error) => match error {
                 tables::TableError::Storage { source, .. } => ErrorClass::of_store_error(source),
-                tables::TableError::Query { .. } => ErrorClass::Permanent,
+                tables::TableError::Query { .. } | tables::TableError::Migration { .. } => ErrorClass::Permanent,
                 tables::TableError::Internal { .. } => ErrorClass::Internal,
                 tables::TableError::Delta { source, .. } => match source.as_ref() {
                     tables::delta::DeltaTableError::ObjectStore { source } => ErrorClass::of_store_error(source),

@@ -1398,9 +1398,12 @@ pub struct BatchArgs {
 #[derive(Debug, Subcommand)]
 pub enum TablesCommand {
     /// Turn tables written before Strata used Delta Lake (one Parquet file per scene and table,
-    /// an `_index/` folder) into Delta tables, in place: the files stay where they are and
-    /// each table gets one commit adding them all, so no row is lost or duplicated. Run it
-    /// again after an interruption; migrated tables are left alone.
+    /// an `_index/` folder) into Delta tables, in place: each table is created together with
+    /// all its files in one commit, so no row is lost or duplicated (files with unsigned
+    /// 64-bit columns are rewritten with signed ones, which every Delta reader accepts). A file
+    /// that is not one of the table's stops that table's migration before anything is written;
+    /// run it again after fixing it or after an interruption: migrated tables are left alone.
+    /// Until then, writers and readers refuse the old layout.
     ///
     /// Example: strata tables migrate --tables s3://results/tables
     #[command(verbatim_doc_comment)]
@@ -1408,9 +1411,11 @@ pub enum TablesCommand {
 
     /// Rewrite the many small files the sink writes (one per scene and table) into files near
     /// --target-mib, per date, without changing any row (Delta's OPTIMIZE), then delete the
-    /// files that no version younger than --retain-hours still needs (VACUUM). Safe beside
-    /// running writers: a compaction that races a commit gives way, and readers of the
-    /// versions kept can still read them.
+    /// files that no version younger than --retain-hours still needs (VACUUM). It can run
+    /// beside writers: a compaction or vacuum that races a commit gives way (reported as
+    /// "left for next time"), and readers of the versions kept can still read them. Like
+    /// Delta's VACUUM, it deletes every file in a table's folder that its log does not
+    /// reference once it is older than --retain-hours: keep nothing else there.
     ///
     /// Example: strata tables compact --tables s3://results/tables --retain-hours 24
     #[command(verbatim_doc_comment)]

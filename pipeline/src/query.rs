@@ -28,10 +28,21 @@ pub fn set_display_options(args: &QueryArgs) {
 /// An unusable URL, or a local folder that is not there.
 pub fn open_tables(location: &str) -> anyhow::Result<Tables> {
     let root = storage::resolve(location).context("resolving --tables")?;
-    if root.local_path().is_some_and(|p| !p.is_dir()) {
-        anyhow::bail!(
-            "`{location}` does not exist\nhint: --tables is the folder (or URL) `strata batch` or `strata serve` wrote the tables to"
-        );
+    if let Some(path) = root.local_path() {
+        if !path.exists() {
+            anyhow::bail!(
+                "`{location}` does not exist\nhint: --tables is the folder (or URL) `strata batch` or `strata serve` wrote the tables to"
+            );
+        }
+        if !path.is_dir() {
+            anyhow::bail!("`{location}` is a file\nhint: --tables is the folder holding the tables (tiles/, scenes/, ...)");
+        }
+        if path.join("_delta_log").is_dir() {
+            anyhow::bail!(
+                "`{location}` is one table, not the folder of the tables\nhint: use its parent, --tables {}",
+                path.parent().map_or_else(|| ".".to_owned(), |p| p.display().to_string())
+            );
+        }
     }
     Ok(Tables::new(root))
 }

@@ -39,10 +39,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{GeometryReader, TableError, Tables};
 
-/// The longest string whose value goes into a file's statistics, except in the columns of the
+/// The longest string that goes whole into a file's statistics, except in the columns of the
 /// table's key (ids, which replacing a scene looks up and which always get exact bounds).
-/// Longer text (captions, answers) is left out rather than truncated, so a filter on it reads
-/// the file, and the log stays small.
+/// Longer text (captions, answers) is truncated to this many characters ([`string_bound`]),
+/// which keeps the log small.
 const MAX_STRING_STAT: usize = 32;
 
 /// One encoded data file of a table, ready to store and commit.
@@ -130,20 +130,36 @@ pub(crate) fn to_delta_types(table: &TableSchema, frame: &mut DataFrame) -> Resu
     Ok(())
 }
 
-/// Delta statistics of a frame (PROTOCOL.md "Per-file Statistics"): row count, and for
-/// strings (up to [`MAX_STRING_STAT`] characters), integers, floats without NaN and dates
-/// their minimum, maximum and null count. Timestamps, binary and lists get none, so filters
-/// on them never skip a file.
+/// A bound for a string column: the value itself, or for a long one (over `limit`
+/// characters) its prefix, raised by one in its last character for an upper bound, so the
+/// bound still holds every value (as Spark and delta-rs truncate string statistics).
+fn string_bound(value: &str, limit: usize, upper: bool) -> Option<serde_json::Value> {
+    if value.chars().count() <= limit {
+        return Some(value.into());
+    }
+    let mut prefix: Vec<char> = value.chars().take(limit).collect();
+    if upper {
+        let last = prefix.pop()?;
+        prefix.push(char::from_u32(u32::from(last) + 1)?);
+    }
+    Some(prefix.into_iter().collect::<String>().into())
+}
+
+/// Delta statistics of a frame (PROTOCOL.md "Per-file Statistics"): row count, and for every
+/// column but geometries and lists its minimum, maximum and null count. Strings in the table's
+/// key (ids, which replacing a scene looks up) are exact; other strings over
+/// [`MAX_STRING_STAT`] characters are truncated ([`string_bound`]); timestamps are rounded
+/// out to milliseconds, as the protocol writes them. Floats holding NaN get no bounds.
 pub(crate) fn statistics(table: &TableSchema, frame: &DataFrame) -> String {
     let (mut min, mut max, mut nulls) = (serde_json::Map::new(), serde_json::Map::new(), serde_json::Map::new());
     for spec in table.columns {
         let Ok(column) = frame.column(spec.name) else { continue };
         let series = column.as_materialized_series();
         let limit = if table.key.contains(&spec.name) { usize::MAX } else { MAX_STRING_STAT };
-        let json = |value: AnyValue| -> Option<serde_json::Value> {
+        let json = |value: AnyValue, upper: bool| -> Option<serde_json::Value> {
             match value {
-                AnyValue::String(s) if s.chars().count() <= limit => Some(s.into()),
-                AnyValue::StringOwned(s) if s.chars().count() <= limit => Some(s.as_str().into()),
+                AnyValue::String(s) => string_bound(s, limit, upper),
+                AnyValue::StringOwned(s) => string_bound(s.as_str(), limit, upper),
                 AnyValue::UInt32(v) => Some(v.into()),
                 AnyValue::UInt64(v) => Some(v.into()),
                 AnyValue::Int32(v) => Some(v.into()),
@@ -153,21 +169,34 @@ pub(crate) fn statistics(table: &TableSchema, frame: &DataFrame) -> String {
                 AnyValue::Date(days) => {
                     NaiveDate::from_num_days_from_ce_opt(days + 719_163).map(|d| d.format("%Y-%m-%d").to_string().into())
                 }
+                AnyValue::Datetime(micros, polars::prelude::TimeUnit::Microseconds, _)
+                | AnyValue::DatetimeOwned(micros, polars::prelude::TimeUnit::Microseconds, _) => {
+                    let millis =
+                        if upper { micros.div_euclid(1000) + i64::from(micros.rem_euclid(1000) != 0) } else { micros.div_euclid(1000) };
+                    chrono::DateTime::from_timestamp_millis(millis).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().into())
+                }
                 _ => None,
             }
         };
         let has_nan =
             matches!(series.dtype(), PolarsType::Float32 | PolarsType::Float64) && series.is_nan().map(|nan| nan.any()).unwrap_or(true);
-        if !matches!(spec.ty, ColumnType::GeometryWkb | ColumnType::ListUtf8) {
+        // A null count goes with bounds, or says the column is all null: a null count alone
+        // makes some readers (deltalake-python's pyarrow dataset) rule the file out for any
+        // filter on the column.
+        let all_null = series.null_count() == series.len();
+        if all_null && !matches!(spec.ty, ColumnType::GeometryWkb | ColumnType::ListUtf8) {
             nulls.insert(spec.name.to_owned(), series.null_count().into());
         }
-        if has_nan || matches!(spec.ty, ColumnType::TimestampMicros) {
+        if has_nan || all_null {
             continue;
         }
-        let bound = |scalar: polars::prelude::PolarsResult<polars::prelude::Scalar>| scalar.ok().and_then(|s| json(s.value().clone()));
-        if let (Some(lo), Some(hi)) = (bound(series.min_reduce()), bound(series.max_reduce())) {
+        let bound = |scalar: polars::prelude::PolarsResult<polars::prelude::Scalar>, upper: bool| {
+            scalar.ok().and_then(|s| json(s.value().clone(), upper))
+        };
+        if let (Some(lo), Some(hi)) = (bound(series.min_reduce(), false), bound(series.max_reduce(), true)) {
             min.insert(spec.name.to_owned(), lo);
             max.insert(spec.name.to_owned(), hi);
+            nulls.insert(spec.name.to_owned(), series.null_count().into());
         }
     }
     serde_json::json!({ "numRecords": frame.height(), "minValues": min, "maxValues": max, "nullCount": nulls }).to_string()
@@ -216,8 +245,15 @@ impl Tables {
     pub async fn open(&self, table: &'static TableSchema) -> Result<Option<DeltaTable>, TableError> {
         let mut opened = self.opened.lock().await;
         if let Some(delta) = opened.get_mut(table.name) {
-            delta.update_incremental(None).await.map_err(delta_err(table, "reading the log"))?;
+            let log = self.root().join(table.name).join("_delta_log").url();
+            delta.update_incremental(None).await.map_err(delta_err(table, &format!("reading its log `{log}`")))?;
             return Ok(Some(delta.clone()));
+        }
+        // No log entry at all is no table. Asked first, because delta-rs logs an error for a
+        // folder that does not exist yet before saying so.
+        let log = self.root().join(table.name).join("_delta_log");
+        if log.store().list(Some(log.path())).next().await.is_none() {
+            return Ok(None);
         }
         let mut delta = DeltaTable::new(self.log_store(table)?);
         match delta.load().await {
@@ -226,34 +262,38 @@ impl Tables {
                 Ok(Some(delta))
             }
             Err(DeltaTableError::NotATable(_)) => Ok(None),
-            // A local folder that does not exist yet is refused as a location rather than
-            // reported as no table: with no log entry at all, it is no table.
-            Err(source) => {
-                let log = self.root().join(table.name).join("_delta_log");
-                let first = log.store().list(Some(log.path())).next().await;
-                match first {
-                    None => Ok(None),
-                    Some(_) => Err(delta_err(table, "reading the log")(source)),
-                }
-            }
+            Err(source) => Err(delta_err(table, &format!("reading its log `{}`", log.url()))(source)),
         }
     }
 
-    /// Opens `table`, creating it (schema from [`schemas::tables`]) when it does not exist.
-    pub(crate) async fn open_or_create(&self, table: &'static TableSchema) -> Result<DeltaTable, TableError> {
-        if let Some(delta) = self.open(table).await? {
-            return Ok(delta);
-        }
+    /// The transaction that creates `table` (schema from [`schemas::tables`]); `actions` go
+    /// into the same first version.
+    pub(crate) fn create(
+        &self,
+        table: &'static TableSchema,
+        actions: Vec<Action>,
+    ) -> Result<deltalake_core::operations::create::CreateBuilder, TableError> {
         let columns: Vec<StructField> =
             table.columns.iter().map(|c| StructField::new(c.name, delta_type(c.ty), c.nullable || c.ty == ColumnType::ListUtf8)).collect();
-        let created = deltalake_core::operations::create::CreateBuilder::new()
+        Ok(deltalake_core::operations::create::CreateBuilder::new()
             .with_log_store(self.log_store(table)?)
             .with_table_name(table.name)
             .with_comment(table.doc)
             .with_columns(columns)
-            .with_save_mode(SaveMode::Ignore)
-            .await;
-        match created {
+            .with_actions(actions)
+            .with_save_mode(SaveMode::ErrorIfExists))
+    }
+
+    /// Opens `table`, creating it when it does not exist. A folder holding the layout before
+    /// Delta is refused: a table created over it would hide its rows.
+    pub(crate) async fn open_or_create(&self, table: &'static TableSchema) -> Result<DeltaTable, TableError> {
+        if let Some(delta) = self.open(table).await? {
+            return Ok(delta);
+        }
+        if self.is_old_layout(table).await? {
+            return Err(self.old_layout_error(table));
+        }
+        match self.create(table, Vec::new())?.await {
             Ok(delta) => Ok(delta),
             // Another writer created it first.
             Err(_) => self
@@ -493,7 +533,10 @@ mod tests {
         assert_eq!(stats["numRecords"], 2);
         assert_eq!(stats["minValues"]["score"], 0.5);
         assert!((stats["maxValues"]["score"].as_f64().expect("max") - 0.9).abs() < 1e-6);
-        assert!(stats["minValues"].get("caption").is_none(), "a string over 32 characters has no bounds: {stats}");
+        // A string over 32 characters is bounded by its prefix, raised by one for the maximum.
+        assert_eq!(stats["minValues"]["caption"], "a caption longer than thirty-two");
+        assert_eq!(stats["maxValues"]["caption"], "short");
+        assert_eq!(super::string_bound("abcdef", 3, true), Some("abd".into()));
         assert_eq!(single_scene(Some(&stats.to_string())), Some(("r1".to_owned(), "s1".to_owned())));
     }
 }

@@ -47,6 +47,12 @@ pub enum TableError {
         #[source]
         source: Box<deltalake_core::DeltaTableError>,
     },
+    /// Tables in the layout before Delta cannot be migrated as they are.
+    #[error("cannot migrate: {reason}")]
+    Migration {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A query could not run (unknown table or column, SQL syntax) or cannot be shown in the
     /// format asked for.
     #[error("query failed: {reason}")]

@@ -6,13 +6,7 @@
 //! unsigned 64-bit columns (`tiles`, `scenes`), which Delta readers cannot take as `long`: they
 //! are rewritten with signed columns beside the old ones, which are deleted after the commit.
 
-use deltalake_core::{
-    kernel::{
-        transaction::{CommitBuilder, CommitProperties},
-        Action, Add,
-    },
-    protocol::{DeltaOperation, SaveMode},
-};
+use deltalake_core::kernel::{Action, Add};
 use futures::TryStreamExt as _;
 use object_store::{ObjectStoreExt as _, PutPayload};
 use schemas::tables::TableSchema;
@@ -105,7 +99,8 @@ impl Tables {
         if files.is_empty() {
             return Ok(Migrated { table: table.name, files: 0, rows: 0, already: false });
         }
-        let delta = self.open_or_create(table).await?;
+        // Every file is read and checked before anything is written: the table and its files
+        // then appear in one first version, or not at all.
         let prefix = format!("{}/", folder.path());
         let mut actions = Vec::with_capacity(files.len());
         let mut rows = 0;
@@ -117,9 +112,9 @@ impl Tables {
             let names: Vec<&str> = frame.get_column_names().into_iter().map(|n| n.as_str()).collect();
             let expected: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
             if names != expected {
-                return Err(TableError::Query {
+                return Err(TableError::Migration {
                     reason: format!(
-                        "`{}` is not a file of the `{}` table: its columns are {names:?}, the table's are {expected:?}; move it elsewhere and migrate again",
+                        "`{}` is not a file of the `{}` table: its columns are {names:?}, the table's are {expected:?}; move it elsewhere and migrate again (nothing of this table was migrated)",
                         folder.join(&relative).url(),
                         table.name
                     ),
@@ -159,21 +154,11 @@ impl Tables {
                 ..Default::default()
             }));
         }
-        let snapshot = delta.snapshot().map_err(|source| TableError::Delta {
+        self.create(table, actions)?.await.map_err(|source| TableError::Delta {
             table: table.name.to_owned(),
-            action: "reading the log".to_owned(),
+            action: "committing the migration".to_owned(),
             source: Box::new(source),
         })?;
-        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        CommitBuilder::from(CommitProperties::default())
-            .with_actions(actions)
-            .build(Some(snapshot), delta.log_store(), operation)
-            .await
-            .map_err(|source| TableError::Delta {
-                table: table.name.to_owned(),
-                action: "committing the migration".to_owned(),
-                source: Box::new(source),
-            })?;
         for relative in replaced {
             let at = folder.join(&relative);
             match at.store().delete(at.path()).await {
@@ -249,6 +234,26 @@ mod tests {
         old_tile.store().put(old_tile.path(), PutPayload::from(bytes)).await.expect("put");
         let refused = query::run(&tables, "SELECT count(*) AS n FROM captions").await.expect_err("old layout");
         assert!(refused.to_string().contains("strata tables migrate"), "{refused}");
+        // A writer is refused too: a table created over the old files would hide them.
+        let mut frame = crate::frames::frame(&schemas::tables::CAPTIONS, &[caption_row("s3", "t0")]).expect("frame");
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).expect("date");
+        let file = crate::DataFile::encode(&schemas::tables::CAPTIONS, &mut frame, &NoGeometry, date, "request=r1", "s3").expect("encode");
+        let commit = crate::Commit { files: vec![file], replaces: vec![("r1".to_owned(), "s3".to_owned())] };
+        let refused = tables.commit(&commit, &NoGeometry).await.expect_err("a write to the old layout");
+        assert!(refused.to_string().contains("strata tables migrate"), "{refused}");
+
+        // A file that is not the table's stops that table's migration before anything is
+        // written: the old layout stays as it was, and migrating again after removing it works.
+        let foreign = tables.root().join("captions/date=2026-03-01/request=r1/foreign.parquet");
+        let mut other = polars::df!("a" => [1, 2, 3]).expect("frame");
+        let mut bytes = Vec::new();
+        polars::prelude::ParquetWriter::new(&mut bytes).finish(&mut other).expect("parquet");
+        foreign.store().put(foreign.path(), PutPayload::from(bytes)).await.expect("put");
+        let failed = tables.migrate(&NoGeometry, |_| {}).await.expect_err("a foreign file");
+        assert!(failed.to_string().contains("foreign.parquet"), "{failed}");
+        assert!(tables.open(&schemas::tables::CAPTIONS).await.expect("open").is_none(), "no table was created");
+        assert!(query::run(&tables, "SELECT count(*) AS n FROM captions").await.is_err(), "still the old layout");
+        foreign.store().delete(foreign.path()).await.expect("delete");
 
         let migrated = tables.migrate(&NoGeometry, |_| {}).await.expect("migrate");
         let captions = migrated.iter().find(|m| m.table == "captions").expect("captions");

@@ -20,6 +20,9 @@ use sqlparser::{
 pub struct QueryNeeds {
     /// Every word of the query (lower case): a column is read when its name is among them.
     words: HashSet<String>,
+    /// How many times each word occurs (a table named twice, in a subquery or as an alias,
+    /// is not pruned).
+    counts: std::collections::HashMap<String, usize>,
     /// Whether the query selects `*` or `t.*` somewhere (then every column is read).
     wildcard: bool,
     /// The `WHERE` conjuncts `column op literal`, with the table or alias qualifying the
@@ -39,13 +42,20 @@ impl QueryNeeds {
             for (i, token) in tokens.iter().enumerate() {
                 match token {
                     Token::Word(word) => {
-                        needs.words.insert(word.value.to_ascii_lowercase());
+                        let word = word.value.to_ascii_lowercase();
+                        // NATURAL joins on every common column, COLUMNS('regex') selects by
+                        // pattern: the columns they use are not named.
+                        if word == "natural" || word == "columns" {
+                            needs.wildcard = true;
+                        }
+                        *needs.counts.entry(word.clone()).or_default() += 1;
+                        needs.words.insert(word);
                     }
                     // `*` right after SELECT, a comma or a dot is a wildcard; after an operand
                     // it multiplies, and inside `count(*)` it names no column.
                     Token::Mul => {
                         let before = i.checked_sub(1).and_then(|j| tokens.get(j));
-                        let after_select = matches!(before, Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("select") || w.value.eq_ignore_ascii_case("distinct"));
+                        let after_select = matches!(before, Some(Token::Word(w)) if ["select", "distinct", "all"].iter().any(|k| w.value.eq_ignore_ascii_case(k)));
                         if after_select || matches!(before, Some(Token::Comma | Token::Period)) {
                             needs.wildcard = true;
                         }
@@ -92,17 +102,15 @@ impl QueryNeeds {
 
     /// The predicate a file of `table` must be able to satisfy, when the query has one.
     pub fn predicate(&self, table: &TableSchema) -> Option<Predicate> {
-        let names: Vec<&str> = self
-            .from
-            .iter()
-            .filter(|(name, _)| name == table.name)
-            .flat_map(|(name, alias)| std::iter::once(name.as_str()).chain(alias.as_deref()))
-            .collect();
-        // A table joined with itself gets different conditions per alias; its files are
-        // read for all of them, so none prunes.
-        if self.from.iter().filter(|(name, _)| name == table.name).count() != 1 {
+        // The table once in FROM, and its name nowhere else (not in a subquery, not as
+        // another table's alias): conditions on other occurrences would prune rows they need.
+        let mut entries = self.from.iter().filter(|(name, _)| name == table.name);
+        let (Some((name, alias)), None) = (entries.next(), entries.next()) else { return None };
+        if self.counts.get(table.name).copied() != Some(1) {
             return None;
         }
+        // An aliased table is named by its alias only.
+        let names = [alias.as_deref().unwrap_or(name.as_str())];
         let single = self.from.len() == 1;
         let parts: Vec<Predicate> = self
             .conditions
@@ -206,6 +214,9 @@ mod tests {
         assert_eq!(needs.columns(&schemas::tables::CAPTIONS), Some(vec!["scene_id".to_owned(), "score".to_owned()]));
         assert_eq!(QueryNeeds::of("SELECT * FROM captions").columns(&schemas::tables::CAPTIONS), None);
         assert_eq!(QueryNeeds::of("SELECT c.* FROM captions c").columns(&schemas::tables::CAPTIONS), None);
+        assert_eq!(QueryNeeds::of("SELECT ALL * FROM captions").columns(&schemas::tables::CAPTIONS), None);
+        assert_eq!(QueryNeeds::of("SELECT COLUMNS('^.*_id$') FROM captions").columns(&schemas::tables::CAPTIONS), None);
+        assert_eq!(QueryNeeds::of("SELECT count(*) FROM tiles NATURAL JOIN scenes").columns(&schemas::tables::TILES), None);
         assert_eq!(
             QueryNeeds::of("SELECT count(*) FROM tiles").columns(&schemas::tables::TILES),
             Some(vec!["request_id".to_owned()]),
@@ -235,6 +246,16 @@ mod tests {
         )
         .predicate(&schemas::tables::TILES)
         .is_none());
+        // The same table in a subquery: its conditions are not the outer query's.
+        assert!(QueryNeeds::of(
+            "SELECT * FROM tiles WHERE request_id = 'q1' AND scene_id IN (SELECT scene_id FROM tiles WHERE request_id = 'q4')"
+        )
+        .predicate(&schemas::tables::TILES)
+        .is_none());
+        // An alias that is another table's name qualifies that alias's table.
+        let shadow = QueryNeeds::of("SELECT * FROM tiles AS s JOIN scenes AS tiles ON s.scene_id = tiles.scene_id WHERE tiles.width > 400");
+        assert!(shadow.predicate(&schemas::tables::TILES).is_none());
+        assert!(shadow.predicate(&schemas::tables::SCENES).map(|p| p.to_string()).unwrap_or_default().contains("width"));
         // Unqualified columns in a join are not placed on either side.
         assert!(QueryNeeds::of("SELECT * FROM tiles JOIN captions USING (tile_id) WHERE scene_id = 's'")
             .predicate(&schemas::tables::TILES)
