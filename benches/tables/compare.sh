@@ -6,7 +6,8 @@
 # compaction, and the latency and peak memory of
 #   (a) one scene's rows by id, (b) a day's aggregate by class
 # for `strata query` over Delta (after compaction), the same query over the old layout, and
-# DuckDB over the same Delta tables (through the `deltalake` reader's Arrow dataset).
+# DuckDB over the same Delta tables (through the `deltalake` reader's Arrow dataset), and polars'
+# scan_delta.
 #
 #   bash benches/tables/compare.sh [SCENES] [TILES] [STORES]   (default 100000 20 "local s3")
 set -euo pipefail
@@ -57,7 +58,8 @@ for store in $STORES; do
     table=$([ $q = a ] && echo captions || echo classifications)
     echo "($q) strata delta: $("$BENCH" query delta "$delta" "$sql")"
     echo "($q) strata old:   $("$BENCH" query old "$old" "$sql")"
-    echo "($q) duckdb delta: $($PY benches/tables/duckdb_peer.py "$delta" "$table" "${sql//FROM $table/FROM t}")"
+    echo "($q) duckdb delta: $($PY benches/tables/duckdb_peer.py "$delta" "$table" "${sql//FROM $table/FROM t}" duckdb)"
+    echo "($q) polars delta: $($PY benches/tables/duckdb_peer.py "$delta" "$table" "${sql//FROM $table/FROM t}" polars)"
   done
   cleanup; MOTO_PID=
 done

@@ -39,6 +39,9 @@ fn peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
+/// WGS 84 as GDAL writes it (the georeference of the generated tiles).
+const WGS84: &str = r#"GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]"#;
+
 const CLASSES: [&str; 6] = ["farmland", "forest", "lake", "residential", "harbor", "industrial"];
 
 /// Scene `i` of the generated feed: `tiles` tiles of 512 px on a 4-tile-wide grid somewhere
@@ -87,7 +90,7 @@ fn scene(i: usize, tiles: usize) -> schemas::SceneResults {
                     window: PixelWindow { col_off: col, row_off: row, width: 512, height: 512 },
                     scene_size: size,
                     geotransform: GeoTransform([x0, pixel, 0.0, y0, 0.0, -pixel]),
-                    crs: Crs { wkt: "GEOGCS[\"WGS 84\"]".into(), epsg: Some(4326) },
+                    crs: Crs { wkt: WGS84.into(), epsg: Some(4326) },
                     footprint_lonlat: ring(x0, y0, x0 + 512.0 * pixel, y0 - 512.0 * pixel),
                     tasks: tasks.clone(),
                     created_at: submitted,
